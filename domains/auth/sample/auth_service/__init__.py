@@ -1,0 +1,1 @@
+"""A small authentication service: password hashing and signed session tokens."""

@@ -1,0 +1,1 @@
+"""A small payments service: exact money amounts and a double-entry ledger."""

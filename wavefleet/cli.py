@@ -1,0 +1,317 @@
+"""The `wave` command: enqueue and inspect stories, run workers, the supervisor and the embedded fleet."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+from redis.exceptions import RedisError
+
+from . import logs
+from .config import Settings, load_settings
+from .connection import check, connect, redis_location
+from .domains import Domains, load_domains
+from .embedded import endpoint_of
+from .errors import ExitCode, InvalidInputError, RedisUnavailableError, WaveError
+from .lifecycle import Event, EventKind, Rejected, Role, StoryState
+from .store import StoryRecord, StoryStore
+from .stories import Priority, Story, stories_from_file, story_from_fields
+
+EMBEDDED_DIR = "redis"
+
+
+class App:
+    """What every command needs, built once from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._domains: Domains | None = None
+        self._store: StoryStore | None = None
+
+    @property
+    def domains(self) -> Domains:
+        if self._domains is None:
+            self._domains = load_domains(self.settings.domains_dir)
+        return self._domains
+
+    @property
+    def store(self) -> StoryStore:
+        if self._store is None:
+            redis = connect(self.settings)
+            check(redis, self.settings)
+            self._store = StoryStore(redis, self.settings.keys, self.settings.pipeline.max_rounds)
+        return self._store
+
+
+def fleet_settings(settings: Settings) -> Settings:
+    """Point at the embedded Redis a running `wave up` started, unless a Redis URL was given."""
+    if "url" in settings.redis.model_fields_set:
+        return settings
+    directory = settings.data_dir / EMBEDDED_DIR
+    url = endpoint_of(directory)
+    if url is None:
+        return settings
+    password = (directory / "password").read_text().strip()
+    redis = settings.redis.model_copy(update={"url": url, "password": SecretStr(password)})
+    return settings.model_copy(update={"redis": redis})
+
+
+# Story commands ------------------------------------------------------------------------------
+def cmd_enqueue(app: App, args: argparse.Namespace) -> int:
+    stories = _stories_from_args(args)
+    app.store.enqueue(stories, app.domains)
+    for story in stories:
+        print(f"enqueued {story.id} -> {app.domains.for_story(story.id).name}")
+    return ExitCode.OK
+
+
+def _stories_from_args(args: argparse.Namespace) -> list[Story]:
+    if args.file:
+        if args.id or args.title:
+            raise InvalidInputError("give either -f FILE or a story id and --title, not both")
+        return stories_from_file(Path(args.file))
+    if not args.id:
+        raise InvalidInputError("name a story: wave enqueue AUTH-001 --title '...', or wave enqueue -f stories.yaml")
+    fields: dict[str, Any] = {"id": args.id, "title": args.title or ""}
+    if args.description:
+        fields["description"] = args.description
+    if args.criteria:
+        fields["acceptance_criteria"] = args.criteria
+    if args.priority:
+        fields["priority"] = args.priority
+    if args.label:
+        fields["labels"] = args.label
+    return [story_from_fields(fields)]
+
+
+def cmd_status(app: App, args: argparse.Namespace) -> int:
+    if args.id:
+        record = app.store.get(args.id)
+        if args.json:
+            print(json.dumps(_with_results(app, record), indent=2))
+        else:
+            _print_story(app, record)
+        return ExitCode.OK
+    records = app.store.list()
+    _print_records(records, as_json=args.json)
+    return ExitCode.OK
+
+
+def cmd_list(app: App, args: argparse.Namespace) -> int:
+    if args.domain:
+        app.domains.get(args.domain)
+    state = _parse_state(args.state) if args.state else None
+    _print_records(app.store.list(domain=args.domain, state=state), as_json=args.json)
+    return ExitCode.OK
+
+
+def _parse_state(value: str) -> StoryState:
+    try:
+        return StoryState(value)
+    except ValueError:
+        raise InvalidInputError(
+            f"unknown state {value!r}: use one of {', '.join(s.value for s in StoryState)}"
+        ) from None
+
+
+def cmd_events(app: App, args: argparse.Namespace) -> int:
+    events = app.store.events(args.id)
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return ExitCode.OK
+    for event in events:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(event["at"])))
+        change = f"{event.get('from', '')} -> {event['to']}" if event.get("from") else f"-> {event['to']}"
+        detail = "  ".join(x for x in (event.get("role") and f"role={event['role']}",
+                                       event.get("round") and f"round={event['round']}",
+                                       event.get("reason")) if x)
+        print(f"{stamp}  {event['event']:<12} {change:<28} {detail}")
+    return ExitCode.OK
+
+
+def _transition(kind: EventKind, verb: str) -> Callable[[App, argparse.Namespace], int]:
+    def command(app: App, args: argparse.Namespace) -> int:
+        reason = args.reason or f"{verb} by operator {os.environ.get('USER', '')}".strip()
+        try:
+            outcome = app.store.apply(args.id, Event(kind, reason=reason))
+        except Rejected as exc:
+            from .errors import ConflictError  # noqa: PLC0415
+
+            raise ConflictError(f"{args.id}: {exc}") from None
+        print(f"{args.id}: {outcome.before.state} -> {outcome.after.state}")
+        return ExitCode.OK
+
+    return command
+
+
+# Processes -----------------------------------------------------------------------------------
+def cmd_worker(app: App, args: argparse.Namespace) -> int:
+    from workers.worker import run_worker  # noqa: PLC0415 - the CLI's other commands do not need RQ workers
+
+    domain = app.domains.get(args.domain)
+    role = Role(args.role)
+    logs.setup(logs.identity(domain.name, role.value, args.index), fmt=app.settings.log_format,
+               level=app.settings.log_level)
+    run_worker(app.settings, domain, role, args.index, burst=args.burst)
+    return ExitCode.OK
+
+
+def cmd_supervisor(app: App, args: argparse.Namespace) -> int:
+    from .supervisor import Supervisor  # noqa: PLC0415
+
+    logs.setup("SUPERVISOR", fmt=app.settings.log_format, level=app.settings.log_level)
+    domains = app.domains
+    supervisor = Supervisor(app.settings, app.store.redis, connect(app.settings, decode=False), domains)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: supervisor.stopping.set())
+    supervisor.run(burst=args.burst)
+    return ExitCode.OK
+
+
+def cmd_up(app: App, args: argparse.Namespace) -> int:
+    from .fleet import run_up  # noqa: PLC0415
+
+    return run_up(app.settings, app.domains, live=not args.no_view)
+
+
+def cmd_demo(app: App, args: argparse.Namespace) -> int:
+    from .fleet import run_demo  # noqa: PLC0415
+
+    return run_demo(app.settings, app.domains, timeout_s=args.timeout, stories_file=Path(args.stories))
+
+
+# Output --------------------------------------------------------------------------------------
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _print_records(records: Sequence[StoryRecord], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+        return
+    if not records:
+        print("no stories")
+        return
+    now = time.time()
+    header = f"{'ID':<16} {'DOMAIN':<10} {'STATE':<11} {'ROUND':>5} {'STAGE':<7} {'AGE':>5} {'COST':>9}"
+    print(header)
+    for r in records:
+        print(f"{r.id:<16} {r.domain:<10} {r.state.value:<11} {r.round:>5} {r.stage:<7} "
+              f"{_age(now - r.created_at):>5} {f'${r.cost_usd:.4f}':>9}")
+
+
+def _with_results(app: App, record: StoryRecord) -> dict[str, Any]:
+    raw = app.store.redis.hgetall(app.settings.keys.story_results(record.id))
+    return {**record.to_dict(), "story": record.story.model_dump(mode="json"),
+            "results": {k: json.loads(v) for k, v in sorted(raw.items())}}
+
+
+def _print_story(app: App, record: StoryRecord) -> None:
+    data = _with_results(app, record)
+    for key in ("id", "domain", "title", "state", "round", "stage", "reason", "cost_usd"):
+        print(f"{key + ':':<10} {data[key]}")
+    print(f"{'age:':<10} {_age(time.time() - record.created_at)}")
+    for name, result in data["results"].items():
+        output = result.get("output", {})
+        summary = output.get("summary") or "; ".join(output.get("reasons", [])) or result.get("error", "")
+        decision = f" {output['decision']}" if "decision" in output else ""
+        status = "ok" if result.get("ok") else "FAILED"
+        print(f"  {name:<12} {status:<6} [{result.get('agent')}] {result.get('worker', '')}{decision}: {summary}")
+
+
+# Parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wave", description="Run teams of AI development agents as a fleet.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("enqueue", help="add stories (arguments or -f FILE); all or nothing")
+    p.add_argument("id", nargs="?", help="story id, e.g. AUTH-001 (its prefix picks the domain)")
+    p.add_argument("--title")
+    p.add_argument("--description")
+    p.add_argument("--criteria", "-c", action="append", help="an acceptance criterion (repeatable)")
+    p.add_argument("--priority", choices=[p.value for p in Priority])
+    p.add_argument("--label", "-l", action="append", help="a label (repeatable)")
+    p.add_argument("-f", "--file", help="a YAML or JSON file of one story or a list of stories")
+    p.set_defaults(handler=cmd_enqueue)
+
+    p = sub.add_parser("status", help="the stories table, or one story in detail")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("list", help="stories filtered by domain and state")
+    p.add_argument("--domain")
+    p.add_argument("--state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("events", help="a story's history")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_events)
+
+    for name, kind, verb, text in (
+        ("cancel", EventKind.CANCEL, "cancelled", "stop working on a story"),
+        ("retry", EventKind.RETRY, "retried", "start a failed, killed or cancelled story again"),
+        ("approve", EventKind.APPROVE, "approved", "approve a held story (it is done)"),
+        ("reject", EventKind.REJECT, "rejected", "reject a held story (it is killed)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("id")
+        p.add_argument("--reason")
+        p.set_defaults(handler=_transition(kind, verb))
+
+    p = sub.add_parser("worker", help="run one role worker of a domain")
+    p.add_argument("--domain", required=True)
+    p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p.add_argument("--index", type=int, default=1)
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("supervisor", help="route stories and advance the pipeline")
+    p.add_argument("--burst", action="store_true", help="exit when nothing is waiting or running")
+    p.set_defaults(handler=cmd_supervisor)
+
+    p = sub.add_parser("up", help="the whole fleet on an embedded Redis, no Docker needed")
+    p.add_argument("--no-view", action="store_true", help="log lines instead of the live view")
+    p.set_defaults(handler=cmd_up)
+
+    p = sub.add_parser("demo", help="sample stories through both sample domains, then a summary")
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--stories", default="domains/demo-stories.yaml")
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        if args.command not in ("up", "demo"):
+            settings = fleet_settings(settings)
+        return int(args.handler(App(settings), args))
+    except WaveError as exc:
+        for line in str(exc).splitlines():
+            print(f"wave: error: {line}", file=sys.stderr)
+        return int(exc.exit_code)
+    except RedisError as exc:
+        print(f"wave: error: {RedisUnavailableError(exc)}", file=sys.stderr)
+        return int(ExitCode.UNAVAILABLE)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Redis clients for the fleet: one decoding client for WAVE's own keys, one raw client for RQ."""
+
+from __future__ import annotations
+
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, ConnectionError, RedisError, TimeoutError
+from redis.retry import Retry
+
+from .config import Settings
+from .errors import RedisUnavailableError
+
+
+def connect(settings: Settings, *, decode: bool = True) -> Redis:
+    """A client that retries a dropped connection with backoff (bounded per command)."""
+    password = settings.redis.password.get_secret_value() if settings.redis.password else None
+    return Redis.from_url(
+        settings.redis.url,
+        password=password,
+        decode_responses=decode,
+        socket_timeout=settings.redis.socket_timeout_s,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+        retry_on_error=[ConnectionError, TimeoutError],
+    )
+
+
+def check(redis: Redis, settings: Settings) -> None:
+    """Ping once; turn the failure into one line naming the URL (never the password)."""
+    try:
+        redis.ping()
+    except AuthenticationError:
+        raise RedisUnavailableError(
+            f"Redis at {redis_location(settings)} refused the password (set WAVE_REDIS__PASSWORD)"
+        ) from None
+    except RedisError as exc:
+        raise RedisUnavailableError(
+            f"cannot reach Redis at {redis_location(settings)}: {exc} "
+            "(start one with `wave up`, or set WAVE_REDIS__URL)"
+        ) from None
+
+
+def redis_location(settings: Settings) -> str:
+    """The Redis URL with any inline password masked, safe to print."""
+    url = settings.redis.url
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,144 @@
+"""Business domains: one folder each under the domains dir, `domain.toml` plus role prompts."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, InvalidInputError
+from .lifecycle import Role
+
+DOMAIN_FILE = "domain.toml"
+STORY_ID = re.compile(r"^(?P<prefix>[A-Z][A-Z0-9]*)-(?P<number>\d{3,})$")
+
+
+class Team(BaseModel):
+    """How many workers of each role the domain runs: the default is the 7-agent team."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    pm: int = Field(default=1, ge=0, le=50)
+    cto: int = Field(default=1, ge=0, le=50)
+    fe: int = Field(default=2, ge=0, le=50)
+    be: int = Field(default=2, ge=0, le=50)
+    qa: int = Field(default=1, ge=0, le=50)
+
+    def size(self, role: Role) -> int:
+        return int(getattr(self, role.value))
+
+
+class Budgets(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    story_usd: float = Field(default=5.0, gt=0)
+    daily_usd: float = Field(default=100.0, gt=0)
+    story_tokens: int = Field(default=2_000_000, gt=0)
+
+
+class Domain(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    prefix: str = Field(pattern=r"^[A-Z][A-Z0-9]*$")
+    description: str = ""
+    repo: Path = Field(description="the target repository: a path, relative to the domain folder")
+    base_branch: str = Field(default="main", pattern=r"^[A-Za-z0-9._/-]+$")
+    test_command: tuple[str, ...] = ("{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    team: Team = Team()
+    budgets: Budgets = Budgets()
+    folder: Path
+
+    @field_validator("test_command")
+    @classmethod
+    def _non_empty(cls, command: tuple[str, ...]) -> tuple[str, ...]:
+        if not command:
+            raise ValueError("must name a program to run")
+        return command
+
+    def prompt(self, role: Role) -> str:
+        path = self.folder / "prompts" / f"{role.value}.md"
+        return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+    def resolved_test_command(self) -> list[str]:
+        return [part.replace("{python}", sys.executable) for part in self.test_command]
+
+
+class Domains:
+    """Every domain of the fleet, found by name or by a story id's prefix."""
+
+    def __init__(self, domains: list[Domain]) -> None:
+        self._by_name = {d.name: d for d in domains}
+        self._by_prefix = {d.prefix: d for d in domains}
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def get(self, name: str) -> Domain:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise InvalidInputError(
+                f"unknown domain {name!r}: known domains are {', '.join(self.names())}"
+            ) from None
+
+    def for_story(self, story_id: str) -> Domain:
+        match = STORY_ID.match(story_id)
+        if not match:
+            raise InvalidInputError(
+                f"story id {story_id!r} is malformed: use PREFIX-NNN, e.g. AUTH-001"
+            )
+        prefix = match["prefix"]
+        if prefix not in self._by_prefix:
+            known = ", ".join(sorted(self._by_prefix))
+            raise InvalidInputError(f"story {story_id}: no domain has prefix {prefix!r} (known: {known})")
+        return self._by_prefix[prefix]
+
+
+def load_domains(domains_dir: Path) -> Domains:
+    """Load every `<dir>/<name>/domain.toml`; a malformed one raises ConfigError naming file and field."""
+    if not domains_dir.is_dir():
+        raise ConfigError(f"{domains_dir}: domains directory not found (set WAVE_DOMAINS_DIR)")
+    files = sorted(domains_dir.glob(f"*/{DOMAIN_FILE}"))
+    if not files:
+        raise ConfigError(f"{domains_dir}: no */{DOMAIN_FILE} found (set WAVE_DOMAINS_DIR)")
+    domains = [load_domain(path) for path in files]
+    _refuse_clashes(domains)
+    return Domains(domains)
+
+
+def load_domain(path: Path) -> Domain:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable TOML file ({exc})") from None
+    raw.setdefault("name", path.parent.name)
+    raw["folder"] = path.parent
+    try:
+        domain = Domain.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(file)"
+        raise ConfigError(f"{path}: {field}: {err['msg']}") from None
+    if not domain.repo.is_absolute():
+        domain = domain.model_copy(update={"repo": (path.parent / domain.repo).resolve()})
+    return domain
+
+
+def _refuse_clashes(domains: list[Domain]) -> None:
+    seen: dict[str, Domain] = {}
+    for domain in domains:
+        other = seen.get(domain.prefix)
+        if other is not None:
+            raise ConfigError(
+                f"{domain.folder / DOMAIN_FILE}: prefix: {domain.prefix!r} is already used by "
+                f"domain {other.name!r}; each domain needs its own prefix"
+            )
+        seen[domain.prefix] = domain

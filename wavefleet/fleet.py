@@ -1,0 +1,261 @@
+"""The embedded fleet: a redis-server, the supervisor and every domain's team as local processes.
+
+`wave up` runs it until Ctrl-C; `wave demo` runs it over the sample stories and prints a summary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import SecretStr
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from . import logs
+from .config import Settings
+from .connection import connect
+from .domains import Domains
+from .embedded import EmbeddedRedis, free_port
+from .lifecycle import TERMINAL, Role, StoryState
+from .queues import Dispatcher
+from .store import StoryRecord, StoryStore
+from .stories import stories_from_file
+
+STOP_TIMEOUT_S = 30.0
+WAITING_FOR_HUMAN = frozenset({StoryState.HELD})
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    log: IO[bytes] | None = field(default=None, repr=False)
+
+
+class Fleet:
+    """Starts, watches (restarting a crashed one) and stops the fleet's processes."""
+
+    def __init__(self, settings: Settings, domains: Domains, log_dir: Path | None) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.children = [Child("SUPERVISOR", ["supervisor"])]
+        for domain in domains:
+            for role in Role:
+                for index in range(1, domain.team.size(role) + 1):
+                    self.children.append(Child(logs.identity(domain.name, role.value, index), [
+                        "worker", "--domain", domain.name, "--role", role.value, "--index", str(index)]))
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WAVE_")}
+        env |= {
+            "WAVE_REDIS__URL": s.redis.url,
+            "WAVE_DATA_DIR": str(s.data_dir.resolve()),
+            "WAVE_DOMAINS_DIR": str(s.domains_dir.resolve()),
+            "WAVE_AGENT": s.agent,
+            "WAVE_LOG_LEVEL": s.log_level,
+            "WAVE_LOG_FORMAT": s.log_format,
+            "WAVE_PIPELINE__MAX_ROUNDS": str(s.pipeline.max_rounds),
+        }
+        if s.redis.password:
+            env["WAVE_REDIS__PASSWORD"] = s.redis.password.get_secret_value()
+        return env
+
+    def start(self) -> None:
+        for child in self.children:
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            child.log = (self.log_dir / f"{child.name.lower()}.log").open("ab")
+        child.process = subprocess.Popen([sys.executable, "-m", "wavefleet.cli", *child.argv], env=self.env(),
+                                         stdout=child.log, stderr=child.log)
+
+    def watch(self) -> None:
+        """Restart any child that exited; called from the view loop."""
+        for child in self.children:
+            if child.process is not None and child.process.poll() is not None:
+                child.restarts += 1
+                self._spawn(child)
+
+    def alive(self) -> int:
+        return sum(1 for c in self.children if c.process is not None and c.process.poll() is None)
+
+    def stop(self) -> None:
+        """SIGTERM lets each worker finish its stage; anything still running after the timeout is killed
+        (its stage is re-run on the next start, so nothing is lost either way)."""
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+            if child.log is not None:
+                child.log.close()
+
+
+def start_redis(settings: Settings, directory: Path, port: int) -> tuple[EmbeddedRedis, Settings]:
+    embedded = EmbeddedRedis(directory, port, appendfsync=settings.embedded_redis.appendfsync,
+                             password=_secret(settings.embedded_redis.password))
+    url = embedded.start()
+    redis = settings.redis.model_copy(update={"url": url, "password": SecretStr(embedded.password)})
+    return embedded, settings.model_copy(update={"redis": redis})
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value else None
+
+
+# Views ---------------------------------------------------------------------------------------
+def queues_table(dispatcher: Dispatcher, domains: Domains, fleet: Fleet) -> Table:
+    table = Table(title=f"queues  ({fleet.alive()}/{len(fleet.children)} processes up)")
+    table.add_column("domain")
+    for role in Role:
+        table.add_column(role.value, justify="right")
+    depths = dispatcher.depths(domains.names())
+    for name in domains.names():
+        table.add_row(name, *(str(depths[dispatcher.settings.keys.queue(name, r.value)]) for r in Role))
+    return table
+
+
+def stories_table(records: list[StoryRecord], title: str = "stories") -> Table:
+    table = Table(title=title)
+    for column in ("id", "domain", "state", "round", "stage", "age", "reason"):
+        table.add_column(column)
+    now = time.time()
+    for r in records[-25:]:
+        table.add_row(r.id, r.domain, _coloured(r.state), str(r.round), r.stage,
+                      f"{int((r.updated_at if r.state in TERMINAL else now) - r.created_at)}s", r.reason[:60])
+    return table
+
+
+def _coloured(state: StoryState) -> str:
+    colour = {StoryState.DONE: "green", StoryState.FAILED: "red", StoryState.KILLED: "red",
+              StoryState.HELD: "yellow"}.get(state, "cyan")
+    return f"[{colour}]{state.value}[/{colour}]"
+
+
+# Commands ------------------------------------------------------------------------------------
+def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
+    console = Console(stderr=True)
+    embedded = None
+    if "url" not in settings.redis.model_fields_set:
+        embedded, settings = start_redis(settings, settings.data_dir / "redis", settings.embedded_redis.port)
+        console.print(f"embedded Redis on {settings.redis.url} (AOF in {embedded.directory})")
+    fleet = Fleet(settings, domains, settings.data_dir / "logs" if live else None)
+    store = StoryStore(connect(settings), settings.keys, settings.pipeline.max_rounds)
+    dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    console.print(f"fleet starting: {len(fleet.children)} processes, agent={settings.agent}"
+                  + (" (offline: deterministic, no LLM)" if settings.agent == "offline" else ""))
+    fleet.start()
+    try:
+        _watch_loop(fleet, stopping, lambda: Group(queues_table(dispatcher, domains, fleet),
+                                                    stories_table(store.list())) if live else None, console)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("stopping the fleet (workers finish their current stage)...")
+        fleet.stop()
+        if embedded is not None:
+            embedded.stop()
+        console.print("fleet stopped; run `wave up` again to carry on where it left off")
+    return 0
+
+
+def _watch_loop(fleet: Fleet, stopping: list[int], render: Any, console: Console,
+                until: Any = None, timeout_s: float | None = None) -> bool:
+    """Refresh the view and restart crashed children until Ctrl-C, SIGTERM, `until()` or the timeout."""
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    first = render()
+    with Live(first, console=console, refresh_per_second=4, transient=False) if first is not None else _Null() as view:
+        while not stopping:
+            fleet.watch()
+            if view is not None:
+                view.update(render())
+            if until is not None and until():
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
+    return False
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_file: Path) -> int:
+    console = Console()
+    stories = stories_from_file(stories_file)
+    demo_dir = (settings.data_dir / "demo").resolve()
+    shutil.rmtree(demo_dir, ignore_errors=True)
+    settings = settings.model_copy(update={"data_dir": demo_dir})
+    embedded, settings = start_redis(settings, demo_dir / "redis", free_port())
+    fleet = Fleet(settings, domains, demo_dir / "logs")
+    store = StoryStore(connect(settings), settings.keys, settings.pipeline.max_rounds)
+    dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
+    console.print(f"[bold]WAVE demo[/bold]: {len(stories)} stories, domains {', '.join(domains.names())}, "
+                  f"agent [yellow]{settings.agent}[/yellow] (deterministic, no LLM, no API key)")
+    console.print(f"embedded Redis {settings.redis.url}, AOF and logs in {demo_dir}")
+    fleet.start()
+    finished = False
+    started = time.monotonic()
+    try:
+        store.enqueue(stories, domains)
+
+        def all_settled() -> bool:
+            return all(r.state in TERMINAL | WAITING_FOR_HUMAN for r in store.list())
+
+        finished = _watch_loop(fleet, [], lambda: Group(queues_table(dispatcher, domains, fleet),
+                                                         stories_table(store.list())),
+                               console, until=all_settled, timeout_s=timeout_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        records = store.list()
+        fleet.stop()
+        embedded.stop()
+    console.print(summary_table(store_results(records), time.monotonic() - started))
+    if not finished:
+        console.print(f"[red]demo did not finish within {timeout_s:.0f}s; logs in {demo_dir / 'logs'}[/red]")
+        return 1
+    console.print(f"branches and worktrees: {demo_dir / 'repos'}; worker logs: {demo_dir / 'logs'}")
+    return 0
+
+
+def store_results(records: list[StoryRecord]) -> list[StoryRecord]:
+    return sorted(records, key=lambda r: r.id)
+
+
+def summary_table(records: list[StoryRecord], elapsed_s: float) -> Table:
+    table = Table(title=f"demo summary ({elapsed_s:.0f}s, offline agent)")
+    for column in ("story", "domain", "final state", "rounds", "took", "why"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(r.id, r.domain, _coloured(r.state), str(r.round),
+                      f"{r.updated_at - r.created_at:.1f}s", r.reason[:70])
+    return table

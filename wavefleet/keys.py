@@ -1,0 +1,85 @@
+"""Every Redis key, queue and stream name WAVE uses, built from one configurable prefix.
+
+No other module writes a key string: they all call these functions, and `tests/test_keys.py`
+pins the layout. RQ keeps its own bookkeeping under ``rq:`` (``rq:queue:<queue name>``, job hashes,
+registries); the queue names it is given come from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "wave"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Names under one prefix; ``Keys("wave").story("AUTH-001") == "wave:story:AUTH-001"``."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def _k(self, *parts: str | int) -> str:
+        return ":".join([self.prefix, *(str(p) for p in parts)])
+
+    # Stories
+    def story(self, story_id: str) -> str:
+        """Hash: state, domain, round, pending stages, attempts, timestamps, cost, spec."""
+        return self._k("story", story_id)
+
+    def story_results(self, story_id: str) -> str:
+        """Hash: ``r{round}.{role}.a{attempt}`` -> the stage's JSON result."""
+        return self._k("story", story_id, "results")
+
+    def active(self) -> str:
+        """Set of story ids not yet in an end state (what the supervisor reconciles)."""
+        return self._k("active")
+
+    def story_events(self, story_id: str) -> str:
+        """Stream: this story's lifecycle history, one entry per transition."""
+        return self._k("story", story_id, "events")
+
+    def stories(self) -> str:
+        """Sorted set of every story id, scored by creation time."""
+        return self._k("stories")
+
+    def domain_stories(self, domain: str) -> str:
+        """Sorted set of a domain's story ids, scored by creation time."""
+        return self._k("stories", domain)
+
+    # Fleet-wide streams
+    def events(self) -> str:
+        """Stream of every story's lifecycle events, fleet-wide."""
+        return self._k("events")
+
+    def intake(self) -> str:
+        """Stream the supervisor consumes: new stories, stage results, misrouted jobs, nudges."""
+        return self._k("intake")
+
+    def supervisor_group(self) -> str:
+        """Consumer group name of the supervisor on the intake stream."""
+        return self._k("supervisor")
+
+    def supervisor_lock(self) -> str:
+        """Leader lock: one supervisor routes at a time."""
+        return self._k("supervisor", "lock")
+
+    # Queues and workers
+    def queue(self, domain: str, role: str) -> str:
+        """RQ queue name of one domain's role, e.g. ``wave:auth:fe``."""
+        return self._k(domain, role)
+
+    def running(self) -> str:
+        """Hash: RQ job id -> JSON {worker, story, started_at} of stages being worked right now."""
+        return self._k("running")
+
+    def worker_heartbeat(self, worker: str) -> str:
+        """String with a TTL: present while the worker is alive."""
+        return self._k("worker", worker, "hb")
+
+    def worker_log(self, worker: str) -> str:
+        """List of the job ids this worker ran (newest first, capped): the worker's own record."""
+        return self._k("worker", worker, "jobs")
+
+    def workers(self) -> str:
+        """Set of worker names that have registered."""
+        return self._k("workers")

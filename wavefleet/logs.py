@@ -1,0 +1,56 @@
+"""structlog set-up for every WAVE process: identity prefix, story id, console or JSON lines."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def identity(domain: str, role: str, index: int) -> str:
+    """The log prefix of a role worker: ``AUTH-FE-2``."""
+    return f"{domain}-{role}-{index}".upper()
+
+
+def setup(process: str, *, fmt: str = "auto", level: str = "info") -> None:
+    """Configure structlog for this process; `process` becomes the ``[PREFIX]`` of every line."""
+    json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _bind_worker(process),
+        structlog.processors.format_exc_info,
+    ]
+    if not json_lines:
+        processors.append(_prefix_event)
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # RQ and redis-py log through the standard library; keep their warnings, in the same stream.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=f"[{process}] %(name)s: %(message)s")
+
+
+def _bind_worker(process: str) -> Any:
+    def processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("worker", process)
+        return event
+
+    return processor
+
+
+def _prefix_event(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    event["event"] = f"[{event.pop('worker')}] {event['event']}"
+    return event
+
+
+def get(**bound: Any) -> Any:
+    return structlog.get_logger().bind(**bound)

@@ -1,0 +1,72 @@
+"""The per-domain, per-role RQ queues, and dispatching a story's pending stages onto them."""
+
+from __future__ import annotations
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from .config import Settings
+from .lifecycle import Role
+from .store import StoryRecord, StoryStore
+from .stories import Priority
+
+STAGE_FUNCTION = "workers.stage.run_stage"
+
+
+class Dispatcher:
+    """Puts each pending stage of a story on its queue exactly once (job ids are deterministic)."""
+
+    def __init__(self, settings: Settings, raw: Redis, store: StoryStore) -> None:
+        self.settings = settings
+        self.raw = raw  # RQ needs a client that does not decode responses
+        self.store = store
+        self._queues: dict[str, Queue] = {}
+
+    def queue(self, domain: str, role: Role) -> Queue:
+        name = self.settings.keys.queue(domain, role.value)
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self.raw)
+        return self._queues[name]
+
+    def ensure(self, record: StoryRecord) -> list[str]:
+        """Enqueue every pending stage that has neither a job nor a result yet; return new job ids."""
+        enqueued = []
+        for role in sorted(record.pending):
+            attempt = record.attempts.get(role, 0)
+            job_id = record.job_id(role)
+            # Order matters: a job deletes itself only after its result is written, so checking the
+            # job first and the result second can never miss both.
+            if Job.exists(job_id, connection=self.raw):
+                continue
+            if self.store.result(record.id, record.round, role, attempt) is not None:
+                continue
+            self.queue(record.domain, role).enqueue(
+                STAGE_FUNCTION,
+                story_id=record.id,
+                domain=record.domain,
+                role=role.value,
+                round_=record.round,
+                attempt=attempt,
+                job_id=job_id,
+                job_timeout=self.settings.worker.job_timeout_s,
+                result_ttl=3600,
+                failure_ttl=86400,
+                description=f"{record.id} {role.value} round {record.round}",
+                at_front=record.story.priority is Priority.URGENT,
+            )
+            enqueued.append(job_id)
+        return enqueued
+
+    def job_status(self, job_id: str) -> str | None:
+        try:
+            status = Job.fetch(job_id, connection=self.raw).get_status()
+        except NoSuchJobError:
+            return None
+        return status.value if status is not None else None
+
+    def depths(self, domains: list[str]) -> dict[str, int]:
+        return {
+            self.settings.keys.queue(d, r.value): len(self.queue(d, r)) for d in domains for r in Role
+        }

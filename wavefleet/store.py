@@ -1,0 +1,292 @@
+"""Stories in Redis: atomic enqueue, atomic transitions, stage results and history."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
+from .domains import Domains
+from .errors import ConflictError, InvalidInputError, NotFoundError
+from .keys import Keys
+from .lifecycle import TERMINAL, Event, EventKind, Outcome, Rejected, Role, Snapshot, StoryState, advance
+from .stories import Story
+
+EVENTS_MAXLEN = 100_000  # fleet-wide event stream is capped (approximately); per-story streams are not
+WATCH_TRIES = 50
+T = TypeVar("T")
+
+
+def job_id(story_id: str, round_: int, role: Role, attempt: int) -> str:
+    """The deterministic RQ job id of one stage attempt: dispatching it twice is detectable.
+
+    RQ allows only letters, digits, dashes and underscores: ``AUTH-001_r1_fe_a1``.
+    """
+    return f"{story_id}_r{round_}_{role.value}_a{attempt}"
+
+
+@dataclass(frozen=True)
+class StoryRecord:
+    id: str
+    domain: str
+    title: str
+    state: StoryState
+    round: int
+    pending: frozenset[Role]
+    attempts: dict[Role, int]
+    held_from: StoryState | None
+    reason: str
+    created_at: float
+    updated_at: float
+    cost_usd: float
+    story: Story
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.state, self.round, self.pending, dict(self.attempts), self.held_from)
+
+    @property
+    def stage(self) -> str:
+        return "+".join(sorted(r.value for r in self.pending)) or "-"
+
+    def job_id(self, role: Role) -> str:
+        return job_id(self.id, self.round, role, self.attempts.get(role, 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "domain": self.domain,
+            "title": self.title,
+            "state": self.state.value,
+            "round": self.round,
+            "stage": self.stage,
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "cost_usd": self.cost_usd,
+        }
+
+
+class StoryStore:
+    def __init__(self, redis: Redis, keys: Keys, max_rounds: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.max_rounds = max_rounds
+
+    # Enqueue ---------------------------------------------------------------------------------
+    def enqueue(self, stories: Sequence[Story], domains: Domains) -> None:
+        """Add all stories or none: refused if any id is unknown, duplicated or still active."""
+        problems = []
+        for story in stories:
+            try:
+                domains.for_story(story.id)
+            except InvalidInputError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise InvalidInputError("\n".join(problems))
+        keys = [self.keys.story(s.id) for s in stories]
+
+        def body(pipe: Pipeline) -> None:
+            self._refuse_active(pipe, stories)
+            previous = [pipe.hget(k, "attempts") for k in keys]
+            pipe.multi()
+            now = time.time()
+            for story, attempts in zip(stories, previous, strict=True):
+                self._write_new(pipe, story, domains.for_story(story.id).name, attempts, now)
+
+        self._transact(keys, body)
+
+    def _refuse_active(self, pipe: Pipeline, stories: Sequence[Story]) -> None:
+        active = []
+        for story in stories:
+            state = pipe.hget(self.keys.story(story.id), "state")
+            if state is not None and StoryState(state) not in TERMINAL:
+                active.append(f"story {story.id} is already active ({state}); cancel it first or use another id")
+        if active:
+            raise ConflictError("\n".join(active))
+
+    def _write_new(self, pipe: Pipeline, story: Story, domain: str, attempts: str | None, now: float) -> None:
+        key = self.keys.story(story.id)
+        pipe.delete(key, self.keys.story_results(story.id))
+        pipe.hset(
+            key,
+            mapping={
+                "id": story.id,
+                "domain": domain,
+                "title": story.title,
+                "state": StoryState.QUEUED.value,
+                "round": 0,
+                "pending": "",
+                # attempts survive a re-enqueue so job ids never repeat an old, finished job's id
+                "attempts": attempts or "{}",
+                "held_from": "",
+                "reason": "",
+                "created_at": now,
+                "updated_at": now,
+                "cost_usd": 0,
+                "spec": story.model_dump_json(),
+            },
+        )
+        pipe.zadd(self.keys.stories(), {story.id: now})
+        pipe.zadd(self.keys.domain_stories(domain), {story.id: now})
+        pipe.sadd(self.keys.active(), story.id)
+        self._record(pipe, story.id, {"event": "enqueued", "to": StoryState.QUEUED.value}, now)
+        pipe.xadd(self.keys.intake(), {"kind": "route", "story": story.id})
+
+    # Reading ---------------------------------------------------------------------------------
+    def get(self, story_id: str) -> StoryRecord:
+        data = self.redis.hgetall(self.keys.story(story_id))
+        if not data:
+            raise NotFoundError(f"no story {story_id}")
+        return _record_from(data)
+
+    def find(self, story_id: str) -> StoryRecord | None:
+        data = self.redis.hgetall(self.keys.story(story_id))
+        return _record_from(data) if data else None
+
+    def list(self, domain: str | None = None, state: StoryState | None = None) -> list[StoryRecord]:
+        index = self.keys.domain_stories(domain) if domain else self.keys.stories()
+        ids = self.redis.zrange(index, 0, -1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for story_id in ids:
+                pipe.hgetall(self.keys.story(story_id))
+            rows = pipe.execute()
+        records = [_record_from(row) for row in rows if row]
+        return [r for r in records if state is None or r.state is state]
+
+    def active_ids(self) -> list[str]:
+        return sorted(self.redis.smembers(self.keys.active()))
+
+    def events(self, story_id: str) -> list[dict[str, str]]:
+        self.get(story_id)
+        return [fields for _id, fields in self.redis.xrange(self.keys.story_events(story_id))]
+
+    def result(self, story_id: str, round_: int, role: Role, attempt: int) -> dict[str, Any] | None:
+        raw = self.redis.hget(self.keys.story_results(story_id), _result_field(round_, role, attempt))
+        return json.loads(raw) if raw else None
+
+    def latest_result(self, record: StoryRecord, role: Role, round_: int | None = None) -> dict[str, Any] | None:
+        """The newest result of `role` in `round_` (default: the story's current round)."""
+        wanted = record.round if round_ is None else round_
+        for attempt in range(record.attempts.get(role, 0), 0, -1):
+            found = self.result(record.id, wanted, role, attempt)
+            if found is not None:
+                return found
+        return None
+
+    # Transitions -----------------------------------------------------------------------------
+    def apply(self, story_id: str, event: Event) -> Outcome:
+        """Apply `event` atomically; raises Rejected (nothing written) if it does not fit."""
+        key = self.keys.story(story_id)
+
+        def body(pipe: Pipeline) -> Outcome:
+            data = pipe.hgetall(key)
+            if not data:
+                raise NotFoundError(f"no story {story_id}")
+            outcome = advance(_record_from(data).snapshot, event, self.max_rounds)
+            pipe.multi()
+            self._write_outcome(pipe, story_id, event, outcome)
+            return outcome
+
+        return self._transact([key], body)
+
+    def _write_outcome(self, pipe: Pipeline, story_id: str, event: Event, outcome: Outcome) -> None:
+        now = time.time()
+        after = outcome.after
+        fields: dict[str, Any] = {
+            "state": after.state.value,
+            "round": after.round,
+            "pending": ",".join(sorted(r.value for r in after.pending)),
+            "attempts": json.dumps({r.value: n for r, n in after.attempts.items()}),
+            "held_from": after.held_from.value if after.held_from else "",
+            "updated_at": now,
+        }
+        if outcome.changed_state:
+            fields["reason"] = outcome.reason
+        pipe.hset(self.keys.story(story_id), mapping=fields)
+        if after.state in TERMINAL:
+            pipe.srem(self.keys.active(), story_id)
+        else:
+            pipe.sadd(self.keys.active(), story_id)
+        history = {
+            "event": event.kind.value,
+            "from": outcome.before.state.value,
+            "to": after.state.value,
+            "round": after.round,
+            "role": event.role.value if event.role else "",
+            "reason": outcome.reason or event.reason,
+        }
+        self._record(pipe, story_id, history, now)
+        if event.kind in (EventKind.RETRY, EventKind.APPROVE):
+            pipe.xadd(self.keys.intake(), {"kind": "route" if event.kind is EventKind.RETRY else "nudge",
+                                           "story": story_id})
+
+    def _record(self, pipe: Pipeline, story_id: str, fields: dict[str, Any], now: float) -> None:
+        entry = {**{k: str(v) for k, v in fields.items()}, "story": story_id, "at": f"{now:.6f}"}
+        pipe.xadd(self.keys.story_events(story_id), entry)
+        pipe.xadd(self.keys.events(), entry, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    # Stage bookkeeping (written by workers) --------------------------------------------------
+    def mark_running(self, job: str, info: dict[str, Any]) -> None:
+        self.redis.hset(self.keys.running(), job, json.dumps(info))
+
+    def record_result(
+        self, story_id: str, round_: int, role: Role, attempt: int, job: str, result: dict[str, Any]
+    ) -> None:
+        """Store a stage's result and tell the supervisor, in one transaction."""
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.keys.story_results(story_id), _result_field(round_, role, attempt), json.dumps(result))
+            if result.get("cost_usd"):
+                pipe.hincrbyfloat(self.keys.story(story_id), "cost_usd", float(result["cost_usd"]))
+            pipe.hdel(self.keys.running(), job)
+            pipe.xadd(
+                self.keys.intake(),
+                {"kind": "result", "story": story_id, "role": role.value, "round": round_, "attempt": attempt},
+            )
+            pipe.execute()
+
+    def _transact(self, keys: list[str], body: Callable[[Pipeline], T]) -> T:
+        """Run `body` as an optimistic transaction on `keys`, again if a watched key changed."""
+        with self.redis.pipeline() as pipe:
+            for _ in range(WATCH_TRIES):
+                try:
+                    pipe.watch(*keys)
+                    value = body(pipe)
+                    pipe.execute()
+                    return value
+                except WatchError:
+                    pipe.reset()
+        raise ConflictError(f"too much contention on {', '.join(keys)}; try again")
+
+
+def _result_field(round_: int, role: Role, attempt: int) -> str:
+    return f"r{round_}.{role.value}.a{attempt}"
+
+
+def _record_from(data: dict[str, str]) -> StoryRecord:
+    pending = frozenset(Role(p) for p in data.get("pending", "").split(",") if p)
+    attempts = {Role(k): int(v) for k, v in json.loads(data.get("attempts") or "{}").items()}
+    return StoryRecord(
+        id=data["id"],
+        domain=data["domain"],
+        title=data.get("title", ""),
+        state=StoryState(data["state"]),
+        round=int(data.get("round", 0)),
+        pending=pending,
+        attempts=attempts,
+        held_from=StoryState(data["held_from"]) if data.get("held_from") else None,
+        reason=data.get("reason", ""),
+        created_at=float(data.get("created_at", 0)),
+        updated_at=float(data.get("updated_at", 0)),
+        cost_usd=float(data.get("cost_usd", 0)),
+        story=Story.model_validate_json(data["spec"]),
+    )
+
+
+__all__ = ["Rejected", "StoryRecord", "StoryStore", "job_id"]

@@ -1,0 +1,202 @@
+"""The supervisor: routes stories to their domain's queues, advances the pipeline, recovers lost stages.
+
+It is the only process that dispatches stages. Its input is the intake stream, read through a
+consumer group, so a message is acknowledged only after it was applied: a supervisor killed at any
+point re-reads what it had not acknowledged, and the idempotent transitions make that harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from . import logs
+from .config import Settings
+from .domains import Domains
+from .lifecycle import WORKING, Decision, Event, EventKind, Rejected, Role, StoryState
+from .queues import Dispatcher
+from .store import StoryStore
+
+CONSUMER = "supervisor"
+BATCH = 200
+LOST_JOB_STATUSES = {"failed", "stopped", "canceled"}
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, redis: Redis, raw: Redis, domains: Domains) -> None:
+        self.settings = settings
+        self.keys = settings.keys
+        self.redis = redis
+        self.domains = domains
+        self.store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
+        self.dispatcher = Dispatcher(settings, raw, self.store)
+        self.stopping = threading.Event()
+        self.token = f"{os.uname().nodename}.{os.getpid()}"
+        self.log = logs.get()
+        self._last_recovery = 0.0
+
+    # Loop ------------------------------------------------------------------------------------
+    def run(self, *, burst: bool = False) -> None:
+        """Work until stopped (or, with `burst`, until the intake is drained and nothing is running)."""
+        self.log.info("supervisor starting", domains=self.domains.names())
+        delay = 0.1
+        reconciled = False
+        while not self.stopping.is_set():
+            try:
+                if not self._lead():
+                    self.stopping.wait(1.0)
+                    continue
+                if not reconciled:
+                    self.reconcile()
+                    reconciled = True
+                handled = self.run_once(block_ms=0 if burst else self.settings.supervisor.block_ms)
+                delay = 0.1
+                if burst and handled == 0 and not self.redis.hlen(self.keys.running()):
+                    break
+            except RedisError as exc:
+                self.log.warning("Redis unavailable; retrying", error=str(exc), retry_in_s=delay)
+                reconciled = False  # after Redis returns (maybe from its AOF), check every story again
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+        self._release()
+        self.log.info("supervisor stopped")
+
+    def run_once(self, block_ms: int = 0) -> int:
+        """Handle what is waiting on the intake (own unacknowledged entries first), then recover."""
+        self._ensure_group()
+        handled = self._consume("0", block_ms=None)  # redelivered after a crash
+        handled += self._consume(">", block_ms=block_ms or None)
+        now = time.monotonic()
+        if now - self._last_recovery >= self.settings.supervisor.recovery_interval_s:
+            self.recover()
+            self._last_recovery = now
+        return handled
+
+    def _consume(self, start: str, block_ms: int | None) -> int:
+        reply = self.redis.xreadgroup(self.keys.supervisor_group(), CONSUMER, {self.keys.intake(): start},
+                                      count=BATCH, block=block_ms)
+        handled = 0
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self.handle(fields)
+                self.redis.xack(self.keys.intake(), self.keys.supervisor_group(), entry_id)
+                handled += 1
+        return handled
+
+    def _ensure_group(self) -> None:
+        try:
+            # From id 0: stories enqueued before any supervisor ever ran are routed too.
+            self.redis.xgroup_create(self.keys.intake(), self.keys.supervisor_group(), id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # Leadership ------------------------------------------------------------------------------
+    def _lead(self) -> bool:
+        """Hold the leader lock: only one supervisor dispatches at a time."""
+        key, ttl_ms = self.keys.supervisor_lock(), int(self.settings.supervisor.lock_ttl_s * 1000)
+        if self.redis.set(key, self.token, nx=True, px=ttl_ms):
+            self.log.info("supervisor is the leader")
+            return True
+        if self.redis.get(key) == self.token:
+            self.redis.pexpire(key, ttl_ms)
+            return True
+        return False
+
+    def _release(self) -> None:
+        try:
+            if self.redis.get(self.keys.supervisor_lock()) == self.token:
+                self.redis.delete(self.keys.supervisor_lock())
+        except RedisError:
+            pass
+
+    # Handling intake messages ----------------------------------------------------------------
+    def handle(self, fields: dict[str, str]) -> None:
+        story_id = fields.get("story", "")
+        kind = fields.get("kind")
+        try:
+            if kind == "route":
+                self._apply(story_id, Event(EventKind.ROUTE))
+            elif kind == "result":
+                self._apply(story_id, self._result_event(fields))
+            elif kind == "misrouted":
+                self.log.warning("misrouted job returned by a worker", story=story_id, worker=fields.get("worker"))
+                self._apply(story_id, _stage_event(EventKind.STAGE_LOST, fields, reason="misrouted; sent again"))
+            elif kind == "nudge":
+                self._dispatch(story_id)
+            else:
+                self.log.error("unknown intake message ignored", fields=fields)
+        except Rejected as exc:
+            self.log.debug("event ignored", story=story_id, kind=kind, why=str(exc))
+
+    def _result_event(self, fields: dict[str, str]) -> Event:
+        role, round_, attempt = Role(fields["role"]), int(fields["round"]), int(fields["attempt"])
+        result = self.store.result(fields["story"], round_, role, attempt)
+        if result is None:
+            raise Rejected("result message without a stored result")
+        if not result.get("ok"):
+            return Event(EventKind.STAGE_FAILED, role, round_, attempt, reason=str(result.get("error", "")))
+        output: dict[str, Any] = result.get("output", {})
+        if role is Role.QA:
+            return Event(EventKind.STAGE_DONE, role, round_, attempt, passed=bool(output.get("passed")),
+                         reason=str(output.get("summary", "")))
+        if role is Role.CTO:
+            return Event(EventKind.STAGE_DONE, role, round_, attempt, decision=Decision(output["decision"]),
+                         reason="; ".join(output.get("reasons", [])))
+        return Event(EventKind.STAGE_DONE, role, round_, attempt)
+
+    def _apply(self, story_id: str, event: Event) -> None:
+        outcome = self.store.apply(story_id, event)
+        if outcome.changed_state:
+            self.log.info("story moved", story=story_id, frm=outcome.before.state.value,
+                          to=outcome.after.state.value, round=outcome.after.round, reason=outcome.reason or None)
+        if outcome.dispatch:
+            self._dispatch(story_id)
+
+    def _dispatch(self, story_id: str) -> None:
+        record = self.store.get(story_id)
+        for job in self.dispatcher.ensure(record):
+            self.log.info("stage dispatched", story=story_id, job=job,
+                          queue=self.keys.queue(record.domain, job.split("_")[2]))
+
+    # Recovery --------------------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Make every active story's current stages exist: routes and dispatches a crash skipped."""
+        for story_id in self.store.active_ids():
+            record = self.store.find(story_id)
+            if record is None:
+                continue
+            if record.state is StoryState.QUEUED:
+                try:
+                    self._apply(story_id, Event(EventKind.ROUTE))
+                except Rejected:
+                    pass
+            elif record.state in WORKING:
+                self._dispatch(story_id)
+
+    def recover(self) -> None:
+        """Run again every stage whose worker died or whose job crashed."""
+        for job_id, raw in self.redis.hgetall(self.keys.running()).items():
+            info = json.loads(raw)
+            alive = self.redis.exists(self.keys.worker_heartbeat(info["worker"]))
+            status = self.dispatcher.job_status(job_id)
+            if alive and status not in LOST_JOB_STATUSES:
+                continue
+            why = f"worker {info['worker']} died" if not alive else f"job {status}"
+            self.redis.hdel(self.keys.running(), job_id)
+            self.log.warning("stage lost; running it again", story=info["story"], job=job_id, why=why)
+            try:
+                self._apply(info["story"], Event(EventKind.STAGE_LOST, Role(info["role"]), int(info["round"]),
+                                                 int(info["attempt"]), reason=why))
+            except Rejected as exc:
+                self.log.debug("lost stage already superseded", job=job_id, why=str(exc))
+
+
+def _stage_event(kind: EventKind, fields: dict[str, str], reason: str) -> Event:
+    return Event(kind, Role(fields["role"]), int(fields["round"]), int(fields["attempt"]), reason=reason)

@@ -1,0 +1,125 @@
+"""The domain's git repository as the agents see it: one clone per domain, one worktree per branch."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from wavefleet.domains import Domain
+from wavefleet.errors import GitError
+
+GIT_TIMEOUT_S = 120
+# Agents commit as WAVE; set here so a machine without a global git identity still commits.
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "WAVE",
+    "GIT_AUTHOR_EMAIL": "wave@localhost",
+    "GIT_COMMITTER_NAME": "WAVE",
+    "GIT_COMMITTER_EMAIL": "wave@localhost",
+}
+
+
+def git(cwd: Path, *args: str, check: bool = True) -> str:
+    env = {**os.environ, **IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {' '.join(args)} timed out after {GIT_TIMEOUT_S}s in {cwd}") from None
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise GitError(f"git {' '.join(args)} failed in {cwd}: {detail[-1] if detail else proc.returncode}")
+    return proc.stdout.strip()
+
+
+def branch_name(story_id: str, role: str) -> str:
+    return f"wave/{story_id}-{role}"
+
+
+class Workspace:
+    """A domain's clone under the data dir, and the worktrees the agents work in."""
+
+    def __init__(self, domain: Domain, data_dir: Path) -> None:
+        self.domain = domain
+        self.root = (data_dir / "repos" / domain.name).resolve()
+        self.clone = self.root / "clone"
+        self.trees = self.root / "worktrees"
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Several workers share one clone: serialise what changes its administrative files.
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def ensure_clone(self) -> Path:
+        """Clone the domain's repository on first use (a plain folder is first made a repository)."""
+        with self._locked():
+            if not (self.clone / ".git").exists():
+                source = self._source()
+                if self.clone.exists():
+                    shutil.rmtree(self.clone)
+                git(self.root, "clone", "--quiet", "--branch", self.domain.base_branch, str(source), str(self.clone))
+        return self.clone
+
+    def _source(self) -> Path:
+        repo = self.domain.repo
+        if not repo.is_dir():
+            raise GitError(f"domain {self.domain.name}: repository {repo} does not exist (fix `repo` in domain.toml)")
+        if (repo / ".git").exists():
+            return repo
+        # A sample service shipped as a folder: seed a repository from it, once.
+        seed = self.root / "seed"
+        if not (seed / ".git").exists():
+            if seed.exists():
+                shutil.rmtree(seed)
+            shutil.copytree(repo, seed, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+            git(seed, "init", "--quiet", "--initial-branch", self.domain.base_branch)
+            git(seed, "add", "-A")
+            git(seed, "commit", "--quiet", "-m", f"Seed {self.domain.name} sample service")
+        return seed
+
+    def worktree(self, branch: str, *, start: str | None = None) -> Path:
+        """Check out `branch` in its own worktree, creating it from `start` (default: base) if new."""
+        self.ensure_clone()
+        path = self.trees / branch.replace("/", "_")
+        with self._locked():
+            if path.exists():
+                git(self.clone, "worktree", "remove", "--force", str(path), check=False)
+                shutil.rmtree(path, ignore_errors=True)
+            git(self.clone, "worktree", "prune")
+            exists = git(self.clone, "branch", "--list", branch) != ""
+            if exists and start is None:
+                git(self.clone, "worktree", "add", "--quiet", str(path), branch)
+            else:
+                git(self.clone, "worktree", "add", "--quiet", "-B", branch, str(path),
+                    start or self.domain.base_branch)
+        return path
+
+    def commit_all(self, tree: Path, message: str) -> str:
+        """Commit everything in the worktree; no change means no new commit. Returns HEAD."""
+        git(tree, "add", "-A")
+        if git(tree, "status", "--porcelain"):
+            git(tree, "commit", "--quiet", "-m", message)
+        return git(tree, "rev-parse", "HEAD")
+
+    def merge(self, tree: Path, *branches: str) -> None:
+        for branch in branches:
+            git(tree, "merge", "--quiet", "--no-edit", "--no-ff", branch)
+
+    def diff(self, branch: str) -> str:
+        self.ensure_clone()
+        return git(self.clone, "diff", f"{self.domain.base_branch}...{branch}")
+
+    def has_branch(self, branch: str) -> bool:
+        self.ensure_clone()
+        return git(self.clone, "branch", "--list", branch) != ""

@@ -1,0 +1,84 @@
+"""The role interface: what a stage receives, the typed output each role returns, the Agent protocol.
+
+Every agent kind (offline, noop, and the LLM agents to come) implements `Agent` for each role and
+returns these models, so the pipeline never changes when a new kind plugs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from wavefleet.domains import Domain
+from wavefleet.lifecycle import Decision, Role
+from wavefleet.stories import Story
+
+
+class Task(BaseModel):
+    id: str
+    role: Literal["fe", "be"]
+    title: str
+    criteria: list[str] = Field(default_factory=list)
+
+
+class Plan(BaseModel):
+    kind: Literal["plan"] = "plan"
+    agent: str
+    tasks: list[Task]
+    summary: str
+
+
+class DevResult(BaseModel):
+    kind: Literal["dev"] = "dev"
+    agent: str
+    branch: str
+    commit: str
+    files: list[str]
+    summary: str
+
+
+class QAReport(BaseModel):
+    kind: Literal["qa"] = "qa"
+    agent: str
+    passed: bool
+    branch: str
+    tests_passed: int = 0
+    tests_failed: int = 0
+    summary: str
+    output_tail: str = ""
+
+
+class Review(BaseModel):
+    kind: Literal["review"] = "review"
+    agent: str
+    decision: Decision
+    reasons: list[str]
+
+
+StageOutput = Plan | DevResult | QAReport | Review
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """Everything an agent gets for one stage attempt."""
+
+    story: Story
+    domain: Domain
+    role: Role
+    round: int
+    attempt: int
+    worker: str
+    data_dir: Path
+    plan: Plan | None = None
+    last_qa: QAReport | None = None  # the previous round's failed report, when recycled
+
+
+class Agent(Protocol):
+    """One role's behaviour: turn a stage input into that role's output, or raise StageError."""
+
+    label: str
+
+    def run(self, stage: StageInput) -> StageOutput: ...

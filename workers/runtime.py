@@ -1,0 +1,37 @@
+"""The per-process context a role worker sets up once and its forked work horses inherit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis import Redis
+
+from wavefleet.config import Settings
+from wavefleet.domains import Domain
+from wavefleet.lifecycle import Role
+from wavefleet.store import StoryStore
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    redis: Redis
+    store: StoryStore
+    domain: Domain
+    role: Role
+    identity: str  # the log prefix, AUTH-FE-2
+    name: str  # unique per process: the heartbeat and RQ worker name
+
+
+_current: Runtime | None = None
+
+
+def install(runtime: Runtime) -> None:
+    global _current  # noqa: PLW0603 - one context per worker process, set once before forking
+    _current = runtime
+
+
+def current() -> Runtime:
+    if _current is None:
+        raise RuntimeError("stage jobs run only inside a `wave worker` process")
+    return _current

@@ -1,0 +1,71 @@
+"""The RQ job function of every stage: run the role's agent and report the result to the supervisor."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from wavefleet import logs
+from wavefleet.errors import StageError
+from wavefleet.lifecycle import Role
+from wavefleet.store import StoryRecord, job_id
+
+from . import runtime
+from .agents import agent_for
+from .roles import Plan, QAReport, StageInput
+
+
+def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) -> str:
+    """Run one stage attempt. A stale attempt (superseded or already applied) is skipped."""
+    rt = runtime.current()
+    stage_role = Role(role)
+    job = job_id(story_id, round_, stage_role, attempt)
+    log = logs.get(story=story_id, stage=role, round=round_, attempt=attempt)
+    record = rt.store.find(story_id)
+    if record is None or not _is_current(record, stage_role, round_, attempt):
+        log.info("stale stage skipped", job=job)
+        return "stale"
+    rt.store.mark_running(job, {"worker": rt.name, "story": story_id, "role": role, "round": round_,
+                                "attempt": attempt, "started_at": time.time()})
+    agent = agent_for(rt.settings.agent, stage_role, command_timeout_s=rt.settings.worker.command_timeout_s)
+    log.info("stage started", agent=agent.label, job=job)
+    started = time.monotonic()
+    result: dict[str, Any] = {"agent": agent.label, "worker": rt.identity, "job": job}
+    try:
+        output = agent.run(_stage_input(rt, record, stage_role))
+        result |= {"ok": True, "output": output.model_dump(mode="json")}
+    except StageError as exc:
+        result |= {"ok": False, "error": str(exc)}
+    except RedisError:
+        raise  # the fleet's Redis is unwell: let recovery run the stage again
+    except Exception as exc:  # an agent bug must fail the story visibly, not loop forever
+        log.error("agent crashed", error=repr(exc), traceback=traceback.format_exc(limit=5))
+        result |= {"ok": False, "error": f"{agent.label} {role} agent crashed: {exc!r}"}
+    result["duration_s"] = round(time.monotonic() - started, 3)
+    rt.store.record_result(story_id, round_, stage_role, attempt, job, result)
+    log.info("stage finished", agent=agent.label, ok=result["ok"], duration_s=result["duration_s"],
+             error=result.get("error"))
+    return job
+
+
+def _is_current(record: StoryRecord, role: Role, round_: int, attempt: int) -> bool:
+    return role in record.pending and record.round == round_ and record.attempts.get(role) == attempt
+
+
+def _stage_input(rt: runtime.Runtime, record: StoryRecord, role: Role) -> StageInput:
+    plan_raw = rt.store.latest_result(record, Role.PM, round_=0)
+    qa_raw = rt.store.latest_result(record, Role.QA, round_=record.round - 1) if record.round > 1 else None
+    return StageInput(
+        story=record.story,
+        domain=rt.domain,
+        role=role,
+        round=record.round,
+        attempt=record.attempts.get(role, 0),
+        worker=rt.identity,
+        data_dir=rt.settings.data_dir,
+        plan=Plan.model_validate(plan_raw["output"]) if plan_raw and plan_raw.get("ok") else None,
+        last_qa=QAReport.model_validate(qa_raw["output"]) if qa_raw and qa_raw.get("ok") else None,
+    )
