@@ -83,3 +83,20 @@ class Keys:
     def workers(self) -> str:
         """Set of worker names that have registered."""
         return self._k("workers")
+
+    # Emergency stop
+    def halt(self) -> str:
+        """String: the durable halt flag, JSON {reason, by, at}; absent while the fleet runs."""
+        return self._k("halt")
+
+    def halt_channel(self) -> str:
+        """Pub/sub channel carrying ``halt`` and ``resume`` messages (the flag is the durable copy)."""
+        return self._k("halt")
+
+    def halt_acks(self) -> str:
+        """Hash: worker name -> JSON {at, job stopped} written when the worker obeyed a halt."""
+        return self._k("halt", "acks")
+
+    def halted_jobs(self) -> str:
+        """Hash: RQ job id -> queue name of stages stopped by a halt, put back on resume."""
+        return self._k("halt", "jobs")
