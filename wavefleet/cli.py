@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind, verb, text in (
         ("cancel", EventKind.CANCEL, "cancelled", "stop working on a story"),
         ("retry", EventKind.RETRY, "retried", "start a failed, killed or cancelled story again"),
-        ("approve", EventKind.APPROVE, "approved", "approve a held story (it is done)"),
+        ("approve", EventKind.APPROVE, "approved", "approve a held story: GO after a CTO HOLD, else resume it"),
         ("reject", EventKind.REJECT, "rejected", "reject a held story (it is killed)"),
     ):
         p = sub.add_parser(name, help=text)

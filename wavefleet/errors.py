@@ -58,5 +58,10 @@ class StageError(WaveError):
     """An agent could not complete a stage; the story fails with this message as its reason."""
 
 
+class HoldStory(StageError):
+    """The stage cannot go on without a human (a budget is exhausted, an action awaits review):
+    the story is held, and `wave approve` resumes it at this stage."""
+
+
 class GitError(StageError):
     """A git command on a domain's repository failed."""

@@ -64,6 +64,8 @@ TRANSITIONS: frozenset[tuple[StoryState, StoryState]] = frozenset(
         (StoryState.REVIEWING, StoryState.DONE),
         (StoryState.REVIEWING, StoryState.HELD),
         (StoryState.REVIEWING, StoryState.KILLED),
+        *((s, StoryState.HELD) for s in WORKING),  # a stage needs a human (budget, safety review)
+        *((StoryState.HELD, s) for s in WORKING),  # approved: resume the stage it was held in
         (StoryState.HELD, StoryState.DONE),  # approved after a CTO HOLD
         (StoryState.HELD, StoryState.KILLED),  # rejected
         *((s, StoryState.FAILED) for s in WORKING),  # an agent gave up
@@ -82,6 +84,7 @@ class EventKind(StrEnum):
     STAGE_DONE = "stage_done"  # a worker finished a stage (payload: the stage's outcome)
     STAGE_FAILED = "stage_failed"  # a worker's agent gave up on a stage
     STAGE_LOST = "stage_lost"  # the worker running a stage died; run it again
+    STAGE_HELD = "stage_held"  # a stage needs a human before it can go on (budget, safety)
     CANCEL = "cancel"
     APPROVE = "approve"
     REJECT = "reject"
@@ -161,6 +164,8 @@ def _route(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
 
 
 def _check_current(snap: Snapshot, event: Event) -> Role:
+    if snap.state not in WORKING:
+        raise Rejected(f"no stage is running in state {snap.state}")
     role = event.role
     if role is None or role not in snap.pending:
         raise Rejected(f"stage {role} is not pending in state {snap.state}")
@@ -196,7 +201,7 @@ def _after_review(snap: Snapshot, event: Event) -> Outcome:
     cleared = replace(snap, pending=frozenset())
     if event.decision is Decision.GO:
         return Outcome(snap, replace(cleared, state=StoryState.DONE), reason=event.reason)
-    if event.decision is Decision.HOLD:
+    if event.decision is Decision.HOLD:  # approving it later means GO
         held = replace(cleared, state=StoryState.HELD, held_from=StoryState.REVIEWING)
         return Outcome(snap, held, reason=event.reason)
     if event.decision is Decision.KILL:
@@ -219,6 +224,12 @@ def _stage_lost(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     return Outcome(snap, replace(snap, attempts=attempts), dispatch=(role,), reason=event.reason)
 
 
+def _stage_held(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
+    _check_current(snap, event)
+    # `pending` is kept: approving resumes exactly the stages that were not finished.
+    return Outcome(snap, replace(snap, state=StoryState.HELD, held_from=snap.state), reason=event.reason)
+
+
 def _cancel(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     if snap.state in TERMINAL or snap.state is StoryState.HALTED:
         raise Rejected(f"cannot cancel a story that is {snap.state}")
@@ -228,13 +239,23 @@ def _cancel(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
 def _approve(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     if snap.state is not StoryState.HELD:
         raise Rejected(f"only a held story can be approved; this one is {snap.state}")
+    if snap.held_from in WORKING:  # held mid-stage: run the unfinished stages again
+        return _resume(snap, snap.held_from, event.reason)
     return Outcome(snap, replace(snap, state=StoryState.DONE, held_from=None), reason=event.reason)
+
+
+def _resume(snap: Snapshot, state: StoryState, reason: str) -> Outcome:
+    """Back into a working state, with a fresh attempt for each stage it had not finished."""
+    attempts = {**snap.attempts, **{r: snap.attempts.get(r, 0) + 1 for r in snap.pending}}
+    after = replace(snap, state=state, attempts=attempts, held_from=None)
+    return Outcome(snap, after, dispatch=tuple(sorted(snap.pending)), reason=reason)
 
 
 def _reject(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     if snap.state is not StoryState.HELD:
         raise Rejected(f"only a held story can be rejected; this one is {snap.state}")
-    return Outcome(snap, replace(snap, state=StoryState.KILLED, held_from=None), reason=event.reason)
+    killed = replace(snap, state=StoryState.KILLED, held_from=None, pending=frozenset())
+    return Outcome(snap, killed, reason=event.reason)
 
 
 def _retry(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
@@ -249,6 +270,7 @@ _HANDLERS = {
     EventKind.STAGE_DONE: _stage_done,
     EventKind.STAGE_FAILED: _stage_failed,
     EventKind.STAGE_LOST: _stage_lost,
+    EventKind.STAGE_HELD: _stage_held,
     EventKind.CANCEL: _cancel,
     EventKind.APPROVE: _approve,
     EventKind.REJECT: _reject,

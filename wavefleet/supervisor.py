@@ -141,7 +141,8 @@ class Supervisor:
         if result is None:
             raise Rejected("result message without a stored result")
         if not result.get("ok"):
-            return Event(EventKind.STAGE_FAILED, role, round_, attempt, reason=str(result.get("error", "")))
+            kind = EventKind.STAGE_HELD if result.get("hold") else EventKind.STAGE_FAILED
+            return Event(kind, role, round_, attempt, reason=str(result.get("error", "")))
         output: dict[str, Any] = result.get("output", {})
         if role is Role.QA:
             return Event(EventKind.STAGE_DONE, role, round_, attempt, passed=bool(output.get("passed")),

@@ -9,7 +9,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from wavefleet import logs
-from wavefleet.errors import StageError
+from wavefleet.errors import HoldStory, StageError
 from wavefleet.lifecycle import Role
 from wavefleet.store import StoryRecord, job_id
 
@@ -37,6 +37,8 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     try:
         output = agent.run(_stage_input(rt, record, stage_role))
         result |= {"ok": True, "output": output.model_dump(mode="json")}
+    except HoldStory as exc:
+        result |= {"ok": False, "hold": True, "error": str(exc)}
     except StageError as exc:
         result |= {"ok": False, "error": str(exc)}
     except RedisError:
