@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, Keys
@@ -92,6 +93,12 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:
+        # A whole section given as one variable (WAVE_REDIS=...) that is not JSON.
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = f"{ENV_PREFIX}{match[1].upper()}" if match else "a WAVE_* variable"
+        raise ConfigError(f"{name}: not valid JSON (set nested settings one by one, e.g. "
+                          f"WAVE_REDIS__URL)") from None
 
 
 def _known_variables() -> set[str]:
@@ -110,7 +117,8 @@ def _refuse_unknown_variables() -> None:
     # WAVE_REDIS_URL (one underscore) would silently fall back to the default Redis.
     known = _known_variables()
     for var in sorted(os.environ):
-        if var.startswith(ENV_PREFIX) and var.upper() not in known:
+        # pydantic-settings reads names case-insensitively, so check them the same way
+        if var.upper().startswith(ENV_PREFIX) and var.upper() not in known:
             raise ConfigError(
                 f"{var}: unknown setting (nested settings use a double underscore, "
                 f"e.g. WAVE_REDIS__URL; see the README's configuration table)"

@@ -13,7 +13,8 @@ from .errors import ConfigError, InvalidInputError
 from .lifecycle import Role
 
 DOMAIN_FILE = "domain.toml"
-STORY_ID = re.compile(r"^(?P<prefix>[A-Z][A-Z0-9]*)-(?P<number>\d{3,})$")
+# [0-9], not \d: \d also matches non-ASCII digits, which RQ refuses in the job ids built from story ids
+STORY_ID = re.compile(r"^(?P<prefix>[A-Z][A-Z0-9]*)-(?P<number>[0-9]{3,})$")
 
 
 class Team(BaseModel):
@@ -90,7 +91,7 @@ class Domains:
             ) from None
 
     def for_story(self, story_id: str) -> Domain:
-        match = STORY_ID.match(story_id)
+        match = STORY_ID.fullmatch(story_id)  # `$` alone would accept a trailing newline
         if not match:
             raise InvalidInputError(
                 f"story id {story_id!r} is malformed: use PREFIX-NNN, e.g. AUTH-001"

@@ -239,7 +239,7 @@ def _cancel(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
 def _approve(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     if snap.state is not StoryState.HELD:
         raise Rejected(f"only a held story can be approved; this one is {snap.state}")
-    if snap.held_from in WORKING:  # held mid-stage: run the unfinished stages again
+    if snap.pending and snap.held_from in WORKING:  # held mid-stage: run the unfinished stages again
         return _resume(snap, snap.held_from, event.reason)
     return Outcome(snap, replace(snap, state=StoryState.DONE, held_from=None), reason=event.reason)
 

@@ -80,8 +80,51 @@ class StoryStore:
         self.max_rounds = max_rounds
 
     # Enqueue ---------------------------------------------------------------------------------
+    # KEYS: the stories zset, the active set, the events stream, the intake stream, then four per story
+    # (its hash, its results hash, its events stream, its domain's zset). ARGV[1]: the batch as JSON,
+    # built by `enqueue` and `_write_new`; every key name comes from `Keys`, every field from Python.
+    # Checks every story first and writes only if none is active: all or nothing, in one round trip.
+    _ENQUEUE_LUA = """
+local batch = cjson.decode(ARGV[1])
+local terminal = {}
+for _, state in ipairs(batch.terminal) do terminal[state] = true end
+local active, attempts = {}, {}
+for i, story in ipairs(batch.stories) do
+  local key = KEYS[4 * i + 1]
+  local state = redis.call('HGET', key, 'state')
+  if state and not terminal[state] then
+    active[#active + 1] = story.id
+    active[#active + 1] = state
+  end
+  attempts[i] = redis.call('HGET', key, 'attempts')
+end
+if #active > 0 then return active end
+for i, story in ipairs(batch.stories) do
+  local key, results, history, domain = KEYS[4 * i + 1], KEYS[4 * i + 2], KEYS[4 * i + 3], KEYS[4 * i + 4]
+  local fields = story.fields
+  if attempts[i] and attempts[i] ~= '' then
+    for j = 1, #fields, 2 do
+      if fields[j] == 'attempts' then fields[j + 1] = attempts[i] end
+    end
+  end
+  redis.call('DEL', key, results)
+  redis.call('HSET', key, unpack(fields))
+  redis.call('ZADD', KEYS[1], batch.score, story.id)
+  redis.call('ZADD', domain, batch.score, story.id)
+  redis.call('SADD', KEYS[2], story.id)
+  redis.call('XADD', history, '*', unpack(story.event))
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', batch.maxlen, '*', unpack(story.event))
+  redis.call('XADD', KEYS[4], '*', unpack(story.intake))
+end
+return {}
+"""
+
     def enqueue(self, stories: Sequence[Story], domains: Domains) -> None:
-        """Add all stories or none: refused if any id is unknown, duplicated or still active."""
+        """Add all stories or none: refused if any id is unknown, duplicated or still active.
+
+        One Lua script checks and writes the whole batch atomically, in one round trip; Redis runs
+        nothing else meanwhile (about 30 µs a story, so a 1,000-story file blocks it for ~30 ms).
+        """
         problems = []
         for story in stories:
             try:
@@ -90,54 +133,57 @@ class StoryStore:
                 problems.append(str(exc))
         if problems:
             raise InvalidInputError("\n".join(problems))
-        keys = [self.keys.story(s.id) for s in stories]
-
-        def body(pipe: Pipeline) -> None:
-            self._refuse_active(pipe, stories)
-            previous = [pipe.hget(k, "attempts") for k in keys]
-            pipe.multi()
-            now = time.time()
-            for story, attempts in zip(stories, previous, strict=True):
-                self._write_new(pipe, story, domains.for_story(story.id).name, attempts, now)
-
-        self._transact(keys, body)
-
-    def _refuse_active(self, pipe: Pipeline, stories: Sequence[Story]) -> None:
-        active = []
+        if not stories:
+            return
+        now = time.time()
+        keys = [self.keys.stories(), self.keys.active(), self.keys.events(), self.keys.intake()]
+        batch = []
         for story in stories:
-            state = pipe.hget(self.keys.story(story.id), "state")
-            if state is not None and StoryState(state) not in TERMINAL:
-                active.append(f"story {story.id} is already active ({state}); cancel it first or use another id")
-        if active:
-            raise ConflictError("\n".join(active))
+            domain = domains.for_story(story.id).name
+            keys += [self.keys.story(story.id), self.keys.story_results(story.id),
+                     self.keys.story_events(story.id), self.keys.domain_stories(domain)]
+            batch.append(self._write_new(story, domain, now))
+        payload = json.dumps({"score": repr(now), "maxlen": str(EVENTS_MAXLEN),
+                              "terminal": sorted(s.value for s in TERMINAL), "stories": batch},
+                             ensure_ascii=False)
+        self._refuse_active(self.redis.register_script(self._ENQUEUE_LUA)(keys=keys, args=[payload]))
 
-    def _write_new(self, pipe: Pipeline, story: Story, domain: str, attempts: str | None, now: float) -> None:
-        key = self.keys.story(story.id)
-        pipe.delete(key, self.keys.story_results(story.id))
-        pipe.hset(
-            key,
-            mapping={
-                "id": story.id,
-                "domain": domain,
-                "title": story.title,
-                "state": StoryState.QUEUED.value,
-                "round": 0,
-                "pending": "",
-                # attempts survive a re-enqueue so job ids never repeat an old, finished job's id
-                "attempts": attempts or "{}",
-                "held_from": "",
-                "reason": "",
-                "created_at": now,
-                "updated_at": now,
-                "cost_usd": 0,
-                "spec": story.model_dump_json(),
-            },
-        )
-        pipe.zadd(self.keys.stories(), {story.id: now})
-        pipe.zadd(self.keys.domain_stories(domain), {story.id: now})
-        pipe.sadd(self.keys.active(), story.id)
-        self._record(pipe, story.id, {"event": "enqueued", "to": StoryState.QUEUED.value}, now)
-        pipe.xadd(self.keys.intake(), {"kind": "route", "story": story.id})
+    def _refuse_active(self, active: list[str]) -> None:
+        """The script's reply: ``[id, state, ...]`` of every story still active (then nothing was written)."""
+        if active:
+            raise ConflictError("\n".join(
+                f"story {story_id} is already active ({state}); cancel it first or use another id"
+                for story_id, state in zip(active[::2], active[1::2], strict=True)
+            ))
+
+    def _write_new(self, story: Story, domain: str, now: float) -> dict[str, Any]:
+        """One story's part of the enqueue script: its fresh hash, its history entry, its intake message."""
+        stamp = repr(now)  # what redis-py sends for a float, so the fields read back as before
+        fields = {
+            "id": story.id,
+            "domain": domain,
+            "title": story.title,
+            "state": StoryState.QUEUED.value,
+            "round": "0",
+            "pending": "",
+            # the script keeps a finished story's attempts instead, so job ids never repeat an old job's id
+            "attempts": "{}",
+            "held_from": "",
+            "reason": "",
+            "created_at": stamp,
+            "updated_at": stamp,
+            "cost_usd": "0",
+            "spec": story.model_dump_json(),
+        }
+        event = {"event": "enqueued", "to": StoryState.QUEUED.value, "story": story.id, "at": f"{now:.6f}"}
+        intake = {"kind": "route", "story": story.id}
+        return {"id": story.id, "fields": self._flat(fields), "event": self._flat(event),
+                "intake": self._flat(intake)}
+
+    @staticmethod
+    def _flat(entry: dict[str, str]) -> list[str]:
+        """``{"a": "1", "b": "2"}`` -> ``["a", "1", "b", "2"]``: the argument order of HSET and XADD."""
+        return [x for pair in entry.items() for x in pair]
 
     # Reading ---------------------------------------------------------------------------------
     def get(self, story_id: str) -> StoryRecord:

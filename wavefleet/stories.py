@@ -66,7 +66,7 @@ def stories_from_file(path: Path) -> list[Story]:
         problems.extend(item_problems)
         if not item_problems:
             stories.append(Story.model_validate(item))
-    problems.extend(_duplicates(stories, path))
+    problems.extend(_duplicates(items, path))
     if problems:
         raise InvalidInputError("\n".join(problems))
     return stories
@@ -82,8 +82,10 @@ def _read(path: Path) -> Any:
         if path.suffix.lower() == ".json":
             return json.loads(text)
         return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        detail = str(exc).splitlines()[0]
+    except (ValueError, RecursionError, yaml.YAMLError) as exc:
+        # ValueError: JSON syntax, a YAML date like 2024-13-45, an integer of over 4300 digits;
+        # RecursionError: nesting too deep for the parser.
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise InvalidInputError(f"{path}: not valid YAML or JSON ({detail})") from None
 
 
@@ -118,11 +120,17 @@ def _problem(where: str, err: Any) -> str:
     return f"{where}{field}: {msg}"
 
 
-def _duplicates(stories: Iterable[Story], path: Path) -> list[str]:
-    seen: set[str] = set()
+def _duplicates(items: Iterable[Any], path: Path) -> list[str]:
+    first: dict[str, int] = {}
     problems = []
-    for story in stories:
-        if story.id in seen:
-            problems.append(f"{path}: story {story.id} appears more than once in the file")
-        seen.add(story.id)
+    for index, item in enumerate(items, start=1):
+        story_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(story_id, str):
+            continue
+        story_id = story_id.strip()
+        if story_id in first:
+            problems.append(f"{path}: story {index} ({story_id}): id: already used by story "
+                            f"{first[story_id]}; each id may appear once in a file")
+        else:
+            first[story_id] = index
     return problems
