@@ -1,0 +1,117 @@
+"""Crashes with real processes: a worker, the supervisor or Redis killed mid-run loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from wavefleet.config import Settings
+from wavefleet.connection import connect
+from wavefleet.domains import Domains, load_domains
+from wavefleet.lifecycle import TERMINAL, Role, StoryState
+from wavefleet.store import StoryStore
+from wavefleet.stories import Story
+from wavefleet.testing import Processes, fast_settings, redis_server, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def story(story_id: str, *labels: str) -> Story:
+    return Story(id=story_id, title=f"Story {story_id}", labels=labels)
+
+
+def terminal_events(store: StoryStore, story_id: str) -> list[str]:
+    return [e["to"] for e in store.events(story_id) if e.get("from") and StoryState(e["to"]) in TERMINAL]
+
+
+def running_entries(redis: Redis, settings: Settings) -> dict[str, dict[str, str]]:
+    return {k: json.loads(v) for k, v in redis.hgetall(settings.keys.running()).items()}
+
+
+def test_a_worker_killed_mid_stage_has_its_stage_rerun_by_another_worker_of_that_role(
+    procs: Processes, store: StoryStore, domains: Domains, redis: Redis, settings: Settings
+) -> None:
+    procs.team("auth", {"pm": 1, "fe": 1, "be": 2, "qa": 1, "cto": 1})
+    procs.supervisor()
+    store.enqueue([story("AUTH-030", "offline:slow=2")], domains)
+    be_job = wait_until(lambda: next((i for i in running_entries(redis, settings).values() if i["role"] == "be"),
+                                     None), message="the BE stage to start")
+
+    os.kill(int(be_job["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_until(lambda: store.get("AUTH-030").attempts.get(Role.BE) == 2, timeout_s=15, message="a second attempt")
+    rerun_after = time.monotonic() - killed_at
+    wait_until(lambda: store.get("AUTH-030").state is StoryState.DONE, timeout_s=60, message="done")
+
+    assert rerun_after < 5  # heartbeat TTL 1 s + recovery interval 0.2 s, with room for a loaded machine
+    assert terminal_events(store, "AUTH-030") == ["done"]
+    rerun = store.result("AUTH-030", 1, Role.BE, 2)
+    assert rerun is not None and rerun["worker"] != be_job["worker"]
+
+
+def test_the_supervisor_killed_repeatedly_still_finishes_every_story_exactly_once(
+    procs: Processes, store: StoryStore, domains: Domains
+) -> None:
+    procs.team("payments")
+    supervisor = procs.supervisor()
+    ids = [f"PAYMENTS-{n:03d}" for n in range(100, 108)]
+    store.enqueue([story(i) for i in ids], domains)
+
+    for _ in range(4):
+        time.sleep(1.0)
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait()
+        supervisor = procs.supervisor()
+    wait_until(lambda: all(store.get(i).state is StoryState.DONE for i in ids), timeout_s=120,
+               message="every story done")
+
+    for story_id in ids:
+        path = [(e["from"], e["to"]) for e in store.events(story_id) if e.get("from") and e["from"] != e["to"]]
+        assert path == [("queued", "planning"), ("planning", "developing"), ("developing", "testing"),
+                        ("testing", "reviewing"), ("reviewing", "done")], story_id
+
+
+def test_redis_killed_mid_run_and_restarted_from_its_aof_loses_none_of_200_stories(
+    tmp_path: Path, domains_dir: Path
+) -> None:
+    with redis_server(tmp_path / "redis", appendfsync="always") as server:
+        settings = fast_settings(server, tmp_path / "data", domains_dir, agent="noop")
+        procs = Processes(settings, tmp_path / "logs")
+        try:
+            store = StoryStore(connect(settings), settings.keys, settings.pipeline.max_rounds)
+            procs.team("auth", {"pm": 1, "fe": 2, "be": 2, "qa": 1, "cto": 1})
+            procs.supervisor()
+            ids = [f"AUTH-{n:03d}" for n in range(200)]
+            store.enqueue([story(i) for i in ids], load_domains(settings.domains_dir))
+            wait_until(lambda: _count_done(store) >= 20, timeout_s=120, message="the run to be under way")
+
+            server.kill()
+            time.sleep(1.0)
+            server.start()
+            wait_until(lambda: _settled(store, ids), timeout_s=240, interval_s=0.5, message="all 200 settled")
+
+            for story_id in ids:
+                assert store.get(story_id).state is StoryState.DONE, story_id
+                assert terminal_events(store, story_id) == ["done"], story_id
+        finally:
+            procs.stop_all()
+
+
+def _count_done(store: StoryStore) -> int:
+    try:
+        return len(store.list(state=StoryState.DONE))
+    except Exception:  # noqa: BLE001 - Redis may be restarting
+        return 0
+
+
+def _settled(store: StoryStore, ids: list[str]) -> bool:
+    try:
+        return all(r.state in TERMINAL for r in store.list()) and len(store.list()) == len(ids)
+    except Exception:  # noqa: BLE001 - Redis may be restarting
+        return False
