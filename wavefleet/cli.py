@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,10 +22,12 @@ from .config import Settings, load_settings
 from .connection import check, connect, redis_location
 from .domains import Domains, load_domains
 from .embedded import endpoint_of
-from .errors import ExitCode, InvalidInputError, RedisUnavailableError, WaveError
+from .errors import ConflictError, ExitCode, InvalidInputError, RedisUnavailableError, WaveError
+from .halt import acks, read_halt, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .store import StoryRecord, StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
+from .watcher import FILE_SOURCE, HaltFileWatcher
 
 EMBEDDED_DIR = "redis"
 
@@ -101,6 +105,9 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
             _print_story(app, record)
         return ExitCode.OK
     records = app.store.list()
+    banner = halt_banner(app)
+    if banner and not args.json:
+        print(banner)
     _print_records(records, as_json=args.json)
     return ExitCode.OK
 
@@ -143,13 +150,57 @@ def _transition(kind: EventKind, verb: str) -> Callable[[App, argparse.Namespace
         try:
             outcome = app.store.apply(args.id, Event(kind, reason=reason))
         except Rejected as exc:
-            from .errors import ConflictError  # noqa: PLC0415
-
             raise ConflictError(f"{args.id}: {exc}") from None
         print(f"{args.id}: {outcome.before.state} -> {outcome.after.state}")
         return ExitCode.OK
 
     return command
+
+
+# Emergency stop ------------------------------------------------------------------------------
+def _operator() -> str:
+    return f"cli:{os.environ.get('USER') or 'unknown'}@{socket.gethostname()}"
+
+
+def cmd_stop(app: App, args: argparse.Namespace) -> int:
+    if not args.reason.strip():
+        raise InvalidInputError("--reason must say why the fleet is stopped")
+    state = send_halt(app.store.redis, app.settings.keys, args.reason.strip(), _operator())
+    print(f"fleet HALTED: {state.reason} (by {state.by}); `wave resume` or `wave status` to follow")
+    return ExitCode.OK
+
+
+def cmd_resume(app: App, args: argparse.Namespace) -> int:
+    state = read_halt(app.store.redis, app.settings.keys)
+    if state is None:
+        print("fleet is not halted")
+        return ExitCode.OK
+    if state.by.startswith(FILE_SOURCE) and app.settings.halt_file.exists():
+        raise ConflictError(f"halted by {app.settings.halt_file}: remove that file to resume")
+    send_resume(app.store.redis, app.settings.keys, _operator())
+    print("fleet resumed: halted stories continue from their stage")
+    return ExitCode.OK
+
+
+def cmd_watch(app: App, args: argparse.Namespace) -> int:
+    logs.setup("WATCHER", fmt=app.settings.log_format, level=app.settings.log_level)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    HaltFileWatcher(app.store.redis, app.settings.keys, app.settings.halt_file).run(stopping)
+    return ExitCode.OK
+
+
+def halt_banner(app: App) -> str | None:
+    redis, keys = app.store.redis, app.settings.keys
+    state = read_halt(redis, keys)
+    if state is None:
+        return None
+    alive = [w for w in redis.smembers(keys.workers()) if redis.exists(keys.worker_heartbeat(w))]
+    acked = acks(redis, keys)
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.at))
+    return (f"FLEET HALTED since {since} by {state.by}: {state.reason} "
+            f"({sum(1 for w in alive if w in acked)}/{len(alive)} live workers acked)")
 
 
 # Processes -----------------------------------------------------------------------------------
@@ -272,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id")
         p.add_argument("--reason")
         p.set_defaults(handler=_transition(kind, verb))
+
+    p = sub.add_parser("stop", help="EMERGENCY STOP: halt the whole fleet now (nothing is lost)")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(handler=cmd_stop)
+
+    p = sub.add_parser("resume", help="lift an emergency stop: halted stories continue")
+    p.set_defaults(handler=cmd_resume)
+
+    p = sub.add_parser("watch", help="watch for the EMERGENCY-STOP file (halt on create, resume on delete)")
+    p.set_defaults(handler=cmd_watch)
 
     p = sub.add_parser("worker", help="run one role worker of a domain")
     p.add_argument("--domain", required=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -15,6 +16,7 @@ from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, Keys
 
 ENV_PREFIX = "WAVE_"
+HALT_FILE_NAME = "EMERGENCY-STOP"
 NESTED = "__"
 
 
@@ -61,6 +63,67 @@ class PipelineSettings(_Section):
     max_rounds: int = Field(default=3, ge=1, le=20)
 
 
+class AnthropicSettings(_Section):
+    """Claude through the `anthropic` SDK; prices are USD per million tokens (check your contract)."""
+
+    api_key: SecretStr | None = None
+    base_url: str = "https://api.anthropic.com"
+    model: str = "claude-sonnet-4-5"
+    price_input_per_mtok_usd: float = Field(default=3.0, ge=0)
+    price_output_per_mtok_usd: float = Field(default=15.0, ge=0)
+    price_cache_read_per_mtok_usd: float = Field(default=0.30, ge=0)
+    price_cache_write_per_mtok_usd: float = Field(default=3.75, ge=0)
+    prompt_caching: bool = True  # cache_control on the system prompt and the tools
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+
+
+class XaiSettings(_Section):
+    """Grok through `xai-sdk` (gRPC); `use_insecure_channel` only for a local or in-cluster gateway."""
+
+    api_key: SecretStr | None = None
+    api_host: str = "api.x.ai"
+    model: str = "grok-4"
+    price_input_per_mtok_usd: float = Field(default=3.0, ge=0)
+    price_output_per_mtok_usd: float = Field(default=15.0, ge=0)
+    price_cache_read_per_mtok_usd: float = Field(default=0.75, ge=0)
+    use_server_cost: bool = True  # bill what the service reports (cost_in_usd_ticks) when it does
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    use_insecure_channel: bool = False
+
+
+class LLMSettings(_Section):
+    """The router, response cache and rate limits shared by the whole fleet (flat: one nesting level)."""
+
+    # offline: "auto" answers offline only when no provider has a key (and says so in every result
+    # and log line); "always" answers every call offline (tests, demo); "never" refuses to.
+    offline: Literal["auto", "always", "never"] = "auto"
+    routes: dict[str, Literal["anthropic", "xai"]] = {}  # task kind -> provider, over the built-in table
+    max_tokens: int = Field(default=4096, ge=1)
+    cache_enabled: bool = True
+    cache_ttl_s: int = Field(default=86_400, ge=1)
+    failures_to_fallback: int = Field(default=2, ge=1)
+    cooldown_s: float = Field(default=60.0, gt=0)
+    anthropic_requests_per_min: int = Field(default=50, ge=0)  # 0: no limit
+    anthropic_tokens_per_min: int = Field(default=200_000, ge=0)
+    xai_requests_per_min: int = Field(default=60, ge=0)
+    xai_tokens_per_min: int = Field(default=200_000, ge=0)
+    rate_wait_max_s: float = Field(default=30.0, ge=0)  # longer than this: fail with RateLimitedError
+    rate_penalty_s: float = Field(default=5.0, ge=0)  # pause after a provider 429 with no retry-after
+    estimate_bytes_per_token: float = Field(default=3.0, gt=0)  # 1.0 makes estimates an upper bound
+
+
+class BudgetSettings(_Section):
+    """Fleet-wide hard limits per UTC day; per-story and per-domain limits are in domain.toml."""
+
+    global_daily_usd: float = Field(default=500.0, gt=0)
+    global_daily_tokens: int = Field(default=200_000_000, gt=0)
+    warn_fraction: float = Field(default=0.5, gt=0, lt=1)
+    critical_fraction: float = Field(default=0.8, gt=0, lt=1)
+    reservation_ttl_s: float = Field(default=900.0, gt=0)  # a crashed call's reservation is freed after
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -75,11 +138,20 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    anthropic: AnthropicSettings = AnthropicSettings()
+    xai: XaiSettings = XaiSettings()
+    llm: LLMSettings = LLMSettings()
+    budgets: BudgetSettings = BudgetSettings()
     data_dir: Path = Path(".wave")
+    halt_dir: Path | None = None  # where EMERGENCY-STOP is watched for; default: the data dir
     domains_dir: Path = Path("domains")
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     agent: Literal["offline", "noop"] = "offline"
+
+    @property
+    def halt_file(self) -> Path:
+        return (self.halt_dir or self.data_dir) / HALT_FILE_NAME
 
     @cached_property
     def keys(self) -> Keys:
@@ -94,11 +166,31 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except SettingsError as exc:
-        # A whole section given as one variable (WAVE_REDIS=...) that is not JSON.
-        match = re.search(r'field "(\w+)"', str(exc))
-        name = f"{ENV_PREFIX}{match[1].upper()}" if match else "a WAVE_* variable"
-        raise ConfigError(f"{name}: not valid JSON (set nested settings one by one, e.g. "
-                          f"WAVE_REDIS__URL)") from None
+        raise ConfigError(_describe_unparsable(exc)) from None
+
+
+def _describe_unparsable(exc: SettingsError) -> str:
+    """pydantic-settings could not decode a JSON value: a whole section (WAVE_REDIS=...) or a
+    mapping such as WAVE_LLM__ROUTES; its message names only the top-level field."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    top = f"{ENV_PREFIX}{match[1].upper()}" if match else "a WAVE_* variable"
+    for var in sorted(os.environ):
+        if var.upper().startswith(f"{top}{NESTED}") and not _is_json(os.environ[var]):
+            section = Settings.model_fields[match[1]].annotation if match else None
+            sub = var.upper().removeprefix(f"{top}{NESTED}").lower()
+            fields = getattr(section, "model_fields", {})
+            if sub in fields and get_origin(fields[sub].annotation) in (dict, list, tuple, set):
+                top = var
+                break
+    return f"{top}: not valid JSON (set nested settings one by one, e.g. WAVE_REDIS__URL)"
+
+
+def _is_json(value: str) -> bool:
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _known_variables() -> set[str]:
@@ -129,4 +221,6 @@ def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
     path = NESTED.join(str(p).upper() for p in error["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{ENV_PREFIX}{path}: {error['msg']}{more}"
+    # an unknown name from .env already carries the prefix (the loc is the variable's own name)
+    name = path if path.startswith(ENV_PREFIX) else f"{ENV_PREFIX}{path}"
+    return f"{name}: {error['msg']}{more}"

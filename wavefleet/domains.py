@@ -6,9 +6,11 @@ import re
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .config import AnthropicSettings, XaiSettings
 from .errors import ConfigError, InvalidInputError
 from .lifecycle import Role
 
@@ -36,6 +38,26 @@ class Budgets(BaseModel):
     story_usd: float = Field(default=5.0, gt=0)
     daily_usd: float = Field(default=100.0, gt=0)
     story_tokens: int = Field(default=2_000_000, gt=0)
+    daily_tokens: int = Field(default=50_000_000, gt=0)
+
+
+class DomainModels(BaseModel):
+    """`[models]`: this domain's LLM overrides: routes (task kind -> provider) and any `[anthropic]` or
+    `[xai]` setting but the key, e.g. ``anthropic = { model = "claude-haiku-4-5" }``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    routes: dict[str, Literal["anthropic", "xai"]] = {}
+    anthropic: dict[str, Any] = {}
+    xai: dict[str, Any] = {}
+
+    @field_validator("anthropic", "xai")
+    @classmethod
+    def _known_settings(cls, values: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "api_key" in values:
+            raise ValueError("API keys belong in the environment (WAVE_*__API_KEY), not in domain.toml")
+        section = AnthropicSettings if info.field_name == "anthropic" else XaiSettings
+        section.model_validate(values)  # unknown names and bad values fail at load, naming the field
+        return values
 
 
 class Domain(BaseModel):
@@ -49,6 +71,7 @@ class Domain(BaseModel):
     test_command: tuple[str, ...] = ("{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider")
     team: Team = Team()
     budgets: Budgets = Budgets()
+    models: DomainModels = DomainModels()
     folder: Path
 
     @field_validator("test_command")
@@ -121,6 +144,8 @@ def load_domain(path: Path) -> Domain:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable TOML file ({exc})") from None
     raw.setdefault("name", path.parent.name)
+    if "folder" in raw:  # not a setting: it is where the file is, and would be silently replaced
+        raise ConfigError(f"{path}: folder: unknown key (the domain's folder is the one holding the file)")
     raw["folder"] = path.parent
     try:
         domain = Domain.model_validate(raw)
@@ -135,7 +160,15 @@ def load_domain(path: Path) -> Domain:
 
 def _refuse_clashes(domains: list[Domain]) -> None:
     seen: dict[str, Domain] = {}
+    names: dict[str, Domain] = {}
     for domain in domains:
+        # an explicit `name =` can repeat another folder's name; one of them would silently vanish
+        twin = names.setdefault(domain.name, domain)
+        if twin is not domain:
+            raise ConfigError(
+                f"{domain.folder / DOMAIN_FILE}: name: {domain.name!r} is already used by the domain in "
+                f"{twin.folder}; each domain needs its own name"
+            )
         other = seen.get(domain.prefix)
         if other is not None:
             raise ConfigError(

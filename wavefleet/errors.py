@@ -65,3 +65,48 @@ class HoldStory(StageError):
 
 class GitError(StageError):
     """A git command on a domain's repository failed."""
+
+
+class LLMError(StageError):
+    """A model call could not be made; a stage that meets it fails with this message."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class ProviderError(LLMError):
+    """A model provider failed the call (overloaded, server error, timeout, malformed reply, bad key).
+
+    `counts` says whether it is the provider's fault (it then counts towards the fallback breaker);
+    a request the provider refused as invalid does not count.
+    """
+
+    def __init__(self, provider: str, message: str, *, counts: bool = True, retry_after_s: float | None = None
+                 ) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.counts = counts
+        self.retry_after_s = retry_after_s
+
+
+class ProviderRateLimitedError(ProviderError):
+    """The provider itself said to slow down (HTTP 429, gRPC RESOURCE_EXHAUSTED)."""
+
+
+class RateLimitedError(LLMError):
+    """The fleet's own rate limit for a provider would make this call wait longer than allowed."""
+
+    exit_code = ExitCode.CONFLICT
+
+
+class NoProviderError(LLMError):
+    """No provider can take the call: none has a key (and offline is refused) or all are failing."""
+
+
+class BudgetExceededError(HoldStory):
+    """A hard budget (story, domain per day, or global per day) would be passed: the story is held."""
+
+    exit_code = ExitCode.CONFLICT
+
+    def __init__(self, message: str, *, scope: str = "") -> None:
+        super().__init__(message)
+        self.scope = scope

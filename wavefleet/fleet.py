@@ -49,7 +49,7 @@ class Fleet:
     def __init__(self, settings: Settings, domains: Domains, log_dir: Path | None) -> None:
         self.settings = settings
         self.log_dir = log_dir
-        self.children = [Child("SUPERVISOR", ["supervisor"])]
+        self.children = [Child("SUPERVISOR", ["supervisor"]), Child("WATCHER", ["watch"])]
         for domain in domains:
             for role in Role:
                 for index in range(1, domain.team.size(role) + 1):
@@ -62,6 +62,7 @@ class Fleet:
         env |= {
             "WAVE_REDIS__URL": s.redis.url,
             "WAVE_DATA_DIR": str(s.data_dir.resolve()),
+            "WAVE_HALT_DIR": str(s.halt_file.parent.resolve()),
             "WAVE_DOMAINS_DIR": str(s.domains_dir.resolve()),
             "WAVE_AGENT": s.agent,
             "WAVE_LOG_LEVEL": s.log_level,

@@ -100,3 +100,50 @@ class Keys:
     def halted_jobs(self) -> str:
         """Hash: RQ job id -> queue name of stages stopped by a halt, put back on resume."""
         return self._k("halt", "jobs")
+
+    # LLM layer
+    def llm_cache(self, digest: str) -> str:
+        """String with a TTL: one cached model reply (JSON), under the sha256 of its exact request."""
+        return self._k("llm", "cache", digest)
+
+    def llm_cache_pattern(self) -> str:
+        """SCAN pattern matching every cached model reply (and nothing else)."""
+        return self._k("llm", "cache", "*")
+
+    def llm_cache_stats(self) -> str:
+        """Hash: ``{provider}:{role}:hit`` / ``:miss`` -> count of response-cache lookups."""
+        return self._k("llm", "stats", "cache")
+
+    def llm_breaker(self, provider: str) -> str:
+        """Hash: a provider's circuit breaker: consecutive failures, open_until, opened count."""
+        return self._k("llm", "breaker", provider)
+
+    def llm_probe(self, provider: str) -> str:
+        """String with a TTL: held by the one call probing a provider whose cool-down has passed."""
+        return self._k("llm", "breaker", provider, "probe")
+
+    def ratelimit(self, provider: str) -> str:
+        """Hash: a provider's token buckets (requests and tokens per minute), shared by the fleet."""
+        return self._k("ratelimit", provider)
+
+    def budget(self, scope: str) -> str:
+        """Hash: spend of one budget scope (``story:AUTH-001``, ``domain:auth:2025-01-31``,
+        ``global:2025-01-31``): spent and reserved nano-USD and tokens, grants, alert flags."""
+        return self._k("budget", scope)
+
+    def budget_pattern(self) -> str:
+        """SCAN pattern matching every budget scope hash."""
+        return self._k("budget", "*")
+
+    def budget_reservations(self) -> str:
+        """Sorted set: open reservation id -> expiry time (an expired one is freed by a sweep)."""
+        return self._k("budgetres")
+
+    def budget_reservation(self, reservation: str) -> str:
+        """Hash with a TTL: what one open reservation holds (amounts and scope keys)."""
+        return self._k("budgetres", reservation)
+
+    def story_llm_calls(self, story_id: str) -> str:
+        """Stream: one entry per model call made for the story (provider, model, tokens, cost, latency,
+        cache hit, offline)."""
+        return self._k("story", story_id, "llm")

@@ -64,12 +64,14 @@ TRANSITIONS: frozenset[tuple[StoryState, StoryState]] = frozenset(
         (StoryState.REVIEWING, StoryState.DONE),
         (StoryState.REVIEWING, StoryState.HELD),
         (StoryState.REVIEWING, StoryState.KILLED),
+        *((s, StoryState.HALTED) for s in WORKING),  # emergency stop
+        *((StoryState.HALTED, s) for s in WORKING),  # resume: back to the stage it was in
         *((s, StoryState.HELD) for s in WORKING),  # a stage needs a human (budget, safety review)
         *((StoryState.HELD, s) for s in WORKING),  # approved: resume the stage it was held in
         (StoryState.HELD, StoryState.DONE),  # approved after a CTO HOLD
         (StoryState.HELD, StoryState.KILLED),  # rejected
         *((s, StoryState.FAILED) for s in WORKING),  # an agent gave up
-        *((s, StoryState.CANCELLED) for s in (StoryState.QUEUED, *WORKING, StoryState.HELD)),
+        *((s, StoryState.CANCELLED) for s in (StoryState.QUEUED, *WORKING, StoryState.HELD, StoryState.HALTED)),
         *((s, StoryState.QUEUED) for s in (StoryState.FAILED, StoryState.KILLED, StoryState.CANCELLED)),
     }
 )
@@ -89,6 +91,8 @@ class EventKind(StrEnum):
     APPROVE = "approve"
     REJECT = "reject"
     RETRY = "retry"
+    HALT = "halt"  # emergency stop: the story's running stages were stopped and put back
+    RESUME = "resume"  # emergency stop lifted
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ class Snapshot:
     round: int = 0
     pending: frozenset[Role] = frozenset()
     attempts: dict[Role, int] = field(default_factory=dict)
-    held_from: StoryState | None = None
+    held_from: StoryState | None = None  # the working state a held or halted story returns to
 
 
 @dataclass(frozen=True)
@@ -230,8 +234,23 @@ def _stage_held(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     return Outcome(snap, replace(snap, state=StoryState.HELD, held_from=snap.state), reason=event.reason)
 
 
+def _halt(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
+    if snap.state not in WORKING:
+        raise Rejected(f"nothing to halt in state {snap.state}")
+    # pending and attempts are kept: the stopped stages go back to their queues unchanged,
+    # so a halt never burns a retry.
+    return Outcome(snap, replace(snap, state=StoryState.HALTED, held_from=snap.state), reason=event.reason)
+
+
+def _resume(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
+    if snap.state is not StoryState.HALTED or snap.held_from is None:
+        raise Rejected(f"not halted ({snap.state})")
+    after = replace(snap, state=snap.held_from, held_from=None)
+    return Outcome(snap, after, dispatch=tuple(sorted(snap.pending)), reason=event.reason)
+
+
 def _cancel(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
-    if snap.state in TERMINAL or snap.state is StoryState.HALTED:
+    if snap.state in TERMINAL:
         raise Rejected(f"cannot cancel a story that is {snap.state}")
     return Outcome(snap, replace(snap, state=StoryState.CANCELLED, pending=frozenset()), reason=event.reason)
 
@@ -240,11 +259,11 @@ def _approve(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     if snap.state is not StoryState.HELD:
         raise Rejected(f"only a held story can be approved; this one is {snap.state}")
     if snap.pending and snap.held_from in WORKING:  # held mid-stage: run the unfinished stages again
-        return _resume(snap, snap.held_from, event.reason)
+        return _reenter(snap, snap.held_from, event.reason)
     return Outcome(snap, replace(snap, state=StoryState.DONE, held_from=None), reason=event.reason)
 
 
-def _resume(snap: Snapshot, state: StoryState, reason: str) -> Outcome:
+def _reenter(snap: Snapshot, state: StoryState, reason: str) -> Outcome:
     """Back into a working state, with a fresh attempt for each stage it had not finished."""
     attempts = {**snap.attempts, **{r: snap.attempts.get(r, 0) + 1 for r in snap.pending}}
     after = replace(snap, state=state, attempts=attempts, held_from=None)
@@ -275,4 +294,6 @@ _HANDLERS = {
     EventKind.APPROVE: _approve,
     EventKind.REJECT: _reject,
     EventKind.RETRY: _retry,
+    EventKind.HALT: _halt,
+    EventKind.RESUME: _resume,
 }

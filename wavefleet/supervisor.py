@@ -19,9 +19,10 @@ from redis.exceptions import RedisError, ResponseError
 from . import logs
 from .config import Settings
 from .domains import Domains
+from .halt import read_halt
 from .lifecycle import WORKING, Decision, Event, EventKind, Rejected, Role, StoryState
 from .queues import Dispatcher
-from .store import StoryStore
+from .store import StoryRecord, StoryStore
 
 CONSUMER = "supervisor"
 BATCH = 200
@@ -40,6 +41,7 @@ class Supervisor:
         self.token = f"{os.uname().nodename}.{os.getpid()}"
         self.log = logs.get()
         self._last_recovery = 0.0
+        self.halted = False
 
     # Loop ------------------------------------------------------------------------------------
     def run(self, *, burst: bool = False) -> None:
@@ -51,6 +53,10 @@ class Supervisor:
             try:
                 if not self._lead():
                     self.stopping.wait(1.0)
+                    continue
+                if self._halted():
+                    reconciled = False  # on resume, every story is checked again
+                    self.stopping.wait(self.settings.supervisor.block_ms / 1000)
                     continue
                 if not reconciled:
                     self.reconcile()
@@ -96,6 +102,38 @@ class Supervisor:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    # Emergency stop --------------------------------------------------------------------------
+    def _halted(self) -> bool:
+        """While the fleet is halted: halt every working story once, dispatch nothing."""
+        state = read_halt(self.redis, self.keys)
+        if state is None:
+            if self.halted:
+                self.halted = False
+                self.resume_stories()
+            return False
+        if not self.halted:
+            self.halted = True
+            self.log.error("EMERGENCY STOP", reason=state.reason, by=state.by)
+            self.halt_stories(state.reason)
+        return True
+
+    def halt_stories(self, reason: str) -> None:
+        for story_id in self.store.active_ids():
+            try:
+                self.store.apply(story_id, Event(EventKind.HALT, reason=f"emergency stop: {reason}"))
+            except Rejected:
+                continue  # not working (queued, held) or already halted by its worker
+
+    def resume_stories(self) -> None:
+        resumed = 0
+        for story_id in self.store.active_ids():
+            try:
+                self._apply(story_id, Event(EventKind.RESUME, reason="fleet resumed"))
+                resumed += 1
+            except Rejected:
+                continue
+        self.log.warning("fleet resumed", stories=resumed)
 
     # Leadership ------------------------------------------------------------------------------
     def _lead(self) -> bool:
@@ -162,9 +200,26 @@ class Supervisor:
 
     def _dispatch(self, story_id: str) -> None:
         record = self.store.get(story_id)
+        if self._replay_results(record):
+            return
         for job in self.dispatcher.ensure(record):
             self.log.info("stage dispatched", story=story_id, job=job,
                           queue=self.keys.queue(record.domain, job.split("_")[2]))
+
+    def _replay_results(self, record: StoryRecord) -> bool:
+        """Apply a pending stage's stored result whose intake message was refused (it arrived while
+        the story was halted or held); returns True if one was applied."""
+        for role in sorted(record.pending):
+            attempt = record.attempts.get(role, 0)
+            if self.store.result(record.id, record.round, role, attempt) is None:
+                continue
+            fields = {"story": record.id, "role": role.value, "round": str(record.round), "attempt": str(attempt)}
+            try:
+                self._apply(record.id, self._result_event(fields))
+            except Rejected:
+                continue
+            return True
+        return False
 
     # Recovery --------------------------------------------------------------------------------
     def reconcile(self) -> None:
@@ -180,6 +235,11 @@ class Supervisor:
                     pass
             elif record.state in WORKING:
                 self._dispatch(story_id)
+            elif record.state is StoryState.HALTED:  # resumed while no supervisor was running
+                try:
+                    self._apply(story_id, Event(EventKind.RESUME, reason="fleet resumed"))
+                except Rejected:
+                    pass
 
     def recover(self) -> None:
         """Run again every stage whose worker died or whose job crashed."""

@@ -56,6 +56,7 @@ def env_of(settings: Settings) -> dict[str, str]:
     env.update({
         "WAVE_REDIS__URL": settings.redis.url,
         "WAVE_DATA_DIR": str(settings.data_dir),
+        "WAVE_HALT_DIR": str(settings.halt_file.parent),
         "WAVE_DOMAINS_DIR": str(settings.domains_dir),
         "WAVE_AGENT": settings.agent,
         "WAVE_LOG_FORMAT": settings.log_format,
@@ -110,6 +111,9 @@ class Processes:
 
     def supervisor(self) -> subprocess.Popen[bytes]:
         return self.wave("supervisor", name="supervisor")
+
+    def watcher(self) -> subprocess.Popen[bytes]:
+        return self.wave("watch", name="watcher")
 
     def stop_all(self) -> None:
         for proc in self.started:

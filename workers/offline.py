@@ -8,7 +8,9 @@ exercise every path of the pipeline:
 - ``offline:oversize``     BE writes a diff too large for automatic review (CTO HOLDs)
 - ``offline:leak-secret``  BE commits a credential (CTO KILLs)
 - ``offline:give-up=ROLE`` that role's agent gives up (the story fails)
-- ``offline:slow=SECONDS`` every stage takes at least this long (for recovery and halt tests)
+- ``offline:slow=SECONDS`` every stage takes at least this long, waiting in a child process as a
+  long build or test command would (for recovery and halt tests); ``offline:slow=ROLE:SECONDS``
+  slows only that role
 """
 
 from __future__ import annotations
@@ -62,9 +64,18 @@ class OfflineAgent:
             raise StageError(f"offline {self.role.value} agent gave up (label offline:give-up)")
         started = time.monotonic()
         output = _ROLE_RUNNERS[self.role](self, stage)
-        slow = float(label_value(stage, "slow") or 0)
-        time.sleep(max(0.0, slow - (time.monotonic() - started)))
+        remaining = self._slow_seconds(stage) - (time.monotonic() - started)
+        if remaining > 0:
+            subprocess.run(["sleep", f"{remaining:.3f}"], check=True)
         return output
+
+    def _slow_seconds(self, stage: StageInput) -> float:
+        for label in stage.story.labels:
+            key, _, value = label.partition("=")
+            role, _, seconds = value.rpartition(":")
+            if key == "offline:slow" and role in ("", self.role.value):
+                return float(seconds)
+        return 0.0
 
     # PM --------------------------------------------------------------------------------------
     def plan(self, stage: StageInput) -> Plan:

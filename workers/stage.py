@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from typing import Any
@@ -29,7 +30,7 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
         log.info("stale stage skipped", job=job)
         return "stale"
     rt.store.mark_running(job, {"worker": rt.name, "story": story_id, "role": role, "round": round_,
-                                "attempt": attempt, "started_at": time.time()})
+                                "attempt": attempt, "started_at": time.time(), "pid": os.getpid()})
     agent = agent_for(rt.settings.agent, stage_role, command_timeout_s=rt.settings.worker.command_timeout_s)
     log.info("stage started", agent=agent.label, job=job)
     started = time.monotonic()

@@ -13,13 +13,15 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.worker import WorkerStatus
 
 from wavefleet import logs
 from wavefleet.config import Settings
 from wavefleet.connection import connect
 from wavefleet.domains import Domain
-from wavefleet.lifecycle import Role
+from wavefleet.halt import HaltListener, HaltState, read_halt, record_ack
+from wavefleet.lifecycle import Event, EventKind, Rejected, Role
 from wavefleet.store import StoryStore
 
 from . import runtime
@@ -30,27 +32,83 @@ RESTART_BACKOFF_S = (0.5, 1, 2, 5)
 
 
 class WaveWorker(Worker):  # type: ignore[misc]  # rq ships no type information for subclassing
-    """Runs stages of one domain and role; refuses a job of any other domain before it starts."""
+    """Runs stages of one domain and role: refuses a job of another domain before it starts, and
+    obeys the halt gate (no dequeue while halted; a running stage is stopped and put back)."""
 
-    def __init__(self, rt: runtime.Runtime, queue: Queue, **kwargs: Any) -> None:
+    def __init__(self, rt: runtime.Runtime, queue: Queue, gate: HaltGate, **kwargs: Any) -> None:
         super().__init__([queue], name=rt.name, connection=queue.connection, **kwargs)
         self.rt = rt
+        self.gate = gate
         self.wlog = logs.get()
         self.shutdown_requested = False
+        self.current_job: Job | None = None
+        self.halted_job_id: str | None = None
 
     def request_stop(self, signum: int, frame: Any) -> None:
         # RQ raises StopRequested when idle and only sets its own flag when busy; remember either way.
         self.shutdown_requested = True
         super().request_stop(signum, frame)
 
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        self.gate.wait_while_halted(self)
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         if not self._belongs_here(job):
             return
-        self.rt.redis.lpush(self.rt.store.keys.worker_log(self.rt.name), json.dumps(
-            {"job": job.id, "story": job.kwargs.get("story_id"), "domain": job.kwargs.get("domain"),
-             "role": job.kwargs.get("role"), "identity": self.rt.identity}))
-        self.rt.redis.ltrim(self.rt.store.keys.worker_log(self.rt.name), 0, WORKER_LOG_LENGTH - 1)
-        super().execute_job(job, queue)
+        with self.gate.lock:  # a halt either sees this horse, or this check sees the halt
+            if self.gate.halted.is_set():
+                self._put_back(job, queue)
+                return
+            self._record_run(job)
+            execution = self.prepare_execution(job)
+            self.fork_work_horse(job, queue)
+            self.current_job = job
+        try:
+            self.monitor_work_horse(job, queue, execution)
+        finally:
+            with self.gate.lock:
+                self.current_job = None
+        self.set_state(WorkerStatus.IDLE)
+
+    def stop_for_halt(self) -> str | None:
+        """Kill the running stage's process group (called with the gate's lock held)."""
+        job = self.current_job
+        if job is None or not self._horse_pid:
+            return None
+        self._stopped_job_id = self.halted_job_id = job.id
+        self.kill_horse(signal.SIGKILL)
+        return str(job.id)
+
+    def _handle_stopped_job(self, job: Job, queue: Queue, execution: Any) -> None:
+        if job.id != self.halted_job_id:
+            super()._handle_stopped_job(job, queue, execution)
+            return
+        # Stopped by a halt: not a failure. Back to the front of its queue, no retry counted.
+        self.halted_job_id = self._stopped_job_id = None
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            job.set_status(JobStatus.QUEUED, pipeline=pipe)
+            queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+            pipe.hdel(self.rt.store.keys.running(), job.id)
+            pipe.execute()
+        self.gate.job_stopped(job.id)
+
+    def _put_back(self, job: Job, queue: Queue) -> None:
+        """A job dequeued while the fleet halted: to the front of its queue, untouched."""
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+            pipe.execute()
+
+    def _record_run(self, job: Job) -> None:
+        key = self.rt.store.keys.worker_log(self.rt.name)
+        entry = {"job": job.id, "story": job.kwargs.get("story_id"), "domain": job.kwargs.get("domain"),
+                 "role": job.kwargs.get("role"), "identity": self.rt.identity}
+        with self.rt.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(key, json.dumps(entry))
+            pipe.ltrim(key, 0, WORKER_LOG_LENGTH - 1)
+            pipe.execute()
 
     def _belongs_here(self, job: Job) -> bool:
         """The second line of domain isolation: routing put it here, but check before running."""
@@ -72,6 +130,64 @@ class WaveWorker(Worker):  # type: ignore[misc]  # rq ships no type information 
         # If this worker dies (even by SIGKILL) its horse must die too, or the stage would run twice.
         _die_with_parent()
         super().main_work_horse(job, queue)
+
+
+class HaltGate:
+    """This process's side of the emergency stop, shared by the listener thread and the RQ loop."""
+
+    def __init__(self, rt: runtime.Runtime) -> None:
+        self.rt = rt
+        self.keys = rt.store.keys
+        self.lock = threading.Lock()
+        self.halted = threading.Event()
+        self.resumed = threading.Event()
+        self.resumed.set()
+        self.worker: WaveWorker | None = None
+        self.log = logs.get()
+
+    def on_halt(self, state: HaltState) -> None:
+        with self.lock:
+            if self.halted.is_set():
+                return
+            self.halted.set()
+            self.resumed.clear()
+            job_id = self.worker.stop_for_halt() if self.worker is not None else None
+            story = self.worker.current_job.kwargs.get("story_id") if job_id and self.worker.current_job else None
+        record_ack(self.rt.redis, self.keys, self.rt.name, identity=self.rt.identity, job=job_id)
+        self.log.error("EMERGENCY STOP", reason=state.reason, by=state.by, job_stopped=job_id, story=story)
+        if story:
+            self._halt_story(story, state.reason)
+
+    def _halt_story(self, story_id: str, reason: str) -> None:
+        try:
+            self.rt.store.apply(story_id, Event(EventKind.HALT, reason=f"emergency stop: {reason}"))
+        except Rejected:
+            pass  # the supervisor (or another worker of the story) got there first
+
+    def job_stopped(self, job_id: str) -> None:
+        """The stopped stage's process group is gone and its job is back on the queue."""
+        record_ack(self.rt.redis, self.keys, self.rt.name, identity=self.rt.identity, job=job_id,
+                   stopped_at=time.time())
+
+    def on_resume(self) -> None:
+        with self.lock:
+            if not self.halted.is_set():
+                return
+            self.halted.clear()
+            self.resumed.set()
+        self.log.warning("fleet resumed")
+
+    def wait_while_halted(self, worker: WaveWorker) -> None:
+        """Before every dequeue: read the durable flag, and idle (heartbeating) while it is set."""
+        state = read_halt(self.rt.redis, self.keys)
+        if state is not None:
+            self.on_halt(state)
+        while self.halted.is_set() and not worker.shutdown_requested:
+            worker.heartbeat()
+            if self.resumed.wait(1.0):
+                break
+            if read_halt(self.rt.redis, self.keys) is None:  # the resume message was missed
+                self.on_resume()
 
 
 def _die_with_parent() -> None:
@@ -120,17 +236,24 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
                           settings.worker.heartbeat_ttl_s)
     _first_beat(heartbeat, redis, settings, name)
     heartbeat.start()
+    gate = HaltGate(runtime.current())
+    listener = HaltListener(redis, settings.keys, gate.on_halt, gate.on_resume)
+    listener.start()
+    listener.subscribed.wait(timeout=10)
     queue_name = settings.keys.queue(domain.name, role.value)
     log.info("worker started", queue=queue_name, agent=settings.agent, pid=os.getpid())
     try:
         for delay in _restarts():
-            worker = _rq_worker(settings, queue_name)
+            worker = _rq_worker(settings, queue_name, gate)
+            with gate.lock:
+                gate.worker = worker
             worker.work(burst=burst, logging_level="WARNING")
             if burst or worker.shutdown_requested:
                 break
             log.warning("worker loop ended unexpectedly; restarting", retry_in_s=delay)
             time.sleep(delay)
     finally:
+        listener.stop()
         heartbeat.stop()
         log.info("worker stopped")
 
@@ -147,10 +270,10 @@ def _first_beat(heartbeat: Heartbeat, redis: Redis, settings: Settings, name: st
     raise SystemExit("Redis did not answer; worker not started")
 
 
-def _rq_worker(settings: Settings, queue_name: str) -> WaveWorker:
-    rt = runtime.current()
+def _rq_worker(settings: Settings, queue_name: str, gate: HaltGate) -> WaveWorker:
     queue = Queue(queue_name, connection=connect(settings, decode=False))
-    return WaveWorker(rt, queue, worker_ttl=30, job_monitoring_interval=5, maintenance_interval=60)
+    return WaveWorker(runtime.current(), queue, gate, worker_ttl=30, job_monitoring_interval=5,
+                      maintenance_interval=60)
 
 
 def _restarts(limit: int | None = None) -> Any:

@@ -1,0 +1,94 @@
+"""The Redis key layout is pinned here: renaming a key breaks running fleets, so it must fail a test."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from wavefleet.keys import DEFAULT_PREFIX, Keys
+
+# (method, arguments, name under prefix "wave", name under prefix "acme-2")
+LAYOUT = [
+    ("story", ("AUTH-001",), "wave:story:AUTH-001", "acme-2:story:AUTH-001"),
+    ("story_results", ("AUTH-001",), "wave:story:AUTH-001:results", "acme-2:story:AUTH-001:results"),
+    ("story_events", ("AUTH-001",), "wave:story:AUTH-001:events", "acme-2:story:AUTH-001:events"),
+    ("active", (), "wave:active", "acme-2:active"),
+    ("stories", (), "wave:stories", "acme-2:stories"),
+    ("domain_stories", ("auth",), "wave:stories:auth", "acme-2:stories:auth"),
+    ("events", (), "wave:events", "acme-2:events"),
+    ("intake", (), "wave:intake", "acme-2:intake"),
+    ("supervisor_group", (), "wave:supervisor", "acme-2:supervisor"),
+    ("supervisor_lock", (), "wave:supervisor:lock", "acme-2:supervisor:lock"),
+    ("queue", ("auth", "fe"), "wave:auth:fe", "acme-2:auth:fe"),
+    ("running", (), "wave:running", "acme-2:running"),
+    ("worker_heartbeat", ("auth-fe-1",), "wave:worker:auth-fe-1:hb", "acme-2:worker:auth-fe-1:hb"),
+    ("worker_log", ("auth-fe-1",), "wave:worker:auth-fe-1:jobs", "acme-2:worker:auth-fe-1:jobs"),
+    ("workers", (), "wave:workers", "acme-2:workers"),
+    ("halt", (), "wave:halt", "acme-2:halt"),
+    ("halt_channel", (), "wave:halt", "acme-2:halt"),
+    ("halt_acks", (), "wave:halt:acks", "acme-2:halt:acks"),
+    ("halted_jobs", (), "wave:halt:jobs", "acme-2:halt:jobs"),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "default_name", "custom_name"), LAYOUT,
+                         ids=[row[0] for row in LAYOUT])
+def test_every_key_has_its_pinned_name_under_the_default_and_a_custom_prefix(
+    method: str, args: tuple[str, ...], default_name: str, custom_name: str
+) -> None:
+    # Given the default keys and keys under a custom prefix
+    default, custom = Keys(), Keys("acme-2")
+
+    # When the key is built
+    built_default = getattr(default, method)(*args)
+    built_custom = getattr(custom, method)(*args)
+
+    # Then both names are exactly the pinned ones
+    assert built_default == default_name
+    assert built_custom == custom_name
+
+
+def test_the_layout_table_covers_every_public_key_method() -> None:
+    # Given every public method of Keys
+    public = {name for name, _ in inspect.getmembers(Keys, inspect.isfunction) if not name.startswith("_")}
+
+    # When compared with the pinned table
+    pinned = {row[0] for row in LAYOUT}
+
+    # Then a new key method cannot be added without pinning its name here
+    assert public == pinned
+
+
+def test_the_default_prefix_is_wave() -> None:
+    # Given / When keys built without a prefix
+    keys = Keys()
+
+    # Then they use "wave", the prefix existing fleets store their data under
+    assert DEFAULT_PREFIX == "wave"
+    assert keys.prefix == "wave"
+
+
+def test_two_stories_never_share_a_key_even_when_one_id_extends_the_other() -> None:
+    # Given two ids where one is a prefix of the other
+    keys = Keys()
+
+    # When each story's keys are built
+    first = {keys.story("AUTH-001"), keys.story_results("AUTH-001"), keys.story_events("AUTH-001")}
+    second = {keys.story("AUTH-0010"), keys.story_results("AUTH-0010"), keys.story_events("AUTH-0010")}
+
+    # Then no key is shared and each story owns three distinct keys
+    assert len(first) == len(second) == 3
+    assert not first & second
+
+
+def test_halt_flag_and_halt_channel_share_a_name_but_live_in_different_redis_namespaces() -> None:
+    # Given the keys (pub/sub channel names do not collide with key names in Redis)
+    keys = Keys("wave")
+
+    # When the halt bookkeeping names are built
+    names = [keys.halt(), keys.halt_acks(), keys.halted_jobs()]
+
+    # Then the flag, the acks hash and the halted-jobs hash are distinct keys
+    assert len(set(names)) == 3
+    assert keys.halt_channel() == keys.halt()

@@ -1,0 +1,77 @@
+"""Prices of model calls: what a completed call cost, and what an upcoming one may cost at most.
+
+Money is kept in integer nano-USD (1e-9 USD) wherever it is added up in Redis, so budgets compare
+exactly; floats are for display only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from ..config import AnthropicSettings, XaiSettings
+from .types import LLMRequest, Usage
+
+NANO = 1_000_000_000
+PER_MILLION = 1_000_000
+REQUEST_OVERHEAD_TOKENS = 32  # role markers and message framing the provider adds
+TOOLS_OVERHEAD_TOKENS = 512  # the tool-use system prompt a provider adds when tools are given
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cache_read: float
+    cache_write: float
+
+    @classmethod
+    def of(cls, section: AnthropicSettings | XaiSettings) -> Prices:
+        write = getattr(section, "price_cache_write_per_mtok_usd", section.price_input_per_mtok_usd)
+        return cls(section.price_input_per_mtok_usd, section.price_output_per_mtok_usd,
+                   section.price_cache_read_per_mtok_usd, write)
+
+    def cost_usd(self, usage: Usage) -> float:
+        return (usage.input_tokens * self.input + usage.output_tokens * self.output
+                + usage.cache_read_tokens * self.cache_read + usage.cache_write_tokens * self.cache_write
+                ) / PER_MILLION
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The most a call is expected to cost, reserved against budgets and rate limits before it is sent."""
+
+    input_tokens: int
+    output_tokens: int
+    cost_nusd: int
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def estimate(request: LLMRequest, max_tokens: int, prices: Prices, bytes_per_token: float) -> Estimate:
+    """Input tokens from the request's size, output at `max_tokens`, priced at the dearest input rate.
+
+    With `bytes_per_token` 1.0 this is an upper bound for byte-level tokenizers (no token is shorter
+    than one byte); the default 3.0 is closer to real counts and can, rarely, be exceeded.
+    """
+    payload = json.dumps(request.model_dump(mode="json", include={"system", "messages", "tools"}))
+    input_tokens = math.ceil(len(payload.encode()) / bytes_per_token) + REQUEST_OVERHEAD_TOKENS
+    if request.tools:
+        input_tokens += TOOLS_OVERHEAD_TOKENS
+    dearest_input = max(prices.input, prices.cache_write)
+    cost = (input_tokens * dearest_input + max_tokens * prices.output) / PER_MILLION
+    return Estimate(input_tokens, max_tokens, to_nusd(cost))
+
+
+def to_nusd(usd: float) -> int:
+    """USD to nano-USD, rounded up: a cost is never under-counted."""
+    return math.ceil(round(usd * NANO, 3))
+
+
+def to_usd(nusd: int | float) -> float:
+    return float(nusd) / NANO

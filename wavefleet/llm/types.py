@@ -1,0 +1,140 @@
+"""The provider-neutral shape of a model call: request, reply, usage, and the Provider protocol.
+
+Agents build an `LLMRequest` (system prompt, messages, tools, max tokens) and get an `LLMResponse`
+(text, tool calls, usage, cost, latency, and where it came from) whichever provider answered.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProviderName(StrEnum):
+    ANTHROPIC = "anthropic"
+    XAI = "xai"
+    OFFLINE = "offline"
+
+
+class TaskKind(StrEnum):
+    """What a call is for; the router picks the provider from it."""
+
+    CONSTITUTIONAL_CHECK = "constitutional_check"
+    CTO_REVIEW = "cto_review"
+    SAFETY_PROBE = "safety_probe"
+    ARCHITECTURE_VALIDATION = "architecture_validation"
+    CODE_GENERATION = "code_generation"
+    PLANNING = "planning"
+    QA_ANALYSIS = "qa_analysis"
+    DOCUMENTATION = "documentation"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolSpec(_Model):
+    """A tool the model may call; `input_schema` is a JSON Schema object."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ToolCall(_Model):
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResult(_Model):
+    tool_call_id: str
+    content: str
+    is_error: bool = False
+
+
+class Message(_Model):
+    """One turn: a user turn carries text and/or tool results; an assistant turn text and/or tool calls."""
+
+    role: Literal["user", "assistant"]
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
+
+    @classmethod
+    def user(cls, text: str) -> Message:
+        return cls(role="user", text=text)
+
+    @classmethod
+    def assistant(cls, text: str, tool_calls: tuple[ToolCall, ...] = ()) -> Message:
+        return cls(role="assistant", text=text, tool_calls=tool_calls)
+
+    @classmethod
+    def results(cls, *results: ToolResult) -> Message:
+        return cls(role="user", tool_results=results)
+
+
+class LLMRequest(_Model):
+    task: TaskKind
+    messages: tuple[Message, ...] = Field(min_length=1)
+    system: str = ""
+    tools: tuple[ToolSpec, ...] = ()
+    max_tokens: int | None = Field(default=None, ge=1)  # None: the `llm.max_tokens` setting
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    stop: tuple[str, ...] = ()
+
+
+class Usage(_Model):
+    """Tokens of one call. `input_tokens` excludes the cached prompt tokens read or written."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+
+class Completion(_Model):
+    """What a provider returns for one request, before the fleet prices and records it."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    stop_reason: str = ""
+    usage: Usage = Usage()
+    reported_cost_usd: float | None = None  # when the provider reports the bill itself (xAI does)
+
+
+class LLMResponse(_Model):
+    """One answered call, as agents see it and as it is recorded on the story."""
+
+    provider: ProviderName
+    model: str
+    task: TaskKind
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    stop_reason: str = ""
+    usage: Usage = Usage()
+    cost_usd: float = 0.0  # what this call cost: 0 for a response-cache hit and offline
+    latency_ms: float = 0.0  # time in the provider (0 for a cache hit)
+    cache_hit: bool = False
+    offline: bool = False
+    fallback_from: ProviderName | None = None  # set when the routed provider failed or its breaker was open
+
+    @property
+    def label(self) -> str:
+        """``anthropic claude-sonnet-4-5``, or ``OFFLINE offline-echo`` so no one mistakes it for a model."""
+        return f"{'OFFLINE' if self.offline else self.provider.value} {self.model}"
+
+
+class Provider(Protocol):
+    """A model service behind the fleet's one interface. Raise ProviderError, never an SDK error."""
+
+    name: ProviderName
+    model: str
+
+    def complete(self, request: LLMRequest, max_tokens: int) -> Completion: ...

@@ -1,0 +1,129 @@
+"""Grok through `xai-sdk` over gRPC: chat create/append/sample, tool calls, usage, cost, status codes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from xai_sdk import Client
+from xai_sdk.chat import system, tool, tool_result, user
+from xai_sdk.proto import chat_pb2
+
+from ..config import XaiSettings
+from ..errors import ProviderError, ProviderRateLimitedError
+from .types import Completion, LLMRequest, Message, ProviderName, ToolCall, Usage
+
+# Codes that say our request was wrong, not that the service is unwell: no fallback for them.
+REQUEST_ERRORS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE})
+
+
+class XaiProvider:
+    name = ProviderName.XAI
+
+    def __init__(self, settings: XaiSettings) -> None:
+        if settings.api_key is None:
+            raise ValueError("XaiProvider needs an API key")
+        self.model = settings.model
+        self._server_cost = settings.use_server_cost
+        self._client = Client(
+            api_key=settings.api_key.get_secret_value(),
+            api_host=settings.api_host,
+            timeout=settings.timeout_s,
+            use_insecure_channel=settings.use_insecure_channel,
+            channel_options=_retry_options(settings.max_retries),
+        )
+
+    def complete(self, request: LLMRequest, max_tokens: int) -> Completion:
+        settings: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens}
+        if request.tools:
+            settings["tools"] = [tool(t.name, t.description, t.input_schema) for t in request.tools]
+        if request.temperature is not None:
+            settings["temperature"] = request.temperature
+        if request.stop:
+            settings["stop"] = list(request.stop)
+        chat = self._client.chat.create(**settings)
+        if request.system:
+            chat.append(system(request.system))
+        for message in request.messages:
+            for proto in _messages(message):
+                chat.append(proto)
+        try:
+            response = chat.sample()
+        except grpc.RpcError as exc:
+            raise _status_error(exc) from None
+        return self._completion(response)
+
+    def _completion(self, response: Any) -> Completion:
+        usage = response.usage
+        cached = int(usage.cached_prompt_text_tokens)
+        ours = Usage(
+            input_tokens=max(0, int(usage.prompt_tokens) - cached),
+            output_tokens=int(usage.completion_tokens) + int(usage.reasoning_tokens),
+            cache_read_tokens=cached,
+        )
+        calls = tuple(_tool_call(c) for c in response.tool_calls)
+        cost = response.cost_usd if self._server_cost else None
+        return Completion(text=response.content, tool_calls=calls, stop_reason=response.finish_reason,
+                          usage=ours, reported_cost_usd=cost)
+
+
+def _retry_options(max_retries: int) -> list[tuple[str, Any]]:
+    """The SDK retries UNAVAILABLE 4 times by default; make that the `max_retries` setting."""
+    if max_retries == 0:
+        return [("grpc.enable_retries", 0)]
+    policy = {"maxAttempts": min(5, max_retries + 1), "initialBackoff": "0.1s", "maxBackoff": "1s",
+              "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+    return [("grpc.service_config", json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": policy}]}))]
+
+
+def _messages(message: Message) -> list[chat_pb2.Message]:
+    """One of our turns as xAI messages: tool results are messages of their own (role tool)."""
+    protos = [tool_result(r.content, tool_call_id=r.tool_call_id) for r in message.tool_results]
+    if message.role == "user":
+        if message.text:
+            protos.append(user(message.text))
+        return protos
+    calls = [chat_pb2.ToolCall(id=c.id, function=chat_pb2.FunctionCall(name=c.name,
+                                                                       arguments=json.dumps(c.arguments)))
+             for c in message.tool_calls]
+    protos.append(chat_pb2.Message(role=chat_pb2.MessageRole.ROLE_ASSISTANT,
+                                   content=[chat_pb2.Content(text=message.text)], tool_calls=calls))
+    return protos
+
+
+def _tool_call(call: chat_pb2.ToolCall) -> ToolCall:
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise ProviderError(ProviderName.XAI,
+                            f"malformed tool call {call.function.name!r}: arguments are not a JSON object")
+    return ToolCall(id=call.id, name=call.function.name, arguments=arguments)
+
+
+def _status_error(exc: grpc.RpcError) -> ProviderError:
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ProviderRateLimitedError(ProviderName.XAI, f"rate limited (RESOURCE_EXHAUSTED): {details}",
+                                        retry_after_s=_retry_after(exc))
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ProviderError(ProviderName.XAI, "timed out (DEADLINE_EXCEEDED)")
+    if code in REQUEST_ERRORS:
+        return ProviderError(ProviderName.XAI, f"request refused ({code.name}): {details}", counts=False)
+    return ProviderError(ProviderName.XAI, f"{code.name}: {details}")
+
+
+def _retry_after(exc: grpc.RpcError) -> float | None:
+    if not isinstance(exc, grpc.Call):
+        return None
+    for key, value in exc.trailing_metadata() or ():
+        if key in ("retry-after", "retry-after-ms"):
+            try:
+                return float(value) / (1000.0 if key.endswith("-ms") else 1.0)
+            except (TypeError, ValueError):
+                return None
+    return None
