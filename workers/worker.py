@@ -85,6 +85,7 @@ class WaveWorker(Worker):  # type: ignore[misc]  # rq ships no type information 
             super()._handle_stopped_job(job, queue, execution)
             return
         # Stopped by a halt: not a failure. Back to the front of its queue, no retry counted.
+        stopped_at = time.time()  # the horse and its process group are gone (reaped) by now
         self.halted_job_id = self._stopped_job_id = None
         with self.connection.pipeline() as pipe:
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
@@ -92,7 +93,7 @@ class WaveWorker(Worker):  # type: ignore[misc]  # rq ships no type information 
             queue.push_job_id(job.id, pipeline=pipe, at_front=True)
             pipe.hdel(self.rt.store.keys.running(), job.id)
             pipe.execute()
-        self.gate.job_stopped(job.id)
+        self.gate.job_stopped(job, stopped_at)
 
     def _put_back(self, job: Job, queue: Queue) -> None:
         """A job dequeued while the fleet halted: to the front of its queue, untouched."""
@@ -143,6 +144,8 @@ class HaltGate:
         self.resumed = threading.Event()
         self.resumed.set()
         self.worker: WaveWorker | None = None
+        self.acked_at = 0.0
+        self.reason = ""
         self.log = logs.get()
 
     def on_halt(self, state: HaltState) -> None:
@@ -152,22 +155,22 @@ class HaltGate:
             self.halted.set()
             self.resumed.clear()
             job_id = self.worker.stop_for_halt() if self.worker is not None else None
-            story = self.worker.current_job.kwargs.get("story_id") if job_id and self.worker.current_job else None
-        record_ack(self.rt.redis, self.keys, self.rt.name, identity=self.rt.identity, job=job_id)
-        self.log.error("EMERGENCY STOP", reason=state.reason, by=state.by, job_stopped=job_id, story=story)
-        if story:
-            self._halt_story(story, state.reason)
-
-    def _halt_story(self, story_id: str, reason: str) -> None:
-        try:
-            self.rt.store.apply(story_id, Event(EventKind.HALT, reason=f"emergency stop: {reason}"))
-        except Rejected:
-            pass  # the supervisor (or another worker of the story) got there first
-
-    def job_stopped(self, job_id: str) -> None:
-        """The stopped stage's process group is gone and its job is back on the queue."""
+            self.reason = state.reason
+        self.acked_at = time.time()
         record_ack(self.rt.redis, self.keys, self.rt.name, identity=self.rt.identity, job=job_id,
-                   stopped_at=time.time())
+                   at=self.acked_at)
+        self.log.error("EMERGENCY STOP", reason=state.reason, by=state.by, job_stopped=job_id)
+
+    def job_stopped(self, job: Job, stopped_at: float) -> None:
+        """The stopped stage's process group is gone and its job is back on the queue."""
+        record_ack(self.rt.redis, self.keys, self.rt.name, identity=self.rt.identity, job=job.id,
+                   at=self.acked_at, stopped_at=stopped_at)
+        # After the ack, off the latency path: the supervisor halts every story too, but it may be down.
+        story_id = job.kwargs.get("story_id", "")
+        try:
+            self.rt.store.apply(story_id, Event(EventKind.HALT, reason=f"emergency stop: {self.reason}"))
+        except Rejected:
+            pass  # the supervisor got there first
 
     def on_resume(self) -> None:
         with self.lock:
