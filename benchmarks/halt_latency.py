@@ -37,13 +37,15 @@ pm = {n}
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def measure(workers: int, repetitions: int, root: Path) -> dict[str, list[float]]:
     domains = root / "domains"
     (domains / "bench").mkdir(parents=True)
-    (domains / "bench" / "domain.toml").write_text(DOMAIN.format(repo=REPO / "domains/auth/sample", n=workers))
+    (domains / "bench" / "domain.toml").write_text(
+        DOMAIN.format(repo=REPO / "domains/auth/sample", n=workers)
+    )
     with redis_server(root / "redis") as server:
         settings = fast_settings(server, root / "data", domains)
         redis = connect(settings)
@@ -54,8 +56,13 @@ def measure(workers: int, repetitions: int, root: Path) -> dict[str, list[float]
             procs.supervisor()
             procs.watcher()
             store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
-            store.enqueue([Story(id=f"BENCH-{n:03d}", title="halt me", labels=("offline:slow=pm:600",))
-                           for n in range(workers)], load_domains(domains))
+            store.enqueue(
+                [
+                    Story(id=f"BENCH-{n:03d}", title="halt me", labels=("offline:slow=pm:600",))
+                    for n in range(workers)
+                ],
+                load_domains(domains),
+            )
             return _repeat(settings, redis, workers, repetitions)
         finally:
             procs.stop_all()
@@ -64,13 +71,20 @@ def measure(workers: int, repetitions: int, root: Path) -> dict[str, list[float]
 def _repeat(settings, redis, workers: int, repetitions: int) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
     acks, stops = [], []
     for _ in range(repetitions):
-        wait_until(lambda: redis.hlen(settings.keys.running()) == workers, timeout_s=300,
-                   message=f"{workers} running stages")
+        wait_until(
+            lambda: redis.hlen(settings.keys.running()) == workers,
+            timeout_s=300,
+            message=f"{workers} running stages",
+        )
         time.sleep(0.2)
         started = time.time()
         settings.halt_file.write_text("benchmark")
-        done = wait_until(lambda: _complete(redis, settings, workers), timeout_s=60, interval_s=0.01,
-                          message="every ack and stop")
+        done = wait_until(
+            lambda: _complete(redis, settings, workers),
+            timeout_s=60,
+            interval_s=0.01,
+            message="every ack and stop",
+        )
         acks.append(max(a["at"] for a in done) - started)
         stops.append(max(a["stopped_at"] for a in done) - started)
         settings.halt_file.unlink()
@@ -85,7 +99,9 @@ def _complete(redis, settings, workers: int) -> list[dict[str, float]] | None:  
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--repetitions", type=int, default=20)
     args = parser.parse_args()
@@ -95,8 +111,11 @@ def main() -> None:
             result = measure(workers, args.repetitions, Path(tmp))
         for name, label in (("ack", "(a) last ack"), ("stopped", "(b) last stage stopped")):
             ms = [v * 1000 for v in result[name]]
-            print(f"{workers:>7} {label:<22} {statistics.median(ms):>8.1f} {percentile(ms, 0.99):>8.1f} "
-                  f"{max(ms):>8.1f}", flush=True)
+            print(
+                f"{workers:>7} {label:<22} {statistics.median(ms):>8.1f} {percentile(ms, 0.99):>8.1f} "
+                f"{max(ms):>8.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -49,12 +48,20 @@ def process_group_alive(pgid: int) -> bool:
 
 
 def live_workers(redis: Redis, settings: Settings) -> set[str]:
-    return {w for w in redis.smembers(settings.keys.workers()) if redis.exists(settings.keys.worker_heartbeat(w))}
+    return {
+        w for w in redis.smembers(settings.keys.workers()) if redis.exists(settings.keys.worker_heartbeat(w))
+    }
 
 
 def wave(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wavefleet.cli", *argv], env=env_of(settings),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "wavefleet.cli", *argv],
+        check=False,
+        env=env_of(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def assert_finished_once_without_burning_a_retry(store: StoryStore, ids: list[str], role: Role) -> None:
@@ -74,27 +81,45 @@ def test_the_emergency_stop_file_halts_ten_busy_workers_and_removing_it_finishes
     procs.watcher()
     ids = [f"AUTH-{n:03d}" for n in range(300, 310)]
     store.enqueue([story(i, "offline:slow=pm:4") for i in ids], domains)
-    busy = wait_until(lambda: (r := running(redis, settings)) and len(r) == 10 and r, timeout_s=60,
-                      message="ten running PM stages")
+    busy = wait_until(
+        lambda: (r := running(redis, settings)) and len(r) == 10 and r,
+        timeout_s=60,
+        message="ten running PM stages",
+    )
 
     settings.halt_file.write_text("smoke in the server room\n")
-    wait_until(lambda: len(_acks(redis, settings)) == len(live_workers(redis, settings)), timeout_s=5,
-               message="every live worker to ack")
-    wait_until(lambda: all(store.get(i).state is StoryState.HALTED for i in ids), timeout_s=5,
-               message="every story halted")
+    wait_until(
+        lambda: len(_acks(redis, settings)) == len(live_workers(redis, settings)),
+        timeout_s=5,
+        message="every live worker to ack",
+    )
+    wait_until(
+        lambda: all(store.get(i).state is StoryState.HALTED for i in ids),
+        timeout_s=5,
+        message="every story halted",
+    )
 
     assert not any(process_group_alive(int(str(info["pid"]))) for info in busy.values())
     assert running(redis, settings) == {}
     assert len(Queue(settings.keys.queue("auth", "pm"), connection=connect(settings, decode=False))) == 10
-    wait_until(lambda: "smoke in the server room" in (redis.get(settings.keys.halt()) or ""), timeout_s=5,
-               message="the file's text as the halt reason")
+    wait_until(
+        lambda: "smoke in the server room" in (redis.get(settings.keys.halt()) or ""),
+        timeout_s=5,
+        message="the file's text as the halt reason",
+    )
     assert "EMERGENCY STOP" in procs.logs()
 
     settings.halt_file.unlink()
-    wait_until(lambda: all(store.get(i).state is StoryState.DONE for i in ids), timeout_s=120,
-               message="every story done after resume")
+    wait_until(
+        lambda: all(store.get(i).state is StoryState.DONE for i in ids),
+        timeout_s=120,
+        message="every story done after resume",
+    )
     assert_finished_once_without_burning_a_retry(store, ids, Role.PM)
-    assert FailedJobRegistry(settings.keys.queue("auth", "pm"), connection=connect(settings, decode=False)).count == 0
+    assert (
+        FailedJobRegistry(settings.keys.queue("auth", "pm"), connection=connect(settings, decode=False)).count
+        == 0
+    )
 
 
 def _acks(redis: Redis, settings: Settings) -> dict[str, str]:
@@ -108,8 +133,11 @@ def test_wave_stop_halts_a_story_in_any_stage_and_wave_resume_continues_it(
     procs.team("payments")
     procs.supervisor()
     store.enqueue([story("PAYMENTS-300", f"offline:slow={role.value}:4")], domains)
-    wait_until(lambda: any(i["role"] == role.value for i in running(redis, settings).values()), timeout_s=60,
-               message=f"the {role.value} stage to run")
+    wait_until(
+        lambda: any(i["role"] == role.value for i in running(redis, settings).values()),
+        timeout_s=60,
+        message=f"the {role.value} stage to run",
+    )
 
     stopped = wave(settings, "stop", "--reason", "deploy freeze")
     assert stopped.returncode == 0, stopped.stderr
@@ -130,7 +158,9 @@ def test_a_worker_that_missed_the_halt_message_still_halts_from_the_flag(
     busy = wait_until(lambda: running(redis, settings), timeout_s=60, message="the PM stage to run")
 
     redis.client_kill_filter(_type="pubsub")  # every subscriber loses its connection...
-    redis.set(settings.keys.halt(), json.dumps(HaltState("flag only", "test", time.time()).__dict__))  # ...no publish
+    redis.set(
+        settings.keys.halt(), json.dumps(HaltState("flag only", "test", time.time()).__dict__)
+    )  # ...no publish
 
     pid = int(str(next(iter(busy.values()))["pid"]))
     wait_until(lambda: not process_group_alive(pid), timeout_s=5, message="the stage to be stopped")
@@ -157,11 +187,13 @@ def test_a_worker_started_during_a_halt_stays_idle_until_resume(
 def test_resume_refuses_while_the_emergency_stop_file_exists(settings: Settings, redis: Redis) -> None:
     settings.halt_file.parent.mkdir(parents=True, exist_ok=True)
     settings.halt_file.write_text("")
-    redis.set(settings.keys.halt(), json.dumps(HaltState("x", f"file:{settings.halt_file.absolute()}", 0).__dict__))
+    redis.set(
+        settings.keys.halt(), json.dumps(HaltState("x", f"file:{settings.halt_file.absolute()}", 0).__dict__)
+    )
 
     result = wave(settings, "resume")
 
     assert result.returncode == 75
     assert "remove that file" in result.stderr
     assert redis.exists(settings.keys.halt())
-    os.unlink(settings.halt_file)
+    settings.halt_file.unlink()

@@ -21,13 +21,20 @@ pytestmark = pytest.mark.slow
 
 
 def story(story_id: str, *labels: str) -> Story:
-    return Story(id=story_id, title=f"Story {story_id}", acceptance_criteria=("it works", "it is tested"),
-                 labels=labels)
+    return Story(
+        id=story_id,
+        title=f"Story {story_id}",
+        acceptance_criteria=("it works", "it is tested"),
+        labels=labels,
+    )
 
 
 def wait_for_state(store: StoryStore, story_id: str, state: StoryState, timeout_s: float = 60) -> None:
-    wait_until(lambda: store.get(story_id).state is state, timeout_s=timeout_s,
-               message=f"{story_id} to be {state} (is {store.get(story_id).state})")
+    wait_until(
+        lambda: store.get(story_id).state is state,
+        timeout_s=timeout_s,
+        message=f"{story_id} to be {state} (is {store.get(story_id).state})",
+    )
 
 
 def test_auth_and_payments_stories_finish_in_parallel_each_on_its_own_team(
@@ -68,10 +75,12 @@ def test_qa_failure_recycles_to_development_then_passes(
 
 @pytest.mark.parametrize(
     ("label", "state", "reason"),
-    [("offline:leak-secret", StoryState.KILLED, "credential"),
-     ("offline:oversize", StoryState.HELD, "human review")],
+    [
+        ("offline:leak-secret", StoryState.KILLED, "credential"),
+        ("offline:oversize", StoryState.HELD, "human review"),
+    ],
 )
-def test_cto_kills_a_leaked_credential_and_holds_an_oversized_diff(  # noqa: PLR0917
+def test_cto_kills_a_leaked_credential_and_holds_an_oversized_diff(
     procs: Processes, store: StoryStore, domains: Domains, label: str, state: StoryState, reason: str
 ) -> None:
     procs.team("payments")
@@ -118,8 +127,15 @@ def test_a_misrouted_job_is_refused_by_the_other_domain_and_rerouted(
     store.apply("PAYMENTS-020", Event(EventKind.ROUTE))
     record = store.get("PAYMENTS-020")
     wrong = Queue(settings.keys.queue("auth", "pm"), connection=connect(settings, decode=False))
-    wrong.enqueue(STAGE_FUNCTION, story_id="PAYMENTS-020", domain="payments", role="pm", round_=0,
-                  attempt=1, job_id=record.job_id(Role.PM))
+    wrong.enqueue(
+        STAGE_FUNCTION,
+        story_id="PAYMENTS-020",
+        domain="payments",
+        role="pm",
+        round_=0,
+        attempt=1,
+        job_id=record.job_id(Role.PM),
+    )
     procs.worker("auth", "pm")
 
     wait_until(lambda: _intake_kinds(redis, settings).count("misrouted") == 1, message="the refusal")
@@ -127,8 +143,12 @@ def test_a_misrouted_job_is_refused_by_the_other_domain_and_rerouted(
     procs.supervisor()
     wait_for_state(store, "PAYMENTS-020", StoryState.DONE)
 
-    auth_runs = [json.loads(x) for name in redis.smembers(settings.keys.workers()) if name.startswith("auth")
-                 for x in redis.lrange(settings.keys.worker_log(name), 0, -1)]
+    auth_runs = [
+        json.loads(x)
+        for name in redis.smembers(settings.keys.workers())
+        if name.startswith("auth")
+        for x in redis.lrange(settings.keys.worker_log(name), 0, -1)
+    ]
     assert auth_runs == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -46,8 +47,9 @@ def free_port() -> int:
 class EmbeddedRedis:
     """One redis-server process; `start()` waits until it answers, `stop()` shuts it down cleanly."""
 
-    def __init__(self, directory: Path, port: int, *, appendfsync: str = "everysec",
-                 password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int, *, appendfsync: str = "everysec", password: str | None = None
+    ) -> None:
         self.directory = directory.resolve()
         self.port = port
         self.appendfsync = appendfsync
@@ -59,7 +61,7 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self, **kwargs: object) -> Redis:
-        return Redis(host="127.0.0.1", port=self.port, password=self.password, **kwargs)  # type: ignore[arg-type]
+        return Redis(host="127.0.0.1", port=self.port, password=self.password, **kwargs)
 
     def _stored_password(self) -> str:
         # A password is always on; the generated one is kept (0600) so a restart reuses it.
@@ -71,19 +73,24 @@ class EmbeddedRedis:
         return path.read_text().strip()
 
     def config(self) -> str:
-        return "\n".join([
-            f"port {self.port}",
-            "bind 127.0.0.1",
-            "protected-mode yes",
-            f"dir {self.directory}",
-            "appendonly yes",
-            f"appendfsync {self.appendfsync}",
-            'save ""',
-            "maxmemory-policy noeviction",
-            f"requirepass {self.password}",
-            "logfile redis.log",
-            "daemonize no",
-        ]) + "\n"
+        return (
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    "bind 127.0.0.1",
+                    "protected-mode yes",
+                    f"dir {self.directory}",
+                    "appendonly yes",
+                    f"appendfsync {self.appendfsync}",
+                    'save ""',
+                    "maxmemory-policy noeviction",
+                    f"requirepass {self.password}",
+                    "logfile redis.log",
+                    "daemonize no",
+                ]
+            )
+            + "\n"
+        )
 
     def start(self) -> str:
         if not port_is_free(self.port):
@@ -95,8 +102,12 @@ class EmbeddedRedis:
         conf = self.directory / "redis.conf"
         conf.write_text(self.config())
         conf.chmod(0o600)
-        self.process = subprocess.Popen([redis_server_binary(), str(conf)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            [redis_server_binary(), str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self._wait_until_ready()
         (self.directory / ENDPOINT_FILE).write_text(json.dumps({"url": self.url, "pid": self.process.pid}))
         return self.url
@@ -106,7 +117,9 @@ class EmbeddedRedis:
         client = self.client(socket_timeout=1)
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RedisUnavailableError(f"redis-server exited at start; see {self.directory / 'redis.log'}")
+                raise RedisUnavailableError(
+                    f"redis-server exited at start; see {self.directory / 'redis.log'}"
+                )
             try:
                 client.ping()
                 if client.info("persistence").get("loading", 0) == 0:
@@ -120,10 +133,8 @@ class EmbeddedRedis:
         """SHUTDOWN flushes the AOF; fall back to SIGTERM, then SIGKILL."""
         if self.process is None or self.process.poll() is not None:
             return
-        try:
+        with contextlib.suppress(RedisError):
             self.client(socket_timeout=5).shutdown()
-        except RedisError:
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

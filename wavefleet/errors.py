@@ -80,8 +80,9 @@ class ProviderError(LLMError):
     a request the provider refused as invalid does not count.
     """
 
-    def __init__(self, provider: str, message: str, *, counts: bool = True, retry_after_s: float | None = None
-                 ) -> None:
+    def __init__(
+        self, provider: str, message: str, *, counts: bool = True, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
         self.counts = counts

@@ -53,8 +53,12 @@ class Fleet:
         for domain in domains:
             for role in Role:
                 for index in range(1, domain.team.size(role) + 1):
-                    self.children.append(Child(logs.identity(domain.name, role.value, index), [
-                        "worker", "--domain", domain.name, "--role", role.value, "--index", str(index)]))
+                    self.children.append(
+                        Child(
+                            logs.identity(domain.name, role.value, index),
+                            ["worker", "--domain", domain.name, "--role", role.value, "--index", str(index)],
+                        )
+                    )
 
     def env(self) -> dict[str, str]:
         s = self.settings
@@ -81,8 +85,12 @@ class Fleet:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             child.log = (self.log_dir / f"{child.name.lower()}.log").open("ab")
-        child.process = subprocess.Popen([sys.executable, "-m", "wavefleet.cli", *child.argv], env=self.env(),
-                                         stdout=child.log, stderr=child.log)
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", "wavefleet.cli", *child.argv],
+            env=self.env(),
+            stdout=child.log,
+            stderr=child.log,
+        )
 
     def watch(self) -> None:
         """Restart any child that exited; called from the view loop."""
@@ -114,8 +122,12 @@ class Fleet:
 
 
 def start_redis(settings: Settings, directory: Path, port: int) -> tuple[EmbeddedRedis, Settings]:
-    embedded = EmbeddedRedis(directory, port, appendfsync=settings.embedded_redis.appendfsync,
-                             password=_secret(settings.embedded_redis.password))
+    embedded = EmbeddedRedis(
+        directory,
+        port,
+        appendfsync=settings.embedded_redis.appendfsync,
+        password=_secret(settings.embedded_redis.password),
+    )
     url = embedded.start()
     redis = settings.redis.model_copy(update={"url": url, "password": SecretStr(embedded.password)})
     return embedded, settings.model_copy(update={"redis": redis})
@@ -143,14 +155,25 @@ def stories_table(records: list[StoryRecord], title: str = "stories") -> Table:
         table.add_column(column)
     now = time.time()
     for r in records[-25:]:
-        table.add_row(r.id, r.domain, _coloured(r.state), str(r.round), r.stage,
-                      f"{int((r.updated_at if r.state in TERMINAL else now) - r.created_at)}s", r.reason[:60])
+        table.add_row(
+            r.id,
+            r.domain,
+            _coloured(r.state),
+            str(r.round),
+            r.stage,
+            f"{int((r.updated_at if r.state in TERMINAL else now) - r.created_at)}s",
+            r.reason[:60],
+        )
     return table
 
 
 def _coloured(state: StoryState) -> str:
-    colour = {StoryState.DONE: "green", StoryState.FAILED: "red", StoryState.KILLED: "red",
-              StoryState.HELD: "yellow"}.get(state, "cyan")
+    colour = {
+        StoryState.DONE: "green",
+        StoryState.FAILED: "red",
+        StoryState.KILLED: "red",
+        StoryState.HELD: "yellow",
+    }.get(state, "cyan")
     return f"[{colour}]{state.value}[/{colour}]"
 
 
@@ -166,12 +189,20 @@ def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
     dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    console.print(f"fleet starting: {len(fleet.children)} processes, agent={settings.agent}"
-                  + (" (offline: deterministic, no LLM)" if settings.agent == "offline" else ""))
+    console.print(
+        f"fleet starting: {len(fleet.children)} processes, agent={settings.agent}"
+        + (" (offline: deterministic, no LLM)" if settings.agent == "offline" else "")
+    )
     fleet.start()
     try:
-        _watch_loop(fleet, stopping, lambda: Group(queues_table(dispatcher, domains, fleet),
-                                                    stories_table(store.list())) if live else None, console)
+        _watch_loop(
+            fleet,
+            stopping,
+            lambda: (
+                Group(queues_table(dispatcher, domains, fleet), stories_table(store.list())) if live else None
+            ),
+            console,
+        )
     except KeyboardInterrupt:
         pass
     finally:
@@ -183,12 +214,23 @@ def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
     return 0
 
 
-def _watch_loop(fleet: Fleet, stopping: list[int], render: Any, console: Console,
-                until: Any = None, timeout_s: float | None = None) -> bool:
+def _watch_loop(
+    fleet: Fleet,
+    stopping: list[int],
+    render: Any,
+    console: Console,
+    *,
+    until: Any = None,
+    timeout_s: float | None = None,
+) -> bool:
     """Refresh the view and restart crashed children until Ctrl-C, SIGTERM, `until()` or the timeout."""
     deadline = time.monotonic() + timeout_s if timeout_s else None
     first = render()
-    with Live(first, console=console, refresh_per_second=4, transient=False) if first is not None else _Null() as view:
+    with (
+        Live(first, console=console, refresh_per_second=4, transient=False)
+        if first is not None
+        else _Null() as view
+    ):
         while not stopping:
             fleet.watch()
             if view is not None:
@@ -219,8 +261,10 @@ def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_
     fleet = Fleet(settings, domains, demo_dir / "logs")
     store = StoryStore(connect(settings), settings.keys, settings.pipeline.max_rounds)
     dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
-    console.print(f"[bold]WAVE demo[/bold]: {len(stories)} stories, domains {', '.join(domains.names())}, "
-                  f"agent [yellow]{settings.agent}[/yellow] (deterministic, no LLM, no API key)")
+    console.print(
+        f"[bold]WAVE demo[/bold]: {len(stories)} stories, domains {', '.join(domains.names())}, "
+        f"agent [yellow]{settings.agent}[/yellow] (deterministic, no LLM, no API key)"
+    )
     console.print(f"embedded Redis {settings.redis.url}, AOF and logs in {demo_dir}")
     fleet.start()
     finished = False
@@ -231,9 +275,14 @@ def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_
         def all_settled() -> bool:
             return all(r.state in TERMINAL | WAITING_FOR_HUMAN for r in store.list())
 
-        finished = _watch_loop(fleet, [], lambda: Group(queues_table(dispatcher, domains, fleet),
-                                                         stories_table(store.list())),
-                               console, until=all_settled, timeout_s=timeout_s)
+        finished = _watch_loop(
+            fleet,
+            [],
+            lambda: Group(queues_table(dispatcher, domains, fleet), stories_table(store.list())),
+            console,
+            until=all_settled,
+            timeout_s=timeout_s,
+        )
     except KeyboardInterrupt:
         pass
     finally:
@@ -257,6 +306,12 @@ def summary_table(records: list[StoryRecord], elapsed_s: float) -> Table:
     for column in ("story", "domain", "final state", "rounds", "took", "why"):
         table.add_column(column)
     for r in records:
-        table.add_row(r.id, r.domain, _coloured(r.state), str(r.round),
-                      f"{r.updated_at - r.created_at:.1f}s", r.reason[:70])
+        table.add_row(
+            r.id,
+            r.domain,
+            _coloured(r.state),
+            str(r.round),
+            f"{r.updated_at - r.created_at:.1f}s",
+            r.reason[:70],
+        )
     return table

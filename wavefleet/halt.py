@@ -69,7 +69,9 @@ def read_halt(redis: Redis, keys: Keys) -> HaltState | None:
     if raw is None:
         return None
     data = json.loads(raw)
-    return HaltState(reason=str(data.get("reason", "")), by=str(data.get("by", "")), at=float(data.get("at", 0)))
+    return HaltState(
+        reason=str(data.get("reason", "")), by=str(data.get("by", "")), at=float(data.get("at", 0))
+    )
 
 
 def acks(redis: Redis, keys: Keys) -> dict[str, dict[str, object]]:
@@ -88,8 +90,9 @@ class HaltListener(threading.Thread):
     flag after every reconnect, because messages published while disconnected are lost.
     """
 
-    def __init__(self, redis: Redis, keys: Keys, on_halt: Callable[[HaltState], None],
-                 on_resume: Callable[[], None]) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, on_halt: Callable[[HaltState], None], on_resume: Callable[[], None]
+    ) -> None:
         super().__init__(name="halt-listener", daemon=True)
         self.redis, self.keys = redis, keys
         self.on_halt, self.on_resume = on_halt, on_resume
@@ -137,8 +140,13 @@ class HaltListener(threading.Thread):
 
     def _handle(self, message: dict[str, object]) -> None:
         if message.get("type") == HALT:
-            self.on_halt(HaltState(str(message.get("reason", "")), str(message.get("by", "")),
-                                   float(str(message.get("at", 0)))))
+            self.on_halt(
+                HaltState(
+                    str(message.get("reason", "")),
+                    str(message.get("by", "")),
+                    float(str(message.get("at", 0))),
+                )
+            )
         elif message.get("type") == RESUME:
             self.on_resume()
 

@@ -71,7 +71,10 @@ TRANSITIONS: frozenset[tuple[StoryState, StoryState]] = frozenset(
         (StoryState.HELD, StoryState.DONE),  # approved after a CTO HOLD
         (StoryState.HELD, StoryState.KILLED),  # rejected
         *((s, StoryState.FAILED) for s in WORKING),  # an agent gave up
-        *((s, StoryState.CANCELLED) for s in (StoryState.QUEUED, *WORKING, StoryState.HELD, StoryState.HALTED)),
+        *(
+            (s, StoryState.CANCELLED)
+            for s in (StoryState.QUEUED, *WORKING, StoryState.HELD, StoryState.HALTED)
+        ),
         *((s, StoryState.QUEUED) for s in (StoryState.FAILED, StoryState.KILLED, StoryState.CANCELLED)),
     }
 )

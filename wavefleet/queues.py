@@ -10,6 +10,7 @@ from rq.job import Job
 from .config import Settings
 from .lifecycle import Role
 from .store import StoryRecord, StoryStore
+from .store import _result_field as result_field  # the results hash's field names belong to the store
 from .stories import Priority
 
 STAGE_FUNCTION = "workers.stage.run_stage"
@@ -31,33 +32,50 @@ class Dispatcher:
         return self._queues[name]
 
     def ensure(self, record: StoryRecord) -> list[str]:
-        """Enqueue every pending stage that has neither a job nor a result yet; return new job ids."""
-        enqueued = []
-        for role in sorted(record.pending):
-            attempt = record.attempts.get(role, 0)
-            job_id = record.job_id(role)
-            # Order matters: a job deletes itself only after its result is written, so checking the
-            # job first and the result second can never miss both.
-            if Job.exists(job_id, connection=self.raw):
-                continue
-            if self.store.result(record.id, record.round, role, attempt) is not None:
-                continue
-            self.queue(record.domain, role).enqueue(
-                STAGE_FUNCTION,
-                story_id=record.id,
-                domain=record.domain,
-                role=role.value,
-                round_=record.round,
-                attempt=attempt,
-                job_id=job_id,
-                job_timeout=self.settings.worker.job_timeout_s,
-                result_ttl=3600,
-                failure_ttl=86400,
-                description=f"{record.id} {role.value} round {record.round}",
-                at_front=record.story.priority is Priority.URGENT,
-            )
-            enqueued.append(job_id)
-        return enqueued
+        """Enqueue every pending stage that has neither a job nor a result yet; return new job ids.
+
+        Two round trips however many stages are pending: one pipeline of checks, then one transaction
+        that enqueues every missing stage (RQ's own `enqueue` costs two round trips per job).
+        """
+        roles = sorted(record.pending)
+        if not roles:
+            return []
+        results = self.settings.keys.story_results(record.id)
+        with self.raw.pipeline(transaction=False) as pipe:
+            for role in roles:
+                # Order matters: a job deletes itself only after its result is written, so checking the
+                # job first and the result second can never miss both (a pipeline keeps this order).
+                pipe.exists(Job.key_for(record.job_id(role)))
+                pipe.hexists(results, result_field(record.round, role, record.attempts.get(role, 0)))
+            checks = pipe.execute()
+        missing = [
+            role
+            for role, job, result in zip(roles, checks[::2], checks[1::2], strict=True)
+            if not job and not result
+        ]
+        if not missing:
+            return []
+        with self.raw.pipeline() as pipe:
+            for role in missing:
+                self.queue(record.domain, role).enqueue_call(
+                    STAGE_FUNCTION,
+                    kwargs={
+                        "story_id": record.id,
+                        "domain": record.domain,
+                        "role": role.value,
+                        "round_": record.round,
+                        "attempt": record.attempts.get(role, 0),
+                    },
+                    job_id=record.job_id(role),
+                    timeout=self.settings.worker.job_timeout_s,
+                    result_ttl=3600,
+                    failure_ttl=86400,
+                    description=f"{record.id} {role.value} round {record.round}",
+                    at_front=record.story.priority is Priority.URGENT,
+                    pipeline=pipe,
+                )
+            pipe.execute()
+        return [record.job_id(role) for role in missing]
 
     def job_status(self, job_id: str) -> str | None:
         try:
@@ -67,6 +85,4 @@ class Dispatcher:
         return status.value if status is not None else None
 
     def depths(self, domains: list[str]) -> dict[str, int]:
-        return {
-            self.settings.keys.queue(d, r.value): len(self.queue(d, r)) for d in domains for r in Role
-        }
+        return {self.settings.keys.queue(d, r.value): len(self.queue(d, r)) for d in domains for r in Role}

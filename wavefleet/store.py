@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -140,21 +141,33 @@ return {}
         batch = []
         for story in stories:
             domain = domains.for_story(story.id).name
-            keys += [self.keys.story(story.id), self.keys.story_results(story.id),
-                     self.keys.story_events(story.id), self.keys.domain_stories(domain)]
+            keys += [
+                self.keys.story(story.id),
+                self.keys.story_results(story.id),
+                self.keys.story_events(story.id),
+                self.keys.domain_stories(domain),
+            ]
             batch.append(self._write_new(story, domain, now))
-        payload = json.dumps({"score": repr(now), "maxlen": str(EVENTS_MAXLEN),
-                              "terminal": sorted(s.value for s in TERMINAL), "stories": batch},
-                             ensure_ascii=False)
+        payload = json.dumps(
+            {
+                "score": repr(now),
+                "maxlen": str(EVENTS_MAXLEN),
+                "terminal": sorted(s.value for s in TERMINAL),
+                "stories": batch,
+            },
+            ensure_ascii=False,
+        )
         self._refuse_active(self.redis.register_script(self._ENQUEUE_LUA)(keys=keys, args=[payload]))
 
     def _refuse_active(self, active: list[str]) -> None:
         """The script's reply: ``[id, state, ...]`` of every story still active (then nothing was written)."""
         if active:
-            raise ConflictError("\n".join(
-                f"story {story_id} is already active ({state}); cancel it first or use another id"
-                for story_id, state in zip(active[::2], active[1::2], strict=True)
-            ))
+            raise ConflictError(
+                "\n".join(
+                    f"story {story_id} is already active ({state}); cancel it first or use another id"
+                    for story_id, state in zip(active[::2], active[1::2], strict=True)
+                )
+            )
 
     def _write_new(self, story: Story, domain: str, now: float) -> dict[str, Any]:
         """One story's part of the enqueue script: its fresh hash, its history entry, its intake message."""
@@ -177,8 +190,12 @@ return {}
         }
         event = {"event": "enqueued", "to": StoryState.QUEUED.value, "story": story.id, "at": f"{now:.6f}"}
         intake = {"kind": "route", "story": story.id}
-        return {"id": story.id, "fields": self._flat(fields), "event": self._flat(event),
-                "intake": self._flat(intake)}
+        return {
+            "id": story.id,
+            "fields": self._flat(fields),
+            "event": self._flat(event),
+            "intake": self._flat(intake),
+        }
 
     @staticmethod
     def _flat(entry: dict[str, str]) -> list[str]:
@@ -206,10 +223,10 @@ return {}
         records = [_record_from(row) for row in rows if row]
         return [r for r in records if state is None or r.state is state]
 
-    def active_ids(self) -> list[str]:
+    def active_ids(self) -> builtins.list[str]:
         return sorted(self.redis.smembers(self.keys.active()))
 
-    def events(self, story_id: str) -> list[dict[str, str]]:
+    def events(self, story_id: str) -> builtins.list[dict[str, str]]:
         self.get(story_id)
         return [fields for _id, fields in self.redis.xrange(self.keys.story_events(story_id))]
 
@@ -217,7 +234,9 @@ return {}
         raw = self.redis.hget(self.keys.story_results(story_id), _result_field(round_, role, attempt))
         return json.loads(raw) if raw else None
 
-    def latest_result(self, record: StoryRecord, role: Role, round_: int | None = None) -> dict[str, Any] | None:
+    def latest_result(
+        self, record: StoryRecord, role: Role, round_: int | None = None
+    ) -> dict[str, Any] | None:
         """The newest result of `role` in `round_` (default: the story's current round)."""
         wanted = record.round if round_ is None else round_
         for attempt in range(record.attempts.get(role, 0), 0, -1):
@@ -270,8 +289,10 @@ return {}
         }
         self._record(pipe, story_id, history, now)
         if event.kind in (EventKind.RETRY, EventKind.APPROVE):
-            pipe.xadd(self.keys.intake(), {"kind": "route" if event.kind is EventKind.RETRY else "nudge",
-                                           "story": story_id})
+            pipe.xadd(
+                self.keys.intake(),
+                {"kind": "route" if event.kind is EventKind.RETRY else "nudge", "story": story_id},
+            )
 
     def _record(self, pipe: Pipeline, story_id: str, fields: dict[str, Any], now: float) -> None:
         entry = {**{k: str(v) for k, v in fields.items()}, "story": story_id, "at": f"{now:.6f}"}
@@ -283,21 +304,29 @@ return {}
         self.redis.hset(self.keys.running(), job, json.dumps(info))
 
     def record_result(
-        self, story_id: str, round_: int, role: Role, attempt: int, job: str, result: dict[str, Any]
+        self, story_id: str, round_: int, role: Role, attempt: int, *, job: str, result: dict[str, Any]
     ) -> None:
         """Store a stage's result and tell the supervisor, in one transaction."""
         with self.redis.pipeline() as pipe:
-            pipe.hset(self.keys.story_results(story_id), _result_field(round_, role, attempt), json.dumps(result))
+            pipe.hset(
+                self.keys.story_results(story_id), _result_field(round_, role, attempt), json.dumps(result)
+            )
             if result.get("cost_usd"):
                 pipe.hincrbyfloat(self.keys.story(story_id), "cost_usd", float(result["cost_usd"]))
             pipe.hdel(self.keys.running(), job)
             pipe.xadd(
                 self.keys.intake(),
-                {"kind": "result", "story": story_id, "role": role.value, "round": round_, "attempt": attempt},
+                {
+                    "kind": "result",
+                    "story": story_id,
+                    "role": role.value,
+                    "round": round_,
+                    "attempt": attempt,
+                },
             )
             pipe.execute()
 
-    def _transact(self, keys: list[str], body: Callable[[Pipeline], T]) -> T:
+    def _transact(self, keys: builtins.list[str], body: Callable[[Pipeline], T]) -> T:
         """Run `body` as an optimistic transaction on `keys`, again if a watched key changed."""
         with self.redis.pipeline() as pipe:
             for _ in range(WATCH_TRIES):

@@ -7,6 +7,7 @@ point re-reads what it had not acknowledged, and the idempotent transitions make
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -85,8 +86,9 @@ class Supervisor:
         return handled
 
     def _consume(self, start: str, block_ms: int | None) -> int:
-        reply = self.redis.xreadgroup(self.keys.supervisor_group(), CONSUMER, {self.keys.intake(): start},
-                                      count=BATCH, block=block_ms)
+        reply = self.redis.xreadgroup(
+            self.keys.supervisor_group(), CONSUMER, {self.keys.intake(): start}, count=BATCH, block=block_ms
+        )
         handled = 0
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -164,8 +166,12 @@ class Supervisor:
             elif kind == "result":
                 self._apply(story_id, self._result_event(fields))
             elif kind == "misrouted":
-                self.log.warning("misrouted job returned by a worker", story=story_id, worker=fields.get("worker"))
-                self._apply(story_id, _stage_event(EventKind.STAGE_LOST, fields, reason="misrouted; sent again"))
+                self.log.warning(
+                    "misrouted job returned by a worker", story=story_id, worker=fields.get("worker")
+                )
+                self._apply(
+                    story_id, _stage_event(EventKind.STAGE_LOST, fields, reason="misrouted; sent again")
+                )
             elif kind == "nudge":
                 self._dispatch(story_id)
             else:
@@ -183,18 +189,36 @@ class Supervisor:
             return Event(kind, role, round_, attempt, reason=str(result.get("error", "")))
         output: dict[str, Any] = result.get("output", {})
         if role is Role.QA:
-            return Event(EventKind.STAGE_DONE, role, round_, attempt, passed=bool(output.get("passed")),
-                         reason=str(output.get("summary", "")))
+            return Event(
+                EventKind.STAGE_DONE,
+                role,
+                round_,
+                attempt,
+                passed=bool(output.get("passed")),
+                reason=str(output.get("summary", "")),
+            )
         if role is Role.CTO:
-            return Event(EventKind.STAGE_DONE, role, round_, attempt, decision=Decision(output["decision"]),
-                         reason="; ".join(output.get("reasons", [])))
+            return Event(
+                EventKind.STAGE_DONE,
+                role,
+                round_,
+                attempt,
+                decision=Decision(output["decision"]),
+                reason="; ".join(output.get("reasons", [])),
+            )
         return Event(EventKind.STAGE_DONE, role, round_, attempt)
 
     def _apply(self, story_id: str, event: Event) -> None:
         outcome = self.store.apply(story_id, event)
         if outcome.changed_state:
-            self.log.info("story moved", story=story_id, frm=outcome.before.state.value,
-                          to=outcome.after.state.value, round=outcome.after.round, reason=outcome.reason or None)
+            self.log.info(
+                "story moved",
+                story=story_id,
+                frm=outcome.before.state.value,
+                to=outcome.after.state.value,
+                round=outcome.after.round,
+                reason=outcome.reason or None,
+            )
         if outcome.dispatch:
             self._dispatch(story_id)
 
@@ -203,8 +227,12 @@ class Supervisor:
         if self._replay_results(record):
             return
         for job in self.dispatcher.ensure(record):
-            self.log.info("stage dispatched", story=story_id, job=job,
-                          queue=self.keys.queue(record.domain, job.split("_")[2]))
+            self.log.info(
+                "stage dispatched",
+                story=story_id,
+                job=job,
+                queue=self.keys.queue(record.domain, job.split("_")[2]),
+            )
 
     def _replay_results(self, record: StoryRecord) -> bool:
         """Apply a pending stage's stored result whose intake message was refused (it arrived while
@@ -213,7 +241,12 @@ class Supervisor:
             attempt = record.attempts.get(role, 0)
             if self.store.result(record.id, record.round, role, attempt) is None:
                 continue
-            fields = {"story": record.id, "role": role.value, "round": str(record.round), "attempt": str(attempt)}
+            fields = {
+                "story": record.id,
+                "role": role.value,
+                "round": str(record.round),
+                "attempt": str(attempt),
+            }
             try:
                 self._apply(record.id, self._result_event(fields))
             except Rejected:
@@ -229,17 +262,13 @@ class Supervisor:
             if record is None:
                 continue
             if record.state is StoryState.QUEUED:
-                try:
+                with contextlib.suppress(Rejected):
                     self._apply(story_id, Event(EventKind.ROUTE))
-                except Rejected:
-                    pass
             elif record.state in WORKING:
                 self._dispatch(story_id)
             elif record.state is StoryState.HALTED:  # resumed while no supervisor was running
-                try:
+                with contextlib.suppress(Rejected):
                     self._apply(story_id, Event(EventKind.RESUME, reason="fleet resumed"))
-                except Rejected:
-                    pass
 
     def recover(self) -> None:
         """Run again every stage whose worker died or whose job crashed."""
@@ -253,8 +282,16 @@ class Supervisor:
             self.redis.hdel(self.keys.running(), job_id)
             self.log.warning("stage lost; running it again", story=info["story"], job=job_id, why=why)
             try:
-                self._apply(info["story"], Event(EventKind.STAGE_LOST, Role(info["role"]), int(info["round"]),
-                                                 int(info["attempt"]), reason=why))
+                self._apply(
+                    info["story"],
+                    Event(
+                        EventKind.STAGE_LOST,
+                        Role(info["role"]),
+                        int(info["round"]),
+                        int(info["attempt"]),
+                        reason=why,
+                    ),
+                )
             except Rejected as exc:
                 self.log.debug("lost stage already superseded", job=job_id, why=str(exc))
 

@@ -22,7 +22,7 @@ from .config import Settings
 from .embedded import EmbeddedRedis, free_port
 
 T = TypeVar("T")
-TEST_PASSWORD = "test-password-not-secret"
+TEST_PASSWORD = "test-password-not-secret"  # noqa: S105 - only for servers tests start
 
 
 @contextmanager
@@ -53,16 +53,18 @@ def fast_settings(server: EmbeddedRedis, data_dir: Path, domains_dir: Path, **ov
 def env_of(settings: Settings) -> dict[str, str]:
     """The WAVE_* variables that make a child process use `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAVE_")}
-    env.update({
-        "WAVE_REDIS__URL": settings.redis.url,
-        "WAVE_DATA_DIR": str(settings.data_dir),
-        "WAVE_HALT_DIR": str(settings.halt_file.parent),
-        "WAVE_DOMAINS_DIR": str(settings.domains_dir),
-        "WAVE_AGENT": settings.agent,
-        "WAVE_LOG_FORMAT": settings.log_format,
-        "WAVE_LOG_LEVEL": settings.log_level,
-        "WAVE_PIPELINE__MAX_ROUNDS": str(settings.pipeline.max_rounds),
-    })
+    env.update(
+        {
+            "WAVE_REDIS__URL": settings.redis.url,
+            "WAVE_DATA_DIR": str(settings.data_dir),
+            "WAVE_HALT_DIR": str(settings.halt_file.parent),
+            "WAVE_DOMAINS_DIR": str(settings.domains_dir),
+            "WAVE_AGENT": settings.agent,
+            "WAVE_LOG_FORMAT": settings.log_format,
+            "WAVE_LOG_LEVEL": settings.log_level,
+            "WAVE_PIPELINE__MAX_ROUNDS": str(settings.pipeline.max_rounds),
+        }
+    )
     if settings.redis.password:
         env["WAVE_REDIS__PASSWORD"] = settings.redis.password.get_secret_value()
     for section in ("worker", "supervisor"):
@@ -71,8 +73,13 @@ def env_of(settings: Settings) -> dict[str, str]:
     return env
 
 
-def wait_until(predicate: Callable[[], T], *, timeout_s: float = 30.0, interval_s: float = 0.05,
-               message: str = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    *,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.05,
+    message: str = "condition",
+) -> T:
     """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -95,15 +102,24 @@ class Processes:
     def wave(self, *argv: str, name: str) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "wavefleet.cli", *argv], env=env_of(self.settings),
-                                stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wavefleet.cli", *argv], env=env_of(self.settings), stdout=log, stderr=log
+        )
         log.close()
         self.started.append(proc)
         return proc
 
     def worker(self, domain: str, role: str, index: int = 1) -> subprocess.Popen[bytes]:
-        return self.wave("worker", "--domain", domain, "--role", role, "--index", str(index),
-                         name=f"{domain}-{role}-{index}")
+        return self.wave(
+            "worker",
+            "--domain",
+            domain,
+            "--role",
+            role,
+            "--index",
+            str(index),
+            name=f"{domain}-{role}-{index}",
+        )
 
     def team(self, domain: str, sizes: dict[str, int] | None = None) -> list[subprocess.Popen[bytes]]:
         sizes = sizes or {"pm": 1, "fe": 1, "be": 1, "qa": 1, "cto": 1}

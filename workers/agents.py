@@ -19,8 +19,11 @@ class NoopAgent:
     def run(self, stage: StageInput) -> StageOutput:
         sid = stage.story.id
         if self.role is Role.PM:
-            return Plan(agent=self.label, tasks=[Task(id=f"{sid}-BE", role="be", title=stage.story.title)],
-                        summary="noop plan")
+            return Plan(
+                agent=self.label,
+                tasks=[Task(id=f"{sid}-BE", role="be", title=stage.story.title)],
+                summary="noop plan",
+            )
         if self.role in (Role.FE, Role.BE):
             return DevResult(agent=self.label, branch="-", commit="-", files=[], summary="noop")
         if self.role is Role.QA:

@@ -27,7 +27,13 @@ def git(cwd: Path, *args: str, check: bool = True) -> str:
     env = {**os.environ, **IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
     try:
         proc = subprocess.run(
-            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT_S
+            ["git", *args],
+            check=False,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
         raise GitError(f"git {' '.join(args)} timed out after {GIT_TIMEOUT_S}s in {cwd}") from None
@@ -68,13 +74,23 @@ class Workspace:
                 source = self._source()
                 if self.clone.exists():
                     shutil.rmtree(self.clone)
-                git(self.root, "clone", "--quiet", "--branch", self.domain.base_branch, str(source), str(self.clone))
+                git(
+                    self.root,
+                    "clone",
+                    "--quiet",
+                    "--branch",
+                    self.domain.base_branch,
+                    str(source),
+                    str(self.clone),
+                )
         return self.clone
 
     def _source(self) -> Path:
         repo = self.domain.repo
         if not repo.is_dir():
-            raise GitError(f"domain {self.domain.name}: repository {repo} does not exist (fix `repo` in domain.toml)")
+            raise GitError(
+                f"domain {self.domain.name}: repository {repo} does not exist (fix `repo` in domain.toml)"
+            )
         if (repo / ".git").exists():
             return repo
         # A sample service shipped as a folder: seed a repository from it, once.
@@ -101,8 +117,16 @@ class Workspace:
             if exists and start is None:
                 git(self.clone, "worktree", "add", "--quiet", str(path), branch)
             else:
-                git(self.clone, "worktree", "add", "--quiet", "-B", branch, str(path),
-                    start or self.domain.base_branch)
+                git(
+                    self.clone,
+                    "worktree",
+                    "add",
+                    "--quiet",
+                    "-B",
+                    branch,
+                    str(path),
+                    start or self.domain.base_branch,
+                )
         return path
 
     def commit_all(self, tree: Path, message: str) -> str:

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from wavefleet.errors import StageError
@@ -83,9 +84,13 @@ class OfflineAgent:
         criteria = list(story.acceptance_criteria) or [story.title]
         tasks = [
             Task(id=f"{story.id}-BE", role="be", title=f"Implement: {story.title}", criteria=criteria),
-            Task(id=f"{story.id}-FE", role="fe", title=f"User interface for: {story.title}", criteria=criteria),
+            Task(
+                id=f"{story.id}-FE", role="fe", title=f"User interface for: {story.title}", criteria=criteria
+            ),
         ]
-        return Plan(agent=LABEL, tasks=tasks, summary=f"offline plan: {len(tasks)} tasks, {len(criteria)} criteria")
+        return Plan(
+            agent=LABEL, tasks=tasks, summary=f"offline plan: {len(tasks)} tasks, {len(criteria)} criteria"
+        )
 
     # FE and BE ---------------------------------------------------------------------------------
     def develop(self, stage: StageInput) -> DevResult:
@@ -93,9 +98,16 @@ class OfflineAgent:
         branch = branch_name(stage.story.id, stage.role.value)
         tree = workspace.worktree(branch)
         files = _write_frontend(tree, stage) if stage.role is Role.FE else _write_backend(tree, stage)
-        commit = workspace.commit_all(tree, f"{stage.story.id} round {stage.round}: {stage.role.value} (offline agent)")
-        return DevResult(agent=LABEL, branch=branch, commit=commit, files=files,
-                         summary=f"offline {stage.role.value}: wrote {len(files)} files on {branch}")
+        commit = workspace.commit_all(
+            tree, f"{stage.story.id} round {stage.round}: {stage.role.value} (offline agent)"
+        )
+        return DevResult(
+            agent=LABEL,
+            branch=branch,
+            commit=commit,
+            files=files,
+            summary=f"offline {stage.role.value}: wrote {len(files)} files on {branch}",
+        )
 
     # QA --------------------------------------------------------------------------------------
     def test(self, stage: StageInput) -> QAReport:
@@ -106,35 +118,56 @@ class OfflineAgent:
         workspace.merge(tree, branch_name(story_id, "fe"), branch_name(story_id, "be"))
         command = stage.domain.resolved_test_command()
         try:
-            proc = subprocess.run(command, cwd=tree, capture_output=True, text=True,
-                                  timeout=self.command_timeout_s, env=_test_env())
+            proc = subprocess.run(
+                command,
+                check=False,
+                cwd=tree,
+                capture_output=True,
+                text=True,
+                timeout=self.command_timeout_s,
+                env=_test_env(),
+            )
         except subprocess.TimeoutExpired:
             raise StageError(f"tests timed out after {self.command_timeout_s}s") from None
         output = proc.stdout + proc.stderr
         passed, failed = _counts(output)
         ok = proc.returncode == 0
-        return QAReport(agent=LABEL, passed=ok, branch=branch, tests_passed=passed, tests_failed=failed,
-                        summary=f"offline qa: {' '.join(command[1:])} exited {proc.returncode}: "
-                                f"{passed} passed, {failed} failed",
-                        output_tail=output[-4000:])
+        return QAReport(
+            agent=LABEL,
+            passed=ok,
+            branch=branch,
+            tests_passed=passed,
+            tests_failed=failed,
+            summary=f"offline qa: {' '.join(command[1:])} exited {proc.returncode}: "
+            f"{passed} passed, {failed} failed",
+            output_tail=output[-4000:],
+        )
 
     # CTO -------------------------------------------------------------------------------------
     def review(self, stage: StageInput) -> Review:
         diff = Workspace(stage.domain, stage.data_dir).diff(branch_name(stage.story.id, "qa"))
-        added = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+        added = [
+            line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")
+        ]
         if any(p.search(line) for p in SECRET_PATTERNS for line in added):
             return Review(agent=LABEL, decision=Decision.KILL, reasons=["the diff adds a credential"])
         if any("test" in path for path in DELETED_FILE.findall(diff)):
             return Review(agent=LABEL, decision=Decision.KILL, reasons=["the diff deletes tests"])
         changed = sum(1 for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---"))
         if changed > MAX_REVIEW_LINES:
-            return Review(agent=LABEL, decision=Decision.HOLD,
-                          reasons=[f"{changed} changed lines: above {MAX_REVIEW_LINES}, needs a human review"])
-        return Review(agent=LABEL, decision=Decision.GO,
-                      reasons=[f"tests passed in QA; {changed} changed lines; no credential or test deletion"])
+            return Review(
+                agent=LABEL,
+                decision=Decision.HOLD,
+                reasons=[f"{changed} changed lines: above {MAX_REVIEW_LINES}, needs a human review"],
+            )
+        return Review(
+            agent=LABEL,
+            decision=Decision.GO,
+            reasons=[f"tests passed in QA; {changed} changed lines; no credential or test deletion"],
+        )
 
 
-_ROLE_RUNNERS = {
+_ROLE_RUNNERS: dict[Role, Callable[[OfflineAgent, StageInput], StageOutput]] = {
     Role.PM: OfflineAgent.plan,
     Role.FE: OfflineAgent.develop,
     Role.BE: OfflineAgent.develop,
@@ -173,7 +206,9 @@ def _write_backend(tree: Path, stage: StageInput) -> list[str]:
     (tests / f"test_{name}.py").write_text(test)
     files = [f"wave_stories/{name}.py", f"tests/test_{name}.py"]
     if label_value(stage, "oversize"):
-        (package / f"{name}_data.py").write_text("".join(f"ROW_{i} = {i}\n" for i in range(MAX_REVIEW_LINES + 1)))
+        (package / f"{name}_data.py").write_text(
+            "".join(f"ROW_{i} = {i}\n" for i in range(MAX_REVIEW_LINES + 1))
+        )
         files.append(f"wave_stories/{name}_data.py")
     return files
 
@@ -184,7 +219,7 @@ def _write_frontend(tree: Path, stage: StageInput) -> list[str]:
     items = "\n".join(f"    <li>{c}</li>" for c in criteria)
     page = (
         f"<!-- {story.id}, written by the WAVE offline agent (deterministic, no LLM) -->\n"
-        f"<section id=\"{story.id}\">\n  <h2>{story.title}</h2>\n  <ul>\n{items}\n  </ul>\n</section>\n"
+        f'<section id="{story.id}">\n  <h2>{story.title}</h2>\n  <ul>\n{items}\n  </ul>\n</section>\n'
     )
     ui = tree / "ui"
     ui.mkdir(exist_ok=True)

@@ -29,8 +29,18 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     if record is None or not _is_current(record, stage_role, round_, attempt):
         log.info("stale stage skipped", job=job)
         return "stale"
-    rt.store.mark_running(job, {"worker": rt.name, "story": story_id, "role": role, "round": round_,
-                                "attempt": attempt, "started_at": time.time(), "pid": os.getpid()})
+    rt.store.mark_running(
+        job,
+        {
+            "worker": rt.name,
+            "story": story_id,
+            "role": role,
+            "round": round_,
+            "attempt": attempt,
+            "started_at": time.time(),
+            "pid": os.getpid(),
+        },
+    )
     agent = agent_for(rt.settings.agent, stage_role, command_timeout_s=rt.settings.worker.command_timeout_s)
     log.info("stage started", agent=agent.label, job=job)
     started = time.monotonic()
@@ -48,9 +58,14 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
         log.error("agent crashed", error=repr(exc), traceback=traceback.format_exc(limit=5))
         result |= {"ok": False, "error": f"{agent.label} {role} agent crashed: {exc!r}"}
     result["duration_s"] = round(time.monotonic() - started, 3)
-    rt.store.record_result(story_id, round_, stage_role, attempt, job, result)
-    log.info("stage finished", agent=agent.label, ok=result["ok"], duration_s=result["duration_s"],
-             error=result.get("error"))
+    rt.store.record_result(story_id, round_, stage_role, attempt, job=job, result=result)
+    log.info(
+        "stage finished",
+        agent=agent.label,
+        ok=result["ok"],
+        duration_s=result["duration_s"],
+        error=result.get("error"),
+    )
     return job
 
 

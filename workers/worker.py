@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -31,7 +32,7 @@ WORKER_LOG_LENGTH = 1000
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)
 
 
-class WaveWorker(Worker):  # type: ignore[misc]  # rq ships no type information for subclassing
+class WaveWorker(Worker):
     """Runs stages of one domain and role: refuses a job of another domain before it starts, and
     obeys the halt gate (no dequeue while halted; a running stage is stopped and put back)."""
 
@@ -47,7 +48,7 @@ class WaveWorker(Worker):  # type: ignore[misc]  # rq ships no type information 
     def request_stop(self, signum: int, frame: Any) -> None:
         # RQ raises StopRequested when idle and only sets its own flag when busy; remember either way.
         self.shutdown_requested = True
-        super().request_stop(signum, frame)
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         self.gate.wait_while_halted(self)
@@ -104,8 +105,13 @@ class WaveWorker(Worker):  # type: ignore[misc]  # rq ships no type information 
 
     def _record_run(self, job: Job) -> None:
         key = self.rt.store.keys.worker_log(self.rt.name)
-        entry = {"job": job.id, "story": job.kwargs.get("story_id"), "domain": job.kwargs.get("domain"),
-                 "role": job.kwargs.get("role"), "identity": self.rt.identity}
+        entry = {
+            "job": job.id,
+            "story": job.kwargs.get("story_id"),
+            "domain": job.kwargs.get("domain"),
+            "role": job.kwargs.get("role"),
+            "identity": self.rt.identity,
+        }
         with self.rt.redis.pipeline(transaction=False) as pipe:
             pipe.lpush(key, json.dumps(entry))
             pipe.ltrim(key, 0, WORKER_LOG_LENGTH - 1)
@@ -118,13 +124,25 @@ class WaveWorker(Worker):  # type: ignore[misc]  # rq ships no type information 
         claimed = {job.kwargs.get("domain"), record.domain if record else None}
         if claimed == {self.rt.domain.name} and job.kwargs.get("role") == self.rt.role.value:
             return True
-        self.wlog.error("misrouted job refused", story=story_id, job=job.id,
-                        job_domain=job.kwargs.get("domain"), story_domain=record.domain if record else None)
+        self.wlog.error(
+            "misrouted job refused",
+            story=story_id,
+            job=job.id,
+            job_domain=job.kwargs.get("domain"),
+            story_domain=record.domain if record else None,
+        )
         job.delete()
-        self.rt.redis.xadd(self.rt.store.keys.intake(), {
-            "kind": "misrouted", "story": story_id, "role": str(job.kwargs.get("role")),
-            "round": str(job.kwargs.get("round_")), "attempt": str(job.kwargs.get("attempt")),
-            "worker": self.rt.identity})
+        self.rt.redis.xadd(
+            self.rt.store.keys.intake(),
+            {
+                "kind": "misrouted",
+                "story": story_id,
+                "role": str(job.kwargs.get("role")),
+                "round": str(job.kwargs.get("round_")),
+                "attempt": str(job.kwargs.get("attempt")),
+                "worker": self.rt.identity,
+            },
+        )
         return False
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
@@ -157,20 +175,26 @@ class HaltGate:
             job_id = self.worker.stop_for_halt() if self.worker is not None else None
             self.reason = state.reason
         self.acked_at = time.time()
-        record_ack(self.rt.redis, self.keys, self.rt.name, identity=self.rt.identity, job=job_id,
-                   at=self.acked_at)
+        record_ack(
+            self.rt.redis, self.keys, self.rt.name, identity=self.rt.identity, job=job_id, at=self.acked_at
+        )
         self.log.error("EMERGENCY STOP", reason=state.reason, by=state.by, job_stopped=job_id)
 
     def job_stopped(self, job: Job, stopped_at: float) -> None:
         """The stopped stage's process group is gone and its job is back on the queue."""
-        record_ack(self.rt.redis, self.keys, self.rt.name, identity=self.rt.identity, job=job.id,
-                   at=self.acked_at, stopped_at=stopped_at)
+        record_ack(
+            self.rt.redis,
+            self.keys,
+            self.rt.name,
+            identity=self.rt.identity,
+            job=job.id,
+            at=self.acked_at,
+            stopped_at=stopped_at,
+        )
         # After the ack, off the latency path: the supervisor halts every story too, but it may be down.
         story_id = job.kwargs.get("story_id", "")
-        try:
+        with contextlib.suppress(Rejected):  # the supervisor got there first
             self.rt.store.apply(story_id, Event(EventKind.HALT, reason=f"emergency stop: {self.reason}"))
-        except Rejected:
-            pass  # the supervisor got there first
 
     def on_resume(self) -> None:
         with self.lock:
@@ -214,17 +238,13 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval_s):
-            try:
+            with contextlib.suppress(RedisError):  # Redis is away: the next beat after it returns
                 self.beat()
-            except RedisError:
-                pass  # Redis is away; the next beat after it returns restores the key
 
     def stop(self) -> None:
         self.stopping.set()
-        try:
+        with contextlib.suppress(RedisError):
             self.redis.delete(self.key)
-        except RedisError:
-            pass
 
 
 def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, burst: bool = False) -> None:
@@ -235,8 +255,12 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
     runtime.install(runtime.Runtime(settings, redis, store, domain, role, identity, name))
     log = logs.get()
-    heartbeat = Heartbeat(redis, settings.keys.worker_heartbeat(name), settings.worker.heartbeat_interval_s,
-                          settings.worker.heartbeat_ttl_s)
+    heartbeat = Heartbeat(
+        redis,
+        settings.keys.worker_heartbeat(name),
+        settings.worker.heartbeat_interval_s,
+        settings.worker.heartbeat_ttl_s,
+    )
     _first_beat(heartbeat, redis, settings, name)
     heartbeat.start()
     gate = HaltGate(runtime.current())
@@ -275,8 +299,9 @@ def _first_beat(heartbeat: Heartbeat, redis: Redis, settings: Settings, name: st
 
 def _rq_worker(settings: Settings, queue_name: str, gate: HaltGate) -> WaveWorker:
     queue = Queue(queue_name, connection=connect(settings, decode=False))
-    return WaveWorker(runtime.current(), queue, gate, worker_ttl=30, job_monitoring_interval=5,
-                      maintenance_interval=60)
+    return WaveWorker(
+        runtime.current(), queue, gate, worker_ttl=30, job_monitoring_interval=5, maintenance_interval=60
+    )
 
 
 def _restarts(limit: int | None = None) -> Any:
