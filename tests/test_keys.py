@@ -29,11 +29,23 @@ LAYOUT = [
     ("halt_channel", (), "wave:halt", "acme-2:halt"),
     ("halt_acks", (), "wave:halt:acks", "acme-2:halt:acks"),
     ("halted_jobs", (), "wave:halt:jobs", "acme-2:halt:jobs"),
+    ("llm_cache", ("ab12",), "wave:llm:cache:ab12", "acme-2:llm:cache:ab12"),
+    ("llm_cache_pattern", (), "wave:llm:cache:*", "acme-2:llm:cache:*"),
+    ("llm_cache_stats", (), "wave:llm:stats:cache", "acme-2:llm:stats:cache"),
+    ("llm_breaker", ("anthropic",), "wave:llm:breaker:anthropic", "acme-2:llm:breaker:anthropic"),
+    ("llm_probe", ("xai",), "wave:llm:breaker:xai:probe", "acme-2:llm:breaker:xai:probe"),
+    ("ratelimit", ("xai",), "wave:ratelimit:xai", "acme-2:ratelimit:xai"),
+    ("budget", ("story:AUTH-001",), "wave:budget:story:AUTH-001", "acme-2:budget:story:AUTH-001"),
+    ("budget_pattern", (), "wave:budget:*", "acme-2:budget:*"),
+    ("budget_reservations", (), "wave:budgetres", "acme-2:budgetres"),
+    ("budget_reservation", ("r1",), "wave:budgetres:r1", "acme-2:budgetres:r1"),
+    ("story_llm_calls", ("AUTH-001",), "wave:story:AUTH-001:llm", "acme-2:story:AUTH-001:llm"),
 ]
 
 
-@pytest.mark.parametrize(("method", "args", "default_name", "custom_name"), LAYOUT,
-                         ids=[row[0] for row in LAYOUT])
+@pytest.mark.parametrize(
+    ("method", "args", "default_name", "custom_name"), LAYOUT, ids=[row[0] for row in LAYOUT]
+)
 def test_every_key_has_its_pinned_name_under_the_default_and_a_custom_prefix(
     method: str, args: tuple[str, ...], default_name: str, custom_name: str
 ) -> None:
@@ -74,11 +86,12 @@ def test_two_stories_never_share_a_key_even_when_one_id_extends_the_other() -> N
     keys = Keys()
 
     # When each story's keys are built
-    first = {keys.story("AUTH-001"), keys.story_results("AUTH-001"), keys.story_events("AUTH-001")}
-    second = {keys.story("AUTH-0010"), keys.story_results("AUTH-0010"), keys.story_events("AUTH-0010")}
+    per_story = (keys.story, keys.story_results, keys.story_events, keys.story_llm_calls)
+    first = {key("AUTH-001") for key in per_story}
+    second = {key("AUTH-0010") for key in per_story}
 
-    # Then no key is shared and each story owns three distinct keys
-    assert len(first) == len(second) == 3
+    # Then no key is shared and each story owns four distinct keys
+    assert len(first) == len(second) == 4
     assert not first & second
 
 

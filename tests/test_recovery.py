@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 import signal
 import time
@@ -91,6 +92,7 @@ def test_the_supervisor_killed_repeatedly_still_finishes_every_story_exactly_onc
         ], story_id
 
 
+@pytest.mark.timeout(400)
 def test_redis_killed_mid_run_and_restarted_from_its_aof_loses_none_of_200_stories(
     tmp_path: Path, domains_dir: Path
 ) -> None:
@@ -108,7 +110,11 @@ def test_redis_killed_mid_run_and_restarted_from_its_aof_loses_none_of_200_stori
             server.kill()
             time.sleep(1.0)
             server.start()
-            wait_until(lambda: _settled(store, ids), timeout_s=240, interval_s=0.5, message="all 200 settled")
+            try:
+                wait_until(lambda: _settled(store, ids), timeout_s=300, interval_s=0.5, message="all 200 settled")
+            except AssertionError as exc:
+                states = Counter(r.state.value for r in store.list())
+                raise AssertionError(f"{exc}: states {dict(states)}") from None
 
             for story_id in ids:
                 assert store.get(story_id).state is StoryState.DONE, story_id

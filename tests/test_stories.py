@@ -46,9 +46,11 @@ def write(tmp_path: Path, name: str, content: Any) -> Path:
     if isinstance(content, str):
         path.write_text(content, encoding="utf-8")
     elif path.suffix == ".json":
-        path.write_text(json.dumps(content), encoding="utf-8")
+        path.write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
     else:
-        path.write_text(yaml.safe_dump(content, allow_unicode=True), encoding="utf-8")
+        # escaped, not allow_unicode=True: PyYAML's emitter then writes a raw NEL (U+0085) that its
+        # own reader folds into a space, a writer bug outside WAVE (which only reads YAML)
+        path.write_text(yaml.safe_dump(content), encoding="utf-8")
     return path
 
 
@@ -86,19 +88,37 @@ REFUSALS = [
     ({"id": "auth-001", "title": "t"}, "id", "malformed id: use PREFIX-NNN"),
     ({"id": "AUTH-01", "title": "t"}, "id", "malformed id"),
     ({"id": "AUTH001", "title": "t"}, "id", "malformed id"),
-    ({"id": "AUTH-00١", "title": "t"}, "id", "malformed id"),  # a non-ASCII digit: RQ refuses it in job ids
+    (
+        {"id": "AUTH-00\u0661", "title": "t"},
+        "id",
+        "malformed id",
+    ),  # a non-ASCII digit: RQ refuses it in job ids
     ({"id": "1AUTH-001", "title": "t"}, "id", "malformed id"),
     ({"id": "AUTH-" + "0" * 60, "title": "t"}, "id", "at most 64 characters"),
     ({"title": "t"}, "id", "Field required"),
     ({"id": "AUTH-001"}, "title", "Field required"),
     ({"id": "AUTH-001", "title": "   "}, "title", "at least 1 character"),
     ({"id": "AUTH-001", "title": "x" * 201}, "title", "at most 200 characters"),
-    ({"id": "AUTH-001", "title": "t", "description": "x" * 20_001}, "description", "at most 20000 characters"),
-    ({"id": "AUTH-001", "title": "t", "acceptance_criteria": ["c"] * 51}, "acceptance_criteria", "at most 50"),
-    ({"id": "AUTH-001", "title": "t", "acceptance_criteria": ["x" * 1001]}, "acceptance_criteria.0",
-     "at most 1000 characters"),
-    ({"id": "AUTH-001", "title": "t", "acceptance_criteria": ["ok", " "]}, "acceptance_criteria.1",
-     "at least 1 character"),
+    (
+        {"id": "AUTH-001", "title": "t", "description": "x" * 20_001},
+        "description",
+        "at most 20000 characters",
+    ),
+    (
+        {"id": "AUTH-001", "title": "t", "acceptance_criteria": ["c"] * 51},
+        "acceptance_criteria",
+        "at most 50",
+    ),
+    (
+        {"id": "AUTH-001", "title": "t", "acceptance_criteria": ["x" * 1001]},
+        "acceptance_criteria.0",
+        "at most 1000 characters",
+    ),
+    (
+        {"id": "AUTH-001", "title": "t", "acceptance_criteria": ["ok", " "]},
+        "acceptance_criteria.1",
+        "at least 1 character",
+    ),
     ({"id": "AUTH-001", "title": "t", "labels": ["l"] * 21}, "labels", "at most 20"),
     ({"id": "AUTH-001", "title": "t", "labels": ["has space"]}, "labels.0", "should match pattern"),
     ({"id": "AUTH-001", "title": "t", "labels": ["x" * 65]}, "labels.0", "should match pattern"),
@@ -108,8 +128,9 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize(("fields", "field", "fragment"), REFUSALS,
-                         ids=[f"{i}-{r[1]}" for i, r in enumerate(REFUSALS)])
+@pytest.mark.parametrize(
+    ("fields", "field", "fragment"), REFUSALS, ids=[f"{i}-{r[1]}" for i, r in enumerate(REFUSALS)]
+)
 def test_malformed_cli_fields_are_refused_with_one_line_naming_the_field(
     fields: dict[str, Any], field: str, fragment: str
 ) -> None:
@@ -204,7 +225,11 @@ def test_each_problem_in_a_file_is_its_own_line_naming_file_story_index_and_fiel
 
 def test_a_duplicate_id_in_a_file_is_refused_naming_both_story_indexes(tmp_path: Path) -> None:
     # Given two stories with the same id (one padded with spaces) among valid ones
-    items = [{"id": "AUTH-001", "title": "a"}, {"id": "AUTH-002", "title": "b"}, {"id": " AUTH-001 ", "title": "c"}]
+    items = [
+        {"id": "AUTH-001", "title": "a"},
+        {"id": "AUTH-002", "title": "b"},
+        {"id": " AUTH-001 ", "title": "c"},
+    ]
     path = write(tmp_path, "dupes.yaml", items)
 
     # When the file is read
@@ -248,8 +273,8 @@ FILE_REFUSALS = [
     ("python-tag.yaml", "!!python/object/apply:os.system ['true']\n", "not valid YAML or JSON"),
     ("bad-date.yaml", "id: AUTH-001\ntitle: t\ndescription: 2024-13-45\n", "not valid YAML or JSON"),
     ("huge-int.json", '{"id": "AUTH-001", "title": ' + "9" * 5000 + "}", "not valid YAML or JSON"),
-    ("deep.json", "[" * 100_000 + "]" * 100_000, "not valid YAML or JSON"),
-    ("deep.yaml", "[" * 100_000 + "]" * 100_000, "not valid YAML or JSON"),
+    ("deep.json", "[" * 3000 + "]" * 3000, "not valid YAML or JSON"),
+    ("deep.yaml", "[" * 700 + "]" * 700, "not valid YAML or JSON"),
 ]
 
 
@@ -268,6 +293,22 @@ def test_a_file_that_is_not_stories_is_refused_with_one_line_naming_the_file(
     (line,) = problems_of(excinfo)
     assert line.startswith(f"{path}: ")
     assert fragment in line
+
+
+def test_a_newline_in_an_id_or_a_field_name_cannot_split_a_problem_over_two_lines(tmp_path: Path) -> None:
+    # Given a story whose id and an unknown key hold newlines (each problem must stay one line)
+    path = write(tmp_path, "newlines.json", [{"id": "AUTH\n001", "title": "t", "own\ner": 1}])
+
+    # When it is read
+    with pytest.raises(InvalidInputError) as excinfo:
+        stories_from_file(path)
+
+    # Then there are exactly two lines, the newlines shown escaped
+    assert problems_of(excinfo) == [
+        f"{path}: story 1 ('AUTH\\n001'): id: malformed id: use PREFIX-NNN, e.g. AUTH-001",
+        f"{path}: story 1 ('AUTH\\n001'): 'own\\ner': unknown field "
+        "(known: id, title, description, acceptance_criteria, priority, labels)",
+    ]
 
 
 def test_a_list_item_that_is_not_a_mapping_is_refused_by_index(tmp_path: Path) -> None:
@@ -307,7 +348,9 @@ def test_a_file_over_the_size_limit_is_refused_without_being_parsed(tmp_path: Pa
         stories_from_file(path)
 
     # Then the problem is its size
-    assert problems_of(excinfo) == [f"{path}: larger than {MAX_FILE_BYTES} bytes; split it into several files"]
+    assert problems_of(excinfo) == [
+        f"{path}: larger than {MAX_FILE_BYTES} bytes; split it into several files"
+    ]
 
 
 @pytest.mark.parametrize("name", ["missing.yaml", "a-directory"])
@@ -347,7 +390,7 @@ def valid_stories(draw: st.DrawFn) -> Story:
         raise
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stories=st.lists(valid_stories(), min_size=1, max_size=4, unique_by=lambda s: s.id))
 def test_any_valid_stories_round_trip_through_a_yaml_and_a_json_file_unchanged(
     tmp_path: Path, stories: list[Story]
@@ -365,27 +408,77 @@ def test_any_valid_stories_round_trip_through_a_yaml_and_a_json_file_unchanged(
     assert from_json == stories
 
 
-yaml_fragments = st.sampled_from([
-    "id: ", "title: ", "stories:", "- ", "  ", "\n", "AUTH-001", "[", "]", "{", "}", ",", ":", "&a ", "*a",
-    "!!str ", "!!binary ", "!!python/name:os.system", "2024-13-45", "9" * 4400, "? ", "|", ">", '"', "'",
-    "\t", "\x00", "\ufeff", "%YAML 1.1\n", "---\n", "...\n", "null", "~", "1e999", "labels: [x]", "#",
-])
+yaml_fragments = st.sampled_from(
+    [
+        "id: ",
+        "title: ",
+        "stories:",
+        "- ",
+        "  ",
+        "\n",
+        "AUTH-001",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        ":",
+        "&a ",
+        "*a",
+        "!!str ",
+        "!!binary ",
+        "!!python/name:os.system",
+        "2024-13-45",
+        "9" * 4400,
+        "? ",
+        "|",
+        ">",
+        '"',
+        "'",
+        "\t",
+        "\x00",
+        "\ufeff",
+        "%YAML 1.1\n",
+        "---\n",
+        "...\n",
+        "null",
+        "~",
+        "1e999",
+        "labels: [x]",
+        "#",
+    ]
+)
+FIELDS = ("id", "title", "description", "acceptance_criteria", "priority", "labels")
 junk_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.sampled_from(["id", "title", "description", "acceptance_criteria", "priority", "labels", "x"])
-        | st.text(max_size=5), inner, max_size=6),
-    max_leaves=20,
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from([*FIELDS, "stories"]) | st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+junk_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": ids | junk_values,
+        "title": st.text(max_size=30) | junk_values,
+        **dict.fromkeys(FIELDS[2:], junk_values),
+        "priority": st.sampled_from(Priority) | junk_values,
+        "labels": st.lists(labels, max_size=3) | junk_values,
+        "": junk_values,
+        "owner\n": junk_values,
+    },
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     content=st.one_of(
         st.binary(max_size=200),
         st.lists(yaml_fragments, max_size=30).map(lambda parts: "".join(parts).encode()),
         junk_values.map(lambda v: json.dumps(v).encode()),
         junk_values.map(lambda v: yaml.safe_dump(v).encode()),
+        st.lists(junk_fields, max_size=3).map(lambda v: json.dumps(v).encode()),
     ),
     suffix=st.sampled_from([".yaml", ".json", ".yml", ".txt"]),
 )
@@ -401,7 +494,7 @@ def test_any_junk_file_either_parses_or_is_refused_as_invalid_input(
         stories = stories_from_file(path)
     except InvalidInputError as exc:
         # Then a refusal is one or more lines, each naming the file
-        assert all(line.startswith(str(path)) for line in str(exc).split(f"\n{path}"))
+        assert all(line.startswith(f"{path}: ") for line in str(exc).splitlines())
         return
 
     # Then anything accepted is a non-empty list of valid stories
@@ -409,12 +502,11 @@ def test_any_junk_file_either_parses_or_is_refused_as_invalid_input(
     assert all(isinstance(s, Story) for s in stories)
 
 
-@settings(max_examples=300, deadline=None)
-@given(fields=st.dictionaries(
-    st.sampled_from(["id", "title", "description", "acceptance_criteria", "priority", "labels"])
-    | st.text(max_size=8),
-    junk_values, max_size=8))
-def test_any_junk_cli_fields_either_build_a_story_or_are_refused_as_invalid_input(fields: dict[str, Any]) -> None:
+@settings(max_examples=150, deadline=None)
+@given(fields=junk_fields)
+def test_any_junk_cli_fields_either_build_a_story_or_are_refused_as_invalid_input(
+    fields: dict[str, Any],
+) -> None:
     # Given arbitrary field values
     # When a story is built from them
     try:

@@ -68,7 +68,7 @@ class AnthropicSettings(_Section):
 
     api_key: SecretStr | None = None
     base_url: str = "https://api.anthropic.com"
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     price_input_per_mtok_usd: float = Field(default=3.0, ge=0)
     price_output_per_mtok_usd: float = Field(default=15.0, ge=0)
     price_cache_read_per_mtok_usd: float = Field(default=0.30, ge=0)

@@ -58,7 +58,8 @@ def stories_from_file(path: Path) -> list[Story]:
     problems: list[str] = []
     stories: list[Story] = []
     for index, item in enumerate(items, start=1):
-        where = f"{path}: story {index}" + (f" ({item['id']})" if isinstance(item, dict) and "id" in item else "")
+        named = isinstance(item, dict) and "id" in item
+        where = f"{path}: story {index}" + (f" ({_shown(item['id'])})" if named else "")
         if not isinstance(item, dict):
             problems.append(f"{where}: must be a mapping of fields (id, title, ...)")
             continue
@@ -111,13 +112,19 @@ def _validate(fields: dict[str, Any], where: str) -> list[str]:
 
 
 def _problem(where: str, err: Any) -> str:
-    field = ".".join(str(p) for p in err["loc"]) or "story"
+    field = _shown(".".join(str(p) for p in err["loc"])) or "story"
     msg = err["msg"]
     if err["type"] == "string_pattern_mismatch" and field == "id":
         msg = "malformed id: use PREFIX-NNN, e.g. AUTH-001"
     elif err["type"] == "extra_forbidden":
         msg = "unknown field (known: id, title, description, acceptance_criteria, priority, labels)"
     return f"{where}{field}: {msg}"
+
+
+def _shown(value: Any) -> str:
+    """A value quoted from the input, kept to one line: a newline in a key or id must not split a problem."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)
 
 
 def _duplicates(items: Iterable[Any], path: Path) -> list[str]:
@@ -129,7 +136,7 @@ def _duplicates(items: Iterable[Any], path: Path) -> list[str]:
             continue
         story_id = story_id.strip()
         if story_id in first:
-            problems.append(f"{path}: story {index} ({story_id}): id: already used by story "
+            problems.append(f"{path}: story {index} ({_shown(story_id)}): id: already used by story "
                             f"{first[story_id]}; each id may appear once in a file")
         else:
             first[story_id] = index
