@@ -38,8 +38,9 @@ def snap(
     pending: tuple[Role, ...] = (),
     attempts: dict[Role, int] | None = None,
     held_from: StoryState | None = None,
+    lost: dict[Role, int] | None = None,
 ) -> Snapshot:
-    return Snapshot(state, round_, frozenset(pending), dict(attempts or {}), held_from)
+    return Snapshot(state, round_, frozenset(pending), dict(attempts or {}), held_from, dict(lost or {}))
 
 
 def done(role: Role, round_: int, attempt: int = 1, **outcome: Any) -> Event:
@@ -166,14 +167,14 @@ PATHS = [
         "a lost stage runs again with the next attempt",
         DEVELOPING,
         ev(EventKind.STAGE_LOST, FE, 1, 1),
-        snap(S.DEVELOPING, 1, (FE, BE), {PM: 1, FE: 2, BE: 1}),
+        snap(S.DEVELOPING, 1, (FE, BE), {PM: 1, FE: 2, BE: 1}, lost={FE: 1}),
         (FE,),
     ),
     (
         "a stage lost on its last attempt fails the story",
-        snap(S.PLANNING, 0, (PM,), {PM: MAX_STAGE_ATTEMPTS}),
+        snap(S.PLANNING, 0, (PM,), {PM: MAX_STAGE_ATTEMPTS}, lost={PM: MAX_STAGE_ATTEMPTS - 1}),
         ev(EventKind.STAGE_LOST, PM, 0, MAX_STAGE_ATTEMPTS),
-        snap(S.FAILED, 0, (), {PM: MAX_STAGE_ATTEMPTS}),
+        snap(S.FAILED, 0, (), {PM: MAX_STAGE_ATTEMPTS}, lost={PM: MAX_STAGE_ATTEMPTS - 1}),
         (),
     ),
     (
@@ -252,7 +253,7 @@ def test_each_event_moves_the_story_along_its_declared_path(
             id="last-round",
         ),
         pytest.param(
-            snap(S.PLANNING, 0, (PM,), {PM: 5}),
+            snap(S.PLANNING, 0, (PM,), {PM: 5}, lost={PM: 4}),
             ev(EventKind.STAGE_LOST, PM, 0, 5, "worker died"),
             "pm stage lost 5 times: worker died",
             id="lost-too-often",
@@ -548,3 +549,18 @@ def test_the_random_walk_reaches_every_state() -> None:
 
     # Then it reached every state, so the properties above cover the whole machine
     assert reached == set(StoryState)
+
+
+def test_losses_are_counted_per_stage_run_so_a_new_round_starts_from_zero() -> None:
+    snap = Snapshot(StoryState.TESTING, 1, frozenset({Role.QA}), {Role.QA: 1})
+    for attempt in range(1, MAX_STAGE_ATTEMPTS):
+        snap = advance(snap, Event(EventKind.STAGE_LOST, Role.QA, 1, attempt), max_rounds=3).after
+    assert snap.state is StoryState.TESTING and snap.lost[Role.QA] == MAX_STAGE_ATTEMPTS - 1
+
+    recycled = advance(snap, Event(EventKind.STAGE_DONE, Role.QA, 1, MAX_STAGE_ATTEMPTS, passed=False), 3).after
+    recycled = advance(recycled, Event(EventKind.STAGE_DONE, Role.FE, 2, recycled.attempts[Role.FE]), 3).after
+    tested = advance(recycled, Event(EventKind.STAGE_DONE, Role.BE, 2, recycled.attempts[Role.BE]), 3).after
+    lost_once = advance(tested, Event(EventKind.STAGE_LOST, Role.QA, 2, tested.attempts[Role.QA]), 3)
+
+    assert lost_once.after.state is StoryState.TESTING
+    assert lost_once.after.lost == {Role.QA: 1}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from redis import Redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import AuthenticationError, ConnectionError, RedisError, TimeoutError
 from redis.retry import Retry
 
@@ -27,9 +27,13 @@ def connect(settings: Settings, *, decode: bool = True) -> Redis:
 
 
 def check(redis: Redis, settings: Settings) -> None:
-    """Ping once; turn the failure into one line naming the URL (never the password)."""
+    """Ping once, without the client's retries (a command-line user should not wait for them);
+    turn the failure into one line naming the URL (never the password)."""
+    password = settings.redis.password.get_secret_value() if settings.redis.password else None
+    probe = Redis.from_url(settings.redis.url, password=password, socket_connect_timeout=5,
+                           socket_timeout=5, retry=Retry(NoBackoff(), 0))
     try:
-        redis.ping()
+        probe.ping()
     except AuthenticationError:
         raise RedisUnavailableError(
             f"Redis at {redis_location(settings)} refused the password (set WAVE_REDIS__PASSWORD)"
@@ -39,6 +43,8 @@ def check(redis: Redis, settings: Settings) -> None:
             f"cannot reach Redis at {redis_location(settings)}: {exc} "
             "(start one with `wave up`, or set WAVE_REDIS__URL)"
         ) from None
+    finally:
+        probe.close()
 
 
 def redis_location(settings: Settings) -> str:

@@ -105,8 +105,9 @@ class Snapshot:
     state: StoryState
     round: int = 0
     pending: frozenset[Role] = frozenset()
-    attempts: dict[Role, int] = field(default_factory=dict)
+    attempts: dict[Role, int] = field(default_factory=dict)  # all-time, so job ids never repeat
     held_from: StoryState | None = None  # the working state a held or halted story returns to
+    lost: dict[Role, int] = field(default_factory=dict)  # losses of the current stage run only
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ def _enter(snap: Snapshot, state: StoryState, *, round_: int | None = None, reas
         round=snap.round if round_ is None else round_,
         pending=frozenset(stages),
         attempts=attempts,
+        lost={},
         held_from=None,
     )
     return Outcome(snap, after, dispatch=stages, reason=reason)
@@ -224,11 +226,12 @@ def _stage_failed(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
 
 def _stage_lost(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     role = _check_current(snap, event)
-    if snap.attempts.get(role, 0) >= MAX_STAGE_ATTEMPTS:
+    lost = {**snap.lost, role: snap.lost.get(role, 0) + 1}
+    if lost[role] >= MAX_STAGE_ATTEMPTS:
         failed = replace(snap, state=StoryState.FAILED, pending=frozenset())
         return Outcome(snap, failed, reason=f"{role} stage lost {MAX_STAGE_ATTEMPTS} times: {event.reason}")
     attempts = {**snap.attempts, role: snap.attempts.get(role, 0) + 1}
-    return Outcome(snap, replace(snap, attempts=attempts), dispatch=(role,), reason=event.reason)
+    return Outcome(snap, replace(snap, attempts=attempts, lost=lost), dispatch=(role,), reason=event.reason)
 
 
 def _stage_held(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
@@ -269,7 +272,7 @@ def _approve(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
 def _reenter(snap: Snapshot, state: StoryState, reason: str) -> Outcome:
     """Back into a working state, with a fresh attempt for each stage it had not finished."""
     attempts = {**snap.attempts, **{r: snap.attempts.get(r, 0) + 1 for r in snap.pending}}
-    after = replace(snap, state=state, attempts=attempts, held_from=None)
+    after = replace(snap, state=state, attempts=attempts, lost={}, held_from=None)
     return Outcome(snap, after, dispatch=tuple(sorted(snap.pending)), reason=reason)
 
 

@@ -41,6 +41,7 @@ class StoryRecord:
     round: int
     pending: frozenset[Role]
     attempts: dict[Role, int]
+    lost: dict[Role, int]
     held_from: StoryState | None
     reason: str
     created_at: float
@@ -50,7 +51,14 @@ class StoryRecord:
 
     @property
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.state, self.round, self.pending, dict(self.attempts), self.held_from)
+        return Snapshot(
+            state=self.state,
+            round=self.round,
+            pending=self.pending,
+            attempts=dict(self.attempts),
+            lost=dict(self.lost),
+            held_from=self.held_from,
+        )
 
     @property
     def stage(self) -> str:
@@ -269,6 +277,7 @@ return {}
             "round": after.round,
             "pending": ",".join(sorted(r.value for r in after.pending)),
             "attempts": json.dumps({r.value: n for r, n in after.attempts.items()}),
+            "lost": json.dumps({r.value: n for r, n in after.lost.items()}),
             "held_from": after.held_from.value if after.held_from else "",
             "updated_at": now,
         }
@@ -347,6 +356,7 @@ def _result_field(round_: int, role: Role, attempt: int) -> str:
 def _record_from(data: dict[str, str]) -> StoryRecord:
     pending = frozenset(Role(p) for p in data.get("pending", "").split(",") if p)
     attempts = {Role(k): int(v) for k, v in json.loads(data.get("attempts") or "{}").items()}
+    lost = {Role(k): int(v) for k, v in json.loads(data.get("lost") or "{}").items()}
     return StoryRecord(
         id=data["id"],
         domain=data["domain"],
@@ -355,6 +365,7 @@ def _record_from(data: dict[str, str]) -> StoryRecord:
         round=int(data.get("round", 0)),
         pending=pending,
         attempts=attempts,
+        lost=lost,
         held_from=StoryState(data["held_from"]) if data.get("held_from") else None,
         reason=data.get("reason", ""),
         created_at=float(data.get("created_at", 0)),
