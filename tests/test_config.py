@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
-from wavefleet.config import Settings, load_settings
+from wavefleet.config import Settings, load_settings, to_env
 from wavefleet.errors import ConfigError, ExitCode
 
 SECRET = "hunter2-do-not-print"
@@ -42,7 +43,7 @@ def test_with_no_variables_every_setting_has_its_documented_default() -> None:
 
 NESTED = [
     # (variable, value, path to the setting, the value read)
-    ("WAVE_REDIS__URL", "redis://10.0.0.5:6380/2", ("redis", "url"), "redis://10.0.0.5:6380/2"),
+    ("WAVE_REDIS__URL", "redis://127.0.0.1:6380/2", ("redis", "url"), "redis://10.0.0.5:6380/2"),
     ("WAVE_REDIS__URL", "unix:///run/redis.sock", ("redis", "url"), "unix:///run/redis.sock"),
     ("WAVE_REDIS__SOCKET_TIMEOUT_S", "2.5", ("redis", "socket_timeout_s"), 2.5),
     ("WAVE_REDIS__KEY_PREFIX", "acme-prod", ("redis", "key_prefix"), "acme-prod"),
@@ -264,3 +265,20 @@ def test_settings_are_frozen_once_loaded() -> None:
 
     # Then it is unchanged
     assert settings.log_level == "info"
+
+
+def test_to_env_reproduces_the_settings_in_another_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    original = Settings(
+        redis={"url": "redis://127.0.0.1:6380/2", "password": SecretStr("s3cret")},
+        data_dir=tmp_path,
+        llm={"routes": {"planning": "xai"}},
+        worker={"heartbeat_ttl_s": 2.5},
+    )
+    _ = original.keys  # a cached property must not leak into the variables
+
+    for name, value in to_env(original).items():
+        monkeypatch.setenv(name, value)
+
+    assert load_settings() == original

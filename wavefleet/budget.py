@@ -23,12 +23,16 @@ from .config import BudgetSettings
 from .domains import Domain
 from .errors import BudgetExceededError
 from .keys import Keys
+from .llm.batch import Batch
 from .llm.pricing import NANO, to_nusd, to_usd
 from .logs import get as get_log
 
 DAILY_TTL_S = 8 * 86_400  # a day's scopes stay readable for a week
 SWEEP_BATCH = 20
 ALERT_EVENTS = {"warning": "budget_warning", "critical": "budget_critical", "exceeded": "budget_exceeded"}
+
+# Amounts reach HINCRBY as the caller's integer strings, never as Lua numbers: Lua prints a number
+# >= 1e14 as 1e+14 and a negated zero as -0, and Redis refuses both as integers.
 
 # KEYS: reservations zset, reservation hash, scope 1..n. ARGV: id, ttl ms, nusd, tokens, n, scope keys
 # JSON, then per scope: limit nusd, limit tokens, expire s (0: none). Returns {1} or {0, i, unit, used, cap}.
@@ -47,14 +51,14 @@ for i = 1, n do
 end
 for i = 1, n do
   local key, expire = KEYS[2 + i], tonumber(ARGV[6 + (i - 1) * 3 + 3])
-  redis.call('HINCRBY', key, 'reserved_nusd', est_u)
-  redis.call('HINCRBY', key, 'reserved_tokens', est_t)
+  redis.call('HINCRBY', key, 'reserved_nusd', ARGV[3])
+  redis.call('HINCRBY', key, 'reserved_tokens', ARGV[4])
   if expire > 0 then redis.call('EXPIRE', key, expire) end
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('HSET', KEYS[2], 'nusd', est_u, 'tokens', est_t, 'scopes', ARGV[6])
+redis.call('HSET', KEYS[2], 'nusd', ARGV[3], 'tokens', ARGV[4], 'scopes', ARGV[6])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + 86400000)
 return {1}
 """
@@ -63,6 +67,7 @@ return {1}
 # warn fraction, critical fraction, n, then per scope: limit nusd, limit tokens.
 # Returns the alerts crossed: {scope index, level, fraction}...
 _SETTLE = """
+local function neg(s) if not s or s == '0' then return '0' end return '-' .. s end
 local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
 local est = redis.call('HMGET', KEYS[2], 'nusd', 'tokens')
 redis.call('DEL', KEYS[2])
@@ -72,8 +77,8 @@ local alerts = {}
 for i = 1, n do
   local key = KEYS[3 + i]
   if held then
-    redis.call('HINCRBY', key, 'reserved_nusd', -(tonumber(est[1]) or 0))
-    redis.call('HINCRBY', key, 'reserved_tokens', -(tonumber(est[2]) or 0))
+    redis.call('HINCRBY', key, 'reserved_nusd', neg(est[1]))
+    redis.call('HINCRBY', key, 'reserved_tokens', neg(est[2]))
   end
   local su = redis.call('HINCRBY', key, 'spent_nusd', ARGV[2])
   local st = redis.call('HINCRBY', key, 'spent_tokens', ARGV[3])
@@ -98,13 +103,14 @@ return alerts
 
 # KEYS: reservations zset, reservation hash, scope 1..n. Frees what the reservation held, once.
 _RELEASE = """
+local function neg(s) if not s or s == '0' then return '0' end return '-' .. s end
 local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
 local est = redis.call('HMGET', KEYS[2], 'nusd', 'tokens')
 redis.call('DEL', KEYS[2])
 if not held then return 0 end
 for i = 3, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'reserved_nusd', -(tonumber(est[1]) or 0))
-  redis.call('HINCRBY', KEYS[i], 'reserved_tokens', -(tonumber(est[2]) or 0))
+  redis.call('HINCRBY', KEYS[i], 'reserved_nusd', neg(est[1]))
+  redis.call('HINCRBY', KEYS[i], 'reserved_tokens', neg(est[2]))
 end
 return 1
 """
@@ -187,6 +193,14 @@ class Budget:
     def reserve(self, scopes: list[Scope], nusd: int, tokens: int, *,
                 story: str | None = None) -> Reservation:
         """Hold `nusd` and `tokens` in every scope, or none; BudgetExceededError names the scope refusing."""
+        batch = Batch(self.redis)
+        index, res = self.queue_reserve(batch, scopes, nusd, tokens)
+        self.confirm(batch.execute()[index], res, story)
+        return res
+
+    def queue_reserve(self, batch: Batch, scopes: list[Scope], nusd: int,
+                      tokens: int) -> tuple[int, Reservation]:
+        """Queue the reservation on `batch`; pass its reply to `confirm()`."""
         self._maybe_sweep()
         res = Reservation(uuid.uuid4().hex, tuple(scopes), nusd, tokens)
         args: list[Any] = [res.id, int(self.settings.reservation_ttl_s * 1000), nusd, tokens, len(scopes),
@@ -195,10 +209,13 @@ class Budget:
             args += [scope.limit_nusd, scope.limit_tokens, scope.expire_s]
         keys = [self.keys.budget_reservations(), self.keys.budget_reservation(res.id),
                 *(self.keys.budget(s.name) for s in scopes)]
-        reply = self._reserve(keys=keys, args=args)
+        return batch.script(self._reserve, keys, args), res
+
+    def confirm(self, reply: Any, res: Reservation, story: str | None) -> None:
+        """Raise BudgetExceededError (recording the event once) if the reservation was refused."""
         if int(reply[0]) == 1:
-            return res
-        scope = scopes[int(reply[1]) - 1]
+            return
+        scope = res.scopes[int(reply[1]) - 1]
         raise self._refused(scope, str(reply[2]), (int(reply[3]), int(reply[4])), res, story)
 
     def _refused(self, scope: Scope, unit: str, used_cap: tuple[int, int], res: Reservation,
@@ -217,10 +234,10 @@ class Budget:
         return BudgetExceededError(message, scope=scope.name)
 
     def settle(self, res: Reservation, nusd: int, tokens: int, *, story: str | None,
-               client: Any = None) -> Any:
+               batch: Batch | None = None) -> Any:
         """Replace the reservation by the real spend; adds the cost to the story's hash if it exists.
 
-        On a pipeline `client` the reply (the alerts) comes from `execute()`: pass it to `alerts()`.
+        Returns the crossed alerts' raw reply for `alerts()`; queued on `batch`, its index there.
         """
         args: list[Any] = [res.id, nusd, tokens, repr(to_usd(nusd)), self.settings.warn_fraction,
                            self.settings.critical_fraction, len(res.scopes)]
@@ -229,7 +246,9 @@ class Budget:
         story_key = self.keys.story(story) if story else self.keys.story("-")
         keys = [self.keys.budget_reservations(), self.keys.budget_reservation(res.id), story_key,
                 *(self.keys.budget(s.name) for s in res.scopes)]
-        return self._settle(keys=keys, args=args, client=client)
+        if batch is not None:
+            return batch.script(self._settle, keys, args)
+        return self._settle(keys=keys, args=args)
 
     def alerts(self, res: Reservation, reply: Any, story: str | None) -> list[Alert]:
         """Turn settle's reply into alerts, and record each as an event (fleet-wide and on the story)."""
@@ -290,9 +309,10 @@ class Budget:
                 reason = message or (
                     f"budget {alert.level}: {alert.scope.label} at {alert.fraction:.0%} of "
                     f"${to_usd(alert.scope.limit_nusd):.2f} / {alert.scope.limit_tokens:,} tokens")
-                entry: dict[Any, Any] = {"event": ALERT_EVENTS[alert.level], "to": "", "scope": alert.scope.name,
-                         "level": alert.level, "fraction": f"{alert.fraction:.4f}", "reason": reason,
-                         "story": story or "", "at": f"{now:.6f}"}
+                entry: dict[Any, Any] = {
+                    "event": ALERT_EVENTS[alert.level], "to": "", "scope": alert.scope.name,
+                    "level": alert.level, "fraction": f"{alert.fraction:.4f}", "reason": reason,
+                    "story": story or "", "at": f"{now:.6f}"}
                 pipe.xadd(self.keys.events(), entry, maxlen=100_000, approximate=True)
                 if story:
                     pipe.xadd(self.keys.story_events(story), entry)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,20 @@ from redis.exceptions import RedisError
 
 from . import logs
 from .config import Settings, load_settings
-from .connection import check, connect, redis_location
+from .connection import check, connect
 from .domains import Domains, load_domains
 from .embedded import endpoint_of
 from .errors import ConflictError, ExitCode, InvalidInputError, RedisUnavailableError, WaveError
 from .halt import acks, read_halt, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
+from .llm.accounting import CallTotals, format_call, story_calls
+from .llm.cli import add_commands as add_llm_commands
 from .store import StoryRecord, StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
 from .watcher import FILE_SOURCE, HaltFileWatcher
 
 EMBEDDED_DIR = "redis"
+LAST_CALLS_SHOWN = 10
 
 
 class App:
@@ -83,7 +87,9 @@ def _stories_from_args(args: argparse.Namespace) -> list[Story]:
             raise InvalidInputError("give either -f FILE or a story id and --title, not both")
         return stories_from_file(Path(args.file))
     if not args.id:
-        raise InvalidInputError("name a story: wave enqueue AUTH-001 --title '...', or wave enqueue -f stories.yaml")
+        raise InvalidInputError(
+            "name a story: wave enqueue AUTH-001 --title '...', or wave enqueue -f stories.yaml"
+        )
     fields: dict[str, Any] = {"id": args.id, "title": args.title or ""}
     if args.description:
         fields["description"] = args.description
@@ -131,15 +137,26 @@ def _parse_state(value: str) -> StoryState:
 
 def cmd_events(app: App, args: argparse.Namespace) -> int:
     events = app.store.events(args.id)
+    calls = [{"event": "llm_call", **c} for c in story_calls(app.store.redis, app.settings.keys, args.id)]
+    merged = sorted(events + calls, key=lambda e: float(e["at"]))
     if args.json:
-        print(json.dumps(events, indent=2))
+        print(json.dumps(merged, indent=2))
         return ExitCode.OK
-    for event in events:
+    for event in merged:
+        if event["event"] == "llm_call":
+            print(format_call(event))
+            continue
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(event["at"])))
         change = f"{event.get('from', '')} -> {event['to']}" if event.get("from") else f"-> {event['to']}"
-        detail = "  ".join(x for x in (event.get("role") and f"role={event['role']}",
-                                       event.get("round") and f"round={event['round']}",
-                                       event.get("reason")) if x)
+        detail = "  ".join(
+            x
+            for x in (
+                event.get("role") and f"role={event['role']}",
+                event.get("round") and f"round={event['round']}",
+                event.get("reason"),
+            )
+            if x
+        )
         print(f"{stamp}  {event['event']:<12} {change:<28} {detail}")
     return ExitCode.OK
 
@@ -199,8 +216,10 @@ def halt_banner(app: App) -> str | None:
     alive = [w for w in redis.smembers(keys.workers()) if redis.exists(keys.worker_heartbeat(w))]
     acked = acks(redis, keys)
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.at))
-    return (f"FLEET HALTED since {since} by {state.by}: {state.reason} "
-            f"({sum(1 for w in alive if w in acked)}/{len(alive)} live workers acked)")
+    return (
+        f"FLEET HALTED since {since} by {state.by}: {state.reason} "
+        f"({sum(1 for w in alive if w in acked)}/{len(alive)} live workers acked)"
+    )
 
 
 # Processes -----------------------------------------------------------------------------------
@@ -209,8 +228,11 @@ def cmd_worker(app: App, args: argparse.Namespace) -> int:
 
     domain = app.domains.get(args.domain)
     role = Role(args.role)
-    logs.setup(logs.identity(domain.name, role.value, args.index), fmt=app.settings.log_format,
-               level=app.settings.log_level)
+    logs.setup(
+        logs.identity(domain.name, role.value, args.index),
+        fmt=app.settings.log_format,
+        level=app.settings.log_level,
+    )
     run_worker(app.settings, domain, role, args.index, burst=args.burst)
     return ExitCode.OK
 
@@ -259,14 +281,21 @@ def _print_records(records: Sequence[StoryRecord], *, as_json: bool) -> None:
     header = f"{'ID':<16} {'DOMAIN':<10} {'STATE':<11} {'ROUND':>5} {'STAGE':<7} {'AGE':>5} {'COST':>9}"
     print(header)
     for r in records:
-        print(f"{r.id:<16} {r.domain:<10} {r.state.value:<11} {r.round:>5} {r.stage:<7} "
-              f"{_age(now - r.created_at):>5} {f'${r.cost_usd:.4f}':>9}")
+        print(
+            f"{r.id:<16} {r.domain:<10} {r.state.value:<11} {r.round:>5} {r.stage:<7} "
+            f"{_age(now - r.created_at):>5} {f'${r.cost_usd:.4f}':>9}"
+        )
 
 
 def _with_results(app: App, record: StoryRecord) -> dict[str, Any]:
     raw = app.store.redis.hgetall(app.settings.keys.story_results(record.id))
-    return {**record.to_dict(), "story": record.story.model_dump(mode="json"),
-            "results": {k: json.loads(v) for k, v in sorted(raw.items())}}
+    calls = story_calls(app.store.redis, app.settings.keys, record.id)
+    return {
+        **record.to_dict(),
+        "story": record.story.model_dump(mode="json"),
+        "results": {k: json.loads(v) for k, v in sorted(raw.items())},
+        "llm": {**asdict(CallTotals.of(calls)), "calls": calls},
+    }
 
 
 def _print_story(app: App, record: StoryRecord) -> None:
@@ -279,12 +308,23 @@ def _print_story(app: App, record: StoryRecord) -> None:
         summary = output.get("summary") or "; ".join(output.get("reasons", [])) or result.get("error", "")
         decision = f" {output['decision']}" if "decision" in output else ""
         status = "ok" if result.get("ok") else "FAILED"
-        print(f"  {name:<12} {status:<6} [{result.get('agent')}] {result.get('worker', '')}{decision}: {summary}")
+        print(
+            f"  {name:<12} {status:<6} [{result.get('agent')}] {result.get('worker', '')}{decision}: {summary}"
+        )
+    llm = data["llm"]
+    print(
+        f"{'llm:':<10} {llm['calls']} calls ({llm['cache_hits']} cache hits), {llm['tokens']} tokens, "
+        f"${llm['cost_usd']:.6f}"
+    )
+    for call in llm["calls"][-LAST_CALLS_SHOWN:]:
+        print(f"  {format_call(call)}")
 
 
 # Parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wave", description="Run teams of AI development agents as a fleet.")
+    parser = argparse.ArgumentParser(
+        prog="wave", description="Run teams of AI development agents as a fleet."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("enqueue", help="add stories (arguments or -f FILE); all or nothing")
@@ -316,7 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind, verb, text in (
         ("cancel", EventKind.CANCEL, "cancelled", "stop working on a story"),
         ("retry", EventKind.RETRY, "retried", "start a failed, killed or cancelled story again"),
-        ("approve", EventKind.APPROVE, "approved", "approve a held story: GO after a CTO HOLD, else resume it"),
+        (
+            "approve",
+            EventKind.APPROVE,
+            "approved",
+            "approve a held story: GO after a CTO HOLD, else resume it",
+        ),
         ("reject", EventKind.REJECT, "rejected", "reject a held story (it is killed)"),
     ):
         p = sub.add_parser(name, help=text)
@@ -353,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--stories", default="domains/demo-stories.yaml")
     p.set_defaults(handler=cmd_demo)
+    add_llm_commands(sub)
     return parser
 
 

@@ -193,6 +193,29 @@ def _is_json(value: str) -> bool:
     return True
 
 
+def to_env(settings: Settings) -> dict[str, str]:
+    """The WAVE_* variables that reproduce `settings` in another process (secrets included)."""
+    env = {}
+    for name in type(settings).model_fields:  # not the instance dict: it caches `keys` too
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            for sub in type(value).model_fields:
+                sub_value = getattr(value, sub)
+                if sub_value is not None:
+                    env[f"{ENV_PREFIX}{name.upper()}{NESTED}{sub.upper()}"] = _env_value(sub_value)
+        elif value is not None:
+            env[f"{ENV_PREFIX}{name.upper()}"] = _env_value(value)
+    return env
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value)
+    return str(value)
+
+
 def _known_variables() -> set[str]:
     names = set()
     for name, field in Settings.model_fields.items():

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from . import logs
-from .config import Settings
+from .config import ENV_PREFIX, Settings, to_env
 from .connection import connect
 from .domains import Domains
 from .embedded import EmbeddedRedis, free_port
@@ -61,21 +61,14 @@ class Fleet:
                     )
 
     def env(self) -> dict[str, str]:
-        s = self.settings
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WAVE_")}
-        env |= {
-            "WAVE_REDIS__URL": s.redis.url,
-            "WAVE_DATA_DIR": str(s.data_dir.resolve()),
-            "WAVE_HALT_DIR": str(s.halt_file.parent.resolve()),
-            "WAVE_DOMAINS_DIR": str(s.domains_dir.resolve()),
-            "WAVE_AGENT": s.agent,
-            "WAVE_LOG_LEVEL": s.log_level,
-            "WAVE_LOG_FORMAT": s.log_format,
-            "WAVE_PIPELINE__MAX_ROUNDS": str(s.pipeline.max_rounds),
-        }
-        if s.redis.password:
-            env["WAVE_REDIS__PASSWORD"] = s.redis.password.get_secret_value()
-        return env
+        resolved = self.settings.model_copy(
+            update={
+                "data_dir": self.settings.data_dir.resolve(),
+                "domains_dir": self.settings.domains_dir.resolve(),
+                "halt_dir": self.settings.halt_file.parent.resolve(),
+            }
+        )
+        return {**{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}, **to_env(resolved)}
 
     def start(self) -> None:
         for child in self.children:

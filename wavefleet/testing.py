@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
-from .config import Settings
+from .config import ENV_PREFIX, Settings, to_env
 from .embedded import EmbeddedRedis, free_port
 
 T = TypeVar("T")
@@ -51,26 +51,8 @@ def fast_settings(server: EmbeddedRedis, data_dir: Path, domains_dir: Path, **ov
 
 
 def env_of(settings: Settings) -> dict[str, str]:
-    """The WAVE_* variables that make a child process use `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVE_")}
-    env.update(
-        {
-            "WAVE_REDIS__URL": settings.redis.url,
-            "WAVE_DATA_DIR": str(settings.data_dir),
-            "WAVE_HALT_DIR": str(settings.halt_file.parent),
-            "WAVE_DOMAINS_DIR": str(settings.domains_dir),
-            "WAVE_AGENT": settings.agent,
-            "WAVE_LOG_FORMAT": settings.log_format,
-            "WAVE_LOG_LEVEL": settings.log_level,
-            "WAVE_PIPELINE__MAX_ROUNDS": str(settings.pipeline.max_rounds),
-        }
-    )
-    if settings.redis.password:
-        env["WAVE_REDIS__PASSWORD"] = settings.redis.password.get_secret_value()
-    for section in ("worker", "supervisor"):
-        for name, value in getattr(settings, section).model_dump().items():
-            env[f"WAVE_{section.upper()}__{name.upper()}"] = str(value)
-    return env
+    """This environment with the WAVE_* variables that make a child process use `settings`."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}, **to_env(settings)}
 
 
 def wait_until(

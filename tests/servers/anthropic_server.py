@@ -43,9 +43,11 @@ def tokens_of(value: Any) -> int:
 
 
 class AnthropicServer:
-    def __init__(self, api_key: str = "test-anthropic-key", min_cache_tokens: int = 1024) -> None:
+    def __init__(self, api_key: str = "test-anthropic-key", min_cache_tokens: int = 1024,
+                 reply_chars: int = 0) -> None:
         self.api_key = api_key
         self.min_cache_tokens = min_cache_tokens
+        self.reply_chars = reply_chars  # pad default replies to this length (realistic output sizes)
         self.requests: list[dict[str, Any]] = []
         self._script: deque[Reply] = deque()
         self._cache: set[str] = set()
@@ -91,7 +93,8 @@ class AnthropicServer:
     def message(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         usage = self._usage(body)
         content: list[dict[str, Any]] = []
-        text = reply.text if reply.text is not None else f"echo: {_last_user_text(body)[:200]}"
+        text = reply.text if reply.text is not None else padded(f"echo: {_last_user_text(body)[:200]}",
+                                                                self.reply_chars)
         if text:
             content.append({"type": "text", "text": text})
         for index, (name, arguments) in enumerate(reply.tool_use):
@@ -115,7 +118,8 @@ class AnthropicServer:
         prefix_tokens = tokens_of(prefix) if prefix else 0
         usage = {"input_tokens": total, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         if prefix and prefix_tokens >= self.min_cache_tokens:
-            digest = hashlib.sha256(json.dumps([body.get("model"), prefix], sort_keys=True).encode()).hexdigest()
+            keyed = json.dumps([body.get("model"), prefix], sort_keys=True)
+            digest = hashlib.sha256(keyed.encode()).hexdigest()
             with self._lock:
                 hit = digest in self._cache
                 self._cache.add(digest)
@@ -124,10 +128,17 @@ class AnthropicServer:
         return usage
 
 
+def padded(text: str, length: int) -> str:
+    """`text` followed by deterministic filler up to `length` characters."""
+    filler = " The change keeps the module boundaries, adds tests for each case and updates the docs."
+    return text if len(text) >= length else (text + filler * (length // len(filler) + 1))[:length]
+
+
 def _cached_prefix(body: dict[str, Any]) -> list[Any]:
     """Tools then system blocks, up to the last block carrying cache_control (empty if none does)."""
     system = body.get("system") or []
-    blocks = [*(body.get("tools") or []), *([{"type": "text", "text": system}] if isinstance(system, str) else system)]
+    system_blocks = [{"type": "text", "text": system}] if isinstance(system, str) else system
+    blocks = [*(body.get("tools") or []), *system_blocks]
     marked = [i for i, block in enumerate(blocks) if isinstance(block, dict) and block.get("cache_control")]
     return blocks[: marked[-1] + 1] if marked else []
 
@@ -153,11 +164,12 @@ def _error(status: int, message: str) -> bytes:
 def _handler_for(server: AnthropicServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}

@@ -25,6 +25,8 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from xai_sdk.proto import chat_pb2, chat_pb2_grpc, sample_pb2, usage_pb2
 
+from .anthropic_server import padded
+
 USD_TICKS = 10_000_000_000  # 1 USD in the service's cost unit (1 tick = 1e-10 USD)
 
 
@@ -54,8 +56,9 @@ def tokens_of(value: Any) -> int:
 
 class XaiServer(chat_pb2_grpc.ChatServicer):
     def __init__(self, api_key: str = "test-xai-key", prices: Prices | None = None,
-                 min_cache_tokens: int = 1024) -> None:
+                 min_cache_tokens: int = 1024, reply_chars: int = 0) -> None:
         self.api_key = api_key
+        self.reply_chars = reply_chars  # pad default replies to this length (realistic output sizes)
         self.prices = prices or Prices()
         self.min_cache_tokens = min_cache_tokens
         self.requests: list[dict[str, Any]] = []
@@ -110,7 +113,8 @@ class XaiServer(chat_pb2_grpc.ChatServicer):
 
     def _completion(self, request: chat_pb2.GetCompletionsRequest, body: dict[str, Any],
                     reply: Reply) -> chat_pb2.GetChatCompletionResponse:
-        text = reply.text if reply.text is not None else f"echo: {_last_user_text(request)[:200]}"
+        text = reply.text if reply.text is not None else padded(f"echo: {_last_user_text(request)[:200]}",
+                                                                self.reply_chars)
         calls = [chat_pb2.ToolCall(id=f"call_{len(self.requests)}_{i}",
                                    function=chat_pb2.FunctionCall(name=name, arguments=arguments))
                  for i, (name, arguments) in enumerate(reply.tool_calls)]
@@ -118,10 +122,9 @@ class XaiServer(chat_pb2_grpc.ChatServicer):
                                              tool_calls=calls)
         finish = sample_pb2.FinishReason.REASON_TOOL_CALLS if calls else sample_pb2.FinishReason.REASON_STOP
         output = chat_pb2.CompletionOutput(index=0, message=message, finish_reason=finish)
-        return chat_pb2.GetChatCompletionResponse(
-            id=f"resp_{len(self.requests):06d}", outputs=[output], model=request.model,
-            usage=self._usage(body, max(1, tokens_of(text) + tokens_of([c.function.arguments for c in calls]))),
-        )
+        completion = max(1, tokens_of(text) + tokens_of([c.function.arguments for c in calls]))
+        return chat_pb2.GetChatCompletionResponse(id=f"resp_{len(self.requests):06d}", outputs=[output],
+                                                  model=request.model, usage=self._usage(body, completion))
 
     def _usage(self, body: dict[str, Any], completion: int) -> usage_pb2.SamplingUsage:
         prompt = tokens_of({"tools": body.get("tools", []), "messages": body.get("messages", [])})

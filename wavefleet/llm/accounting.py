@@ -14,6 +14,7 @@ from typing import Any, cast
 from redis import Redis
 
 from ..keys import Keys
+from .batch import Batch
 from .types import LLMResponse
 
 CALLS_MAXLEN = 10_000  # per story; a story making more calls than this has other problems
@@ -39,9 +40,13 @@ def call_entry(response: LLMResponse, *, role: str, at: float | None = None) -> 
     }
 
 
-def record_call(client: Any, keys: Keys, story: str, entry: dict[str, str]) -> None:
-    """Append one call to the story's calls stream (on `client`, a pipeline or a Redis client)."""
-    client.xadd(keys.story_llm_calls(story), entry, maxlen=CALLS_MAXLEN, approximate=True)
+def record_call(target: Redis | Batch, keys: Keys, story: str, entry: dict[str, str]) -> None:
+    """Append one call to the story's calls stream (now, or queued on a Batch)."""
+    fields: dict[Any, Any] = entry
+    if isinstance(target, Batch):
+        target.command("xadd", keys.story_llm_calls(story), fields, maxlen=CALLS_MAXLEN, approximate=True)
+    else:
+        target.xadd(keys.story_llm_calls(story), fields, maxlen=CALLS_MAXLEN, approximate=True)
 
 
 def story_calls(redis: Redis, keys: Keys, story: str) -> list[dict[str, str]]:
@@ -69,8 +74,8 @@ def format_call(entry: dict[str, str]) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(entry["at"])))
     offline = entry.get("offline") == "1"
     who = f"OFFLINE {entry['model']}" if offline else f"{entry['provider']} {entry['model']}"
-    tokens = (f"in {entry['input_tokens']} (cache r{entry['cache_read_tokens']}/w{entry['cache_write_tokens']})"
-              f" out {entry['output_tokens']}")
+    cache = f"cache r{entry['cache_read_tokens']}/w{entry['cache_write_tokens']}"
+    tokens = f"in {entry['input_tokens']} ({cache}) out {entry['output_tokens']}"
     cost = float(entry["cost_usd"])
     extra = " cache-hit" if entry.get("cache_hit") == "1" else f" {float(entry['latency_ms']):.0f}ms"
     if entry.get("fallback_from"):

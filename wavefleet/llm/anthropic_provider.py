@@ -63,8 +63,7 @@ class AnthropicProvider:
             if self._caching:
                 tools[-1]["cache_control"] = EPHEMERAL
             params["tools"] = tools
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
+        # No temperature: the Messages API of anthropic 2.x (version 2026-10-21) has none to send.
         if request.stop:
             params["stop_sequences"] = list(request.stop)
         return params

@@ -15,6 +15,7 @@ from typing import Any, cast
 from redis import Redis
 
 from ..keys import Keys
+from .batch import Batch
 
 # KEYS: breaker, probe lock. ARGV: probe lock ttl ms, probe token.
 _STATE = """
@@ -60,6 +61,11 @@ class BreakerState(StrEnum):
     PROBE = "probe"  # cool-down over: this caller sends the one probe call
 
 
+def parse_state(reply: Any) -> tuple[BreakerState, float]:
+    state, left_ms = reply
+    return BreakerState(state), int(left_ms) / 1000
+
+
 class Breakers:
     def __init__(self, redis: Redis, keys: Keys, *, threshold: int, cooldown_s: float,
                  probe_ttl_s: float) -> None:
@@ -77,16 +83,23 @@ class Breakers:
 
     def state(self, provider: str) -> tuple[BreakerState, float]:
         """The breaker's state for this caller, and the seconds left of an open breaker's cool-down."""
-        state, left_ms = self._state(keys=self._keys(provider), args=[self.probe_ttl_ms, uuid.uuid4().hex])
-        return BreakerState(state), int(left_ms) / 1000
+        return parse_state(self._state(keys=self._keys(provider), args=[self.probe_ttl_ms, uuid.uuid4().hex]))
+
+    def queue_state(self, batch: Batch, provider: str) -> int:
+        """Queue `state()` on `batch`; pass its reply to `parse_state()`."""
+        return batch.script(self._state, self._keys(provider), [self.probe_ttl_ms, uuid.uuid4().hex])
 
     def failure(self, provider: str) -> int:
         """Count one failure; returns the consecutive count (the breaker opens at the threshold)."""
         return int(self._failure(keys=self._keys(provider), args=[self.threshold, self.cooldown_ms]))
 
-    def success(self, provider: str, *, probe: bool, client: Any = None) -> None:
-        """Record a success (on `client`, e.g. a pipeline, when given)."""
-        self._success(keys=self._keys(provider), args=["probe" if probe else "call"], client=client)
+    def success(self, provider: str, *, probe: bool, batch: Batch | None = None) -> None:
+        """Record a success (queued on `batch` when given)."""
+        args = ["probe" if probe else "call"]
+        if batch is not None:
+            batch.script(self._success, self._keys(provider), args)
+        else:
+            self._success(keys=self._keys(provider), args=args)
 
     def release_probe(self, provider: str) -> None:
         self.redis.delete(self.keys.llm_probe(provider))

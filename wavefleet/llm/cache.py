@@ -15,24 +15,24 @@ from typing import Any, cast
 from redis import Redis
 
 from ..keys import Keys
+from .batch import Batch
 from .types import Completion, LLMRequest
 
 CLEAR_BATCH = 500
 CLEAR_MAX_ROUNDS = 100_000  # a bound on the SCAN loop: 50 M keys
 
-# KEYS: entry, counters. ARGV: "{provider}:{role}". One round trip for the lookup and its count.
-_LOOKUP = """
-local value = redis.call('GET', KEYS[1])
-redis.call('HINCRBY', KEYS[2], ARGV[1] .. (value and ':hit' or ':miss'), 1)
-return value
-"""
+def canonical_json(request: LLMRequest) -> str:
+    """The request's content (system, messages, tools, sampling parameters) as one stable text.
+
+    ASCII-only, so its length in bytes is never below the UTF-8 size of the content (estimates use it).
+    """
+    body = request.model_dump(mode="json", exclude={"task", "max_tokens", "use_cache"})
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
-def request_digest(provider: str, model: str, request: LLMRequest, max_tokens: int) -> str:
-    body = request.model_dump(mode="json", exclude={"task", "max_tokens"})
-    canonical = json.dumps({"provider": provider, "model": model, "max_tokens": max_tokens, **body},
-                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def request_digest(provider: str, model: str, max_tokens: int, canonical: str) -> str:
+    """The cache key of a request on one provider and model: any difference gives another key."""
+    return hashlib.sha256(f"{provider}\n{model}\n{max_tokens}\n{canonical}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -55,21 +55,34 @@ class ResponseCache:
         self.keys = keys
         self.ttl_s = ttl_s
         self.enabled = enabled
-        self._lookup = redis.register_script(_LOOKUP)
 
-    def get(self, digest: str, *, provider: str, role: str) -> Completion | None:
-        """The stored reply for this exact request, counting the hit or miss."""
-        if not self.enabled:
-            return None
-        raw = self._lookup(keys=[self.keys.llm_cache(digest), self.keys.llm_cache_stats()],
-                           args=[f"{provider}:{role}"])
+    def queue_get(self, batch: Batch, digest: str) -> int | None:
+        """Queue the lookup of this exact request on `batch` (None when the cache is off)."""
+        return batch.command("get", self.keys.llm_cache(digest)) if self.enabled else None
+
+    @staticmethod
+    def parse(raw: str | None) -> Completion | None:
         return Completion.model_validate_json(raw) if raw else None
 
-    def put(self, digest: str, completion: Completion, *, client: Any = None) -> None:
-        """Store a successful reply (on `client`, e.g. a pipeline, when given)."""
-        if self.enabled:
-            target = client or self.redis
-            target.set(self.keys.llm_cache(digest), completion.model_dump_json(), ex=self.ttl_s)
+    def count(self, target: Redis | Batch, *, provider: str, role: str, hit: bool) -> None:
+        """Count one lookup as a hit or a miss, now or queued on a Batch."""
+        if not self.enabled:
+            return
+        field = f"{provider}:{role}:{'hit' if hit else 'miss'}"
+        if isinstance(target, Batch):
+            target.command("hincrby", self.keys.llm_cache_stats(), field, 1)
+        else:
+            target.hincrby(self.keys.llm_cache_stats(), field, 1)
+
+    def put(self, digest: str, completion: Completion, *, batch: Batch | None = None) -> None:
+        """Store a successful reply (queued on `batch` when given)."""
+        if not self.enabled:
+            return
+        key, value = self.keys.llm_cache(digest), completion.model_dump_json()
+        if batch is not None:
+            batch.command("set", key, value, ex=self.ttl_s)
+        else:
+            self.redis.set(key, value, ex=self.ttl_s)
 
     def stats(self) -> CacheStats:
         counts: dict[tuple[str, str], tuple[int, int]] = {}

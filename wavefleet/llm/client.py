@@ -3,11 +3,14 @@
     llm = LLMClient(settings, redis).for_story(story_id, domain_name, role)
     reply = llm.call(LLMRequest(task=TaskKind.PLANNING, system=prompt, messages=(Message.user(text),)))
 
-Order of one call: route (task kind, domain routes, keys, breakers) -> response cache (a hit costs
-nothing and ends the call) -> reserve the estimated cost on every budget scope -> take the rate
-limit -> the provider -> settle budget and rate limit, close the breaker, store in the cache, record
-the call on the story (one pipeline). A provider failure that is the provider's fault counts towards
-its breaker, frees the reservation, and the same call is tried once on the other provider.
+One call, in three Redis round trips around the provider: (1) the routed provider's breaker state
+and the response cache (a hit costs nothing and ends the call, whatever the breaker says); (2) the
+estimated cost reserved on every budget scope (story, domain today, fleet today: refused as a whole,
+BudgetExceededError holds the story) and a first try at the rate limit (bounded waits after it);
+then the provider; (3) settle budget and rate limit, close the breaker, store the reply, count the
+miss and record the call on the story. A failure that is the provider's fault counts towards its
+breaker, frees the reservation, and the same call is tried once on the other provider; a request
+the provider refused as invalid is raised as it is. Offline answers only as `llm.offline` says.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis import Redis
@@ -23,16 +26,17 @@ from redis import Redis
 from ..budget import Budget, Reservation, scopes_for
 from ..config import AnthropicSettings, Settings, XaiSettings
 from ..domains import Domain, Domains, load_domains
-from ..errors import InvalidInputError, ProviderError, ProviderRateLimitedError
+from ..errors import BudgetExceededError, InvalidInputError, ProviderError, ProviderRateLimitedError
 from ..logs import get as get_log
 from .accounting import call_entry, record_call
-from .breaker import Breakers
-from .cache import ResponseCache, request_digest
+from .batch import Batch
+from .breaker import Breakers, BreakerState, parse_state
+from .cache import ResponseCache, canonical_json, request_digest
 from .offline import OfflineProvider
 from .pricing import Estimate, Prices, estimate, to_nusd
 from .ratelimit import Limit, RateLimiter
 from .router import Route, Router, parse_routes
-from .types import Completion, LLMRequest, LLMResponse, Provider, ProviderName
+from .types import Completion, LLMRequest, LLMResponse, Provider, ProviderName, TaskKind
 
 FREE = Prices(0.0, 0.0, 0.0, 0.0)
 
@@ -50,6 +54,39 @@ class StoryLLM:
         return self.client.call(request, story=self.story, domain=self.domain, role=self.role)
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """One call on one provider."""
+
+    route: Route
+    provider: Provider
+    request: LLMRequest
+    domain: Domain | None
+    story: str | None
+    role: str
+    max_tokens: int
+    digest: str  # the response-cache key of this request on this provider and model
+    size: int  # bytes of the request's content, for the estimate
+
+    def response(self, completion: Completion, cost_usd: float, latency_ms: float, *,
+                 cache_hit: bool = False) -> LLMResponse:
+        return LLMResponse(
+            provider=self.provider.name, model=self.provider.model, task=self.request.task,
+            text=completion.text, tool_calls=completion.tool_calls, stop_reason=completion.stop_reason,
+            usage=completion.usage, cost_usd=cost_usd, latency_ms=latency_ms, cache_hit=cache_hit,
+            offline=self.provider.name is ProviderName.OFFLINE, fallback_from=self.route.fallback_from,
+        )
+
+
+@dataclass(frozen=True)
+class _Spend:
+    """What a successful call settles: its reservation, estimate and reply."""
+
+    reservation: Reservation
+    estimate: Estimate
+    completion: Completion
+
+
 class LLMClient:
     def __init__(self, settings: Settings, redis: Redis, *, domains: Domains | None = None,
                  providers: Mapping[ProviderName, Provider] | None = None) -> None:
@@ -59,6 +96,7 @@ class LLMClient:
         self._domains = domains
         self._injected = dict(providers or {})  # tests and benchmarks may pass their own
         self._built: dict[tuple[ProviderName, str], Provider] = {}
+        self._sections: dict[tuple[ProviderName, str], AnthropicSettings | XaiSettings] = {}
         self._pid = os.getpid()
         llm = settings.llm
         self.breakers = Breakers(redis, self.keys, threshold=llm.failures_to_fallback,
@@ -82,6 +120,17 @@ class LLMClient:
                     "replies, no model is called")
         return "live: " + ", ".join(sorted(p.value for p in self.router.keyed))
 
+    def preload(self) -> None:
+        """Import the SDKs of the keyed providers now (anthropic takes seconds to import).
+
+        A forking worker calls this once before it forks, so no job pays the import; SDK clients
+        themselves (sockets, gRPC channels) are still built after the fork, on first use.
+        """
+        if ProviderName.ANTHROPIC in self.router.keyed and not self.router.offline:
+            from . import anthropic_provider  # noqa: F401, PLC0415
+        if ProviderName.XAI in self.router.keyed and not self.router.offline:
+            from . import xai_provider  # noqa: F401, PLC0415
+
     def for_story(self, story: str, domain: str, role: str) -> StoryLLM:
         return StoryLLM(self, story, domain, role)
 
@@ -89,16 +138,22 @@ class LLMClient:
              role: str = "-") -> LLMResponse:
         """Answer `request`, charging `story` (and its domain) and the fleet; see the module docstring."""
         dom = self._domain(story, domain)
-        where = f"{dom.folder}/domain.toml [models.routes]" if dom else ""
-        overrides = parse_routes(dom.models.routes, where) if dom else None
-        routes = self.router.plan(request.task, overrides)
+        primary = self.router.primary(request.task, self._routes(dom))
+        first = self._on(Route(primary), request, dom, story, role)
+        state, cached = self._look_up(first)
+        if cached is not None:  # a stored reply is served whatever the provider's health: no call is made
+            return self._attempt(replace(first, route=Route(primary, probe=state[0] is BreakerState.PROBE)),
+                                 cached)
         failure: ProviderError | None = None
-        for index, planned in enumerate(routes):
+        for index, planned in enumerate(self.router.plan(primary, state)):
             route = planned if index == 0 else self.router.check_fallback(planned)
             if route is None:
                 break
             try:
-                return self._call_on(route, request, dom, story, role)
+                if route.provider is primary:
+                    return self._attempt(replace(first, route=route), None)
+                at = self._on(route, request, dom, story, role)
+                return self._attempt(at, self._look_up(at, breaker=False)[1])
             except ProviderError as exc:
                 if not exc.counts:
                     raise
@@ -106,106 +161,134 @@ class LLMClient:
         assert failure is not None
         raise failure
 
-    # One provider ---------------------------------------------------------------------------------
-    def _call_on(self, route: Route, request: LLMRequest, dom: Domain | None, story: str | None,
-                 role: str) -> LLMResponse:
+    def _on(self, route: Route, request: LLMRequest, dom: Domain | None, story: str | None,
+            role: str) -> _Attempt:
         provider = self._provider(route.provider, dom)
         max_tokens = request.max_tokens or self.settings.llm.max_tokens
-        digest = request_digest(provider.name.value, provider.model, request, max_tokens)
-        cached = self.cache.get(digest, provider=provider.name.value, role=role)
+        canonical = canonical_json(request)
+        digest = request_digest(provider.name.value, provider.model, max_tokens, canonical)
+        return _Attempt(route, provider, request, dom, story, role, max_tokens, digest, len(canonical))
+
+    def _look_up(self, at: _Attempt, *, breaker: bool = True) -> tuple[tuple[BreakerState, float],
+                                                                       Completion | None]:
+        """One round trip: the provider's breaker state for this caller and its cache entry."""
+        batch = Batch(self.redis)
+        real = breaker and at.provider.name is not ProviderName.OFFLINE
+        state_index = self.breakers.queue_state(batch, at.provider.name.value) if real else None
+        entry_index = self.cache.queue_get(batch, at.digest) if at.request.use_cache else None
+        replies = batch.execute() if batch.queued else []
+        state = parse_state(replies[state_index]) if state_index is not None else (BreakerState.CLOSED, 0.0)
+        return state, self.cache.parse(replies[entry_index]) if entry_index is not None else None
+
+    # One provider ---------------------------------------------------------------------------------
+    def _attempt(self, at: _Attempt, cached: Completion | None) -> LLMResponse:
         if cached is not None:
-            self._unprobed(route)  # a cached reply says nothing of the provider's health
-            return self._cache_hit(cached, provider, request, route, story, role)
-        prices = self._prices(route.provider, dom)
-        est = estimate(request, max_tokens, prices, self.settings.llm.estimate_bytes_per_token)
-        scopes = scopes_for(self.settings.budgets, story=story, domain=dom, at=time.time())
+            self._unprobed(at.route)  # a cached reply says nothing of the provider's health
+            return self._cache_hit(at, cached)
+        prices = self._prices(at.route.provider, at.domain)
+        est = estimate(at.size, bool(at.request.tools), at.max_tokens, prices,
+                       self.settings.llm.estimate_bytes_per_token)
         try:
-            reservation = self.budget.reserve(scopes, est.cost_nusd, est.tokens, story=story)
+            reservation, first_try = self._reserve(at, est)
         except BaseException:
-            self._unprobed(route)
+            self._unprobed(at.route)
             raise
         try:
-            self.limiter.acquire(provider.name.value, est.tokens)
+            self.limiter.acquire(at.provider.name.value, est.tokens, first=first_try)
             started = time.perf_counter()
-            completion = provider.complete(request, max_tokens)
+            completion = at.provider.complete(at.request, at.max_tokens)
             latency_ms = (time.perf_counter() - started) * 1000
         except ProviderError as exc:
             self.budget.release(reservation)
-            self._failed(provider, exc, route, story)
+            self._failed(at, exc)
             raise
         except BaseException:
             self.budget.release(reservation)
-            self._unprobed(route)
+            self._unprobed(at.route)
             raise
-        response = self._response(completion, provider, request, route, prices, latency_ms)
-        self._settle(response, reservation, est, digest, completion, route, story, role)
+        response = at.response(completion, _cost(completion, prices), latency_ms)
+        self._settle(at, response, _Spend(reservation, est, completion))
         return response
+
+    def _reserve(self, at: _Attempt, est: Estimate) -> tuple[Reservation, int | None]:
+        """One round trip: reserve the estimate on every budget scope and try the rate limit."""
+        name = at.provider.name.value
+        scopes = scopes_for(self.settings.budgets, story=at.story, domain=at.domain, at=time.time())
+        batch = Batch(self.redis)
+        reserved, reservation = self.budget.queue_reserve(batch, scopes, est.cost_nusd, est.tokens)
+        tried = self.limiter.queue_acquire(batch, name, est.tokens)
+        replies = batch.execute()
+        first_try = int(replies[tried]) if tried is not None else None
+        try:
+            self.budget.confirm(replies[reserved], reservation, at.story)
+        except BudgetExceededError:
+            if first_try == 0:
+                self.limiter.refund(name, est.tokens)
+            self._count_miss(at, self.redis)
+            raise
+        return reservation, first_try
+
+    def _count_miss(self, at: _Attempt, target: Redis | Batch) -> None:
+        if at.request.use_cache:  # a request that skipped the cache did not miss it
+            self.cache.count(target, provider=at.provider.name.value, role=at.role, hit=False)
 
     def _unprobed(self, route: Route) -> None:
         """This call was the probe but never reached the provider: let another call probe."""
         if route.probe:
             self.breakers.release_probe(route.provider.value)
 
-    def _failed(self, provider: Provider, exc: ProviderError, route: Route, story: str | None) -> None:
+    def _failed(self, at: _Attempt, exc: ProviderError) -> None:
+        name = at.provider.name.value
         if isinstance(exc, ProviderRateLimitedError):
-            self.limiter.penalize(provider.name.value, exc.retry_after_s or self.settings.llm.rate_penalty_s)
+            self.limiter.penalize(name, exc.retry_after_s or self.settings.llm.rate_penalty_s)
         if not exc.counts:
-            self._unprobed(route)
-        failures = self.breakers.failure(provider.name.value) if exc.counts else 0
-        get_log(story=story or "-").warning(
-            "llm call failed", provider=provider.name.value, model=provider.model, error=str(exc),
+            self._unprobed(at.route)
+        self._count_miss(at, self.redis)
+        failures = self.breakers.failure(name) if exc.counts else 0
+        get_log(story=at.story or "-").warning(
+            "llm call failed", provider=name, model=at.provider.model, error=str(exc),
             consecutive_failures=failures, counts=exc.counts)
 
-    def _settle(self, response: LLMResponse, reservation: Reservation, est: Estimate, digest: str,
-                completion: Completion, route: Route, story: str | None, role: str) -> None:
-        name = response.provider.value
-        actual_nusd = to_nusd(response.cost_usd)
-        with self.redis.pipeline(transaction=False) as pipe:
-            tokens = response.usage.total_tokens
-            self.budget.settle(reservation, actual_nusd, tokens, story=story, client=pipe)
-            self.limiter.settle(name, est.tokens, response.usage.total_tokens, client=pipe)
-            if response.provider is not ProviderName.OFFLINE:
-                self.breakers.success(name, probe=route.probe, client=pipe)
-            self.cache.put(digest, completion, client=pipe)
-            if story:
-                record_call(pipe, self.keys, story, call_entry(response, role=role))
-            replies = pipe.execute()
-        self.budget.alerts(reservation, replies[0], story)
-        self._log(response, story, role)
+    def _settle(self, at: _Attempt, response: LLMResponse, spend: _Spend) -> None:
+        """Everything after a successful provider call, in one round trip."""
+        name, tokens = response.provider.value, response.usage.total_tokens
+        batch = Batch(self.redis)
+        cost = to_nusd(response.cost_usd)
+        settled = self.budget.settle(spend.reservation, cost, tokens, story=at.story, batch=batch)
+        self.limiter.settle(name, spend.estimate.tokens, tokens, batch=batch)
+        if response.provider is not ProviderName.OFFLINE:
+            self.breakers.success(name, probe=at.route.probe, batch=batch)
+        self.cache.put(at.digest, spend.completion, batch=batch)
+        self._count_miss(at, batch)
+        if at.story:
+            record_call(batch, self.keys, at.story, call_entry(response, role=at.role))
+        replies = batch.execute()
+        self.budget.alerts(spend.reservation, replies[settled], at.story)
+        self._log(response, at)
 
-    def _cache_hit(self, cached: Completion, provider: Provider, request: LLMRequest, route: Route,
-                   story: str | None, role: str) -> LLMResponse:
-        response = self._response(cached, provider, request, route, FREE, 0.0, cache_hit=True)
-        if story:
-            record_call(self.redis, self.keys, story, call_entry(response, role=role))
-        self._log(response, story, role)
+    def _cache_hit(self, at: _Attempt, cached: Completion) -> LLMResponse:
+        response = at.response(cached, 0.0, 0.0, cache_hit=True)
+        batch = Batch(self.redis)
+        self.cache.count(batch, provider=response.provider.value, role=at.role, hit=True)
+        if at.story:
+            record_call(batch, self.keys, at.story, call_entry(response, role=at.role))
+        batch.execute()
+        self._log(response, at)
         return response
 
-    def _response(self, completion: Completion, provider: Provider, request: LLMRequest, route: Route,
-                  prices: Prices, latency_ms: float, *, cache_hit: bool = False) -> LLMResponse:
-        if cache_hit:
-            cost = 0.0
-        elif completion.reported_cost_usd is not None:
-            cost = completion.reported_cost_usd
-        else:
-            cost = prices.cost_usd(completion.usage)
-        return LLMResponse(
-            provider=provider.name, model=provider.model, task=request.task, text=completion.text,
-            tool_calls=completion.tool_calls, stop_reason=completion.stop_reason, usage=completion.usage,
-            cost_usd=cost, latency_ms=latency_ms, cache_hit=cache_hit,
-            offline=provider.name is ProviderName.OFFLINE, fallback_from=route.fallback_from,
-        )
-
-    def _log(self, response: LLMResponse, story: str | None, role: str) -> None:
+    def _log(self, response: LLMResponse, at: _Attempt) -> None:
         event = "llm call (OFFLINE: no model was called)" if response.offline else "llm call"
-        get_log(story=story or "-").info(
+        get_log(story=at.story or "-").info(
             event, provider=response.provider.value, model=response.model, offline=response.offline,
-            task=response.task.value, role=role, tokens=response.usage.total_tokens,
+            task=response.task.value, role=at.role, tokens=response.usage.total_tokens,
             cost_usd=round(response.cost_usd, 6), cache_hit=response.cache_hit,
             latency_ms=round(response.latency_ms, 1),
             fallback_from=response.fallback_from.value if response.fallback_from else None)
 
     # Configuration --------------------------------------------------------------------------------
+    def _routes(self, dom: Domain | None) -> dict[TaskKind, ProviderName] | None:
+        return parse_routes(dom.models.routes, f"{dom.folder}/domain.toml [models.routes]") if dom else None
+
     def _domain(self, story: str | None, domain: str | None) -> Domain | None:
         if story is None and domain is None:
             return None
@@ -217,11 +300,17 @@ class LLMClient:
         return found
 
     def _section(self, name: ProviderName, dom: Domain | None) -> AnthropicSettings | XaiSettings:
-        if name is ProviderName.ANTHROPIC:
-            override = dom.models.anthropic if dom else {}
-            return AnthropicSettings.model_validate({**dict(self.settings.anthropic), **override})
-        override = dom.models.xai if dom else {}
-        return XaiSettings.model_validate({**dict(self.settings.xai), **override})
+        """The provider's settings with the domain's `[models]` overrides applied (built once each)."""
+        key = (name, dom.name if dom else "")
+        if key not in self._sections:
+            if name is ProviderName.ANTHROPIC:
+                override = dom.models.anthropic if dom else {}
+                section: Any = AnthropicSettings.model_validate({**dict(self.settings.anthropic), **override})
+            else:
+                override = dom.models.xai if dom else {}
+                section = XaiSettings.model_validate({**dict(self.settings.xai), **override})
+            self._sections[key] = section
+        return self._sections[key]
 
     def _prices(self, name: ProviderName, dom: Domain | None) -> Prices:
         return FREE if name is ProviderName.OFFLINE else Prices.of(self._section(name, dom))
@@ -258,3 +347,10 @@ def _build(name: ProviderName, section: Any) -> Provider:
 def _longest_call_s(settings: Settings) -> float:
     """How long one provider call may take with the SDK's retries: the probe's lock lasts that long."""
     return max(s.timeout_s * (s.max_retries + 1) for s in (settings.anthropic, settings.xai)) + 5.0
+
+
+def _cost(completion: Completion, prices: Prices) -> float:
+    """The provider's own bill when it reports one, else our prices applied to the usage."""
+    if completion.reported_cost_usd is not None:
+        return completion.reported_cost_usd
+    return prices.cost_usd(completion.usage)

@@ -6,12 +6,11 @@ exactly; floats are for display only.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
 from ..config import AnthropicSettings, XaiSettings
-from .types import LLMRequest, Usage
+from .types import Usage
 
 NANO = 1_000_000_000
 PER_MILLION = 1_000_000
@@ -53,15 +52,16 @@ class Estimate:
         return self.input_tokens + self.output_tokens
 
 
-def estimate(request: LLMRequest, max_tokens: int, prices: Prices, bytes_per_token: float) -> Estimate:
-    """Input tokens from the request's size, output at `max_tokens`, priced at the dearest input rate.
+def estimate(payload_bytes: int, has_tools: bool, max_tokens: int, prices: Prices,
+             bytes_per_token: float) -> Estimate:
+    """Input tokens from the request's size in bytes, output at `max_tokens`, priced at the dearest
+    input rate.
 
     With `bytes_per_token` 1.0 this is an upper bound for byte-level tokenizers (no token is shorter
     than one byte); the default 3.0 is closer to real counts and can, rarely, be exceeded.
     """
-    payload = json.dumps(request.model_dump(mode="json", include={"system", "messages", "tools"}))
-    input_tokens = math.ceil(len(payload.encode()) / bytes_per_token) + REQUEST_OVERHEAD_TOKENS
-    if request.tools:
+    input_tokens = math.ceil(payload_bytes / bytes_per_token) + REQUEST_OVERHEAD_TOKENS
+    if has_tools:
         input_tokens += TOOLS_OVERHEAD_TOKENS
     dearest_input = max(prices.input, prices.cache_write)
     cost = (input_tokens * dearest_input + max_tokens * prices.output) / PER_MILLION

@@ -12,12 +12,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from redis import Redis
 
 from ..errors import RateLimitedError
 from ..keys import Keys
+from .batch import Batch
 
 MAX_ROUNDS = 1_000  # a bound on the wait loop besides the time bound
 BUCKET_TTL_MS = 120_000  # an idle bucket is full again after a minute; drop it after two
@@ -46,9 +47,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return wait
 """
 
-# KEYS: bucket. ARGV: tokens to give back (negative: take more). Only an existing bucket changes.
+# KEYS: bucket. ARGV: tokens to give back (negative: take more), requests to give back. Only an
+# existing bucket changes; the next refill caps both at the bucket's size.
 _ADJUST = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBYFLOAT', KEYS[1], 'tok', ARGV[1]) end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'tok', ARGV[1])
+  if ARGV[2] ~= '0' then redis.call('HINCRBYFLOAT', KEYS[1], 'req', ARGV[2]) end
+end
 return 0
 """
 
@@ -81,23 +86,42 @@ class RateLimiter:
         self._adjust = redis.register_script(_ADJUST)
         self._penalize = redis.register_script(_PENALIZE)
 
-    def acquire(self, provider: str, tokens: int) -> float:
-        """Take one request and `tokens` from the provider's buckets, waiting if need be (bounded).
-
-        Returns the seconds waited; raises RateLimitedError when the wait would pass the bound.
-        """
+    def _limit(self, provider: str, tokens: int) -> Limit | None:
+        """The provider's limit, None if it has none; a call that can never fit is refused here."""
         limit = self.limits.get(provider)
         if limit is None or (limit.requests_per_min == 0 and limit.tokens_per_min == 0):
-            return 0.0
+            return None
         if 0 < limit.tokens_per_min < tokens:
             raise RateLimitedError(
                 f"{provider}: a call estimated at {tokens} tokens can never fit the limit of "
                 f"{limit.tokens_per_min} tokens/min (raise WAVE_LLM__{provider.upper()}_TOKENS_PER_MIN "
                 "or lower max_tokens)")
+        return limit
+
+    def queue_acquire(self, batch: Batch, provider: str, tokens: int) -> int | None:
+        """Queue a first try at `acquire` on `batch`; pass its reply to `acquire(first=...)`."""
+        limit = self._limit(provider, tokens)
+        if limit is None:
+            return None
+        args = [limit.requests_per_min, limit.tokens_per_min, 1, tokens, BUCKET_TTL_MS]
+        return batch.script(self._acquire, [self.keys.ratelimit(provider)], args)
+
+    def acquire(self, provider: str, tokens: int, *, first: int | None = None) -> float:
+        """Take one request and `tokens` from the provider's buckets, waiting if need be (bounded).
+
+        `first` is the reply of a try queued with `queue_acquire`. Returns the seconds waited;
+        raises RateLimitedError when the wait would pass the bound.
+        """
+        limit = self._limit(provider, tokens)
+        if limit is None:
+            return 0.0
         started = time.monotonic()
-        for _ in range(MAX_ROUNDS):
+        for attempt in range(MAX_ROUNDS):
             args = [limit.requests_per_min, limit.tokens_per_min, 1, tokens, BUCKET_TTL_MS]
-            wait_ms = int(self._acquire(keys=[self.keys.ratelimit(provider)], args=args))
+            if attempt == 0 and first is not None:
+                wait_ms = int(first)
+            else:
+                wait_ms = int(self._acquire(keys=[self.keys.ratelimit(provider)], args=args))
             waited = time.monotonic() - started
             if wait_ms == 0:
                 return waited
@@ -109,10 +133,20 @@ class RateLimiter:
             self._sleep(wait_ms / 1000 * random.uniform(1.0, 1.1))  # jitter: waiters do not wake together
         raise RateLimitedError(f"{provider}: still over the rate limit after {MAX_ROUNDS} tries")
 
-    def settle(self, provider: str, estimated: int, actual: int, *, client: Any = None) -> None:
-        """Correct the tokens taken at `acquire` to the call's real count."""
-        if provider in self.limits and estimated != actual:
-            self._adjust(keys=[self.keys.ratelimit(provider)], args=[estimated - actual], client=client)
+    def settle(self, provider: str, estimated: int, actual: int, *, batch: Batch | None = None) -> None:
+        """Correct the tokens taken at `acquire` to the call's real count (queued on `batch` if given)."""
+        if provider not in self.limits or estimated == actual:
+            return
+        keys, args = [self.keys.ratelimit(provider)], [estimated - actual, 0]
+        if batch is not None:
+            batch.script(self._adjust, keys, args)
+        else:
+            self._adjust(keys=keys, args=args)
+
+    def refund(self, provider: str, tokens: int) -> None:
+        """Give back a request and its tokens taken for a call that was then not made."""
+        if provider in self.limits:
+            self._adjust(keys=[self.keys.ratelimit(provider)], args=[tokens, 1])
 
     def penalize(self, provider: str, retry_after_s: float) -> None:
         """The provider answered 429: no one in the fleet calls it for `retry_after_s`."""

@@ -66,20 +66,26 @@ class Router:
         """The provider the tables name for `task` (before keys and breakers are considered)."""
         return {**self.routes, **(overrides or {})}[task]
 
-    def plan(self, task: TaskKind, overrides: Mapping[TaskKind, ProviderName] | None = None) -> list[Route]:
-        """The providers to try for one call, in order; raises NoProviderError if none can take it."""
+    def primary(self, task: TaskKind,
+                overrides: Mapping[TaskKind, ProviderName] | None = None) -> ProviderName:
+        """The provider a call goes to if its breaker lets it: offline, the routed one, or, when the
+        routed one has no key, the keyed one. Raises NoProviderError if no provider may answer."""
         if self.offline:
-            return [Route(ProviderName.OFFLINE)]
+            return ProviderName.OFFLINE
         if not self.keyed:
             raise NoProviderError("no model provider has an API key (set WAVE_ANTHROPIC__API_KEY or "
                                   "WAVE_XAI__API_KEY), and WAVE_LLM__OFFLINE=never forbids offline replies")
-        primary = self.routed(task, overrides)
-        if primary not in self.keyed:  # no key: skipped, the keyed one takes every task
-            primary = OTHER[primary]
+        routed = self.routed(task, overrides)
+        return routed if routed in self.keyed else OTHER[routed]
+
+    def plan(self, primary: ProviderName, state: tuple[BreakerState, float]) -> list[Route]:
+        """The providers to try, in order, given the primary's breaker `state` for this caller."""
+        if primary is ProviderName.OFFLINE:
+            return [Route(primary)]
         other = OTHER[primary] if OTHER[primary] in self.keyed else None
-        state, left_s = self.breakers.state(primary)
-        if state is not BreakerState.OPEN:
-            first = Route(primary, probe=state is BreakerState.PROBE)
+        breaker, left_s = state
+        if breaker is not BreakerState.OPEN:
+            first = Route(primary, probe=breaker is BreakerState.PROBE)
             return [first, Route(other, fallback_from=primary)] if other else [first]
         if other is None:
             raise NoProviderError(f"{primary.value} is failing (fallback for {left_s:.0f} s more) and no "

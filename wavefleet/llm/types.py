@@ -82,8 +82,9 @@ class LLMRequest(_Model):
     system: str = ""
     tools: tuple[ToolSpec, ...] = ()
     max_tokens: int | None = Field(default=None, ge=1)  # None: the `llm.max_tokens` setting
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    temperature: float | None = Field(default=None, ge=0, le=2)  # xAI only: Anthropic's API has none
     stop: tuple[str, ...] = ()
+    use_cache: bool = True  # False: always ask the provider (a retry that wants a fresh answer)
 
 
 class Usage(_Model):

@@ -53,6 +53,8 @@ class XaiProvider:
             response = chat.sample()
         except grpc.RpcError as exc:
             raise _status_error(exc) from None
+        except ValueError as exc:  # the SDK parses tool-call arguments itself, and chokes on bad JSON
+            raise ProviderError(self.name, f"malformed reply: {exc}") from None
         return self._completion(response)
 
     def _completion(self, response: Any) -> Completion:
