@@ -308,9 +308,8 @@ def _print_story(app: App, record: StoryRecord) -> None:
         summary = output.get("summary") or "; ".join(output.get("reasons", [])) or result.get("error", "")
         decision = f" {output['decision']}" if "decision" in output else ""
         status = "ok" if result.get("ok") else "FAILED"
-        print(
-            f"  {name:<12} {status:<6} [{result.get('agent')}] {result.get('worker', '')}{decision}: {summary}"
-        )
+        who = f"[{result.get('agent')}] {result.get('worker', '')}"
+        print(f"  {name:<12} {status:<6} {who}{decision}: {summary}")
     llm = data["llm"]
     print(
         f"{'llm:':<10} {llm['calls']} calls ({llm['cache_hits']} cache hits), {llm['tokens']} tokens, "
@@ -326,7 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wave", description="Run teams of AI development agents as a fleet."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_story_commands(sub)
+    _add_halt_commands(sub)
+    _add_process_commands(sub)
+    add_llm_commands(sub)
+    return parser
 
+
+def _add_story_commands(sub: Any) -> None:
     p = sub.add_parser("enqueue", help="add stories (arguments or -f FILE); all or nothing")
     p.add_argument("id", nargs="?", help="story id, e.g. AUTH-001 (its prefix picks the domain)")
     p.add_argument("--title")
@@ -369,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason")
         p.set_defaults(handler=_transition(kind, verb))
 
+
+def _add_halt_commands(sub: Any) -> None:
     p = sub.add_parser("stop", help="EMERGENCY STOP: halt the whole fleet now (nothing is lost)")
     p.add_argument("--reason", required=True)
     p.set_defaults(handler=cmd_stop)
@@ -379,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="watch for the EMERGENCY-STOP file (halt on create, resume on delete)")
     p.set_defaults(handler=cmd_watch)
 
+
+def _add_process_commands(sub: Any) -> None:
     p = sub.add_parser("worker", help="run one role worker of a domain")
     p.add_argument("--domain", required=True)
     p.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -398,8 +408,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--stories", default="domains/demo-stories.yaml")
     p.set_defaults(handler=cmd_demo)
-    add_llm_commands(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
