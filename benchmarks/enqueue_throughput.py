@@ -75,10 +75,12 @@ def main() -> int:
 
         stories = make_stories(args.stories)
         batches = [stories[i:i + args.batch] for i in range(0, len(stories), args.batch)]
+        redis.config_resetstat()
         started = time.perf_counter()
         for batch in batches:
             store.enqueue(batch, domains)
         batch_s = time.perf_counter() - started
+        script = redis.info("commandstats").get("cmdstat_evalsha", {})
         check_landed(redis, settings.keys, args.stories)
         check_refused(store, domains, stories[: min(3, len(stories))])
 
@@ -97,6 +99,10 @@ def main() -> int:
           f"AOF size after the run {aof_bytes / 1e6:.1f} MB")
     print(f"batched enqueue : {args.stories} stories in {len(batches)} calls of <= {args.batch}: "
           f"{batch_s:.3f} s = {rate:,.0f} stories/s  (target >= {TARGET_STORIES_PER_S:,})")
+    if script:
+        per_call_ms, size = float(script["usec_per_call"]) / 1000, min(args.batch, args.stories)
+        print(f"  Redis inside the enqueue script: {per_call_ms:.1f} ms per {size}-story call "
+              f"({1000 * per_call_ms / size:.0f} µs a story; no other client is served meanwhile)")
     if args.single:
         print(f"single enqueue  : {args.single} calls of 1 story (connected client): {single_s:.3f} s = "
               f"{args.single / single_s:,.0f} calls/s, {1000 * single_s / args.single:.2f} ms/call")

@@ -43,7 +43,7 @@ def test_with_no_variables_every_setting_has_its_documented_default() -> None:
 
 NESTED = [
     # (variable, value, path to the setting, the value read)
-    ("WAVE_REDIS__URL", "redis://127.0.0.1:6380/2", ("redis", "url"), "redis://10.0.0.5:6380/2"),
+    ("WAVE_REDIS__URL", "redis://127.0.0.1:6380/2", ("redis", "url"), "redis://127.0.0.1:6380/2"),
     ("WAVE_REDIS__URL", "unix:///run/redis.sock", ("redis", "url"), "unix:///run/redis.sock"),
     ("WAVE_REDIS__SOCKET_TIMEOUT_S", "2.5", ("redis", "socket_timeout_s"), 2.5),
     ("WAVE_REDIS__KEY_PREFIX", "acme-prod", ("redis", "key_prefix"), "acme-prod"),

@@ -18,6 +18,7 @@ LAYOUT = [
     ("domain_stories", ("auth",), "wave:stories:auth", "acme-2:stories:auth"),
     ("events", (), "wave:events", "acme-2:events"),
     ("intake", (), "wave:intake", "acme-2:intake"),
+    ("intake_dead", (), "wave:intake:dead", "acme-2:intake:dead"),
     ("supervisor_group", (), "wave:supervisor", "acme-2:supervisor"),
     ("supervisor_lock", (), "wave:supervisor:lock", "acme-2:supervisor:lock"),
     ("queue", ("auth", "fe"), "wave:auth:fe", "acme-2:auth:fe"),

@@ -154,3 +154,19 @@ def test_a_misrouted_job_is_refused_by_the_other_domain_and_rerouted(
 
 def _intake_kinds(redis: Redis, settings: Settings) -> list[str]:
     return [fields["kind"] for _id, fields in redis.xrange(settings.keys.intake())]
+
+
+def test_an_intake_message_that_can_never_apply_is_set_aside_and_routing_goes_on(
+    procs: Processes, store: StoryStore, domains: Domains, redis: Redis, settings: Settings
+) -> None:
+    redis.xadd(settings.keys.intake(), {"kind": "result", "story": "AUTH-404", "role": "pm", "round": "0",
+                                        "attempt": "1"})
+    redis.xadd(settings.keys.intake(), {"kind": "misrouted", "story": "AUTH-405", "role": "nope"})
+    procs.team("auth")
+    supervisor = procs.supervisor()
+    store.enqueue([story("AUTH-406")], domains)
+
+    wait_for_state(store, "AUTH-406", StoryState.DONE)
+
+    assert supervisor.poll() is None
+    assert [f["story"] for _id, f in redis.xrange(settings.keys.intake_dead())] == ["AUTH-405"]

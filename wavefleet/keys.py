@@ -55,6 +55,11 @@ class Keys:
         """Stream the supervisor consumes: new stories, stage results, misrouted jobs, nudges."""
         return self._k("intake")
 
+    def intake_dead(self) -> str:
+        """Stream of intake messages the supervisor could not apply (unknown story, malformed), kept
+        for the operator instead of being retried forever."""
+        return self._k("intake", "dead")
+
     def supervisor_group(self) -> str:
         """Consumer group name of the supervisor on the intake stream."""
         return self._k("supervisor")

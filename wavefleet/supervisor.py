@@ -20,6 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 from . import logs
 from .config import Settings
 from .domains import Domains
+from .errors import WaveError
 from .halt import read_halt
 from .lifecycle import WORKING, Decision, Event, EventKind, Rejected, Role, StoryState
 from .queues import Dispatcher
@@ -178,6 +179,12 @@ class Supervisor:
                 self.log.error("unknown intake message ignored", fields=fields)
         except Rejected as exc:
             self.log.debug("event ignored", story=story_id, kind=kind, why=str(exc))
+        except (WaveError, KeyError, ValueError) as exc:
+            # A message that can never apply (a story that does not exist, a malformed field) must not
+            # stop the supervisor or come back after every restart: park it where an operator sees it.
+            self.log.error("intake message set aside", fields=fields, error=str(exc))
+            self.redis.xadd(self.keys.intake_dead(), {**fields, "error": str(exc)[:500]}, maxlen=10_000,
+                            approximate=True)
 
     def _result_event(self, fields: dict[str, str]) -> Event:
         role, round_, attempt = Role(fields["role"]), int(fields["round"]), int(fields["attempt"])
