@@ -54,7 +54,8 @@ def test_a_worker_killed_mid_stage_has_its_stage_rerun_by_another_worker_of_that
     rerun_after = time.monotonic() - killed_at
     wait_until(lambda: store.get("AUTH-030").state is StoryState.DONE, timeout_s=60, message="done")
 
-    assert rerun_after < 5  # heartbeat TTL 1 s + recovery interval 0.2 s, with room for a loaded machine
+    # heartbeat TTL 1 s + recovery interval 0.2 s; RQ alone would take minutes. Room for a loaded machine.
+    assert rerun_after < 10
     assert terminal_events(store, "AUTH-030") == ["done"]
     rerun = store.result("AUTH-030", 1, Role.BE, 2)
     assert rerun is not None and rerun["worker"] != be_job["worker"]

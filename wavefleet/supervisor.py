@@ -29,6 +29,16 @@ from .store import StoryRecord, StoryStore
 CONSUMER = "supervisor"
 BATCH = 200
 LOST_JOB_STATUSES = {"failed", "stopped", "canceled"}
+# Extend the leader lock if this supervisor holds it, else take it if free: one round trip a loop.
+LEAD_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
+return 0
+"""
+LEAD_NOT_MINE, LEAD_KEPT, LEAD_TAKEN = 0, 1, 2
 
 
 class Supervisor:
@@ -44,6 +54,8 @@ class Supervisor:
         self.log = logs.get()
         self._last_recovery = 0.0
         self.halted = False
+        self._group_ready = False
+        self._lead_script = redis.register_script(LEAD_LUA)
 
     # Loop ------------------------------------------------------------------------------------
     def run(self, *, burst: bool = False) -> None:
@@ -70,6 +82,7 @@ class Supervisor:
             except RedisError as exc:
                 self.log.warning("Redis unavailable; retrying", error=str(exc), retry_in_s=delay)
                 reconciled = False  # after Redis returns (maybe from its AOF), check every story again
+                self._group_ready = False
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 5.0)
         self._release()
@@ -90,21 +103,25 @@ class Supervisor:
         reply = self.redis.xreadgroup(
             self.keys.supervisor_group(), CONSUMER, {self.keys.intake(): start}, count=BATCH, block=block_ms
         )
-        handled = 0
+        done = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self.handle(fields)
-                self.redis.xack(self.keys.intake(), self.keys.supervisor_group(), entry_id)
-                handled += 1
-        return handled
+                done.append(entry_id)
+        if done:  # acknowledged after they were applied: a crash before this re-reads them, harmlessly
+            self.redis.xack(self.keys.intake(), self.keys.supervisor_group(), *done)
+        return len(done)
 
     def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
         try:
             # From id 0: stories enqueued before any supervisor ever ran are routed too.
             self.redis.xgroup_create(self.keys.intake(), self.keys.supervisor_group(), id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self._group_ready = True
 
     # Emergency stop --------------------------------------------------------------------------
     def _halted(self) -> bool:
@@ -141,14 +158,11 @@ class Supervisor:
     # Leadership ------------------------------------------------------------------------------
     def _lead(self) -> bool:
         """Hold the leader lock: only one supervisor dispatches at a time."""
-        key, ttl_ms = self.keys.supervisor_lock(), int(self.settings.supervisor.lock_ttl_s * 1000)
-        if self.redis.set(key, self.token, nx=True, px=ttl_ms):
+        ttl_ms = int(self.settings.supervisor.lock_ttl_s * 1000)
+        held = int(self._lead_script(keys=[self.keys.supervisor_lock()], args=[self.token, ttl_ms]))
+        if held == LEAD_TAKEN:
             self.log.info("supervisor is the leader")
-            return True
-        if self.redis.get(key) == self.token:
-            self.redis.pexpire(key, ttl_ms)
-            return True
-        return False
+        return held != LEAD_NOT_MINE
 
     def _release(self) -> None:
         try:
@@ -183,8 +197,9 @@ class Supervisor:
             # A message that can never apply (a story that does not exist, a malformed field) must not
             # stop the supervisor or come back after every restart: park it where an operator sees it.
             self.log.error("intake message set aside", fields=fields, error=str(exc))
-            self.redis.xadd(self.keys.intake_dead(), {**fields, "error": str(exc)[:500]}, maxlen=10_000,
-                            approximate=True)
+            self.redis.xadd(
+                self.keys.intake_dead(), {**fields, "error": str(exc)[:500]}, maxlen=10_000, approximate=True
+            )
 
     def _result_event(self, fields: dict[str, str]) -> Event:
         role, round_, attempt = Role(fields["role"]), int(fields["round"]), int(fields["attempt"])
