@@ -23,6 +23,8 @@ from wavefleet.stories import Story
 from wavefleet.testing import Processes, env_of, wait_until
 
 pytestmark = pytest.mark.slow
+# Waits here are generous bounds for a loaded CI machine; the latency itself is measured by
+# benchmarks/halt_latency.py, not asserted by tests.
 ONE_EACH = {"pm": 1, "fe": 1, "be": 1, "qa": 1, "cto": 1}
 
 
@@ -90,12 +92,12 @@ def test_the_emergency_stop_file_halts_ten_busy_workers_and_removing_it_finishes
     settings.halt_file.write_text("smoke in the server room\n")
     wait_until(
         lambda: len(_acks(redis, settings)) == len(live_workers(redis, settings)),
-        timeout_s=5,
+        timeout_s=10,
         message="every live worker to ack",
     )
     wait_until(
         lambda: all(store.get(i).state is StoryState.HALTED for i in ids),
-        timeout_s=5,
+        timeout_s=10,
         message="every story halted",
     )
 
@@ -104,7 +106,7 @@ def test_the_emergency_stop_file_halts_ten_busy_workers_and_removing_it_finishes
     assert len(Queue(settings.keys.queue("auth", "pm"), connection=connect(settings, decode=False))) == 10
     wait_until(
         lambda: "smoke in the server room" in (redis.get(settings.keys.halt()) or ""),
-        timeout_s=5,
+        timeout_s=10,
         message="the file's text as the halt reason",
     )
     assert "EMERGENCY STOP" in procs.logs()
@@ -141,7 +143,7 @@ def test_wave_stop_halts_a_story_in_any_stage_and_wave_resume_continues_it(
 
     stopped = wave(settings, "stop", "--reason", "deploy freeze")
     assert stopped.returncode == 0, stopped.stderr
-    wait_until(lambda: store.get("PAYMENTS-300").state is StoryState.HALTED, timeout_s=5, message="halted")
+    wait_until(lambda: store.get("PAYMENTS-300").state is StoryState.HALTED, timeout_s=10, message="halted")
     assert "FLEET HALTED" in wave(settings, "status").stdout
 
     assert wave(settings, "resume").returncode == 0
@@ -163,8 +165,8 @@ def test_a_worker_that_missed_the_halt_message_still_halts_from_the_flag(
     )  # ...no publish
 
     pid = int(str(next(iter(busy.values()))["pid"]))
-    wait_until(lambda: not process_group_alive(pid), timeout_s=5, message="the stage to be stopped")
-    wait_until(lambda: store.get("AUTH-320").state is StoryState.HALTED, timeout_s=5, message="halted")
+    wait_until(lambda: not process_group_alive(pid), timeout_s=10, message="the stage to be stopped")
+    wait_until(lambda: store.get("AUTH-320").state is StoryState.HALTED, timeout_s=10, message="halted")
 
 
 def test_a_worker_started_during_a_halt_stays_idle_until_resume(
