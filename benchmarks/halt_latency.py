@@ -79,12 +79,18 @@ def _repeat(settings, redis, workers: int, repetitions: int) -> dict[str, list[f
         time.sleep(0.2)
         started = time.time()
         settings.halt_file.write_text("benchmark")
-        done = wait_until(
-            lambda: _complete(redis, settings, workers),
-            timeout_s=60,
-            interval_s=0.01,
-            message="every ack and stop",
-        )
+        try:
+            done = wait_until(
+                lambda: _complete(redis, settings, workers),
+                timeout_s=60,
+                interval_s=0.01,
+                message="every ack and stop",
+            )
+        except AssertionError:
+            acks = {k: json.loads(v) for k, v in redis.hgetall(settings.keys.halt_acks()).items()}
+            missing = {k: v for k, v in acks.items() if not v.get("stopped_at")}
+            raise AssertionError(f"{len(acks)} acks, without a stop: {missing}; "
+                                 f"running: {redis.hgetall(settings.keys.running())}") from None
         acks.append(max(a["at"] for a in done) - started)
         stops.append(max(a["stopped_at"] for a in done) - started)
         settings.halt_file.unlink()

@@ -29,6 +29,7 @@ from .store import StoryRecord, StoryStore
 CONSUMER = "supervisor"
 BATCH = 200
 LOST_JOB_STATUSES = {"failed", "stopped", "canceled"}
+HALT_SWEEP_DELAY_S = 0.5
 # Extend the leader lock if this supervisor holds it, else take it if free: one round trip a loop.
 LEAD_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -54,6 +55,8 @@ class Supervisor:
         self.log = logs.get()
         self._last_recovery = 0.0
         self.halted = False
+        self.halt_swept = False
+        self.halt_seen = 0.0
         self._group_ready = False
         self._lead_script = redis.register_script(LEAD_LUA)
 
@@ -125,7 +128,7 @@ class Supervisor:
 
     # Emergency stop --------------------------------------------------------------------------
     def _halted(self) -> bool:
-        """While the fleet is halted: halt every working story once, dispatch nothing."""
+        """While the fleet is halted: dispatch nothing, and mark every working story halted once."""
         state = read_halt(self.redis, self.keys)
         if state is None:
             if self.halted:
@@ -133,9 +136,13 @@ class Supervisor:
                 self.resume_stories()
             return False
         if not self.halted:
-            self.halted = True
+            self.halted, self.halt_swept, self.halt_seen = True, False, time.monotonic()
             self.log.error("EMERGENCY STOP", reason=state.reason, by=state.by)
+        # Mark the stories a moment later: the workers stopping their stages come first on a busy
+        # machine, and the stories' state is bookkeeping (the stages are already back on their queues).
+        if not self.halt_swept and time.monotonic() - self.halt_seen >= HALT_SWEEP_DELAY_S:
             self.halt_stories(state.reason)
+            self.halt_swept = True
         return True
 
     def halt_stories(self, reason: str) -> None:

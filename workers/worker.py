@@ -22,7 +22,7 @@ from wavefleet.config import Settings
 from wavefleet.connection import connect
 from wavefleet.domains import Domain
 from wavefleet.halt import HaltListener, HaltState, read_halt, record_ack
-from wavefleet.lifecycle import Event, EventKind, Rejected, Role
+from wavefleet.lifecycle import Role
 from wavefleet.store import StoryStore
 
 # Imported here, in the worker, so every forked work horse inherits the module instead of importing
@@ -30,6 +30,7 @@ from wavefleet.store import StoryStore
 from . import runtime, stage  # noqa: F401
 
 PR_SET_PDEATHSIG = 1
+GROUP_WAIT_S = 0.5
 WORKER_LOG_LENGTH = 1000
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)
 
@@ -74,14 +75,18 @@ class WaveWorker(Worker):
                 self.current_job = None
         self.set_state(WorkerStatus.IDLE)
 
-    def stop_for_halt(self) -> str | None:
-        """Kill the running stage's process group (called with the gate's lock held)."""
+    def running_job_id(self) -> str | None:
+        """The job a live horse is running (read with the gate's lock held)."""
         job = self.current_job
-        if job is None or not self._horse_pid:
-            return None
+        return str(job.id) if job is not None and self._horse_pid else None
+
+    def stop_for_halt(self) -> None:
+        """Kill the running stage's whole process group (called with the gate's lock held)."""
+        job, pid = self.current_job, self._horse_pid
+        if job is None or not pid:
+            return
         self._stopped_job_id = self.halted_job_id = job.id
-        self.kill_horse(signal.SIGKILL)
-        return str(job.id)
+        _kill_group(pid)
 
     def _handle_stopped_job(self, job: Job, queue: Queue, execution: Any) -> None:
         if job.id != self.halted_job_id:
@@ -170,7 +175,6 @@ class HaltGate:
         self.resumed.set()
         self.worker: WaveWorker | None = None
         self.acked_at = 0.0
-        self.reason = ""
         self.log = logs.get()
 
     def on_halt(self, state: HaltState) -> None:
@@ -179,16 +183,27 @@ class HaltGate:
                 return
             self.halted.set()
             self.resumed.clear()
-            job_id = self.worker.stop_for_halt() if self.worker is not None else None
-            self.reason = state.reason
-        self.acked_at = time.time()
-        record_ack(
-            self.rt.redis, self.keys, self.rt.name, identity=self.rt.identity, job=job_id, at=self.acked_at
-        )
+            job_id = self.worker.running_job_id() if self.worker is not None else None
+            # The ack goes first, so the stop record written after the kill can never be overwritten by it.
+            self.acked_at = time.time()
+            record_ack(
+                self.rt.redis,
+                self.keys,
+                self.rt.name,
+                identity=self.rt.identity,
+                job=job_id,
+                at=self.acked_at,
+            )
+            if self.worker is not None:
+                self.worker.stop_for_halt()
         self.log.error("EMERGENCY STOP", reason=state.reason, by=state.by, job_stopped=job_id)
 
     def job_stopped(self, job: Job, stopped_at: float) -> None:
-        """The stopped stage's process group is gone and its job is back on the queue."""
+        """The stopped stage's process group is gone and its job is back on the queue.
+
+        The story itself is marked halted by the supervisor, after the workers have stopped: keeping
+        that work off this path is what keeps a halt fast on a busy machine. With no supervisor
+        running nothing is lost either: the stage is back on its queue and runs on resume."""
         record_ack(
             self.rt.redis,
             self.keys,
@@ -198,10 +213,6 @@ class HaltGate:
             at=self.acked_at,
             stopped_at=stopped_at,
         )
-        # After the ack, off the latency path: the supervisor halts every story too, but it may be down.
-        story_id = job.kwargs.get("story_id", "")
-        with contextlib.suppress(Rejected):  # the supervisor got there first
-            self.rt.store.apply(story_id, Event(EventKind.HALT, reason=f"emergency stop: {self.reason}"))
 
     def on_resume(self) -> None:
         with self.lock:
@@ -222,6 +233,22 @@ class HaltGate:
                 break
             if read_halt(self.rt.redis, self.keys) is None:  # the resume message was missed
                 self.on_resume()
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a horse and every process it started. The horse makes itself a process-group leader
+    first thing after the fork; until it has, its group is still ours, so wait (briefly) for that
+    rather than kill this worker's own group."""
+    deadline = time.monotonic() + GROUP_WAIT_S
+    try:
+        while os.getpgid(pid) != pid and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the horse had already finished
 
 
 def _die_with_parent() -> None:
