@@ -282,3 +282,12 @@ def test_to_env_reproduces_the_settings_in_another_process(
         monkeypatch.setenv(name, value)
 
     assert load_settings() == original
+
+
+@pytest.mark.parametrize("variable", ["WAVE_ANTHROPIC__API_KEY", "WAVE_XAI__API_KEY", "WAVE_REDIS__PASSWORD"])
+def test_a_secret_set_but_empty_means_none(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv(variable, "")
+
+    section, field = variable.removeprefix("WAVE_").lower().split("__")
+
+    assert getattr(getattr(load_settings(), section), field) is None

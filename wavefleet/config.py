@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
@@ -22,6 +22,15 @@ NESTED = "__"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: Any, info: ValidationInfo) -> Any:
+        # `WAVE_ANTHROPIC__API_KEY=` (set but empty, as compose passes an unset variable) means no key.
+        field = cls.model_fields.get(info.field_name or "")
+        if value == "" and field is not None and "SecretStr" in str(field.annotation):
+            return None
+        return value
 
 
 class RedisSettings(_Section):

@@ -6,7 +6,7 @@ import fcntl
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,20 +68,24 @@ class Workspace:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def ensure_clone(self) -> Path:
-        """Clone the domain's repository on first use (a plain folder is first made a repository)."""
+        """Clone the domain's repository on first use (a plain folder is first made a repository).
+
+        Both steps build in a scratch folder and rename it into place when complete, so a worker
+        killed half-way leaves nothing that looks finished."""
         with self._locked():
             if not (self.clone / ".git").exists():
                 source = self._source()
-                if self.clone.exists():
-                    shutil.rmtree(self.clone)
-                git(
-                    self.root,
-                    "clone",
-                    "--quiet",
-                    "--branch",
-                    self.domain.base_branch,
-                    str(source),
-                    str(self.clone),
+                self._build(
+                    self.clone,
+                    lambda scratch: git(
+                        self.root,
+                        "clone",
+                        "--quiet",
+                        "--branch",
+                        self.domain.base_branch,
+                        str(source),
+                        str(scratch),
+                    ),
                 )
         return self.clone
 
@@ -96,13 +100,23 @@ class Workspace:
         # A sample service shipped as a folder: seed a repository from it, once.
         seed = self.root / "seed"
         if not (seed / ".git").exists():
-            if seed.exists():
-                shutil.rmtree(seed)
-            shutil.copytree(repo, seed, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
-            git(seed, "init", "--quiet", "--initial-branch", self.domain.base_branch)
-            git(seed, "add", "-A")
-            git(seed, "commit", "--quiet", "-m", f"Seed {self.domain.name} sample service")
+            self._build(seed, lambda scratch: self._seed(repo, scratch))
         return seed
+
+    def _seed(self, repo: Path, scratch: Path) -> None:
+        shutil.copytree(repo, scratch, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+        git(scratch, "init", "--quiet", "--initial-branch", self.domain.base_branch)
+        git(scratch, "add", "-A")
+        git(scratch, "commit", "--quiet", "-m", f"Seed {self.domain.name} sample service")
+
+    def _build(self, target: Path, make: Callable[[Path], object]) -> None:
+        """Make `target` in a scratch folder beside it, then rename it into place (atomic)."""
+        scratch = target.with_name(f".{target.name}.partial")
+        for leftover in (scratch, target):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+        make(scratch)
+        scratch.rename(target)
 
     def worktree(self, branch: str, *, start: str | None = None) -> Path:
         """Check out `branch` in its own worktree, creating it from `start` (default: base) if new."""

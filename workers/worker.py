@@ -6,9 +6,12 @@ import contextlib
 import ctypes
 import json
 import os
+import secrets
 import signal
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -284,7 +287,9 @@ class Heartbeat(threading.Thread):
 def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, burst: bool = False) -> None:
     """Serve one domain-role queue until stopped; reconnects by itself if Redis goes away."""
     identity = logs.identity(domain.name, role.value, index)
-    name = f"{identity.lower()}.{os.getpid()}"
+    # Unique per start: in a restarted container the pid repeats, and RQ refuses a live name.
+    name = f"{identity.lower()}.{secrets.token_hex(3)}.{os.getpid()}"
+    name_file(os.getpid()).write_text(name)
     redis = connect(settings)
     store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
     runtime.install(runtime.Runtime(settings, redis, store, domain, role, identity, name))
@@ -316,7 +321,13 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     finally:
         listener.stop()
         heartbeat.stop()
+        name_file(os.getpid()).unlink(missing_ok=True)
         log.info("worker stopped")
+
+
+def name_file(pid: int) -> Path:
+    """Where a worker process publishes its name (read by the container healthcheck)."""
+    return Path(tempfile.gettempdir()) / f"wave-worker-{pid}.name"
 
 
 def _first_beat(heartbeat: Heartbeat, redis: Redis, settings: Settings, name: str) -> None:

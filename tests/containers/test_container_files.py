@@ -1,0 +1,123 @@
+"""The container files themselves, no Docker engine needed: every shipped domain has a compose file
+with the team its domain.toml declares, every WAVE container is locked down, Redis's start script
+never runs without a password and never puts it on a command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from docker_fleet import REPO
+
+from wavefleet.domains import load_domains
+from wavefleet.lifecycle import Role
+
+COMPOSE = REPO / "compose"
+DOMAINS = load_domains(REPO / "domains")
+
+
+def compose_file(name: str) -> dict[str, Any]:
+    return dict(yaml.safe_load((COMPOSE / f"{name}.yml").read_text()))
+
+
+@pytest.mark.parametrize("domain", DOMAINS.names())
+def test_each_shipped_domain_has_a_compose_file_running_exactly_its_team(domain: str) -> None:
+    team = DOMAINS.get(domain).team
+    expected = {f"{domain}-{role.value}-{i}" for role in Role for i in range(1, team.size(role) + 1)}
+
+    assert (COMPOSE / f"{domain}.yml").exists(), (
+        f"domain {domain} has no compose/{domain}.yml (copy auth.yml)"
+    )
+    services = compose_file(domain)["services"]
+
+    assert set(services) == expected
+    for name, service in services.items():
+        _, role, index = name.split("-")
+        assert service["extends"] == {"file": "common.yml", "service": "wave"}
+        assert service["container_name"] == f"${{COMPOSE_PROJECT_NAME:-wave}}-{name}"
+        assert service["command"] == ["worker", "--domain", domain, "--role", role, "--index", index]
+        assert service["labels"]["dev.dozzle.group"] == domain
+        assert service["depends_on"] == {"redis": {"condition": "service_healthy"}}
+
+
+def test_the_template_every_wave_container_extends_is_locked_down() -> None:
+    wave = compose_file("common")["services"]["wave"]
+
+    assert wave["read_only"] is True
+    assert wave["cap_drop"] == ["ALL"]
+    assert wave["security_opt"] == ["no-new-privileges:true"]
+    assert not wave["user"].startswith("0")
+    assert any(t.startswith("/tmp") for t in wave["tmpfs"])
+    assert wave["environment"]["WAVE_LOG_FORMAT"] == "json"
+    assert "?" in wave["environment"]["WAVE_REDIS__PASSWORD"]  # ${VAR:?message}: required, no default
+
+
+def test_only_dozzle_sees_the_docker_socket_and_only_read_only() -> None:
+    files = [compose_file(p.stem) for p in sorted(COMPOSE.glob("*.yml"))]
+    mounts = {
+        name: volume
+        for f in files
+        for name, service in f["services"].items()
+        for volume in service.get("volumes", [])
+        if "docker.sock" in volume
+    }
+
+    assert mounts == {"dozzle": "/var/run/docker.sock:/var/run/docker.sock:ro"}
+
+
+def test_redis_conf_keeps_an_append_only_file_never_evicts_and_holds_no_password() -> None:
+    lines = [line.split(None, 1) for line in (REPO / "docker/redis.conf").read_text().splitlines()]
+    config = {line[0]: line[1].strip() for line in lines if line and not line[0].startswith("#")}
+
+    assert config["appendonly"] == "yes"
+    assert config["appendfsync"] == "everysec"
+    assert config["maxmemory-policy"] == "noeviction"
+    assert "requirepass" not in config
+
+
+def start_redis(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """docker/redis-start.sh with a stand-in redis-server that prints what it was given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "redis-server"
+    fake.write_text('#!/bin/sh\necho "argv: $*"\ncat "$1"\necho "env: $(env | grep -c REDIS_PASSWORD)"\n')
+    fake.chmod(0o755)
+    return subprocess.run(
+        ["sh", str(REPO / "docker/redis-start.sh")],
+        env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "REDIS_RUN_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_redis_start_refuses_to_run_without_a_password(tmp_path: Path) -> None:
+    result = start_redis(tmp_path)
+
+    assert result.returncode == 78
+    assert "set WAVE_REDIS__PASSWORD" in result.stderr
+
+
+@pytest.mark.parametrize("password", ["plain-password-123", 'with "quotes" and \\ and $dollar and spaces'])
+def test_redis_start_passes_any_password_through_a_private_file_only(tmp_path: Path, password: str) -> None:
+    result = start_redis(tmp_path, REDIS_PASSWORD=password, REDIS_APPENDFSYNC="always")
+
+    assert result.returncode == 0, result.stderr
+    assert password not in result.stdout.splitlines()[0]  # the command line
+    assert "env: 0" in result.stdout  # redis-server's environment
+    assert "appendfsync always" in result.stdout
+    escaped = password.replace("\\", "\\\\").replace('"', '\\"')
+    assert f'requirepass "{escaped}"' in result.stdout
+    assert (tmp_path / "redis.conf").stat().st_mode & 0o077 == 0
+
+
+def test_redis_start_refuses_an_unknown_fsync_policy(tmp_path: Path) -> None:
+    result = start_redis(tmp_path, REDIS_PASSWORD="x" * 20, REDIS_APPENDFSYNC="sometimes")
+
+    assert result.returncode == 78
+    assert "everysec or always" in result.stderr
