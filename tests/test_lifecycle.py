@@ -504,7 +504,7 @@ def test_the_random_walk_catches_a_transition_missing_from_the_table(
     @PINNED_WALK
     @given(data=st.data())
     def walk(data: st.DataObject) -> None:
-        random_walk(data, 50)
+        random_walk(data, 200)  # long enough to reach every transition in any seed, not just a lucky one
 
     # When the same random walk runs
     # Then it fails: the property above would catch a handler leaving the table

@@ -133,7 +133,12 @@ def test_the_emergency_stop_file_halts_every_worker_container_and_removing_it_re
         diagnose=auth_fleet.diagnose,
     )
     assert "FLEET HALTED" in banner and "container drill" in banner
-    assert store.get("AUTH-102").state is StoryState.HALTED
+    wait_for(  # the supervisor marks stories halted just after the workers stopped their stages
+        lambda: store.get("AUTH-102").state is StoryState.HALTED,
+        timeout_s=30,
+        what="AUTH-102 to be marked halted",
+        diagnose=auth_fleet.diagnose,
+    )
     for member in TEAM:
         assert '"EMERGENCY STOP"' in auth_fleet.logs(f"auth-{member}"), member
     assert auth_fleet.wave("resume", check=False).returncode == 75  # the file still exists
