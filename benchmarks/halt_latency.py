@@ -31,7 +31,7 @@ from wavefleet.testing import Processes, fast_settings, redis_server, wait_until
 DOMAIN = """prefix = "BENCH"
 repo = "{repo}"
 [team]
-pm = {n}
+pm = 1  # workers are started by this program, not from the team size
 """
 
 
@@ -44,7 +44,7 @@ def measure(workers: int, repetitions: int, root: Path) -> dict[str, list[float]
     domains = root / "domains"
     (domains / "bench").mkdir(parents=True)
     (domains / "bench" / "domain.toml").write_text(
-        DOMAIN.format(repo=REPO / "domains/auth/sample", n=workers)
+        DOMAIN.format(repo=REPO / "domains/auth/sample")
     )
     with redis_server(root / "redis") as server:
         settings = fast_settings(server, root / "data", domains)

@@ -50,6 +50,7 @@ class WaveWorker(Worker):
         self.shutdown_requested = False
         self.current_job: Job | None = None
         self.halted_job_id: str | None = None
+        self.reaped_at = 0.0
 
     def request_stop(self, signum: int, frame: Any) -> None:
         # RQ raises StopRequested when idle and only sets its own flag when busy; remember either way.
@@ -91,12 +92,17 @@ class WaveWorker(Worker):
         self._stopped_job_id = self.halted_job_id = job.id
         _kill_group(pid)
 
+    def wait_for_horse(self) -> Any:
+        result = super().wait_for_horse()
+        self.reaped_at = time.time()  # the horse and its process group are gone from this moment
+        return result
+
     def _handle_stopped_job(self, job: Job, queue: Queue, execution: Any) -> None:
         if job.id != self.halted_job_id:
             super()._handle_stopped_job(job, queue, execution)
             return
         # Stopped by a halt: not a failure. Back to the front of its queue, no retry counted.
-        stopped_at = time.time()  # the horse and its process group are gone (reaped) by now
+        stopped_at = self.reaped_at
         self.halted_job_id = self._stopped_job_id = None
         with self.connection.pipeline() as pipe:
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
