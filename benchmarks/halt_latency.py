@@ -1,5 +1,6 @@
 """Halt latency: from creating EMERGENCY-STOP to (a) the last worker's ack and (b) the last running
-stage stopped (its process group reaped and the job back on its queue).
+stage stopped, reported twice: when the last SIGKILL was sent to a stage's process group (from then
+on it runs no more code) and when the last stage's process was reaped with its job back on its queue.
 
 Real processes on a real redis-server: the watcher (inotify), the supervisor and N role workers,
 each in a running stage (a PM stage waiting on a child `sleep`). Each repetition creates the file,
@@ -69,7 +70,7 @@ def measure(workers: int, repetitions: int, root: Path) -> dict[str, list[float]
 
 
 def _repeat(settings, redis, workers: int, repetitions: int) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
-    acks, stops = [], []
+    acks, kills, stops = [], [], []
     for _ in range(repetitions):
         wait_until(
             lambda: redis.hlen(settings.keys.running()) == workers,
@@ -87,15 +88,16 @@ def _repeat(settings, redis, workers: int, repetitions: int) -> dict[str, list[f
                 message="every ack and stop",
             )
         except AssertionError:
-            acks = {k: json.loads(v) for k, v in redis.hgetall(settings.keys.halt_acks()).items()}
-            missing = {k: v for k, v in acks.items() if not v.get("stopped_at")}
-            raise AssertionError(f"{len(acks)} acks, without a stop: {missing}; "
+            found = {k: json.loads(v) for k, v in redis.hgetall(settings.keys.halt_acks()).items()}
+            missing = {k: v for k, v in found.items() if not v.get("stopped_at")}
+            raise AssertionError(f"{len(found)} acks, without a stop: {missing}; "
                                  f"running: {redis.hgetall(settings.keys.running())}") from None
         acks.append(max(a["at"] for a in done) - started)
+        kills.append(max(a["killed_at"] for a in done) - started)
         stops.append(max(a["stopped_at"] for a in done) - started)
         settings.halt_file.unlink()
         wait_until(lambda: redis.get(settings.keys.halt()) is None, timeout_s=30, message="resume")
-    return {"ack": acks, "stopped": stops}
+    return {"ack": acks, "killed": kills, "stopped": stops}
 
 
 def _complete(redis, settings, workers: int) -> list[dict[str, float]] | None:  # type: ignore[no-untyped-def]
@@ -111,14 +113,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--repetitions", type=int, default=20)
     args = parser.parse_args()
-    print(f"{'workers':>7} {'what':<22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(f"{'workers':>7} {'what':<34} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
             result = measure(workers, args.repetitions, Path(tmp))
-        for name, label in (("ack", "(a) last ack"), ("stopped", "(b) last stage stopped")):
+        for name, label in (("ack", "(a) last ack"), ("killed", "(b) last stage killed (SIGKILL sent)"),
+                            ("stopped", "(b) last stage reaped, job requeued")):
             ms = [v * 1000 for v in result[name]]
             print(
-                f"{workers:>7} {label:<22} {statistics.median(ms):>8.1f} {percentile(ms, 0.99):>8.1f} "
+                f"{workers:>7} {label:<34} {statistics.median(ms):>8.1f} {percentile(ms, 0.99):>8.1f} "
                 f"{max(ms):>8.1f}",
                 flush=True,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -50,6 +51,16 @@ def _bind_worker(process: str) -> Any:
 def _prefix_event(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     event["event"] = f"[{event.pop('worker')}] {event['event']}"
     return event
+
+
+def _fresh_write_locks() -> None:
+    # structlog guards each output file with a lock. A worker forks its work horse while its listener
+    # or heartbeat thread may be writing a line; the horse would inherit that lock held, forever, and
+    # hang on its first log line. The child starts with new locks instead.
+    structlog._output.WRITE_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_fresh_write_locks)
 
 
 def get(**bound: Any) -> Any:

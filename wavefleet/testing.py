@@ -61,15 +61,18 @@ def wait_until(
     timeout_s: float = 30.0,
     interval_s: float = 0.05,
     message: str = "condition",
+    diagnose: Callable[[], str] | None = None,
 ) -> T:
-    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
+    """Poll `predicate` until it returns something truthy; fail after `timeout_s`, with what
+    `diagnose()` says (logs, container states) appended."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+            detail = f"\n{diagnose()}" if diagnose else ""
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}{detail}")
         time.sleep(interval_s)
 
 

@@ -184,6 +184,7 @@ class HaltGate:
         self.resumed.set()
         self.worker: WaveWorker | None = None
         self.acked_at = 0.0
+        self.killed_at = 0.0
         self.log = logs.get()
 
     def on_halt(self, state: HaltState) -> None:
@@ -205,6 +206,7 @@ class HaltGate:
             )
             if self.worker is not None:
                 self.worker.stop_for_halt()
+                self.killed_at = time.time()  # SIGKILL sent: the stage runs no more code
         self.log.error("EMERGENCY STOP", reason=state.reason, by=state.by, job_stopped=job_id)
 
     def job_stopped(self, job: Job, stopped_at: float) -> None:
@@ -220,6 +222,7 @@ class HaltGate:
             identity=self.rt.identity,
             job=job.id,
             at=self.acked_at,
+            killed_at=self.killed_at,
             stopped_at=stopped_at,
         )
 

@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from wavefleet.config import Settings
 from wavefleet.connection import connect
 from wavefleet.embedded import free_port
 from wavefleet.store import StoryStore
+from wavefleet.testing import wait_until
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -76,14 +76,7 @@ def wait_for(
     diagnose: Callable[[], str] = lambda: "",
     interval_s: float = 0.5,
 ) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}\n{diagnose()}")
-        time.sleep(interval_s)
+    return wait_until(predicate, timeout_s=timeout_s, interval_s=interval_s, message=what, diagnose=diagnose)
 
 
 def content_hash(*inputs: str | Path) -> str:
