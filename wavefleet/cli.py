@@ -163,7 +163,7 @@ def cmd_events(app: App, args: argparse.Namespace) -> int:
 
 def _transition(kind: EventKind, verb: str) -> Callable[[App, argparse.Namespace], int]:
     def command(app: App, args: argparse.Namespace) -> int:
-        reason = args.reason or f"{verb} by operator {os.environ.get('USER', '')}".strip()
+        reason = args.reason or f"{verb} by {_operator()}"
         try:
             outcome = app.store.apply(args.id, Event(kind, reason=reason))
         except Rejected as exc:
