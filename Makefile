@@ -33,7 +33,7 @@ test-fast: install ## the tests without the end-to-end process tests
 
 lint: install ## ruff
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check wavefleet workers
+	$(BIN)/ruff format --check .
 
 typecheck: install ## mypy --strict on the packages
 	$(BIN)/mypy

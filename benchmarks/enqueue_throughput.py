@@ -50,13 +50,19 @@ def make_stories(count: int, start: int = 1) -> list[Story]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stories", type=int, default=10_000,
-                        help="stories enqueued in batches (default 10000)")
+    parser.add_argument(
+        "--stories", type=int, default=10_000, help="stories enqueued in batches (default 10000)"
+    )
     parser.add_argument("--batch", type=int, default=500, help="stories per enqueue call (default 500)")
-    parser.add_argument("--single", type=int, default=1_000,
-                        help="single-story enqueue calls timed after the batches (default 1000)")
-    parser.add_argument("--cli", type=int, default=5,
-                        help="real `wave enqueue` processes timed (default 5; 0: skip)")
+    parser.add_argument(
+        "--single",
+        type=int,
+        default=1_000,
+        help="single-story enqueue calls timed after the batches (default 1000)",
+    )
+    parser.add_argument(
+        "--cli", type=int, default=5, help="real `wave enqueue` processes timed (default 5; 0: skip)"
+    )
     parser.add_argument("--appendfsync", choices=("everysec", "always", "no"), default="everysec")
     args = parser.parse_args()
     if args.stories < 1 or args.batch < 1 or args.single < 0 or args.cli < 0:
@@ -67,14 +73,16 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     domains = load_domains(REPO / "domains")
-    with tempfile.TemporaryDirectory(prefix="wave-bench-") as tmp, \
-            redis_server(Path(tmp) / "redis", appendfsync=args.appendfsync) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="wave-bench-") as tmp,
+        redis_server(Path(tmp) / "redis", appendfsync=args.appendfsync) as server,
+    ):
         settings = fast_settings(server, Path(tmp) / "data", REPO / "domains")
         redis = connect(settings)
         store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
 
         stories = make_stories(args.stories)
-        batches = [stories[i:i + args.batch] for i in range(0, len(stories), args.batch)]
+        batches = [stories[i : i + args.batch] for i in range(0, len(stories), args.batch)]
         redis.config_resetstat()
         started = time.perf_counter()
         for batch in batches:
@@ -95,20 +103,30 @@ def main() -> int:
         aof_bytes = sum(p.stat().st_size for p in aof.glob("*")) if aof.is_dir() else 0
 
     rate = args.stories / batch_s
-    print(f"redis-server AOF on, appendfsync {args.appendfsync}; "
-          f"AOF size after the run {aof_bytes / 1e6:.1f} MB")
-    print(f"batched enqueue : {args.stories} stories in {len(batches)} calls of <= {args.batch}: "
-          f"{batch_s:.3f} s = {rate:,.0f} stories/s  (target >= {TARGET_STORIES_PER_S:,})")
+    print(
+        f"redis-server AOF on, appendfsync {args.appendfsync}; "
+        f"AOF size after the run {aof_bytes / 1e6:.1f} MB"
+    )
+    print(
+        f"batched enqueue : {args.stories} stories in {len(batches)} calls of <= {args.batch}: "
+        f"{batch_s:.3f} s = {rate:,.0f} stories/s  (target >= {TARGET_STORIES_PER_S:,})"
+    )
     if script:
         per_call_ms, size = float(script["usec_per_call"]) / 1000, min(args.batch, args.stories)
-        print(f"  Redis inside the enqueue script: {per_call_ms:.1f} ms per {size}-story call "
-              f"({1000 * per_call_ms / size:.0f} µs a story; no other client is served meanwhile)")
+        print(
+            f"  Redis inside the enqueue script: {per_call_ms:.1f} ms per {size}-story call "
+            f"({1000 * per_call_ms / size:.0f} µs a story; no other client is served meanwhile)"
+        )
     if args.single:
-        print(f"single enqueue  : {args.single} calls of 1 story (connected client): {single_s:.3f} s = "
-              f"{args.single / single_s:,.0f} calls/s, {1000 * single_s / args.single:.2f} ms/call")
+        print(
+            f"single enqueue  : {args.single} calls of 1 story (connected client): {single_s:.3f} s = "
+            f"{args.single / single_s:,.0f} calls/s, {1000 * single_s / args.single:.2f} ms/call"
+        )
     if cli_s is not None:
-        print(f"`wave enqueue`  : {args.cli} processes: {cli_s / args.cli:.3f} s per process "
-              "(interpreter start, imports, connect, enqueue)")
+        print(
+            f"`wave enqueue`  : {args.cli} processes: {cli_s / args.cli:.3f} s per process "
+            "(interpreter start, imports, connect, enqueue)"
+        )
     verdict = "PASS" if rate >= TARGET_STORIES_PER_S else "MISS"
     print(f"{verdict}: {rate:,.0f} stories/s batched")
     return 0 if verdict == "PASS" else 1
@@ -143,8 +161,14 @@ def time_cli(settings: Settings, count: int, start: int) -> float:
     env = env_of(settings)
     started = time.perf_counter()
     for story in make_stories(count, start=start):
-        subprocess.run([sys.executable, "-m", "wavefleet.cli", "enqueue", story.id, "--title", story.title],
-                       env=env, cwd=REPO, check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "wavefleet.cli", "enqueue", story.id, "--title", story.title],
+            env=env,
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
     return time.perf_counter() - started
 
 

@@ -44,9 +44,7 @@ def percentile(values: list[float], q: float) -> float:
 def measure(workers: int, repetitions: int, root: Path) -> dict[str, list[float]]:
     domains = root / "domains"
     (domains / "bench").mkdir(parents=True)
-    (domains / "bench" / "domain.toml").write_text(
-        DOMAIN.format(repo=REPO / "domains/auth/sample")
-    )
+    (domains / "bench" / "domain.toml").write_text(DOMAIN.format(repo=REPO / "domains/auth/sample"))
     with redis_server(root / "redis") as server:
         settings = fast_settings(server, root / "data", domains)
         redis = connect(settings)
@@ -90,8 +88,10 @@ def _repeat(settings, redis, workers: int, repetitions: int) -> dict[str, list[f
         except AssertionError:
             found = {k: json.loads(v) for k, v in redis.hgetall(settings.keys.halt_acks()).items()}
             missing = {k: v for k, v in found.items() if not v.get("stopped_at")}
-            raise AssertionError(f"{len(found)} acks, without a stop: {missing}; "
-                                 f"running: {redis.hgetall(settings.keys.running())}") from None
+            raise AssertionError(
+                f"{len(found)} acks, without a stop: {missing}; "
+                f"running: {redis.hgetall(settings.keys.running())}"
+            ) from None
         acks.append(max(a["at"] for a in done) - started)
         kills.append(max(a["killed_at"] for a in done) - started)
         stops.append(max(a["stopped_at"] for a in done) - started)
@@ -117,8 +117,11 @@ def main() -> None:
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
             result = measure(workers, args.repetitions, Path(tmp))
-        for name, label in (("ack", "(a) last ack"), ("killed", "(b) last stage killed (SIGKILL sent)"),
-                            ("stopped", "(b) last stage reaped, job requeued")):
+        for name, label in (
+            ("ack", "(a) last ack"),
+            ("killed", "(b) last stage killed (SIGKILL sent)"),
+            ("stopped", "(b) last stage reaped, job requeued"),
+        ):
             ms = [v * 1000 for v in result[name]]
             print(
                 f"{workers:>7} {label:<34} {statistics.median(ms):>8.1f} {percentile(ms, 0.99):>8.1f} "

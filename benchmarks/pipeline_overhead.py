@@ -100,8 +100,13 @@ def command_counts(redis: Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-def wait_for(predicate: Callable[[], bool], procs: list[subprocess.Popen[bytes]], timeout_s: float,
-             what: str, logs: Callable[[], str]) -> None:
+def wait_for(
+    predicate: Callable[[], bool],
+    procs: list[subprocess.Popen[bytes]],
+    timeout_s: float,
+    what: str,
+    logs: Callable[[], str],
+) -> None:
     """Poll until `predicate`; fail at once if a process died, or after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -131,24 +136,40 @@ def run_wave(settings: Settings, args: argparse.Namespace, workdir: Path) -> Pha
     try:
         workers = procs.team(domain.name, dict.fromkeys(ROLES, 1))
         supervisor = start_supervisor(procs, settings, workdir) if args.profile else procs.supervisor()
-        ready = lambda: Worker.count(connection=raw) == len(ROLES) and bool(  # noqa: E731
-            redis.exists(settings.keys.supervisor_lock()))
+
+        def ready() -> bool:
+            return Worker.count(connection=raw) == len(ROLES) and bool(
+                redis.exists(settings.keys.supervisor_lock())
+            )
+
         wait_for(ready, procs.started, 60, "workers and supervisor to start", procs.logs)
         groups = {"wave workers (incl. horses)": [p.pid for p in workers], "supervisor": [supervisor.pid]}
-        stories = [Story(id=f"{domain.prefix}-{n:05d}", title=f"Pipeline benchmark story {n}",
-                       acceptance_criteria=("it works",)) for n in range(1, args.stories + 1)]
+        stories = [
+            Story(
+                id=f"{domain.prefix}-{n:05d}",
+                title=f"Pipeline benchmark story {n}",
+                acceptance_criteria=("it works",),
+            )
+            for n in range(1, args.stories + 1)
+        ]
         redis.config_resetstat()
         before = cpu_snapshot(redis, groups)
         started = time.perf_counter()
         for i in range(0, len(stories), ENQUEUE_BATCH):
-            store.enqueue(stories[i:i + ENQUEUE_BATCH], domains)
-        wait_for(lambda: redis.scard(settings.keys.active()) == 0, procs.started, args.timeout,
-                 "every story to finish", procs.logs)
+            store.enqueue(stories[i : i + ENQUEUE_BATCH], domains)
+        wait_for(
+            lambda: redis.scard(settings.keys.active()) == 0,
+            procs.started,
+            args.timeout,
+            "every story to finish",
+            procs.logs,
+        )
         elapsed = time.perf_counter() - started
         after = cpu_snapshot(redis, groups)
         commands = command_counts(redis)
-        phase = Phase("WAVE pipeline (noop agents)", 0, elapsed,
-                      {k: after[k] - before[k] for k in after}, commands)
+        phase = Phase(
+            "WAVE pipeline (noop agents)", 0, elapsed, {k: after[k] - before[k] for k in after}, commands
+        )
         phase.jobs, phase.notes = wave_details(store, raw, domain.name, args.stories, started)
         if args.profile:
             supervisor.send_signal(signal.SIGTERM)  # a clean exit writes the profile
@@ -161,16 +182,25 @@ def run_wave(settings: Settings, args: argparse.Namespace, workdir: Path) -> Pha
 
 def start_supervisor(procs: Processes, settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
     log = (workdir / "logs" / "supervisor.log").open("ab")
-    argv = [sys.executable, "-m", "cProfile", "-o", str(workdir / "supervisor.prof"),
-            "-m", "wavefleet.cli", "supervisor"]
+    argv = [
+        sys.executable,
+        "-m",
+        "cProfile",
+        "-o",
+        str(workdir / "supervisor.prof"),
+        "-m",
+        "wavefleet.cli",
+        "supervisor",
+    ]
     proc = subprocess.Popen(argv, env=env_of(settings), stdout=log, stderr=log)
     log.close()
     procs.started.append(proc)
     return proc
 
 
-def wave_details(store: StoryStore, raw: Redis, domain: str, count: int,
-                 started: float) -> tuple[int, list[str]]:
+def wave_details(
+    store: StoryStore, raw: Redis, domain: str, count: int, started: float
+) -> tuple[int, list[str]]:
     """Check every story is done; time each stage job from RQ's own timestamps."""
     records = store.list(domain=domain)
     states = {r.state for r in records}
@@ -201,11 +231,14 @@ def job_timings(jobs: list[Job], started: float) -> list[str]:
     lines = [f"{header}  (run, wait: medians; cycle: mean)"]
     for queue, group in sorted(by_queue.items()):
         run = [(j.ended_at - j.started_at).total_seconds() for j in group if j.ended_at and j.started_at]
-        wait = [(j.started_at - j.enqueued_at).total_seconds()
-                for j in group if j.started_at and j.enqueued_at]
+        wait = [
+            (j.started_at - j.enqueued_at).total_seconds() for j in group if j.started_at and j.enqueued_at
+        ]
         last = max(j.ended_at.timestamp() for j in group if j.ended_at) - wall0
-        lines.append(f"{queue:<16} {len(group):>5} {1000 * statistics.median(run):8.1f} "
-                     f"{statistics.median(wait):7.2f} {1000 * last / len(group):9.1f}")
+        lines.append(
+            f"{queue:<16} {len(group):>5} {1000 * statistics.median(run):8.1f} "
+            f"{statistics.median(wait):7.2f} {1000 * last / len(group):9.1f}"
+        )
     return lines
 
 
@@ -216,8 +249,10 @@ def profile_report(path: Path, stories: int) -> list[str]:
     writes = sum(v[1] for k, v in raw.items() if k[2] == "send_packed_command")
     messages = stories * (1 + len(ROLES))  # one route message, then one result message per stage job
     top = sorted(raw.items(), key=lambda kv: kv[1][3], reverse=True)
-    lines = [f"supervisor (cProfile): {writes} Redis round trips for {messages} intake messages = "
-             f"{writes / messages:.1f} per message; cumulative time of the hottest functions:"]
+    lines = [
+        f"supervisor (cProfile): {writes} Redis round trips for {messages} intake messages = "
+        f"{writes / messages:.1f} per message; cumulative time of the hottest functions:"
+    ]
     for (file, line, func), (_cc, calls, _tt, cum, _callers) in top[:40]:
         if "wavefleet" in file or "rq/" in file or func in ("read_response", "send_packed_command"):
             lines.append(f"  {cum:7.2f} s  {calls:>7} calls  {Path(file).name}:{line} {func}")
@@ -235,8 +270,14 @@ def run_bare(settings: Settings, args: argparse.Namespace, workdir: Path) -> Pha
     try:
         for name in names:
             log = (workdir / "logs" / f"bare-{name.replace(':', '-')}.log").open("ab")
-            procs.append(subprocess.Popen([sys.executable, __file__, "--bare-worker", name],
-                                          env=env_of(settings), stdout=log, stderr=log))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--bare-worker", name],
+                    env=env_of(settings),
+                    stdout=log,
+                    stderr=log,
+                )
+            )
             log.close()
         ready = lambda: Worker.count(connection=raw) == len(names)  # noqa: E731
         wait_for(ready, procs, 60, "bare RQ workers to start", lambda: "")
@@ -247,8 +288,9 @@ def run_bare(settings: Settings, args: argparse.Namespace, workdir: Path) -> Pha
         started = time.perf_counter()
         for i in range(0, args.stories, ENQUEUE_BATCH):
             for queue in queues:
-                queue.enqueue_many([bare_data(settings, queue, n)
-                                    for n in range(i, min(i + ENQUEUE_BATCH, args.stories))])
+                queue.enqueue_many(
+                    [bare_data(settings, queue, n) for n in range(i, min(i + ENQUEUE_BATCH, args.stories))]
+                )
         finished = lambda: sum(q.finished_job_registry.count for q in queues) >= total  # noqa: E731
         wait_for(finished, procs, args.timeout, "every bare job to finish", lambda: "")
         elapsed = time.perf_counter() - started
@@ -258,8 +300,13 @@ def run_bare(settings: Settings, args: argparse.Namespace, workdir: Path) -> Pha
             raise SystemExit(f"{failed} bare RQ jobs failed; see {workdir / 'logs'}")
         ids = [i for q in queues for i in q.finished_job_registry.get_job_ids()]
         jobs = [j for j in Job.fetch_many(ids, connection=raw) if j]
-        phase = Phase("bare RQ (trivial function)", total, elapsed,
-                      {k: after[k] - before[k] for k in after}, command_counts(redis))
+        phase = Phase(
+            "bare RQ (trivial function)",
+            total,
+            elapsed,
+            {k: after[k] - before[k] for k in after},
+            command_counts(redis),
+        )
         phase.notes = job_timings(jobs, started)
         return phase
     finally:
@@ -269,9 +316,14 @@ def run_bare(settings: Settings, args: argparse.Namespace, workdir: Path) -> Pha
 def bare_data(settings: Settings, queue: Queue, n: int) -> Any:
     """A job like a stage's (keyword arguments, deterministic id, same TTLs and timeout)."""
     role = queue.name.rsplit(":", 1)[1]
-    return Queue.prepare_data(BARE_FUNCTION, kwargs={"story_id": f"BARE-{n:05d}", "round_": 0, "attempt": 1},
-                              job_id=f"BARE-{n:05d}_{role}", result_ttl=3600, failure_ttl=86400,
-                              timeout=settings.worker.job_timeout_s)
+    return Queue.prepare_data(
+        BARE_FUNCTION,
+        kwargs={"story_id": f"BARE-{n:05d}", "round_": 0, "attempt": 1},
+        job_id=f"BARE-{n:05d}_{role}",
+        result_ttl=3600,
+        failure_ttl=86400,
+        timeout=settings.worker.job_timeout_s,
+    )
 
 
 def bare_worker(queue_name: str) -> None:
@@ -286,44 +338,62 @@ def report(phases: list[Phase], stories: int, load: list[tuple[float, float, flo
     for phase in phases:
         print(f"\n== {phase.label}: {phase.jobs} jobs in {phase.elapsed_s:.2f} s = {phase.rate:.1f} jobs/s")
         if phase.label.startswith("WAVE"):
-            print(f"   stories: {stories} in {phase.elapsed_s:.2f} s = "
-                  f"{stories / phase.elapsed_s:.2f} stories/s")
+            print(
+                f"   stories: {stories} in {phase.elapsed_s:.2f} s = "
+                f"{stories / phase.elapsed_s:.2f} stories/s"
+            )
         cpu = sum(phase.cpu_s.values())
-        print(f"   CPU: {cpu:.1f} s in {phase.elapsed_s:.1f} s = {cpu / phase.elapsed_s:.2f} of "
-              f"{os.cpu_count()} cores; {1000 * cpu / phase.jobs:.1f} ms per job:")
+        print(
+            f"   CPU: {cpu:.1f} s in {phase.elapsed_s:.1f} s = {cpu / phase.elapsed_s:.2f} of "
+            f"{os.cpu_count()} cores; {1000 * cpu / phase.jobs:.1f} ms per job:"
+        )
         for name, seconds in sorted(phase.cpu_s.items(), key=lambda kv: -kv[1]):
             print(f"     {name:<32} {seconds:7.1f} s  {1000 * seconds / phase.jobs:6.1f} ms/job")
         calls = sum(phase.commands.values())
-        top = ", ".join(f"{n} {c / phase.jobs:.1f}" for n, c in
-                        sorted(phase.commands.items(), key=lambda kv: -kv[1])[:8])
+        top = ", ".join(
+            f"{n} {c / phase.jobs:.1f}" for n, c in sorted(phase.commands.items(), key=lambda kv: -kv[1])[:8]
+        )
         print(f"   Redis commands (incl. inside MULTI and Lua): {calls / phase.jobs:.1f} per job ({top})")
         for line in phase.notes:
             print(f"   {line}")
     start, end = (" / ".join(f"{x:.1f}" for x in avg) for avg in (load[0], load[-1]))
-    print(f"\nload average (1 / 5 / 15 min): {start} at start, {end} at end, on {os.cpu_count()} cores"
-          + ("  ** the machine was busy: wall-clock rates are pessimistic **" if load[0][0] > 1 else ""))
+    print(
+        f"\nload average (1 / 5 / 15 min): {start} at start, {end} at end, on {os.cpu_count()} cores"
+        + ("  ** the machine was busy: wall-clock rates are pessimistic **" if load[0][0] > 1 else "")
+    )
     if len(phases) == 2:
         wave, bare = phases
         ratio = wave.rate / bare.rate
         cpu_ratio = (sum(bare.cpu_s.values()) / bare.jobs) / (sum(wave.cpu_s.values()) / wave.jobs)
         verdict = "PASS" if ratio >= TARGET_RATIO else "MISS"
-        print(f"{verdict}: WAVE {wave.rate:.1f} stage jobs/s ({stories / wave.elapsed_s:.2f} stories/s) "
-              f"vs bare RQ {bare.rate:.1f} jobs/s: ratio {ratio:.2f} (target >= {TARGET_RATIO}); "
-              f"CPU per job says {cpu_ratio:.2f} (what a CPU-bound, otherwise idle machine would show)")
+        print(
+            f"{verdict}: WAVE {wave.rate:.1f} stage jobs/s ({stories / wave.elapsed_s:.2f} stories/s) "
+            f"vs bare RQ {bare.rate:.1f} jobs/s: ratio {ratio:.2f} (target >= {TARGET_RATIO}); "
+            f"CPU per job says {cpu_ratio:.2f} (what a CPU-bound, otherwise idle machine would show)"
+        )
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stories", type=int, default=500,
-                        help="stories, and bare jobs per queue (default 500)")
+    parser.add_argument(
+        "--stories", type=int, default=500, help="stories, and bare jobs per queue (default 500)"
+    )
     parser.add_argument("--domain", default="auth", help="the domain whose team runs (default auth)")
-    parser.add_argument("--timeout", type=float, default=150.0,
-                        help="seconds allowed per phase (default 150)")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
-                        help="the wave processes' log level (default info, as in production)")
+    parser.add_argument(
+        "--timeout", type=float, default=150.0, help="seconds allowed per phase (default 150)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="the wave processes' log level (default info, as in production)",
+    )
     parser.add_argument("--only", choices=("wave", "bare"), help="run one phase only")
-    parser.add_argument("--profile", action="store_true",
-                        help="run the supervisor under cProfile (slower) and report its round trips")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the supervisor under cProfile (slower) and report its round trips",
+    )
     parser.add_argument("--bare-worker", metavar="QUEUE", help=argparse.SUPPRESS)  # phase 2's workers
     args = parser.parse_args()
     if args.stories < 1 or args.timeout <= 0:
@@ -337,12 +407,21 @@ def main() -> int:
         bare_worker(args.bare_worker)
         return 0
     load = [os.getloadavg()]
-    with tempfile.TemporaryDirectory(prefix="wave-bench-") as tmp, \
-            redis_server(Path(tmp) / "redis") as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="wave-bench-") as tmp,
+        redis_server(Path(tmp) / "redis") as server,
+    ):
         workdir = Path(tmp)
         # production intervals (heartbeat 1 s, supervisor block 500 ms, recovery every 1 s), zero-work agents
-        settings = fast_settings(server, workdir / "data", REPO / "domains", agent="noop", worker={},
-                                 supervisor={}, log_level=args.log_level)
+        settings = fast_settings(
+            server,
+            workdir / "data",
+            REPO / "domains",
+            agent="noop",
+            worker={},
+            supervisor={},
+            log_level=args.log_level,
+        )
         phases = []
         if args.only != "bare":
             phases.append(run_wave(settings, args, workdir))

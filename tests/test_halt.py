@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from redis import Redis
@@ -20,7 +19,7 @@ from wavefleet.halt import HaltState
 from wavefleet.lifecycle import TERMINAL, Role, StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, env_of, wait_until
+from wavefleet.testing import Processes, env_of, process_group, wait_until
 
 pytestmark = pytest.mark.slow
 # Waits here are generous bounds for a loaded CI machine; the latency itself is measured by
@@ -34,19 +33,6 @@ def story(story_id: str, *labels: str) -> Story:
 
 def running(redis: Redis, settings: Settings) -> dict[str, dict[str, object]]:
     return {k: json.loads(v) for k, v in redis.hgetall(settings.keys.running()).items()}
-
-
-def process_group_alive(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 def live_workers(redis: Redis, settings: Settings) -> set[str]:
@@ -101,7 +87,7 @@ def test_the_emergency_stop_file_halts_ten_busy_workers_and_removing_it_finishes
         message="every story halted",
     )
 
-    assert not any(process_group_alive(int(str(info["pid"]))) for info in busy.values())
+    assert not any(process_group(int(str(info["pid"]))) for info in busy.values())
     assert running(redis, settings) == {}
     assert len(Queue(settings.keys.queue("auth", "pm"), connection=connect(settings, decode=False))) == 10
     wait_until(
@@ -165,7 +151,7 @@ def test_a_worker_that_missed_the_halt_message_still_halts_from_the_flag(
     )  # ...no publish
 
     pid = int(str(next(iter(busy.values()))["pid"]))
-    wait_until(lambda: not process_group_alive(pid), timeout_s=10, message="the stage to be stopped")
+    wait_until(lambda: not process_group(pid), timeout_s=10, message="the stage to be stopped")
     wait_until(lambda: store.get("AUTH-320").state is StoryState.HALTED, timeout_s=10, message="halted")
 
 

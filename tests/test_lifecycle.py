@@ -557,7 +557,9 @@ def test_losses_are_counted_per_stage_run_so_a_new_round_starts_from_zero() -> N
         snap = advance(snap, Event(EventKind.STAGE_LOST, Role.QA, 1, attempt), max_rounds=3).after
     assert snap.state is StoryState.TESTING and snap.lost[Role.QA] == MAX_STAGE_ATTEMPTS - 1
 
-    recycled = advance(snap, Event(EventKind.STAGE_DONE, Role.QA, 1, MAX_STAGE_ATTEMPTS, passed=False), 3).after
+    recycled = advance(
+        snap, Event(EventKind.STAGE_DONE, Role.QA, 1, MAX_STAGE_ATTEMPTS, passed=False), 3
+    ).after
     recycled = advance(recycled, Event(EventKind.STAGE_DONE, Role.FE, 2, recycled.attempts[Role.FE]), 3).after
     tested = advance(recycled, Event(EventKind.STAGE_DONE, Role.BE, 2, recycled.attempts[Role.BE]), 3).after
     lost_once = advance(tested, Event(EventKind.STAGE_LOST, Role.QA, 2, tested.attempts[Role.QA]), 3)

@@ -159,8 +159,10 @@ def _intake_kinds(redis: Redis, settings: Settings) -> list[str]:
 def test_an_intake_message_that_can_never_apply_is_set_aside_and_routing_goes_on(
     procs: Processes, store: StoryStore, domains: Domains, redis: Redis, settings: Settings
 ) -> None:
-    redis.xadd(settings.keys.intake(), {"kind": "result", "story": "AUTH-404", "role": "pm", "round": "0",
-                                        "attempt": "1"})
+    redis.xadd(
+        settings.keys.intake(),
+        {"kind": "result", "story": "AUTH-404", "role": "pm", "round": "0", "attempt": "1"},
+    )
     redis.xadd(settings.keys.intake(), {"kind": "misrouted", "story": "AUTH-405", "role": "nope"})
     procs.team("auth")
     supervisor = procs.supervisor()

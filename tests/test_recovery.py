@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from wavefleet.domains import Domains, load_domains
 from wavefleet.lifecycle import TERMINAL, Role, StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, fast_settings, redis_server, wait_until
+from wavefleet.testing import Processes, fast_settings, process_group, redis_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -40,16 +40,26 @@ def test_a_worker_killed_mid_stage_has_its_stage_rerun_by_another_worker_of_that
 ) -> None:
     procs.team("auth", {"pm": 1, "fe": 1, "be": 2, "qa": 1, "cto": 1})
     procs.supervisor()
-    store.enqueue([story("AUTH-030", "offline:slow=2")], domains)
+    store.enqueue([story("AUTH-030", "offline:slow=be:8")], domains)
     be_job = wait_until(
         lambda: next((i for i in running_entries(redis, settings).values() if i["role"] == "be"), None),
         message="the BE stage to start",
     )
+    horse = int(be_job["pid"])  # the work horse leads the process group of everything the stage runs
+    wait_until(lambda: "sleep" in process_group(horse).values(), message="the BE stage to run a command")
 
     os.kill(int(be_job["worker"].rsplit(".", 1)[1]), signal.SIGKILL)
     killed_at = time.monotonic()
+    # The horse dies with its worker, and the stage's command with the horse: no orphan (its
+    # `sleep` would otherwise run on for seconds).
     wait_until(
-        lambda: store.get("AUTH-030").attempts.get(Role.BE) == 2, timeout_s=15, message="a second attempt"
+        lambda: not process_group(horse), timeout_s=2, message="the stage's processes to die with the worker"
+    )
+    wait_until(
+        lambda: store.get("AUTH-030").attempts.get(Role.BE) == 2,
+        timeout_s=15,
+        message="a second attempt",
+        diagnose=lambda: f"{store.events('AUTH-030')}\n{procs.logs()}",
     )
     rerun_after = time.monotonic() - killed_at
     wait_until(lambda: store.get("AUTH-030").state is StoryState.DONE, timeout_s=60, message="done")
@@ -112,7 +122,9 @@ def test_redis_killed_mid_run_and_restarted_from_its_aof_loses_none_of_200_stori
             time.sleep(1.0)
             server.start()
             try:
-                wait_until(lambda: _settled(store, ids), timeout_s=300, interval_s=0.5, message="all 200 settled")
+                wait_until(
+                    lambda: _settled(store, ids), timeout_s=300, interval_s=0.5, message="all 200 settled"
+                )
             except AssertionError as exc:
                 states = Counter(r.state.value for r in store.list())
                 raise AssertionError(f"{exc}: states {dict(states)}") from None

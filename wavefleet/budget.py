@@ -162,25 +162,47 @@ def day_of(at: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(at))
 
 
-def scopes_for(settings: BudgetSettings, *, story: str | None, domain: Domain | None,
-               at: float) -> list[Scope]:
+def scopes_for(
+    settings: BudgetSettings, *, story: str | None, domain: Domain | None, at: float
+) -> list[Scope]:
     """The scopes a call is charged to: its story's, its domain's today, and the fleet's today."""
     day = day_of(at)
     scopes = []
     if story is not None and domain is not None:
-        scopes.append(Scope(f"story:{story}", f"story {story}", to_nusd(domain.budgets.story_usd),
-                            domain.budgets.story_tokens))
+        scopes.append(
+            Scope(
+                f"story:{story}",
+                f"story {story}",
+                to_nusd(domain.budgets.story_usd),
+                domain.budgets.story_tokens,
+            )
+        )
     if domain is not None:
-        scopes.append(Scope(f"domain:{domain.name}:{day}", f"domain {domain.name} on {day}",
-                            to_nusd(domain.budgets.daily_usd), domain.budgets.daily_tokens, DAILY_TTL_S))
-    scopes.append(Scope(f"global:{day}", f"the fleet on {day}", to_nusd(settings.global_daily_usd),
-                        settings.global_daily_tokens, DAILY_TTL_S))
+        scopes.append(
+            Scope(
+                f"domain:{domain.name}:{day}",
+                f"domain {domain.name} on {day}",
+                to_nusd(domain.budgets.daily_usd),
+                domain.budgets.daily_tokens,
+                DAILY_TTL_S,
+            )
+        )
+    scopes.append(
+        Scope(
+            f"global:{day}",
+            f"the fleet on {day}",
+            to_nusd(settings.global_daily_usd),
+            settings.global_daily_tokens,
+            DAILY_TTL_S,
+        )
+    )
     return scopes
 
 
 class Budget:
-    def __init__(self, redis: Redis, keys: Keys, settings: BudgetSettings,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, settings: BudgetSettings, clock: Callable[[], float] = time.time
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.settings = settings
@@ -190,25 +212,36 @@ class Budget:
         self._release = redis.register_script(_RELEASE)
         self._next_sweep = 0.0
 
-    def reserve(self, scopes: list[Scope], nusd: int, tokens: int, *,
-                story: str | None = None) -> Reservation:
+    def reserve(
+        self, scopes: list[Scope], nusd: int, tokens: int, *, story: str | None = None
+    ) -> Reservation:
         """Hold `nusd` and `tokens` in every scope, or none; BudgetExceededError names the scope refusing."""
         batch = Batch(self.redis)
         index, res = self.queue_reserve(batch, scopes, nusd, tokens)
         self.confirm(batch.execute()[index], res, story)
         return res
 
-    def queue_reserve(self, batch: Batch, scopes: list[Scope], nusd: int,
-                      tokens: int) -> tuple[int, Reservation]:
+    def queue_reserve(
+        self, batch: Batch, scopes: list[Scope], nusd: int, tokens: int
+    ) -> tuple[int, Reservation]:
         """Queue the reservation on `batch`; pass its reply to `confirm()`."""
         self._maybe_sweep()
         res = Reservation(uuid.uuid4().hex, tuple(scopes), nusd, tokens)
-        args: list[Any] = [res.id, int(self.settings.reservation_ttl_s * 1000), nusd, tokens, len(scopes),
-                           json.dumps([self.keys.budget(s.name) for s in scopes])]
+        args: list[Any] = [
+            res.id,
+            int(self.settings.reservation_ttl_s * 1000),
+            nusd,
+            tokens,
+            len(scopes),
+            json.dumps([self.keys.budget(s.name) for s in scopes]),
+        ]
         for scope in scopes:
             args += [scope.limit_nusd, scope.limit_tokens, scope.expire_s]
-        keys = [self.keys.budget_reservations(), self.keys.budget_reservation(res.id),
-                *(self.keys.budget(s.name) for s in scopes)]
+        keys = [
+            self.keys.budget_reservations(),
+            self.keys.budget_reservation(res.id),
+            *(self.keys.budget(s.name) for s in scopes),
+        ]
         return batch.script(self._reserve, keys, args), res
 
     def confirm(self, reply: Any, res: Reservation, story: str | None) -> None:
@@ -218,34 +251,51 @@ class Budget:
         scope = res.scopes[int(reply[1]) - 1]
         raise self._refused(scope, str(reply[2]), (int(reply[3]), int(reply[4])), res, story)
 
-    def _refused(self, scope: Scope, unit: str, used_cap: tuple[int, int], res: Reservation,
-                 story: str | None) -> BudgetExceededError:
+    def _refused(
+        self, scope: Scope, unit: str, used_cap: tuple[int, int], res: Reservation, story: str | None
+    ) -> BudgetExceededError:
         used, cap = used_cap
         if unit == "usd":
-            detail = f"${to_usd(used):.4f} of ${to_usd(cap):.2f} spent or reserved; this call needs up to " \
-                     f"${to_usd(res.nusd):.4f}"
+            detail = (
+                f"${to_usd(used):.4f} of ${to_usd(cap):.2f} spent or reserved; this call needs up to "
+                f"${to_usd(res.nusd):.4f}"
+            )
         else:
             detail = f"{used:,} of {cap:,} tokens used or reserved; this call needs up to {res.tokens:,}"
         grant = scope.name.rsplit(":", 1)[0] if scope.expire_s else scope.name
-        message = (f"budget exceeded: {scope.label}: {detail} (raise it with `wave budget grant {grant} "
-                   f"--usd N --tokens N`, then `wave approve` the story)")
+        message = (
+            f"budget exceeded: {scope.label}: {detail} (raise it with `wave budget grant {grant} "
+            f"--usd N --tokens N`, then `wave approve` the story)"
+        )
         if self.redis.hsetnx(self.keys.budget(scope.name), "alert_exceeded", 1):
             self._record([Alert(scope, "exceeded", used / max(cap, 1))], story, message)
         return BudgetExceededError(message, scope=scope.name)
 
-    def settle(self, res: Reservation, nusd: int, tokens: int, *, story: str | None,
-               batch: Batch | None = None) -> Any:
+    def settle(
+        self, res: Reservation, nusd: int, tokens: int, *, story: str | None, batch: Batch | None = None
+    ) -> Any:
         """Replace the reservation by the real spend; adds the cost to the story's hash if it exists.
 
         Returns the crossed alerts' raw reply for `alerts()`; queued on `batch`, its index there.
         """
-        args: list[Any] = [res.id, nusd, tokens, repr(to_usd(nusd)), self.settings.warn_fraction,
-                           self.settings.critical_fraction, len(res.scopes)]
+        args: list[Any] = [
+            res.id,
+            nusd,
+            tokens,
+            repr(to_usd(nusd)),
+            self.settings.warn_fraction,
+            self.settings.critical_fraction,
+            len(res.scopes),
+        ]
         for scope in res.scopes:
             args += [scope.limit_nusd, scope.limit_tokens]
         story_key = self.keys.story(story) if story else self.keys.story("-")
-        keys = [self.keys.budget_reservations(), self.keys.budget_reservation(res.id), story_key,
-                *(self.keys.budget(s.name) for s in res.scopes)]
+        keys = [
+            self.keys.budget_reservations(),
+            self.keys.budget_reservation(res.id),
+            story_key,
+            *(self.keys.budget(s.name) for s in res.scopes),
+        ]
         if batch is not None:
             return batch.script(self._settle, keys, args)
         return self._settle(keys=keys, args=args)
@@ -259,16 +309,21 @@ class Budget:
 
     def release(self, res: Reservation) -> None:
         """The call was not made or failed: free what it held."""
-        keys = [self.keys.budget_reservations(), self.keys.budget_reservation(res.id),
-                *(self.keys.budget(s.name) for s in res.scopes)]
+        keys = [
+            self.keys.budget_reservations(),
+            self.keys.budget_reservation(res.id),
+            *(self.keys.budget(s.name) for s in res.scopes),
+        ]
         self._release(keys=keys, args=[res.id])
 
     def sweep(self, limit: int = SWEEP_BATCH) -> int:
         """Free reservations whose holder died before settling (expired); returns how many."""
         seconds, micros = self.redis.time()
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        expired = cast(list[str], self.redis.zrangebyscore(self.keys.budget_reservations(), "-inf", now_ms,
-                                                            start=0, num=limit))
+        expired = cast(
+            list[str],
+            self.redis.zrangebyscore(self.keys.budget_reservations(), "-inf", now_ms, start=0, num=limit),
+        )
         for res_id in expired:
             scopes = json.loads(self.redis.hget(self.keys.budget_reservation(res_id), "scopes") or "[]")
             keys = [self.keys.budget_reservations(), self.keys.budget_reservation(res_id), *scopes]
@@ -283,9 +338,21 @@ class Budget:
 
     def use(self, name: str) -> ScopeUse:
         h = self.redis.hgetall(self.keys.budget(name))
-        return ScopeUse(name, *(int(float(h.get(f, 0))) for f in (
-            "spent_nusd", "reserved_nusd", "spent_tokens", "reserved_tokens", "grant_nusd", "grant_tokens",
-            "calls")))
+        return ScopeUse(
+            name,
+            *(
+                int(float(h.get(f, 0)))
+                for f in (
+                    "spent_nusd",
+                    "reserved_nusd",
+                    "spent_tokens",
+                    "reserved_tokens",
+                    "grant_nusd",
+                    "grant_tokens",
+                    "calls",
+                )
+            ),
+        )
 
     def grant(self, name: str, *, usd: float = 0.0, tokens: int = 0) -> ScopeUse:
         """Raise one scope's limit (an operator's decision after a hold); re-arms its alerts."""
@@ -299,7 +366,7 @@ class Budget:
 
     def scope_names(self) -> list[str]:
         prefix = self.keys.budget("")
-        return sorted(k[len(prefix):] for k in self.redis.scan_iter(self.keys.budget_pattern(), count=500))
+        return sorted(k[len(prefix) :] for k in self.redis.scan_iter(self.keys.budget_pattern(), count=500))
 
     def _record(self, alerts: list[Alert], story: str | None, message: str = "") -> None:
         log = get_log(story=story or "-")
@@ -308,11 +375,18 @@ class Budget:
             for alert in alerts:
                 reason = message or (
                     f"budget {alert.level}: {alert.scope.label} at {alert.fraction:.0%} of "
-                    f"${to_usd(alert.scope.limit_nusd):.2f} / {alert.scope.limit_tokens:,} tokens")
+                    f"${to_usd(alert.scope.limit_nusd):.2f} / {alert.scope.limit_tokens:,} tokens"
+                )
                 entry: dict[Any, Any] = {
-                    "event": ALERT_EVENTS[alert.level], "to": "", "scope": alert.scope.name,
-                    "level": alert.level, "fraction": f"{alert.fraction:.4f}", "reason": reason,
-                    "story": story or "", "at": f"{now:.6f}"}
+                    "event": ALERT_EVENTS[alert.level],
+                    "to": "",
+                    "scope": alert.scope.name,
+                    "level": alert.level,
+                    "fraction": f"{alert.fraction:.4f}",
+                    "reason": reason,
+                    "story": story or "",
+                    "at": f"{now:.6f}",
+                }
                 pipe.xadd(self.keys.events(), entry, maxlen=100_000, approximate=True)
                 if story:
                     pipe.xadd(self.keys.story_events(story), entry)

@@ -30,8 +30,13 @@ def check(redis: Redis, settings: Settings) -> None:
     """Ping once, without the client's retries (a command-line user should not wait for them);
     turn the failure into one line naming the URL (never the password)."""
     password = settings.redis.password.get_secret_value() if settings.redis.password else None
-    probe = Redis.from_url(settings.redis.url, password=password, socket_connect_timeout=5,
-                           socket_timeout=5, retry=Retry(NoBackoff(), 0))
+    probe = Redis.from_url(
+        settings.redis.url,
+        password=password,
+        socket_connect_timeout=5,
+        socket_timeout=5,
+        retry=Retry(NoBackoff(), 0),
+    )
     try:
         probe.ping()
     except AuthenticationError:

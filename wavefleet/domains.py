@@ -116,9 +116,7 @@ class Domains:
     def for_story(self, story_id: str) -> Domain:
         match = STORY_ID.fullmatch(story_id)  # `$` alone would accept a trailing newline
         if not match:
-            raise InvalidInputError(
-                f"story id {story_id!r} is malformed: use PREFIX-NNN, e.g. AUTH-001"
-            )
+            raise InvalidInputError(f"story id {story_id!r} is malformed: use PREFIX-NNN, e.g. AUTH-001")
         prefix = match["prefix"]
         if prefix not in self._by_prefix:
             known = ", ".join(sorted(self._by_prefix))

@@ -136,8 +136,10 @@ def _duplicates(items: Iterable[Any], path: Path) -> list[str]:
             continue
         story_id = story_id.strip()
         if story_id in first:
-            problems.append(f"{path}: story {index} ({_shown(story_id)}): id: already used by story "
-                            f"{first[story_id]}; each id may appear once in a file")
+            problems.append(
+                f"{path}: story {index} ({_shown(story_id)}): id: already used by story "
+                f"{first[story_id]}; each id may appear once in a file"
+            )
         else:
             first[story_id] = index
     return problems

@@ -25,6 +25,23 @@ T = TypeVar("T")
 TEST_PASSWORD = "test-password-not-secret"  # noqa: S105 - only for servers tests start
 
 
+def process_group(pgid: int) -> dict[int, str]:
+    """The live (not zombie) members of a process group, pid → command name, from /proc."""
+    members = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it ended while we looked
+            continue
+        name, rest = stat.split(" (", 1)[1].rsplit(")", 1)
+        state, _ppid, group = rest.split()[:3]
+        if int(group) == pgid and state != "Z":
+            members[int(entry.name)] = name
+    return members
+
+
 @contextmanager
 def redis_server(directory: Path, *, appendfsync: str = "everysec") -> Iterator[EmbeddedRedis]:
     """A real redis-server on a free port, AOF on, password on; killed at the end."""

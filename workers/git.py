@@ -13,6 +13,8 @@ from pathlib import Path
 from wavefleet.domains import Domain
 from wavefleet.errors import GitError
 
+from . import commands
+
 GIT_TIMEOUT_S = 120
 # Agents commit as WAVE; set here so a machine without a global git identity still commits.
 IDENTITY = {
@@ -26,15 +28,7 @@ IDENTITY = {
 def git(cwd: Path, *args: str, check: bool = True) -> str:
     env = {**os.environ, **IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
     try:
-        proc = subprocess.run(
-            ["git", *args],
-            check=False,
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=GIT_TIMEOUT_S,
-        )
+        proc = commands.run(["git", *args], cwd=cwd, env=env, timeout_s=GIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise GitError(f"git {' '.join(args)} timed out after {GIT_TIMEOUT_S}s in {cwd}") from None
     if check and proc.returncode != 0:
@@ -110,11 +104,13 @@ class Workspace:
         git(scratch, "commit", "--quiet", "-m", f"Seed {self.domain.name} sample service")
 
     def _build(self, target: Path, make: Callable[[Path], object]) -> None:
-        """Make `target` in a scratch folder beside it, then rename it into place (atomic)."""
-        scratch = target.with_name(f".{target.name}.partial")
-        for leftover in (scratch, target):
-            if leftover.exists():
-                shutil.rmtree(leftover)
+        """Make `target` in a scratch folder beside it, then rename it into place (atomic).
+
+        The scratch folder is this process's own, so leftovers of a killed attempt (whose command
+        may still be exiting) are never built upon, only removed."""
+        for leftover in [target, *target.parent.glob(f".{target.name}.partial-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+        scratch = target.with_name(f".{target.name}.partial-{os.getpid()}")
         make(scratch)
         scratch.rename(target)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from wavefleet.errors import StageError
 from wavefleet.lifecycle import Decision, Role
 
+from . import commands
 from .git import Workspace, branch_name
 from .roles import DevResult, Plan, QAReport, Review, StageInput, StageOutput, Task
 
@@ -67,7 +68,7 @@ class OfflineAgent:
         output = _ROLE_RUNNERS[self.role](self, stage)
         remaining = self._slow_seconds(stage) - (time.monotonic() - started)
         if remaining > 0:
-            subprocess.run(["sleep", f"{remaining:.3f}"], check=True)
+            commands.run(["sleep", f"{remaining:.3f}"])
         return output
 
     def _slow_seconds(self, stage: StageInput) -> float:
@@ -118,15 +119,7 @@ class OfflineAgent:
         workspace.merge(tree, branch_name(story_id, "fe"), branch_name(story_id, "be"))
         command = stage.domain.resolved_test_command()
         try:
-            proc = subprocess.run(
-                command,
-                check=False,
-                cwd=tree,
-                capture_output=True,
-                text=True,
-                timeout=self.command_timeout_s,
-                env=_test_env(),
-            )
+            proc = commands.run(command, cwd=tree, timeout_s=self.command_timeout_s, env=_test_env())
         except subprocess.TimeoutExpired:
             raise StageError(f"tests timed out after {self.command_timeout_s}s") from None
         output = proc.stdout + proc.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -30,9 +29,8 @@ from wavefleet.store import StoryStore
 
 # Imported here, in the worker, so every forked work horse inherits the module instead of importing
 # it again for each job (12-22 ms of CPU per job, measured by benchmarks/pipeline_overhead.py).
-from . import runtime, stage  # noqa: F401
+from . import commands, runtime, stage  # noqa: F401
 
-PR_SET_PDEATHSIG = 1
 GROUP_WAIT_S = 0.5
 WORKER_LOG_LENGTH = 1000
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)
@@ -95,6 +93,8 @@ class WaveWorker(Worker):
     def wait_for_horse(self) -> Any:
         result = super().wait_for_horse()
         self.reaped_at = time.time()  # the horse and its process group are gone from this moment
+        if result[0]:
+            _kill_leftovers(result[0])
         return result
 
     def _handle_stopped_job(self, job: Job, queue: Queue, execution: Any) -> None:
@@ -168,7 +168,7 @@ class WaveWorker(Worker):
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         # If this worker dies (even by SIGKILL) its horse must die too, or the stage would run twice.
-        _die_with_parent()
+        commands.die_with_parent()
         super().main_work_horse(job, queue)
 
 
@@ -247,6 +247,14 @@ class HaltGate:
                 self.on_resume()
 
 
+def _kill_leftovers(horse_pid: int) -> None:
+    """The horse is reaped; SIGKILL whatever it started that is still running (a test's server, a
+    command it did not wait for) so no stage leaves orphans. While any member lives the group id
+    cannot be handed to a new process, so this reaches only the horse's own leftovers."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(horse_pid, signal.SIGKILL)
+
+
 def _kill_group(pid: int) -> None:
     """SIGKILL a horse and every process it started. The horse makes itself a process-group leader
     first thing after the fork; until it has, its group is still ours, so wait (briefly) for that
@@ -261,14 +269,6 @@ def _kill_group(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass  # the horse had already finished
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux: the horse may outlive a killed worker
-        pass
 
 
 class Heartbeat(threading.Thread):

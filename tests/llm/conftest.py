@@ -51,17 +51,27 @@ def xai_server(xai_session: XaiServer) -> XaiServer:
     return xai_session
 
 
-def live_settings(settings: Settings, anthropic: AnthropicServer | None, xai: XaiServer | None,
-                  **llm: Any) -> Settings:
+def live_settings(
+    settings: Settings, anthropic: AnthropicServer | None, xai: XaiServer | None, **llm: Any
+) -> Settings:
     """`settings` with keys and endpoints of the local servers given (a provider left None has no key)."""
     anthropic_section = AnthropicSettings(
-        api_key=ANTHROPIC_KEY if anthropic else None, base_url=anthropic.url if anthropic else "http://127.0.0.1:9",
-        timeout_s=0.5, max_retries=0)
-    xai_section = XaiSettings(api_key=XAI_KEY if xai else None, api_host=xai.host if xai else "127.0.0.1:9",
-                              use_insecure_channel=True, timeout_s=0.5, max_retries=0)
+        api_key=ANTHROPIC_KEY if anthropic else None,
+        base_url=anthropic.url if anthropic else "http://127.0.0.1:9",
+        timeout_s=0.5,
+        max_retries=0,
+    )
+    xai_section = XaiSettings(
+        api_key=XAI_KEY if xai else None,
+        api_host=xai.host if xai else "127.0.0.1:9",
+        use_insecure_channel=True,
+        timeout_s=0.5,
+        max_retries=0,
+    )
     llm_section = LLMSettings(**{"offline": "never", "cooldown_s": 60.0, **llm})
-    return settings.model_copy(update={"anthropic": anthropic_section, "xai": xai_section,
-                                       "llm": llm_section})
+    return settings.model_copy(
+        update={"anthropic": anthropic_section, "xai": xai_section, "llm": llm_section}
+    )
 
 
 def with_llm(settings: Settings, **changes: Any) -> Settings:
@@ -91,5 +101,11 @@ def start_helper(script: str, settings: Settings, *args: str, log: Path) -> subp
     """A helper process from tests/llm/ with `settings` in its environment: stdin and stdout are pipes,
     its log lines (stderr) go to `log`."""
     with log.open("a") as sink:
-        return subprocess.Popen([sys.executable, str(HERE / script), *args], env=llm_env(settings), text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sink)
+        return subprocess.Popen(
+            [sys.executable, str(HERE / script), *args],
+            env=llm_env(settings),
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=sink,
+        )

@@ -27,8 +27,11 @@ def main() -> None:
         request = LLMRequest(task=TaskKind(order["task"]), messages=(Message.user(order["prompt"]),))
         try:
             reply = client.call(request)
-            result = {"provider": reply.provider.value, "fallback_from": reply.fallback_from,
-                      "text": reply.text}
+            result = {
+                "provider": reply.provider.value,
+                "fallback_from": reply.fallback_from,
+                "text": reply.text,
+            }
         except WaveError as exc:
             result = {"error": type(exc).__name__, "message": str(exc)}
         print(json.dumps(result), flush=True)

@@ -21,7 +21,8 @@ PLAN = LLMRequest(task=TaskKind.PLANNING, messages=(Message.user("plan the login
 
 
 def test_each_call_is_recorded_on_the_story_and_its_cost_added_to_the_story(
-        client: LLMClient, redis: Redis, settings: Settings, store: StoryStore, domains: Domains) -> None:
+    client: LLMClient, redis: Redis, settings: Settings, store: StoryStore, domains: Domains
+) -> None:
     # Given a story and its PM's bound client
     store.enqueue([Story(id="AUTH-001", title="login")], domains)
     pm = client.for_story("AUTH-001", "auth", "pm")
@@ -32,7 +33,10 @@ def test_each_call_is_recorded_on_the_story_and_its_cost_added_to_the_story(
     # Then three calls are recorded with their provider, model, tokens, cost, latency and cache flag
     calls = story_calls(redis, settings.keys, "AUTH-001")
     assert [(c["provider"], c["cache_hit"], c["role"]) for c in calls] == [
-        ("anthropic", "0", "pm"), ("anthropic", "1", "pm"), ("xai", "0", "pm")]
+        ("anthropic", "0", "pm"),
+        ("anthropic", "1", "pm"),
+        ("xai", "0", "pm"),
+    ]
     assert float(calls[0]["cost_usd"]) == pytest.approx(replies[0].cost_usd)
     assert int(calls[0]["input_tokens"]) == replies[0].usage.input_tokens
     assert float(calls[0]["latency_ms"]) > 0
@@ -65,7 +69,8 @@ def test_the_offline_provider_is_deterministic_and_labelled(settings: Settings, 
 
 
 def test_offline_calls_are_recorded_as_offline_on_the_story(
-        settings: Settings, redis: Redis, store: StoryStore, domains: Domains) -> None:
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains
+) -> None:
     # Given a fleet with no keys (offline "auto") and a story
     store.enqueue([Story(id="PAYMENTS-001", title="refunds")], domains)
     client = LLMClient(settings, redis)

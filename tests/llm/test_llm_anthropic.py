@@ -13,13 +13,21 @@ from wavefleet.llm.types import LLMRequest, Message, TaskKind, ToolCall, ToolRes
 
 pytestmark = pytest.mark.timeout(10)
 LONG_SYSTEM = "You are the planning agent of the auth team. " * 120  # ~1,400 tokens: cacheable
-FINISH = ToolSpec(name="finish", description="end the task", input_schema={"type": "object", "properties": {
-    "summary": {"type": "string"}}})
+FINISH = ToolSpec(
+    name="finish",
+    description="end the task",
+    input_schema={"type": "object", "properties": {"summary": {"type": "string"}}},
+)
 
 
 def provider(server: AnthropicServer, **overrides: object) -> AnthropicProvider:
-    values = {"api_key": "test-anthropic-key", "base_url": server.url, "timeout_s": 0.5, "max_retries": 0,
-              **overrides}
+    values = {
+        "api_key": "test-anthropic-key",
+        "base_url": server.url,
+        "timeout_s": 0.5,
+        "max_retries": 0,
+        **overrides,
+    }
     return AnthropicProvider(AnthropicSettings.model_validate(values))
 
 
@@ -28,7 +36,8 @@ def ask(text: str, **fields: object) -> LLMRequest:
 
 
 def test_a_text_reply_comes_back_with_usage_and_the_sdk_sends_its_real_headers(
-        anthropic_server: AnthropicServer) -> None:
+    anthropic_server: AnthropicServer,
+) -> None:
     # Given the provider pointed at the local Messages API
     claude = provider(anthropic_server)
 
@@ -45,7 +54,8 @@ def test_a_text_reply_comes_back_with_usage_and_the_sdk_sends_its_real_headers(
 
 
 def test_tool_use_blocks_become_tool_calls_and_tool_results_go_back_as_tool_result_blocks(
-        anthropic_server: AnthropicServer) -> None:
+    anthropic_server: AnthropicServer,
+) -> None:
     # Given a scripted reply that calls the finish tool
     anthropic_server.script(Reply(text="", tool_use=[("finish", {"summary": "done"})]))
     claude = provider(anthropic_server)
@@ -53,23 +63,34 @@ def test_tool_use_blocks_become_tool_calls_and_tool_results_go_back_as_tool_resu
     # When the model is asked, then its tool call is answered in a second turn
     first = claude.complete(ask("do it", tools=[FINISH]), 256)
     call = first.tool_calls[0]
-    follow_up = ask("do it", tools=[FINISH]).model_copy(update={"messages": (
-        Message.user("do it"), Message.assistant("", (call,)),
-        Message.results(ToolResult(tool_call_id=call.id, content="ok")))})
+    follow_up = ask("do it", tools=[FINISH]).model_copy(
+        update={
+            "messages": (
+                Message.user("do it"),
+                Message.assistant("", (call,)),
+                Message.results(ToolResult(tool_call_id=call.id, content="ok")),
+            )
+        }
+    )
     claude.complete(follow_up, 256)
 
     # Then the call was parsed, and the SDK sent tool_use and tool_result blocks with the same id
     assert first.tool_calls == (ToolCall(id=call.id, name="finish", arguments={"summary": "done"}),)
     assert first.stop_reason == "tool_use"
     sent = anthropic_server.requests[1]["body"]["messages"]
-    assert sent[1]["content"][0] == {"type": "tool_use", "id": call.id, "name": "finish",
-                                     "input": {"summary": "done"}}
+    assert sent[1]["content"][0] == {
+        "type": "tool_use",
+        "id": call.id,
+        "name": "finish",
+        "input": {"summary": "done"},
+    }
     assert sent[2]["content"][0]["type"] == "tool_result"
     assert sent[2]["content"][0]["tool_use_id"] == call.id
 
 
 def test_prompt_caching_marks_system_and_tools_and_the_second_call_reads_the_cache_for_less(
-        anthropic_server: AnthropicServer) -> None:
+    anthropic_server: AnthropicServer,
+) -> None:
     # Given a long system prompt and tools, sent twice with different questions
     claude = provider(anthropic_server)
     prices = Prices.of(AnthropicSettings())
@@ -99,19 +120,28 @@ def test_prompt_caching_can_be_turned_off(anthropic_server: AnthropicServer) -> 
     assert "cache_control" not in body["system"][0] and "cache_control" not in body["tools"][-1]
 
 
-@pytest.mark.parametrize(("reply", "error", "counts", "says"), [
-    (Reply(status=429, headers={"retry-after": "7"}), ProviderRateLimitedError, True, "rate limited (429)"),
-    (Reply(status=529), ProviderError, True, "overloaded (529)"),
-    (Reply(status=500), ProviderError, True, "HTTP 500"),
-    (Reply(status=503), ProviderError, True, "HTTP 503"),
-    (Reply(delay_s=1.5), ProviderError, True, "timed out"),
-    (Reply(raw=b"<html>bad gateway</html>"), ProviderError, True, "malformed reply"),
-    (Reply(raw=b'{"id": "msg_1"}'), ProviderError, True, "malformed reply"),
-    (Reply(status=400), ProviderError, False, "request refused (400)"),
-], ids=["429", "529", "500", "503", "timeout", "not-json", "missing-fields", "400"])
+@pytest.mark.parametrize(
+    ("reply", "error", "counts", "says"),
+    [
+        (
+            Reply(status=429, headers={"retry-after": "7"}),
+            ProviderRateLimitedError,
+            True,
+            "rate limited (429)",
+        ),
+        (Reply(status=529), ProviderError, True, "overloaded (529)"),
+        (Reply(status=500), ProviderError, True, "HTTP 500"),
+        (Reply(status=503), ProviderError, True, "HTTP 503"),
+        (Reply(delay_s=1.5), ProviderError, True, "timed out"),
+        (Reply(raw=b"<html>bad gateway</html>"), ProviderError, True, "malformed reply"),
+        (Reply(raw=b'{"id": "msg_1"}'), ProviderError, True, "malformed reply"),
+        (Reply(status=400), ProviderError, False, "request refused (400)"),
+    ],
+    ids=["429", "529", "500", "503", "timeout", "not-json", "missing-fields", "400"],
+)
 def test_every_failure_is_one_of_our_errors_saying_whether_it_is_the_providers_fault(
-        anthropic_server: AnthropicServer, reply: Reply, error: type[ProviderError], counts: bool,
-        says: str) -> None:
+    anthropic_server: AnthropicServer, reply: Reply, error: type[ProviderError], counts: bool, says: str
+) -> None:
     # Given a scripted failure
     anthropic_server.script(reply)
 

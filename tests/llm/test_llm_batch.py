@@ -34,7 +34,8 @@ def test_a_batch_reruns_only_the_scripts_redis_forgot(redis: Redis) -> None:
 
 
 def test_a_call_after_a_script_flush_is_accounted_once(
-        client: LLMClient, redis: Redis, settings: Settings, store: StoryStore, domains: Domains) -> None:
+    client: LLMClient, redis: Redis, settings: Settings, store: StoryStore, domains: Domains
+) -> None:
     # Given a story, and a Redis that lost its scripts after the client was built
     store.enqueue([Story(id="AUTH-001", title="t")], domains)
     request = LLMRequest(task=TaskKind.PLANNING, messages=(Message.user("plan"),))

@@ -36,7 +36,8 @@ def story_scope(limit_usd: float = 1.0, limit_tokens: int = 1_000_000) -> Scope:
 
 
 def test_a_reservation_that_fits_every_scope_holds_it_in_all_and_settle_moves_it_to_spent(
-        redis: Redis, settings: Settings) -> None:
+    redis: Redis, settings: Settings
+) -> None:
     # Given a story scope and a global scope
     budget = budget_of(redis, settings)
     scopes = [story_scope(), Scope("global:day", "fleet", 10 * USD, 10**9)]
@@ -51,7 +52,11 @@ def test_a_reservation_that_fits_every_scope_holds_it_in_all_and_settle_moves_it
     for scope in scopes:
         use = budget.use(scope.name)
         assert (use.spent_nusd, use.reserved_nusd, use.spent_tokens, use.reserved_tokens) == (
-            int(0.25 * USD), 0, 2500, 0)
+            int(0.25 * USD),
+            0,
+            2500,
+            0,
+        )
 
 
 def test_a_reservation_refused_by_one_scope_touches_no_scope(redis: Redis, settings: Settings) -> None:
@@ -104,16 +109,20 @@ def test_a_dead_workers_reservation_is_swept_after_its_ttl(redis: Redis, setting
     assert swept == 1 and budget.use("story:AUTH-001").reserved_nusd == 0
 
 
-def test_warning_and_critical_are_recorded_once_each_as_events(redis: Redis, settings: Settings,
-                                                               store: StoryStore, domains: Domains) -> None:
+def test_warning_and_critical_are_recorded_once_each_as_events(
+    redis: Redis, settings: Settings, store: StoryStore, domains: Domains
+) -> None:
     # Given a story and a 1 USD story scope
     store.enqueue([Story(id="AUTH-001", title="t")], domains)
     budget = budget_of(redis, settings)
 
     # When spend goes to 0.55, 0.60 then 0.85 USD
     for usd in (0.55, 0.05, 0.25):
-        budget.alerts(r := budget.reserve([story_scope()], int(usd * USD), 1), budget.settle(
-            r, int(usd * USD), 1, story="AUTH-001"), "AUTH-001")
+        budget.alerts(
+            r := budget.reserve([story_scope()], int(usd * USD), 1),
+            budget.settle(r, int(usd * USD), 1, story="AUTH-001"),
+            "AUTH-001",
+        )
 
     # Then one warning and one critical were recorded, on the story and fleet-wide
     kinds = [e["event"] for e in store.events("AUTH-001") if e["event"].startswith("budget")]
@@ -122,8 +131,9 @@ def test_warning_and_critical_are_recorded_once_each_as_events(redis: Redis, set
     assert fleet == kinds
 
 
-def test_settle_adds_the_cost_to_the_story_hash(redis: Redis, settings: Settings, store: StoryStore,
-                                                domains: Domains) -> None:
+def test_settle_adds_the_cost_to_the_story_hash(
+    redis: Redis, settings: Settings, store: StoryStore, domains: Domains
+) -> None:
     # Given a story
     store.enqueue([Story(id="AUTH-001", title="t")], domains)
     budget = budget_of(redis, settings)
@@ -154,10 +164,15 @@ def test_a_grant_raises_the_limit_and_rearms_the_alerts(redis: Redis, settings: 
 
 
 def test_fifty_concurrent_reservations_from_five_processes_admit_exactly_ten(
-        settings: Settings, redis: Redis, tmp_path: Path) -> None:
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
     # Given a limit of 1 USD and 50 reservations of 0.10 USD in 5 processes of 10 threads
-    procs = [start_helper("budget_proc.py", settings, "10", str(USD // 10), str(USD),
-                          log=tmp_path / f"race-{i}.log") for i in range(5)]
+    procs = [
+        start_helper(
+            "budget_proc.py", settings, "10", str(USD // 10), str(USD), log=tmp_path / f"race-{i}.log"
+        )
+        for i in range(5)
+    ]
     for proc in procs:
         assert proc.stdout is not None and json.loads(proc.stdout.readline() or "{}").get("ready")
 
@@ -176,10 +191,13 @@ def test_fifty_concurrent_reservations_from_five_processes_admit_exactly_ten(
 
 
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(costs=st.lists(st.tuples(st.integers(1, 400), st.integers(0, 100)), min_size=1, max_size=30),
-       limit=st.integers(100, 2000))
-def test_spend_never_passes_the_limit_whatever_the_costs(redis: Redis, settings: Settings,
-                                                         costs: list[tuple[int, int]], limit: int) -> None:
+@given(
+    costs=st.lists(st.tuples(st.integers(1, 400), st.integers(0, 100)), min_size=1, max_size=30),
+    limit=st.integers(100, 2000),
+)
+def test_spend_never_passes_the_limit_whatever_the_costs(
+    redis: Redis, settings: Settings, costs: list[tuple[int, int]], limit: int
+) -> None:
     # Given a fresh scope of `limit` nano-USD, and calls whose real cost is at most their estimate
     budget = budget_of(redis, settings)
     scope = Scope(f"story:P-{time.monotonic_ns()}", "p", limit, 10**12)
@@ -202,7 +220,8 @@ def test_spend_never_passes_the_limit_whatever_the_costs(redis: Redis, settings:
 
 
 def test_a_call_over_the_story_budget_raises_budget_exceeded_so_the_stage_holds_the_story(
-        live: Settings, redis: Redis, domains_dir: Path, store: StoryStore, domains: Domains) -> None:
+    live: Settings, redis: Redis, domains_dir: Path, store: StoryStore, domains: Domains
+) -> None:
     # Given the auth domain allowing $0.000001 per story, and a story
     toml = domains_dir / "auth" / "domain.toml"
     toml.write_text(toml.read_text().replace("story_usd = 5.0", "story_usd = 0.000001"))
@@ -212,7 +231,8 @@ def test_a_call_over_the_story_budget_raises_budget_exceeded_so_the_stage_holds_
     # When the story's agent makes a call
     with pytest.raises(BudgetExceededError) as raised:
         client.for_story("AUTH-001", "auth", "pm").call(
-            LLMRequest(task=TaskKind.PLANNING, messages=(Message.user("plan"),)))
+            LLMRequest(task=TaskKind.PLANNING, messages=(Message.user("plan"),))
+        )
 
     # Then nothing was sent, the error is a HoldStory naming the story scope, and an event was recorded
     assert isinstance(raised.value, HoldStory) and raised.value.scope == "story:AUTH-001"

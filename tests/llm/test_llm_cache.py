@@ -17,12 +17,18 @@ from wavefleet.llm.client import LLMClient
 from wavefleet.llm.types import LLMRequest, Message, TaskKind, ToolSpec
 
 pytestmark = pytest.mark.timeout(10)
-BASE = LLMRequest(task=TaskKind.PLANNING, system="plan well", messages=(Message.user("plan login"),),
-                  tools=(ToolSpec(name="finish"),), max_tokens=100)
+BASE = LLMRequest(
+    task=TaskKind.PLANNING,
+    system="plan well",
+    messages=(Message.user("plan login"),),
+    tools=(ToolSpec(name="finish"),),
+    max_tokens=100,
+)
 
 
 def test_an_identical_request_is_answered_from_the_cache_at_no_cost(
-        client: LLMClient, anthropic_server: AnthropicServer) -> None:
+    client: LLMClient, anthropic_server: AnthropicServer
+) -> None:
     # Given one answered request
     first = client.call(BASE, role="pm")
 
@@ -35,17 +41,22 @@ def test_an_identical_request_is_answered_from_the_cache_at_no_cost(
     assert second.text == first.text and second.cost_usd == 0.0 and first.cost_usd > 0
 
 
-@pytest.mark.parametrize("change", [
-    {"messages": (Message.user("plan logout"),)},
-    {"system": "plan badly"},
-    {"tools": (ToolSpec(name="finish"), ToolSpec(name="read_file"))},
-    {"tools": (ToolSpec(name="finish", description="done"),)},
-    {"max_tokens": 101},
-    {"temperature": 0.5},
-    {"stop": ("END",)},
-], ids=["messages", "system", "tools-added", "tool-changed", "max-tokens", "temperature", "stop"])
-def test_any_change_to_the_request_misses(client: LLMClient, anthropic_server: AnthropicServer,
-                                          change: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"messages": (Message.user("plan logout"),)},
+        {"system": "plan badly"},
+        {"tools": (ToolSpec(name="finish"), ToolSpec(name="read_file"))},
+        {"tools": (ToolSpec(name="finish", description="done"),)},
+        {"max_tokens": 101},
+        {"temperature": 0.5},
+        {"stop": ("END",)},
+    ],
+    ids=["messages", "system", "tools-added", "tool-changed", "max-tokens", "temperature", "stop"],
+)
+def test_any_change_to_the_request_misses(
+    client: LLMClient, anthropic_server: AnthropicServer, change: dict[str, object]
+) -> None:
     # Given one answered request
     client.call(BASE)
 
@@ -67,11 +78,14 @@ def test_a_different_model_misses(live: Settings, redis: Redis, anthropic_server
 
     # Then it is not served from the first model's entry
     assert not reply.cache_hit and [r["body"]["model"] for r in anthropic_server.requests] == [
-        live.anthropic.model, "claude-opus-4-7"]
+        live.anthropic.model,
+        "claude-opus-4-7",
+    ]
 
 
-def test_an_entry_expires_after_its_ttl(live: Settings, redis: Redis,
-                                        anthropic_server: AnthropicServer) -> None:
+def test_an_entry_expires_after_its_ttl(
+    live: Settings, redis: Redis, anthropic_server: AnthropicServer
+) -> None:
     # Given a cache TTL of one second
     client = LLMClient(with_llm(live, cache_ttl_s=1), redis)
     client.call(BASE)
@@ -111,9 +125,13 @@ def test_hits_and_misses_are_counted_by_provider_and_role(client: LLMClient) -> 
     assert stats.entries == 2
 
 
-def test_wave_cache_stats_and_clear(live: Settings, redis: Redis, client: LLMClient,
-                                    monkeypatch: pytest.MonkeyPatch,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_wave_cache_stats_and_clear(
+    live: Settings,
+    redis: Redis,
+    client: LLMClient,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     # Given two cached replies
     client.call(BASE, role="pm")
     client.call(BASE, role="pm")
@@ -134,7 +152,8 @@ def test_wave_cache_stats_and_clear(live: Settings, redis: Redis, client: LLMCli
 
 
 def test_a_request_can_ask_for_a_fresh_answer_and_still_refreshes_the_cache(
-        client: LLMClient, anthropic_server: AnthropicServer) -> None:
+    client: LLMClient, anthropic_server: AnthropicServer
+) -> None:
     # Given a cached reply
     client.call(BASE)
 

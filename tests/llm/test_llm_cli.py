@@ -26,6 +26,7 @@ pytestmark = pytest.mark.timeout(15)
 def use_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Settings], None]]:
     """Run `wave` in this process with the WAVE_* variables of some settings; afterwards, undo the
     logging set-up a command made (it holds this test's captured stderr)."""
+
     def apply(settings: Settings) -> None:
         for name in [n for n in os.environ if n.startswith("WAVE_")]:
             monkeypatch.delenv(name)
@@ -40,7 +41,8 @@ def use_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Settings], No
 
 
 def test_without_keys_wave_llm_call_says_it_runs_offline_and_shows_tokens_cost_cache_and_budget(
-        settings: Settings) -> None:
+    settings: Settings,
+) -> None:
     # Given a fleet with no API key, as a fresh install has
     # When the real command runs
     argv = [sys.executable, "-m", "wavefleet.cli", "llm", "call", "--task", "planning", "plan the login page"]
@@ -50,14 +52,23 @@ def test_without_keys_wave_llm_call_says_it_runs_offline_and_shows_tokens_cost_c
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "OFFLINE" in out and "no API key set" in out
-    for line in ("provider: OFFLINE offline-echo-1", "tokens:", "cost:     $0.000000", "cache:    miss",
-                 "budget:   the fleet on"):
+    for line in (
+        "provider: OFFLINE offline-echo-1",
+        "tokens:",
+        "cost:     $0.000000",
+        "cache:    miss",
+        "budget:   the fleet on",
+    ):
         assert line in out
 
 
 def test_with_keys_wave_llm_call_goes_to_the_routed_provider_then_hits_the_cache(
-        live: Settings, use_env: Callable[[Settings], None], capsys: pytest.CaptureFixture[str],
-        store: StoryStore, domains: Domains) -> None:
+    live: Settings,
+    use_env: Callable[[Settings], None],
+    capsys: pytest.CaptureFixture[str],
+    store: StoryStore,
+    domains: Domains,
+) -> None:
     # Given keys pointing at the local servers, and a story to charge
     use_env(live)
     store.enqueue([Story(id="AUTH-001", title="login")], domains)
@@ -77,8 +88,12 @@ def test_with_keys_wave_llm_call_goes_to_the_routed_provider_then_hits_the_cache
 
 
 def test_wave_budget_shows_each_scope_and_grant_raises_one(
-        settings: Settings, use_env: Callable[[Settings], None], capsys: pytest.CaptureFixture[str],
-        store: StoryStore, domains: Domains) -> None:
+    settings: Settings,
+    use_env: Callable[[Settings], None],
+    capsys: pytest.CaptureFixture[str],
+    store: StoryStore,
+    domains: Domains,
+) -> None:
     # Given a story
     use_env(settings)
     store.enqueue([Story(id="AUTH-001", title="login")], domains)
@@ -94,8 +109,9 @@ def test_wave_budget_shows_each_scope_and_grant_raises_one(
     assert "$5.00" in out and "$7.50" in out
 
 
-def test_wave_llm_status_shows_routes_and_breakers(settings: Settings, use_env: Callable[[Settings], None],
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_wave_llm_status_shows_routes_and_breakers(
+    settings: Settings, use_env: Callable[[Settings], None], capsys: pytest.CaptureFixture[str]
+) -> None:
     use_env(settings)
     assert wave(["llm", "status"]) == 0
     out = capsys.readouterr().out
@@ -103,10 +119,11 @@ def test_wave_llm_status_shows_routes_and_breakers(settings: Settings, use_env: 
     assert "anthropic: breaker closed" in out
 
 
-def test_a_grant_for_an_unknown_scope_is_one_clear_line(settings: Settings,
-                                                        use_env: Callable[[Settings], None],
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_grant_for_an_unknown_scope_is_one_clear_line(
+    settings: Settings, use_env: Callable[[Settings], None], capsys: pytest.CaptureFixture[str]
+) -> None:
     use_env(settings)
     assert wave(["budget", "grant", "team:auth", "--usd", "1"]) == 65
     assert capsys.readouterr().err.strip() == (
-        "wave: error: unknown scope 'team:auth': use story:ID, domain:NAME or global")
+        "wave: error: unknown scope 'team:auth': use story:ID, domain:NAME or global"
+    )

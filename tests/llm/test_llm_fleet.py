@@ -41,8 +41,12 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def fleet(redis_proc: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory,
-          anthropic_session: AnthropicServer, xai_session: XaiServer) -> Iterator[tuple[Worker, Worker]]:
+def fleet(
+    redis_proc: EmbeddedRedis,
+    tmp_path_factory: pytest.TempPathFactory,
+    anthropic_session: AnthropicServer,
+    xai_session: XaiServer,
+) -> Iterator[tuple[Worker, Worker]]:
     """Two worker processes for the whole module (they take seconds to import the SDKs); each test's
     `redis` fixture flushes the shared Redis, so every test starts with closed breakers."""
     tmp = tmp_path_factory.mktemp("fleet")
@@ -61,13 +65,15 @@ def fleet(redis_proc: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture
-def workers(fleet: tuple[Worker, Worker], redis: Redis, anthropic_server: AnthropicServer,
-            xai_server: XaiServer) -> tuple[Worker, Worker]:
+def workers(
+    fleet: tuple[Worker, Worker], redis: Redis, anthropic_server: AnthropicServer, xai_server: XaiServer
+) -> tuple[Worker, Worker]:
     return fleet
 
 
 def test_two_failures_in_two_processes_switch_both_to_the_other_provider(
-        workers: tuple[Worker, Worker], anthropic_server: AnthropicServer, xai_server: XaiServer) -> None:
+    workers: tuple[Worker, Worker], anthropic_server: AnthropicServer, xai_server: XaiServer
+) -> None:
     # Given Claude failing, and two worker processes
     first, second = workers
     anthropic_server.script(*[Reply(status=503)] * 10)
@@ -85,7 +91,8 @@ def test_two_failures_in_two_processes_switch_both_to_the_other_provider(
 
 
 def test_after_the_cool_down_a_probe_from_one_process_brings_both_back(
-        workers: tuple[Worker, Worker], anthropic_server: AnthropicServer) -> None:
+    workers: tuple[Worker, Worker], anthropic_server: AnthropicServer
+) -> None:
     # Given the breaker opened by one failure in each process
     first, second = workers
     anthropic_server.script(Reply(status=500), Reply(status=500))

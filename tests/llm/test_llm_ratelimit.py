@@ -26,8 +26,9 @@ def limiter(redis: Redis, settings: Settings, rpm: int = 0, tpm: int = 0, wait_s
     return RateLimiter(redis, settings.keys, {"anthropic": Limit(rpm, tpm)}, max_wait_s=wait_s)
 
 
-def test_a_full_minute_of_requests_is_admitted_then_the_next_fails_clearly(redis: Redis,
-                                                                           settings: Settings) -> None:
+def test_a_full_minute_of_requests_is_admitted_then_the_next_fails_clearly(
+    redis: Redis, settings: Settings
+) -> None:
     # Given 3 requests per minute and no waiting allowed
     bucket = limiter(redis, settings, rpm=3)
 
@@ -53,8 +54,9 @@ def test_the_bucket_is_shared_by_every_client_of_the_fleet(redis: Redis, setting
         one.acquire("anthropic", 1)
 
 
-def test_a_caller_over_the_limit_waits_for_the_refill_within_the_bound(redis: Redis,
-                                                                        settings: Settings) -> None:
+def test_a_caller_over_the_limit_waits_for_the_refill_within_the_bound(
+    redis: Redis, settings: Settings
+) -> None:
     # Given 6,000 tokens per minute (100 per second), all taken, and waits of up to 1 s allowed
     bucket = limiter(redis, settings, tpm=6000, wait_s=1.0)
     bucket.acquire("anthropic", 6000)
@@ -92,7 +94,8 @@ def test_settling_gives_back_tokens_the_estimate_overtook(redis: Redis, settings
 
 
 def test_a_provider_429_stops_the_whole_fleet_calling_it_for_its_retry_after(
-        live: Settings, redis: Redis, anthropic_server: AnthropicServer) -> None:
+    live: Settings, redis: Redis, anthropic_server: AnthropicServer
+) -> None:
     # Given Claude answering 429 with retry-after 30 s, and a client allowed to wait 1 s
     settings = with_llm(live, rate_wait_max_s=1.0)
     client = LLMClient(settings, redis)
@@ -111,7 +114,8 @@ def test_a_provider_429_stops_the_whole_fleet_calling_it_for_its_retry_after(
 
 
 def test_a_call_the_budget_refuses_gives_its_rate_limit_slot_back(
-        live: Settings, redis: Redis, domains_dir: Path, store: StoryStore, domains: Domains) -> None:
+    live: Settings, redis: Redis, domains_dir: Path, store: StoryStore, domains: Domains
+) -> None:
     # Given one request per minute for Claude, and an auth story whose budget cannot pay for a call
     toml = domains_dir / "auth" / "domain.toml"
     toml.write_text(toml.read_text().replace("story_usd = 5.0", "story_usd = 0.000001"))

@@ -31,7 +31,8 @@ def ask(task: TaskKind | str = TaskKind.PLANNING, text: str = "hello") -> LLMReq
 
 @pytest.mark.parametrize("task", sorted(GROK | CLAUDE))
 def test_each_task_kind_goes_to_the_provider_the_issue_names(
-        client: LLMClient, anthropic_server: AnthropicServer, xai_server: XaiServer, task: str) -> None:
+    client: LLMClient, anthropic_server: AnthropicServer, xai_server: XaiServer, task: str
+) -> None:
     # Given both providers keyed and healthy
     # When a call of this task kind is made
     reply = client.call(ask(task))
@@ -54,7 +55,8 @@ def test_a_provider_without_a_key_is_skipped(settings: Settings, redis: Redis, x
 
 
 def test_without_any_key_auto_mode_answers_offline_and_says_so_in_the_result_and_the_log(
-        settings: Settings, redis: Redis) -> None:
+    settings: Settings, redis: Redis
+) -> None:
     # Given no key and the default offline mode
     client = LLMClient(live_settings(settings, None, None, offline="auto"), redis)
 
@@ -78,7 +80,8 @@ def test_without_any_key_and_offline_refused_the_call_fails_clearly(settings: Se
 
 
 def test_offline_always_never_calls_a_keyed_provider(
-        settings: Settings, redis: Redis, anthropic_server: AnthropicServer, xai_server: XaiServer) -> None:
+    settings: Settings, redis: Redis, anthropic_server: AnthropicServer, xai_server: XaiServer
+) -> None:
     # Given keys but WAVE_LLM__OFFLINE=always
     client = LLMClient(live_settings(settings, anthropic_server, xai_server, offline="always"), redis)
 
@@ -91,7 +94,8 @@ def test_offline_always_never_calls_a_keyed_provider(
 
 
 def test_when_both_providers_fail_the_call_fails_and_never_falls_back_to_offline(
-        client: LLMClient, anthropic_server: AnthropicServer, xai_server: XaiServer) -> None:
+    client: LLMClient, anthropic_server: AnthropicServer, xai_server: XaiServer
+) -> None:
     # Given both providers failing (offline is allowed as "auto", but keys are set)
     anthropic_server.script(HttpReply(status=500))
     import grpc  # noqa: PLC0415
@@ -105,7 +109,8 @@ def test_when_both_providers_fail_the_call_fails_and_never_falls_back_to_offline
 
 
 def test_the_fleet_falls_back_after_exactly_two_consecutive_failures(
-        client: LLMClient, anthropic_server: AnthropicServer, xai_server: XaiServer) -> None:
+    client: LLMClient, anthropic_server: AnthropicServer, xai_server: XaiServer
+) -> None:
     # Given Claude failing every call
     anthropic_server.script(*[HttpReply(status=529)] * 5)
 
@@ -120,7 +125,8 @@ def test_the_fleet_falls_back_after_exactly_two_consecutive_failures(
 
 
 def test_a_success_between_failures_resets_the_count(
-        client: LLMClient, anthropic_server: AnthropicServer) -> None:
+    client: LLMClient, anthropic_server: AnthropicServer
+) -> None:
     # Given failure, success, failure on Claude
     anthropic_server.script(HttpReply(status=500), HttpReply(), HttpReply(status=500))
 
@@ -134,7 +140,8 @@ def test_a_success_between_failures_resets_the_count(
 
 
 def test_a_request_the_provider_refuses_as_invalid_is_raised_and_does_not_count(
-        client: LLMClient, anthropic_server: AnthropicServer, xai_server: XaiServer) -> None:
+    client: LLMClient, anthropic_server: AnthropicServer, xai_server: XaiServer
+) -> None:
     # Given Claude refusing the request itself (400)
     anthropic_server.script(HttpReply(status=400), HttpReply(status=400))
 
@@ -149,7 +156,8 @@ def test_a_request_the_provider_refuses_as_invalid_is_raised_and_does_not_count(
 
 
 def test_after_the_cool_down_one_probe_success_closes_the_breaker(
-        live: Settings, redis: Redis, anthropic_server: AnthropicServer) -> None:
+    live: Settings, redis: Redis, anthropic_server: AnthropicServer
+) -> None:
     # Given Claude's breaker opened by two failures, with a short cool-down
     client = LLMClient(with_llm(live, cooldown_s=0.3), redis)
     anthropic_server.script(HttpReply(status=500), HttpReply(status=500))
@@ -168,7 +176,8 @@ def test_after_the_cool_down_one_probe_success_closes_the_breaker(
 
 
 def test_a_failed_probe_opens_the_breaker_for_another_cool_down(
-        live: Settings, redis: Redis, anthropic_server: AnthropicServer) -> None:
+    live: Settings, redis: Redis, anthropic_server: AnthropicServer
+) -> None:
     # Given an opened breaker whose cool-down has passed, and Claude still failing
     client = LLMClient(with_llm(live, cooldown_s=0.3), redis)
     anthropic_server.script(*[HttpReply(status=500)] * 3)
@@ -202,7 +211,8 @@ def test_only_one_caller_gets_the_probe(redis: Redis, settings: Settings) -> Non
 
 
 def test_a_domain_can_route_a_task_kind_to_the_other_provider(
-        live: Settings, redis: Redis, domains_dir: Path, xai_server: XaiServer) -> None:
+    live: Settings, redis: Redis, domains_dir: Path, xai_server: XaiServer
+) -> None:
     # Given the auth domain routing planning to Grok in its domain.toml
     toml = domains_dir / "auth" / "domain.toml"
     toml.write_text(toml.read_text() + '\n[models.routes]\nplanning = "xai"\n')
@@ -217,7 +227,8 @@ def test_a_domain_can_route_a_task_kind_to_the_other_provider(
 
 
 def test_settings_can_override_the_table_and_an_unknown_task_kind_fails_at_start(
-        live: Settings, redis: Redis) -> None:
+    live: Settings, redis: Redis
+) -> None:
     # Given WAVE_LLM__ROUTES sending cto_review to Claude
     routed = with_llm(live, routes={"cto_review": "anthropic"})
 
@@ -231,7 +242,8 @@ def test_settings_can_override_the_table_and_an_unknown_task_kind_fails_at_start
 
 
 def test_a_cached_reply_is_served_even_while_its_provider_is_failing_over(
-        client: LLMClient, anthropic_server: AnthropicServer, xai_server: XaiServer) -> None:
+    client: LLMClient, anthropic_server: AnthropicServer, xai_server: XaiServer
+) -> None:
     # Given a planning reply in the cache, then Claude's breaker opened by two failures
     cached = client.call(ask(text="plan the login page"))
     anthropic_server.script(HttpReply(status=500), HttpReply(status=500))

@@ -13,19 +13,29 @@ from wavefleet.llm.xai_provider import XaiProvider
 
 pytestmark = pytest.mark.timeout(10)
 LONG_SYSTEM = "You judge whether an agent's action is safe. " * 120
-VERDICT = ToolSpec(name="verdict", description="the safety verdict", input_schema={
-    "type": "object", "properties": {"score": {"type": "number"}}})
+VERDICT = ToolSpec(
+    name="verdict",
+    description="the safety verdict",
+    input_schema={"type": "object", "properties": {"score": {"type": "number"}}},
+)
 
 
 def provider(server: XaiServer, **overrides: object) -> XaiProvider:
-    values = {"api_key": "test-xai-key", "api_host": server.host, "use_insecure_channel": True,
-              "timeout_s": 0.5, "max_retries": 0, **overrides}
+    values = {
+        "api_key": "test-xai-key",
+        "api_host": server.host,
+        "use_insecure_channel": True,
+        "timeout_s": 0.5,
+        "max_retries": 0,
+        **overrides,
+    }
     return XaiProvider(XaiSettings.model_validate(values))
 
 
 def ask(text: str, **fields: object) -> LLMRequest:
-    return LLMRequest.model_validate({"task": TaskKind.CONSTITUTIONAL_CHECK, "messages": [Message.user(text)],
-                                      **fields})
+    return LLMRequest.model_validate(
+        {"task": TaskKind.CONSTITUTIONAL_CHECK, "messages": [Message.user(text)], **fields}
+    )
 
 
 def test_a_reply_comes_back_with_usage_and_the_services_own_cost(xai_server: XaiServer) -> None:
@@ -54,9 +64,18 @@ def test_tool_calls_are_parsed_and_tool_results_go_back_as_tool_messages(xai_ser
     # When the call is answered in a second turn
     first = grok.complete(ask("judge", tools=[VERDICT]), 128)
     call = first.tool_calls[0]
-    grok.complete(ask("judge", tools=[VERDICT]).model_copy(update={"messages": (
-        Message.user("judge"), Message.assistant("", (call,)),
-        Message.results(ToolResult(tool_call_id=call.id, content="noted")))}), 128)
+    grok.complete(
+        ask("judge", tools=[VERDICT]).model_copy(
+            update={
+                "messages": (
+                    Message.user("judge"),
+                    Message.assistant("", (call,)),
+                    Message.results(ToolResult(tool_call_id=call.id, content="noted")),
+                )
+            }
+        ),
+        128,
+    )
 
     # Then the call was parsed; the tools and the tool turn were sent as the service expects
     assert first.tool_calls == (ToolCall(id=call.id, name="verdict", arguments={"score": 0.2}),)
@@ -85,19 +104,35 @@ def test_a_repeated_prefix_is_reported_as_cached_prompt_tokens(xai_server: XaiSe
     assert second.reported_cost_usd < first.reported_cost_usd
 
 
-@pytest.mark.parametrize(("reply", "error", "counts", "says"), [
-    (Reply(code=grpc.StatusCode.RESOURCE_EXHAUSTED, trailers=(("retry-after", "4"),)),
-     ProviderRateLimitedError, True, "RESOURCE_EXHAUSTED"),
-    (Reply(code=grpc.StatusCode.UNAVAILABLE), ProviderError, True, "UNAVAILABLE"),
-    (Reply(delay_s=1.5), ProviderError, True, "DEADLINE_EXCEEDED"),
-    (Reply(code=grpc.StatusCode.INTERNAL), ProviderError, True, "INTERNAL"),
-    (Reply(code=grpc.StatusCode.INVALID_ARGUMENT), ProviderError, False, "request refused"),
-    (Reply(tool_calls=[("verdict", "{not json")]), ProviderError, True, "malformed"),
-    (Reply(tool_calls=[("verdict", "[1, 2]")]), ProviderError, True, "malformed tool call"),
-], ids=["resource-exhausted", "unavailable", "deadline", "internal", "invalid-argument", "bad-json",
-      "not-an-object"])
+@pytest.mark.parametrize(
+    ("reply", "error", "counts", "says"),
+    [
+        (
+            Reply(code=grpc.StatusCode.RESOURCE_EXHAUSTED, trailers=(("retry-after", "4"),)),
+            ProviderRateLimitedError,
+            True,
+            "RESOURCE_EXHAUSTED",
+        ),
+        (Reply(code=grpc.StatusCode.UNAVAILABLE), ProviderError, True, "UNAVAILABLE"),
+        (Reply(delay_s=1.5), ProviderError, True, "DEADLINE_EXCEEDED"),
+        (Reply(code=grpc.StatusCode.INTERNAL), ProviderError, True, "INTERNAL"),
+        (Reply(code=grpc.StatusCode.INVALID_ARGUMENT), ProviderError, False, "request refused"),
+        (Reply(tool_calls=[("verdict", "{not json")]), ProviderError, True, "malformed"),
+        (Reply(tool_calls=[("verdict", "[1, 2]")]), ProviderError, True, "malformed tool call"),
+    ],
+    ids=[
+        "resource-exhausted",
+        "unavailable",
+        "deadline",
+        "internal",
+        "invalid-argument",
+        "bad-json",
+        "not-an-object",
+    ],
+)
 def test_every_grpc_failure_is_one_of_our_errors_saying_whether_it_is_the_providers_fault(
-        xai_server: XaiServer, reply: Reply, error: type[ProviderError], counts: bool, says: str) -> None:
+    xai_server: XaiServer, reply: Reply, error: type[ProviderError], counts: bool, says: str
+) -> None:
     # Given a scripted failure
     xai_server.script(reply)
 

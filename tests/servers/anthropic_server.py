@@ -20,8 +20,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               429: "rate_limit_error", 500: "api_error", 503: "api_error", 529: "overloaded_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "api_error",
+    529: "overloaded_error",
+}
 
 
 @dataclass
@@ -43,8 +50,9 @@ def tokens_of(value: Any) -> int:
 
 
 class AnthropicServer:
-    def __init__(self, api_key: str = "test-anthropic-key", min_cache_tokens: int = 1024,
-                 reply_chars: int = 0) -> None:
+    def __init__(
+        self, api_key: str = "test-anthropic-key", min_cache_tokens: int = 1024, reply_chars: int = 0
+    ) -> None:
         self.api_key = api_key
         self.min_cache_tokens = min_cache_tokens
         self.reply_chars = reply_chars  # pad default replies to this length (realistic output sizes)
@@ -54,8 +62,9 @@ class AnthropicServer:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -93,13 +102,22 @@ class AnthropicServer:
     def message(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         usage = self._usage(body)
         content: list[dict[str, Any]] = []
-        text = reply.text if reply.text is not None else padded(f"echo: {_last_user_text(body)[:200]}",
-                                                                self.reply_chars)
+        text = (
+            reply.text
+            if reply.text is not None
+            else padded(f"echo: {_last_user_text(body)[:200]}", self.reply_chars)
+        )
         if text:
             content.append({"type": "text", "text": text})
         for index, (name, arguments) in enumerate(reply.tool_use):
-            content.append({"type": "tool_use", "id": f"toolu_{len(self.requests)}_{index}", "name": name,
-                            "input": arguments})
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{len(self.requests)}_{index}",
+                    "name": name,
+                    "input": arguments,
+                }
+            )
         usage["output_tokens"] = max(1, tokens_of(content))
         return {
             "id": f"msg_{len(self.requests):06d}",

@@ -55,8 +55,13 @@ def tokens_of(value: Any) -> int:
 
 
 class XaiServer(chat_pb2_grpc.ChatServicer):
-    def __init__(self, api_key: str = "test-xai-key", prices: Prices | None = None,
-                 min_cache_tokens: int = 1024, reply_chars: int = 0) -> None:
+    def __init__(
+        self,
+        api_key: str = "test-xai-key",
+        prices: Prices | None = None,
+        min_cache_tokens: int = 1024,
+        reply_chars: int = 0,
+    ) -> None:
         self.api_key = api_key
         self.reply_chars = reply_chars  # pad default replies to this length (realistic output sizes)
         self.prices = prices or Prices()
@@ -95,8 +100,11 @@ class XaiServer(chat_pb2_grpc.ChatServicer):
             return self._script.popleft() if self._script else Reply()
 
     # The Chat service ----------------------------------------------------------------------------
-    def GetCompletion(self, request: chat_pb2.GetCompletionsRequest,  # noqa: N802 - the service's name
-                      context: grpc.ServicerContext) -> chat_pb2.GetChatCompletionResponse:
+    def GetCompletion(  # noqa: N802 - the gRPC service's method name
+        self,
+        request: chat_pb2.GetCompletionsRequest,
+        context: grpc.ServicerContext,
+    ) -> chat_pb2.GetChatCompletionResponse:
         metadata = dict(context.invocation_metadata())
         if metadata.get("authorization") != f"Bearer {self.api_key}":
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid api key")
@@ -111,29 +119,54 @@ class XaiServer(chat_pb2_grpc.ChatServicer):
             context.abort(reply.code, f"scripted {reply.code.name}")
         return self._completion(request, body, reply)
 
-    def _completion(self, request: chat_pb2.GetCompletionsRequest, body: dict[str, Any],
-                    reply: Reply) -> chat_pb2.GetChatCompletionResponse:
-        text = reply.text if reply.text is not None else padded(f"echo: {_last_user_text(request)[:200]}",
-                                                                self.reply_chars)
-        calls = [chat_pb2.ToolCall(id=f"call_{len(self.requests)}_{i}",
-                                   function=chat_pb2.FunctionCall(name=name, arguments=arguments))
-                 for i, (name, arguments) in enumerate(reply.tool_calls)]
-        message = chat_pb2.CompletionMessage(content=text, role=chat_pb2.MessageRole.ROLE_ASSISTANT,
-                                             tool_calls=calls)
+    def _completion(
+        self, request: chat_pb2.GetCompletionsRequest, body: dict[str, Any], reply: Reply
+    ) -> chat_pb2.GetChatCompletionResponse:
+        text = (
+            reply.text
+            if reply.text is not None
+            else padded(f"echo: {_last_user_text(request)[:200]}", self.reply_chars)
+        )
+        calls = [
+            chat_pb2.ToolCall(
+                id=f"call_{len(self.requests)}_{i}",
+                function=chat_pb2.FunctionCall(name=name, arguments=arguments),
+            )
+            for i, (name, arguments) in enumerate(reply.tool_calls)
+        ]
+        message = chat_pb2.CompletionMessage(
+            content=text, role=chat_pb2.MessageRole.ROLE_ASSISTANT, tool_calls=calls
+        )
         finish = sample_pb2.FinishReason.REASON_TOOL_CALLS if calls else sample_pb2.FinishReason.REASON_STOP
         output = chat_pb2.CompletionOutput(index=0, message=message, finish_reason=finish)
         completion = max(1, tokens_of(text) + tokens_of([c.function.arguments for c in calls]))
-        return chat_pb2.GetChatCompletionResponse(id=f"resp_{len(self.requests):06d}", outputs=[output],
-                                                  model=request.model, usage=self._usage(body, completion))
+        return chat_pb2.GetChatCompletionResponse(
+            id=f"resp_{len(self.requests):06d}",
+            outputs=[output],
+            model=request.model,
+            usage=self._usage(body, completion),
+        )
 
     def _usage(self, body: dict[str, Any], completion: int) -> usage_pb2.SamplingUsage:
         prompt = tokens_of({"tools": body.get("tools", []), "messages": body.get("messages", [])})
         cached = self._cached_tokens(body)
-        ticks = ((prompt - cached) * self.prices.input + cached * self.prices.cached_input
-                 + completion * self.prices.output) / 1_000_000 * USD_TICKS
-        return usage_pb2.SamplingUsage(prompt_tokens=prompt, prompt_text_tokens=prompt,
-                                       cached_prompt_text_tokens=cached, completion_tokens=completion,
-                                       total_tokens=prompt + completion, cost_in_usd_ticks=round(ticks))
+        ticks = (
+            (
+                (prompt - cached) * self.prices.input
+                + cached * self.prices.cached_input
+                + completion * self.prices.output
+            )
+            / 1_000_000
+            * USD_TICKS
+        )
+        return usage_pb2.SamplingUsage(
+            prompt_tokens=prompt,
+            prompt_text_tokens=prompt,
+            cached_prompt_text_tokens=cached,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            cost_in_usd_ticks=round(ticks),
+        )
 
     def _cached_tokens(self, body: dict[str, Any]) -> int:
         """The longest earlier-seen prefix (tools and all messages but the last) counts as cached."""

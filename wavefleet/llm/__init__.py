@@ -16,5 +16,14 @@ from .types import (
     Usage,
 )
 
-__all__ = ["LLMRequest", "LLMResponse", "Message", "ProviderName", "TaskKind", "ToolCall", "ToolResult",
-           "ToolSpec", "Usage"]
+__all__ = [
+    "LLMRequest",
+    "LLMResponse",
+    "Message",
+    "ProviderName",
+    "TaskKind",
+    "ToolCall",
+    "ToolResult",
+    "ToolSpec",
+    "Usage",
+]

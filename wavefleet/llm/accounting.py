@@ -63,10 +63,18 @@ class CallTotals:
 
     @classmethod
     def of(cls, entries: list[dict[str, str]]) -> CallTotals:
-        tokens = sum(int(e[f]) for e in entries if e.get("cache_hit") != "1"
-                     for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"))
-        return cls(len(entries), sum(e.get("cache_hit") == "1" for e in entries), tokens,
-                   sum(float(e["cost_usd"]) for e in entries))
+        tokens = sum(
+            int(e[f])
+            for e in entries
+            if e.get("cache_hit") != "1"
+            for f in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+        )
+        return cls(
+            len(entries),
+            sum(e.get("cache_hit") == "1" for e in entries),
+            tokens,
+            sum(float(e["cost_usd"]) for e in entries),
+        )
 
 
 def format_call(entry: dict[str, str]) -> str:

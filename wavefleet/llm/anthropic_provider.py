@@ -58,8 +58,10 @@ class AnthropicProvider:
                 block["cache_control"] = EPHEMERAL
             params["system"] = [block]
         if request.tools:
-            tools = [{"name": t.name, "description": t.description, "input_schema": t.input_schema}
-                     for t in request.tools]
+            tools = [
+                {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+                for t in request.tools
+            ]
             if self._caching:
                 tools[-1]["cache_control"] = EPHEMERAL
             params["tools"] = tools
@@ -76,8 +78,9 @@ def _message(message: Message) -> dict[str, Any]:
     ]
     if message.text:
         blocks.append({"type": "text", "text": message.text})
-    blocks.extend({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
-                  for c in message.tool_calls)
+    blocks.extend(
+        {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in message.tool_calls
+    )
     return {"role": message.role, "content": blocks}
 
 
@@ -87,8 +90,9 @@ def _completion(message: Any) -> Completion:
         content = list(message.content)
         usage = message.usage
         texts = [block.text for block in content if block.type == "text"]
-        calls = tuple(ToolCall(id=b.id, name=b.name, arguments=dict(b.input)) for b in content
-                      if b.type == "tool_use")
+        calls = tuple(
+            ToolCall(id=b.id, name=b.name, arguments=dict(b.input)) for b in content if b.type == "tool_use"
+        )
         ours = Usage(
             input_tokens=int(usage.input_tokens),
             output_tokens=int(usage.output_tokens),
@@ -97,16 +101,18 @@ def _completion(message: Any) -> Completion:
         )
     except (AttributeError, TypeError, ValueError, ValidationError) as exc:
         raise ProviderError(ProviderName.ANTHROPIC, f"malformed reply: {exc}") from None
-    return Completion(text="".join(texts), tool_calls=calls, stop_reason=str(message.stop_reason or ""),
-                      usage=ours)
+    return Completion(
+        text="".join(texts), tool_calls=calls, stop_reason=str(message.stop_reason or ""), usage=ours
+    )
 
 
 def _status_error(exc: anthropic.APIStatusError) -> ProviderError:
     status = exc.status_code
     detail = _error_message(exc)
     if status == 429:
-        return ProviderRateLimitedError(ProviderName.ANTHROPIC, f"rate limited (429): {detail}",
-                                        retry_after_s=_retry_after(exc))
+        return ProviderRateLimitedError(
+            ProviderName.ANTHROPIC, f"rate limited (429): {detail}", retry_after_s=_retry_after(exc)
+        )
     if status == 529:
         return ProviderError(ProviderName.ANTHROPIC, f"overloaded (529): {detail}")
     if status in REQUEST_ERRORS:
@@ -131,4 +137,3 @@ def _retry_after(exc: anthropic.APIStatusError) -> float | None:
             except ValueError:
                 continue
     return None
-

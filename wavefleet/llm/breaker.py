@@ -67,8 +67,9 @@ def parse_state(reply: Any) -> tuple[BreakerState, float]:
 
 
 class Breakers:
-    def __init__(self, redis: Redis, keys: Keys, *, threshold: int, cooldown_s: float,
-                 probe_ttl_s: float) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, threshold: int, cooldown_s: float, probe_ttl_s: float
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.threshold = threshold

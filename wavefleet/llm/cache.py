@@ -21,6 +21,7 @@ from .types import Completion, LLMRequest
 CLEAR_BATCH = 500
 CLEAR_MAX_ROUNDS = 100_000  # a bound on the SCAN loop: 50 M keys
 
+
 def canonical_json(request: LLMRequest) -> str:
     """The request's content (system, messages, tools, sampling parameters) as one stable text.
 

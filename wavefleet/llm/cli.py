@@ -77,15 +77,26 @@ def cmd_llm_call(app: AppLike, args: argparse.Namespace) -> int:
     if args.story:
         app.store.get(args.story)  # NotFoundError: never charge or record on a story that does not exist
     client = LLMClient(app.settings, redis)
-    request = LLMRequest(task=TaskKind(args.task), system=args.system, messages=(Message.user(args.prompt),),
-                         max_tokens=args.max_tokens)
+    request = LLMRequest(
+        task=TaskKind(args.task),
+        system=args.system,
+        messages=(Message.user(args.prompt),),
+        max_tokens=args.max_tokens,
+    )
     response = client.call(request, story=args.story, domain=args.domain, role=args.role)
     scopes = _call_scopes(app, args)
     uses = [(scope, client.budget.use(scope.name)) for scope in scopes]
     if args.json:
-        budget = [{"scope": s.name, "spent_usd": u.spent_usd,
-                   "limit_usd": to_usd(s.limit_nusd + u.grant_nusd), "spent_tokens": u.spent_tokens,
-                   "limit_tokens": s.limit_tokens + u.grant_tokens} for s, u in uses]
+        budget = [
+            {
+                "scope": s.name,
+                "spent_usd": u.spent_usd,
+                "limit_usd": to_usd(s.limit_nusd + u.grant_nusd),
+                "spent_tokens": u.spent_tokens,
+                "limit_tokens": s.limit_tokens + u.grant_tokens,
+            }
+            for s, u in uses
+        ]
         reply = response.model_dump(mode="json")
         print(json.dumps({"mode": client.mode(), "response": reply, "budget": budget}, indent=2))
         return ExitCode.OK
@@ -93,8 +104,10 @@ def cmd_llm_call(app: AppLike, args: argparse.Namespace) -> int:
     for index, (scope, use) in enumerate(uses):
         limit_usd = to_usd(scope.limit_nusd + use.grant_nusd)
         limit_tokens = scope.limit_tokens + use.grant_tokens
-        print(f"{'budget:' if index == 0 else '':<10}{scope.label}: ${use.spent_usd:.6f} of ${limit_usd:.2f} "
-              f"({use.spent_usd / limit_usd:.1%}), {use.spent_tokens:,} of {limit_tokens:,} tokens")
+        print(
+            f"{'budget:' if index == 0 else '':<10}{scope.label}: ${use.spent_usd:.6f} of ${limit_usd:.2f} "
+            f"({use.spent_usd / limit_usd:.1%}), {use.spent_tokens:,} of {limit_tokens:,} tokens"
+        )
     print("--- reply ---")
     print(response.text)
     for call in response.tool_calls:
@@ -119,8 +132,10 @@ def _print_response(client: LLMClient, response: LLMResponse, ttl_s: int) -> Non
         print(f"{'mode:':<10}{client.mode()}")
     fallback = f" (fallback from {response.fallback_from.value})" if response.fallback_from else ""
     print(f"{'provider:':<10}{response.label}{fallback}")
-    print(f"{'tokens:':<10}in {usage.input_tokens:,} (cache read {usage.cache_read_tokens:,}, write "
-          f"{usage.cache_write_tokens:,}) out {usage.output_tokens:,} = {usage.total_tokens:,}")
+    print(
+        f"{'tokens:':<10}in {usage.input_tokens:,} (cache read {usage.cache_read_tokens:,}, write "
+        f"{usage.cache_write_tokens:,}) out {usage.output_tokens:,} = {usage.total_tokens:,}"
+    )
     print(f"{'cost:':<10}${response.cost_usd:.6f}")
     cache = "HIT: no provider call, $0" if response.cache_hit else f"miss (reply stored for {ttl_s} s)"
     print(f"{'cache:':<10}{cache}")
@@ -136,8 +151,10 @@ def cmd_llm_calls(app: AppLike, args: argparse.Namespace) -> int:
     for entry in entries:
         print(format_call(entry))
     totals = CallTotals.of(entries)
-    print(f"{totals.calls} calls ({totals.cache_hits} from the response cache), {totals.tokens:,} tokens, "
-          f"${totals.cost_usd:.6f}")
+    print(
+        f"{totals.calls} calls ({totals.cache_hits} from the response cache), {totals.tokens:,} tokens, "
+        f"${totals.cost_usd:.6f}"
+    )
     return ExitCode.OK
 
 
@@ -145,25 +162,33 @@ def cmd_llm_status(app: AppLike, args: argparse.Namespace) -> int:
     client = LLMClient(app.settings, app.store.redis)
     print(f"mode: {client.mode()}")
     for task in TaskKind:
-        print(f"  {task.value:<24} -> {client.router.routed(task).value}"
-              f"{'' if client.router.routed(task) == DEFAULT_ROUTES[task] else ' (WAVE_LLM__ROUTES)'}")
+        print(
+            f"  {task.value:<24} -> {client.router.routed(task).value}"
+            f"{'' if client.router.routed(task) == DEFAULT_ROUTES[task] else ' (WAVE_LLM__ROUTES)'}"
+        )
     for name in ("anthropic", "xai"):
         breaker = client.breakers.snapshot(name)
         bucket = client.limiter.snapshot(name)
         opened = float(breaker.get("open_until", 0)) / 1000
         state = f"OPEN until {time.strftime('%H:%M:%S', time.localtime(opened))}" if opened else "closed"
-        left = (f"{float(bucket['req']):.1f} requests and {float(bucket['tok']):,.0f} tokens left" if bucket
-                else "full (unused for a minute)")
-        print(f"{name}: breaker {state}, {breaker.get('failures', 0)} consecutive failures, opened "
-              f"{breaker.get('opened', 0)} times; rate bucket {left}")
+        left = (
+            f"{float(bucket['req']):.1f} requests and {float(bucket['tok']):,.0f} tokens left"
+            if bucket
+            else "full (unused for a minute)"
+        )
+        print(
+            f"{name}: breaker {state}, {breaker.get('failures', 0)} consecutive failures, opened "
+            f"{breaker.get('opened', 0)} times; rate bucket {left}"
+        )
     return ExitCode.OK
 
 
 # wave cache ----------------------------------------------------------------------------------
 def cmd_cache(app: AppLike, args: argparse.Namespace) -> int:
     llm = app.settings.llm
-    cache = ResponseCache(app.store.redis, app.settings.keys, ttl_s=llm.cache_ttl_s,
-                          enabled=llm.cache_enabled)
+    cache = ResponseCache(
+        app.store.redis, app.settings.keys, ttl_s=llm.cache_ttl_s, enabled=llm.cache_enabled
+    )
     if args.action == "clear":
         deleted = cache.clear(counters=args.counters)
         print(f"cleared {deleted} cached replies{' and the counters' if args.counters else ''}")
@@ -188,23 +213,28 @@ def cmd_budget(app: AppLike, args: argparse.Namespace) -> int:
         return _grant(app, budget, args)
     day = args.date or day_of(time.time())
     rows = [Scope(f"global:{day}", "global", *_limits(app, None))]
-    rows += [Scope(f"domain:{d.name}:{day}", f"domain {d.name}", *_limits(app, d, daily=True))
-             for d in app.domains]
+    rows += [
+        Scope(f"domain:{d.name}:{day}", f"domain {d.name}", *_limits(app, d, daily=True)) for d in app.domains
+    ]
     stories = set(app.store.active_ids()) | ({args.story} if args.story else set())
     for story in sorted(stories):
         domain = app.domains.for_story(story)
         rows.append(Scope(f"story:{story}", f"story {story}", *_limits(app, domain)))
     print(f"budgets on {day} (UTC)")
-    print(f"{'SCOPE':<22} {'SPENT':>11} {'RESERVED':>10} {'LIMIT':>10} {'USE':>6} {'TOKENS':>13} "
-          f"{'LIMIT TOKENS':>14} {'CALLS':>6}")
+    print(
+        f"{'SCOPE':<22} {'SPENT':>11} {'RESERVED':>10} {'LIMIT':>10} {'USE':>6} {'TOKENS':>13} "
+        f"{'LIMIT TOKENS':>14} {'CALLS':>6}"
+    )
     for scope in rows:
         use = budget.use(scope.name)
         limit = scope.limit_nusd + use.grant_nusd
         limit_tokens = scope.limit_tokens + use.grant_tokens
         share = max(use.spent_nusd / limit, use.spent_tokens / limit_tokens)
-        print(f"{scope.label:<22} {f'${use.spent_usd:.4f}':>11} {f'${to_usd(use.reserved_nusd):.4f}':>10} "
-              f"{f'${to_usd(limit):.2f}':>10} {share:>6.1%} {use.spent_tokens:>13,} {limit_tokens:>14,} "
-              f"{use.calls:>6}")
+        print(
+            f"{scope.label:<22} {f'${use.spent_usd:.4f}':>11} {f'${to_usd(use.reserved_nusd):.4f}':>10} "
+            f"{f'${to_usd(limit):.2f}':>10} {share:>6.1%} {use.spent_tokens:>13,} {limit_tokens:>14,} "
+            f"{use.calls:>6}"
+        )
     return ExitCode.OK
 
 
@@ -231,6 +261,8 @@ def _grant(app: AppLike, budget: Budget, args: argparse.Namespace) -> int:
     else:
         raise InvalidInputError(f"unknown scope {args.scope!r}: use story:ID, domain:NAME or global")
     use = budget.grant(name, usd=args.usd, tokens=args.tokens)
-    print(f"{name}: limit raised by ${args.usd:.2f} and {args.tokens:,} tokens (granted in total "
-          f"${to_usd(use.grant_nusd):.2f}, {use.grant_tokens:,} tokens)")
+    print(
+        f"{name}: limit raised by ${args.usd:.2f} and {args.tokens:,} tokens (granted in total "
+        f"${to_usd(use.grant_nusd):.2f}, {use.grant_tokens:,} tokens)"
+    )
     return ExitCode.OK

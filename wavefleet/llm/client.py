@@ -68,13 +68,22 @@ class _Attempt:
     digest: str  # the response-cache key of this request on this provider and model
     size: int  # bytes of the request's content, for the estimate
 
-    def response(self, completion: Completion, cost_usd: float, latency_ms: float, *,
-                 cache_hit: bool = False) -> LLMResponse:
+    def response(
+        self, completion: Completion, cost_usd: float, latency_ms: float, *, cache_hit: bool = False
+    ) -> LLMResponse:
         return LLMResponse(
-            provider=self.provider.name, model=self.provider.model, task=self.request.task,
-            text=completion.text, tool_calls=completion.tool_calls, stop_reason=completion.stop_reason,
-            usage=completion.usage, cost_usd=cost_usd, latency_ms=latency_ms, cache_hit=cache_hit,
-            offline=self.provider.name is ProviderName.OFFLINE, fallback_from=self.route.fallback_from,
+            provider=self.provider.name,
+            model=self.provider.model,
+            task=self.request.task,
+            text=completion.text,
+            tool_calls=completion.tool_calls,
+            stop_reason=completion.stop_reason,
+            usage=completion.usage,
+            cost_usd=cost_usd,
+            latency_ms=latency_ms,
+            cache_hit=cache_hit,
+            offline=self.provider.name is ProviderName.OFFLINE,
+            fallback_from=self.route.fallback_from,
         )
 
 
@@ -88,8 +97,14 @@ class _Spend:
 
 
 class LLMClient:
-    def __init__(self, settings: Settings, redis: Redis, *, domains: Domains | None = None,
-                 providers: Mapping[ProviderName, Provider] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        *,
+        domains: Domains | None = None,
+        providers: Mapping[ProviderName, Provider] | None = None,
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.keys = settings.keys
@@ -99,14 +114,24 @@ class LLMClient:
         self._sections: dict[tuple[ProviderName, str], AnthropicSettings | XaiSettings] = {}
         self._pid = os.getpid()
         llm = settings.llm
-        self.breakers = Breakers(redis, self.keys, threshold=llm.failures_to_fallback,
-                                 cooldown_s=llm.cooldown_s, probe_ttl_s=_longest_call_s(settings))
+        self.breakers = Breakers(
+            redis,
+            self.keys,
+            threshold=llm.failures_to_fallback,
+            cooldown_s=llm.cooldown_s,
+            probe_ttl_s=_longest_call_s(settings),
+        )
         self.router = Router(settings, self.breakers)
         self.cache = ResponseCache(redis, self.keys, ttl_s=llm.cache_ttl_s, enabled=llm.cache_enabled)
-        self.limiter = RateLimiter(redis, self.keys, {
-            ProviderName.ANTHROPIC: Limit(llm.anthropic_requests_per_min, llm.anthropic_tokens_per_min),
-            ProviderName.XAI: Limit(llm.xai_requests_per_min, llm.xai_tokens_per_min),
-        }, max_wait_s=llm.rate_wait_max_s)
+        self.limiter = RateLimiter(
+            redis,
+            self.keys,
+            {
+                ProviderName.ANTHROPIC: Limit(llm.anthropic_requests_per_min, llm.anthropic_tokens_per_min),
+                ProviderName.XAI: Limit(llm.xai_requests_per_min, llm.xai_tokens_per_min),
+            },
+            max_wait_s=llm.rate_wait_max_s,
+        )
         self.budget = Budget(redis, self.keys, settings.budgets)
         if self.router.offline:
             get_log().warning("LLM calls run OFFLINE: " + self.mode())
@@ -116,8 +141,10 @@ class LLMClient:
         if self.router.offline_mode == "always":
             return "offline provider for every call (WAVE_LLM__OFFLINE=always); no model is called"
         if self.router.offline:
-            return ("no API key set (WAVE_ANTHROPIC__API_KEY, WAVE_XAI__API_KEY): deterministic offline "
-                    "replies, no model is called")
+            return (
+                "no API key set (WAVE_ANTHROPIC__API_KEY, WAVE_XAI__API_KEY): deterministic offline "
+                "replies, no model is called"
+            )
         return "live: " + ", ".join(sorted(p.value for p in self.router.keyed))
 
     def preload(self) -> None:
@@ -134,16 +161,18 @@ class LLMClient:
     def for_story(self, story: str, domain: str, role: str) -> StoryLLM:
         return StoryLLM(self, story, domain, role)
 
-    def call(self, request: LLMRequest, *, story: str | None = None, domain: str | None = None,
-             role: str = "-") -> LLMResponse:
+    def call(
+        self, request: LLMRequest, *, story: str | None = None, domain: str | None = None, role: str = "-"
+    ) -> LLMResponse:
         """Answer `request`, charging `story` (and its domain) and the fleet; see the module docstring."""
         dom = self._domain(story, domain)
         primary = self.router.primary(request.task, self._routes(dom))
         first = self._on(Route(primary), request, dom, story, role)
         state, cached = self._look_up(first)
         if cached is not None:  # a stored reply is served whatever the provider's health: no call is made
-            return self._attempt(replace(first, route=Route(primary, probe=state[0] is BreakerState.PROBE)),
-                                 cached)
+            return self._attempt(
+                replace(first, route=Route(primary, probe=state[0] is BreakerState.PROBE)), cached
+            )
         failure: ProviderError | None = None
         for index, planned in enumerate(self.router.plan(primary, state)):
             route = planned if index == 0 else self.router.check_fallback(planned)
@@ -161,16 +190,18 @@ class LLMClient:
         assert failure is not None
         raise failure
 
-    def _on(self, route: Route, request: LLMRequest, dom: Domain | None, story: str | None,
-            role: str) -> _Attempt:
+    def _on(
+        self, route: Route, request: LLMRequest, dom: Domain | None, story: str | None, role: str
+    ) -> _Attempt:
         provider = self._provider(route.provider, dom)
         max_tokens = request.max_tokens or self.settings.llm.max_tokens
         canonical = canonical_json(request)
         digest = request_digest(provider.name.value, provider.model, max_tokens, canonical)
         return _Attempt(route, provider, request, dom, story, role, max_tokens, digest, len(canonical))
 
-    def _look_up(self, at: _Attempt, *, breaker: bool = True) -> tuple[tuple[BreakerState, float],
-                                                                       Completion | None]:
+    def _look_up(
+        self, at: _Attempt, *, breaker: bool = True
+    ) -> tuple[tuple[BreakerState, float], Completion | None]:
         """One round trip: the provider's breaker state for this caller and its cache entry."""
         batch = Batch(self.redis)
         real = breaker and at.provider.name is not ProviderName.OFFLINE
@@ -186,8 +217,9 @@ class LLMClient:
             self._unprobed(at.route)  # a cached reply says nothing of the provider's health
             return self._cache_hit(at, cached)
         prices = self._prices(at.route.provider, at.domain)
-        est = estimate(at.size, bool(at.request.tools), at.max_tokens, prices,
-                       self.settings.llm.estimate_bytes_per_token)
+        est = estimate(
+            at.size, bool(at.request.tools), at.max_tokens, prices, self.settings.llm.estimate_bytes_per_token
+        )
         try:
             reservation, first_try = self._reserve(at, est)
         except BaseException:
@@ -246,8 +278,13 @@ class LLMClient:
         self._count_miss(at, self.redis)
         failures = self.breakers.failure(name) if exc.counts else 0
         get_log(story=at.story or "-").warning(
-            "llm call failed", provider=name, model=at.provider.model, error=str(exc),
-            consecutive_failures=failures, counts=exc.counts)
+            "llm call failed",
+            provider=name,
+            model=at.provider.model,
+            error=str(exc),
+            consecutive_failures=failures,
+            counts=exc.counts,
+        )
 
     def _settle(self, at: _Attempt, response: LLMResponse, spend: _Spend) -> None:
         """Everything after a successful provider call, in one round trip."""
@@ -279,11 +316,18 @@ class LLMClient:
     def _log(self, response: LLMResponse, at: _Attempt) -> None:
         event = "llm call (OFFLINE: no model was called)" if response.offline else "llm call"
         get_log(story=at.story or "-").info(
-            event, provider=response.provider.value, model=response.model, offline=response.offline,
-            task=response.task.value, role=at.role, tokens=response.usage.total_tokens,
-            cost_usd=round(response.cost_usd, 6), cache_hit=response.cache_hit,
+            event,
+            provider=response.provider.value,
+            model=response.model,
+            offline=response.offline,
+            task=response.task.value,
+            role=at.role,
+            tokens=response.usage.total_tokens,
+            cost_usd=round(response.cost_usd, 6),
+            cache_hit=response.cache_hit,
             latency_ms=round(response.latency_ms, 1),
-            fallback_from=response.fallback_from.value if response.fallback_from else None)
+            fallback_from=response.fallback_from.value if response.fallback_from else None,
+        )
 
     # Configuration --------------------------------------------------------------------------------
     def _routes(self, dom: Domain | None) -> dict[TaskKind, ProviderName] | None:
@@ -326,8 +370,9 @@ class LLMClient:
             overrides = dom.models.anthropic if name is ProviderName.ANTHROPIC else dom.models.xai
         cache_key = (name, repr(sorted(overrides.items())))
         if cache_key not in self._built:
-            self._built[cache_key] = _build(name, self._section(name, dom) if name is not ProviderName.OFFLINE
-                                            else None)
+            self._built[cache_key] = _build(
+                name, self._section(name, dom) if name is not ProviderName.OFFLINE else None
+            )
         return self._built[cache_key]
 
 

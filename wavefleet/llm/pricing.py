@@ -30,13 +30,20 @@ class Prices:
     @classmethod
     def of(cls, section: AnthropicSettings | XaiSettings) -> Prices:
         write = getattr(section, "price_cache_write_per_mtok_usd", section.price_input_per_mtok_usd)
-        return cls(section.price_input_per_mtok_usd, section.price_output_per_mtok_usd,
-                   section.price_cache_read_per_mtok_usd, write)
+        return cls(
+            section.price_input_per_mtok_usd,
+            section.price_output_per_mtok_usd,
+            section.price_cache_read_per_mtok_usd,
+            write,
+        )
 
     def cost_usd(self, usage: Usage) -> float:
-        return (usage.input_tokens * self.input + usage.output_tokens * self.output
-                + usage.cache_read_tokens * self.cache_read + usage.cache_write_tokens * self.cache_write
-                ) / PER_MILLION
+        return (
+            usage.input_tokens * self.input
+            + usage.output_tokens * self.output
+            + usage.cache_read_tokens * self.cache_read
+            + usage.cache_write_tokens * self.cache_write
+        ) / PER_MILLION
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,9 @@ class Estimate:
         return self.input_tokens + self.output_tokens
 
 
-def estimate(payload_bytes: int, has_tools: bool, max_tokens: int, prices: Prices,
-             bytes_per_token: float) -> Estimate:
+def estimate(
+    payload_bytes: int, has_tools: bool, max_tokens: int, prices: Prices, bytes_per_token: float
+) -> Estimate:
     """Input tokens from the request's size in bytes, output at `max_tokens`, priced at the dearest
     input rate.
 

@@ -75,8 +75,15 @@ class Limit:
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, keys: Keys, limits: dict[str, Limit], *, max_wait_s: float,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        limits: dict[str, Limit],
+        *,
+        max_wait_s: float,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.limits = limits
@@ -95,7 +102,8 @@ class RateLimiter:
             raise RateLimitedError(
                 f"{provider}: a call estimated at {tokens} tokens can never fit the limit of "
                 f"{limit.tokens_per_min} tokens/min (raise WAVE_LLM__{provider.upper()}_TOKENS_PER_MIN "
-                "or lower max_tokens)")
+                "or lower max_tokens)"
+            )
         return limit
 
     def queue_acquire(self, batch: Batch, provider: str, tokens: int) -> int | None:
@@ -129,7 +137,8 @@ class RateLimiter:
                 raise RateLimitedError(
                     f"{provider}: over the fleet's rate limit ({limit.requests_per_min} requests/min, "
                     f"{limit.tokens_per_min} tokens/min); the call would wait {wait_ms / 1000:.1f} s more, "
-                    f"past WAVE_LLM__RATE_WAIT_MAX_S={self.max_wait_s:g}")
+                    f"past WAVE_LLM__RATE_WAIT_MAX_S={self.max_wait_s:g}"
+                )
             self._sleep(wait_ms / 1000 * random.uniform(1.0, 1.1))  # jitter: waiters do not wake together
         raise RateLimitedError(f"{provider}: still over the rate limit after {MAX_ROUNDS} tries")
 

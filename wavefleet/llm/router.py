@@ -61,20 +61,24 @@ class Router:
         """True when every call is answered by the offline provider."""
         return self.offline_mode == "always" or (self.offline_mode == "auto" and not self.keyed)
 
-    def routed(self, task: TaskKind,
-               overrides: Mapping[TaskKind, ProviderName] | None = None) -> ProviderName:
+    def routed(
+        self, task: TaskKind, overrides: Mapping[TaskKind, ProviderName] | None = None
+    ) -> ProviderName:
         """The provider the tables name for `task` (before keys and breakers are considered)."""
         return {**self.routes, **(overrides or {})}[task]
 
-    def primary(self, task: TaskKind,
-                overrides: Mapping[TaskKind, ProviderName] | None = None) -> ProviderName:
+    def primary(
+        self, task: TaskKind, overrides: Mapping[TaskKind, ProviderName] | None = None
+    ) -> ProviderName:
         """The provider a call goes to if its breaker lets it: offline, the routed one, or, when the
         routed one has no key, the keyed one. Raises NoProviderError if no provider may answer."""
         if self.offline:
             return ProviderName.OFFLINE
         if not self.keyed:
-            raise NoProviderError("no model provider has an API key (set WAVE_ANTHROPIC__API_KEY or "
-                                  "WAVE_XAI__API_KEY), and WAVE_LLM__OFFLINE=never forbids offline replies")
+            raise NoProviderError(
+                "no model provider has an API key (set WAVE_ANTHROPIC__API_KEY or "
+                "WAVE_XAI__API_KEY), and WAVE_LLM__OFFLINE=never forbids offline replies"
+            )
         routed = self.routed(task, overrides)
         return routed if routed in self.keyed else OTHER[routed]
 
@@ -88,12 +92,16 @@ class Router:
             first = Route(primary, probe=breaker is BreakerState.PROBE)
             return [first, Route(other, fallback_from=primary)] if other else [first]
         if other is None:
-            raise NoProviderError(f"{primary.value} is failing (fallback for {left_s:.0f} s more) and no "
-                                  "other provider has a key")
+            raise NoProviderError(
+                f"{primary.value} is failing (fallback for {left_s:.0f} s more) and no "
+                "other provider has a key"
+            )
         fallback = self.check_fallback(Route(other, fallback_from=primary))
         if fallback is None:
-            raise NoProviderError(f"both providers are failing ({primary.value} for {left_s:.0f} s more, and "
-                                  f"{other.value}); the call was not sent")
+            raise NoProviderError(
+                f"both providers are failing ({primary.value} for {left_s:.0f} s more, and "
+                f"{other.value}); the call was not sent"
+            )
         return [fallback]
 
     def check_fallback(self, route: Route) -> Route | None:

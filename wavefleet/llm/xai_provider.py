@@ -15,8 +15,14 @@ from ..errors import ProviderError, ProviderRateLimitedError
 from .types import Completion, LLMRequest, Message, ProviderName, ToolCall, Usage
 
 # Codes that say our request was wrong, not that the service is unwell: no fallback for them.
-REQUEST_ERRORS = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE})
+REQUEST_ERRORS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
 
 
 class XaiProvider:
@@ -67,16 +73,26 @@ class XaiProvider:
         )
         calls = tuple(_tool_call(c) for c in response.tool_calls)
         cost = response.cost_usd if self._server_cost else None
-        return Completion(text=response.content, tool_calls=calls, stop_reason=response.finish_reason,
-                          usage=ours, reported_cost_usd=cost)
+        return Completion(
+            text=response.content,
+            tool_calls=calls,
+            stop_reason=response.finish_reason,
+            usage=ours,
+            reported_cost_usd=cost,
+        )
 
 
 def _retry_options(max_retries: int) -> list[tuple[str, Any]]:
     """The SDK retries UNAVAILABLE 4 times by default; make that the `max_retries` setting."""
     if max_retries == 0:
         return [("grpc.enable_retries", 0)]
-    policy = {"maxAttempts": min(5, max_retries + 1), "initialBackoff": "0.1s", "maxBackoff": "1s",
-              "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+    policy = {
+        "maxAttempts": min(5, max_retries + 1),
+        "initialBackoff": "0.1s",
+        "maxBackoff": "1s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
     return [("grpc.service_config", json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": policy}]}))]
 
 
@@ -87,11 +103,19 @@ def _messages(message: Message) -> list[chat_pb2.Message]:
         if message.text:
             protos.append(user(message.text))
         return protos
-    calls = [chat_pb2.ToolCall(id=c.id, function=chat_pb2.FunctionCall(name=c.name,
-                                                                       arguments=json.dumps(c.arguments)))
-             for c in message.tool_calls]
-    protos.append(chat_pb2.Message(role=chat_pb2.MessageRole.ROLE_ASSISTANT,
-                                   content=[chat_pb2.Content(text=message.text)], tool_calls=calls))
+    calls = [
+        chat_pb2.ToolCall(
+            id=c.id, function=chat_pb2.FunctionCall(name=c.name, arguments=json.dumps(c.arguments))
+        )
+        for c in message.tool_calls
+    ]
+    protos.append(
+        chat_pb2.Message(
+            role=chat_pb2.MessageRole.ROLE_ASSISTANT,
+            content=[chat_pb2.Content(text=message.text)],
+            tool_calls=calls,
+        )
+    )
     return protos
 
 
@@ -101,8 +125,9 @@ def _tool_call(call: chat_pb2.ToolCall) -> ToolCall:
     except ValueError:
         arguments = None
     if not isinstance(arguments, dict):
-        raise ProviderError(ProviderName.XAI,
-                            f"malformed tool call {call.function.name!r}: arguments are not a JSON object")
+        raise ProviderError(
+            ProviderName.XAI, f"malformed tool call {call.function.name!r}: arguments are not a JSON object"
+        )
     return ToolCall(id=call.id, name=call.function.name, arguments=arguments)
 
 
@@ -110,8 +135,9 @@ def _status_error(exc: grpc.RpcError) -> ProviderError:
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ProviderRateLimitedError(ProviderName.XAI, f"rate limited (RESOURCE_EXHAUSTED): {details}",
-                                        retry_after_s=_retry_after(exc))
+        return ProviderRateLimitedError(
+            ProviderName.XAI, f"rate limited (RESOURCE_EXHAUSTED): {details}", retry_after_s=_retry_after(exc)
+        )
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return ProviderError(ProviderName.XAI, "timed out (DEADLINE_EXCEEDED)")
     if code in REQUEST_ERRORS:
