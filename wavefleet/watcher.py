@@ -13,7 +13,18 @@ from pathlib import Path
 
 from redis import Redis
 from redis.exceptions import RedisError
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
@@ -24,6 +35,19 @@ from .keys import Keys
 FILE_SOURCE = "file:"
 MAX_REASON_CHARS = 500
 TICK_S = 2.0
+# Only changes wake the watcher. Reading the file (which `sync` does) raises open and close-no-write
+# events: subscribed to those, each sync would trigger the next and the watcher would spin a core
+# for as long as the fleet is halted, stealing the CPU the workers need to stop.
+WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
 
 
 class HaltFileWatcher(FileSystemEventHandler):
@@ -86,7 +110,9 @@ class HaltFileWatcher(FileSystemEventHandler):
             if self.dir_watch is not None and not self.directory.is_dir():
                 self._unschedule()
             if self.dir_watch is None and self.directory.is_dir():
-                self.dir_watch = self.observer.schedule(self, str(self.directory), recursive=False)
+                self.dir_watch = self.observer.schedule(
+                    self, str(self.directory), recursive=False, event_filter=WATCHED_EVENTS
+                )
 
     def _unschedule(self) -> None:
         try:
@@ -98,7 +124,7 @@ class HaltFileWatcher(FileSystemEventHandler):
 
     def run(self, stopping: threading.Event, tick_s: float = TICK_S) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.observer.schedule(self, str(self.directory.parent), recursive=False)
+        self.observer.schedule(self, str(self.directory.parent), recursive=False, event_filter=WATCHED_EVENTS)
         self.ensure_watches()
         self.observer.start()
         self.log.info("watching for the emergency-stop file", file=str(self.file))
