@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from redis import Redis
@@ -185,3 +187,28 @@ def test_resume_refuses_while_the_emergency_stop_file_exists(settings: Settings,
     assert "remove that file" in result.stderr
     assert redis.exists(settings.keys.halt())
     settings.halt_file.unlink()
+
+
+def niceness(pid: int, tid: int) -> int:
+    return int((Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split())[16])
+
+
+def test_a_workers_stages_run_below_its_halt_listener_and_heartbeat(
+    procs: Processes, store: StoryStore, domains: Domains, redis: Redis, settings: Settings
+) -> None:
+    # On a saturated machine the stop and liveness signals must get the CPU before stage work.
+    worker = procs.worker("auth", "pm", 1)
+    procs.supervisor()
+    store.enqueue([story("AUTH-330", "offline:slow=pm:30")], domains)
+    busy = wait_until(lambda: running(redis, settings), timeout_s=60, message="the PM stage to run")
+    horse = int(str(next(iter(busy.values()))["pid"]))
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    lowered = base + settings.worker.work_niceness
+
+    threads = {int(t.name) for t in Path(f"/proc/{worker.pid}/task").iterdir()} - {worker.pid}
+
+    assert niceness(worker.pid, worker.pid) == lowered  # the RQ loop
+    assert niceness(horse, horse) == lowered  # the stage it forked
+    # The halt listener and the heartbeat, started before the lowering (RQ's own command thread,
+    # started after it, runs lowered).
+    assert sum(niceness(worker.pid, tid) == base for tid in threads) == 2

@@ -60,6 +60,9 @@ class WorkerSettings(_Section):
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
     job_timeout_s: int = Field(default=1800, gt=0)
     command_timeout_s: float = Field(default=300.0, gt=0)
+    # How much lower than the worker's halt listener and heartbeat its job loop and stages run
+    # (Linux nice steps, per thread): on a saturated machine the stop and liveness signals win.
+    work_niceness: int = Field(default=10, ge=0, le=19)
 
 
 class SupervisorSettings(_Section):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from . import logs
@@ -78,7 +79,7 @@ def acks(redis: Redis, keys: Keys) -> dict[str, dict[str, object]]:
     return {name: json.loads(raw) for name, raw in redis.hgetall(keys.halt_acks()).items()}
 
 
-def record_ack(redis: Redis, keys: Keys, worker: str, **details: object) -> None:
+def record_ack(redis: Redis | Pipeline, keys: Keys, worker: str, **details: object) -> None:
     redis.hset(keys.halt_acks(), worker, json.dumps({"at": time.time(), **details}))
 
 

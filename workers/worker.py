@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.job import Job, JobStatus
@@ -109,8 +110,9 @@ class WaveWorker(Worker):
             job.set_status(JobStatus.QUEUED, pipeline=pipe)
             queue.push_job_id(job.id, pipeline=pipe, at_front=True)
             pipe.hdel(self.rt.store.keys.running(), job.id)
-            pipe.execute()
-        self.gate.job_stopped(job, stopped_at)
+            self.gate.job_stopped(job, stopped_at, pipe)
+            with self.gate.lock:  # after the listener's own ack, so never overwritten by it
+                pipe.execute()
 
     def _put_back(self, job: Job, queue: Queue) -> None:
         """A job dequeued while the fleet halted: to the front of its queue, untouched."""
@@ -188,43 +190,35 @@ class HaltGate:
         self.log = logs.get()
 
     def on_halt(self, state: HaltState) -> None:
+        received = time.time()
         with self.lock:
             if self.halted.is_set():
                 return
             self.halted.set()
             self.resumed.clear()
             job_id = self.worker.running_job_id() if self.worker is not None else None
-            # The ack goes first, so the stop record written after the kill can never be overwritten by it.
-            self.acked_at = time.time()
-            record_ack(
-                self.rt.redis,
-                self.keys,
-                self.rt.name,
-                identity=self.rt.identity,
-                job=job_id,
-                at=self.acked_at,
-            )
-            if self.worker is not None:
-                self.worker.stop_for_halt()
-                self.killed_at = time.time()  # SIGKILL sent: the stage runs no more code
+            if job_id is not None and self.worker is not None:
+                self.worker.stop_for_halt()  # first of all: the stage runs no more code
+                self.killed_at = time.time()
+            # Written with the lock held, so the stop record (written under it too, once the
+            # horse is reaped) always comes after this ack and is never overwritten by it.
+            self.acked_at = received
+            record_ack(self.rt.redis, self.keys, self.rt.name, **self._ack(job_id))
         self.log.error("EMERGENCY STOP", reason=state.reason, by=state.by, job_stopped=job_id)
 
-    def job_stopped(self, job: Job, stopped_at: float) -> None:
-        """The stopped stage's process group is gone and its job is back on the queue.
+    def job_stopped(self, job: Job, stopped_at: float, pipe: Pipeline) -> None:
+        """Add the stop record to `pipe`, which puts the stopped stage's job back on its queue.
 
         The story itself is marked halted by the supervisor, after the workers have stopped: keeping
         that work off this path is what keeps a halt fast on a busy machine. With no supervisor
         running nothing is lost either: the stage is back on its queue and runs on resume."""
-        record_ack(
-            self.rt.redis,
-            self.keys,
-            self.rt.name,
-            identity=self.rt.identity,
-            job=job.id,
-            at=self.acked_at,
-            killed_at=self.killed_at,
-            stopped_at=stopped_at,
-        )
+        record_ack(pipe, self.keys, self.rt.name, **self._ack(job.id), stopped_at=stopped_at)
+
+    def _ack(self, job_id: str | None) -> dict[str, object]:
+        ack: dict[str, object] = {"identity": self.rt.identity, "job": job_id, "at": self.acked_at}
+        if job_id is not None:
+            ack["killed_at"] = self.killed_at
+        return ack
 
     def on_resume(self) -> None:
         with self.lock:
@@ -236,13 +230,15 @@ class HaltGate:
 
     def wait_while_halted(self, worker: WaveWorker) -> None:
         """Before every dequeue: read the durable flag, and idle (heartbeating) while it is set."""
-        state = read_halt(self.rt.redis, self.keys)
-        if state is not None:
-            self.on_halt(state)
+        if not self.halted.is_set():
+            state = read_halt(self.rt.redis, self.keys)
+            if state is not None:
+                self.on_halt(state)
+        # RQ has just sent its heartbeat: wait first, so a halt costs no extra round trips here.
         while self.halted.is_set() and not worker.shutdown_requested:
-            worker.heartbeat()
             if self.resumed.wait(1.0):
                 break
+            worker.heartbeat()
             if read_halt(self.rt.redis, self.keys) is None:  # the resume message was missed
                 self.on_resume()
 
@@ -315,6 +311,7 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     listener = HaltListener(redis, settings.keys, gate.on_halt, gate.on_resume)
     listener.start()
     listener.subscribed.wait(timeout=10)
+    _lower_work_priority(settings.worker.work_niceness)
     queue_name = settings.keys.queue(domain.name, role.value)
     log.info("worker started", queue=queue_name, agent=settings.agent, pid=os.getpid())
     try:
@@ -332,6 +329,18 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
         heartbeat.stop()
         name_file(os.getpid()).unlink(missing_ok=True)
         log.info("worker stopped")
+
+
+def _lower_work_priority(niceness: int) -> None:
+    """Lower this thread (the RQ loop) and so every work horse it forks, but not the halt listener
+    and heartbeat threads already running: when 50 stages are stopped at once on 2 cores, the
+    listeners still killing their stage must not wait behind others' bookkeeping and dying horses,
+    and a busy stage must never starve the heartbeat into a false "worker died"."""
+    if niceness:
+        with contextlib.suppress(OSError):  # Linux sets niceness per thread; elsewhere skip it
+            os.setpriority(
+                os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + niceness
+            )
 
 
 def name_file(pid: int) -> Path:
