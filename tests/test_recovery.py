@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
 
 from wavefleet.config import Settings
 from wavefleet.connection import connect
@@ -69,6 +71,34 @@ def test_a_worker_killed_mid_stage_has_its_stage_rerun_by_another_worker_of_that
     assert terminal_events(store, "AUTH-030") == ["done"]
     rerun = store.result("AUTH-030", 1, Role.BE, 2)
     assert rerun is not None and rerun["worker"] != be_job["worker"]
+
+
+def test_a_stage_job_rq_failed_before_it_ever_ran_is_run_again(
+    procs: Processes, store: StoryStore, domains: Domains, settings: Settings
+) -> None:
+    procs.supervisor()
+    store.enqueue([story("AUTH-040")], domains)
+    raw = connect(settings, decode=False)
+    first = "AUTH-040_r0_pm_a1"
+    wait_until(lambda: Job.exists(first, connection=raw), message="the PM job on its queue")
+
+    # What RQ's intermediate-queue cleaner does to a job a worker dequeued but never started (it was
+    # stopped in between): fail it through a worker's own failure handling. No running entry exists.
+    queue = Queue(settings.keys.queue("auth", "pm"), connection=raw)
+    job = Job.fetch(first, connection=raw)
+    queue.remove(job)
+    Worker([queue], connection=raw).handle_job_failure(
+        job, queue, exc_string="Job was stuck in intermediate queue."
+    )
+
+    wait_until(
+        lambda: store.get("AUTH-040").attempts.get(Role.PM) == 2, timeout_s=15, message="a new attempt"
+    )
+    procs.team("auth")
+    wait_until(lambda: store.get("AUTH-040").state is StoryState.DONE, timeout_s=60, message="done")
+    lost = [e for e in store.events("AUTH-040") if e["event"] == "stage_lost"]
+    assert len(lost) == 1 and "stuck in intermediate queue" in lost[0]["reason"]
+    assert terminal_events(store, "AUTH-040") == ["done"]
 
 
 def test_the_supervisor_killed_repeatedly_still_finishes_every_story_exactly_once(

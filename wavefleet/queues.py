@@ -77,12 +77,41 @@ class Dispatcher:
             pipe.execute()
         return [record.job_id(role) for role in missing]
 
+    def take_failed(self, domains: list[str]) -> list[str]:
+        """Stage jobs RQ has failed, taken off the queues' failed registries (so each is seen
+        once; the job itself is kept for inspection until its failure TTL). One round trip when
+        there are none."""
+        registries = [self.queue(d, r).failed_job_registry for d in domains for r in Role]
+        with self.raw.pipeline(transaction=False) as pipe:
+            for registry in registries:
+                pipe.zrange(registry.key, 0, -1)
+            found = pipe.execute()
+        taken = [
+            (registry, job_id.decode())
+            for registry, ids in zip(registries, found, strict=True)
+            for job_id in ids
+        ]
+        if taken:
+            with self.raw.pipeline(transaction=False) as pipe:
+                for registry, job_id in taken:
+                    pipe.zrem(registry.key, job_id)
+                pipe.execute()
+        return [job_id for _, job_id in taken]
+
     def job_status(self, job_id: str) -> str | None:
         try:
             status = Job.fetch(job_id, connection=self.raw).get_status()
         except NoSuchJobError:
             return None
         return status.value if status is not None else None
+
+    def failure(self, job_id: str) -> str | None:
+        """What RQ recorded as the job's failure (its exception text), if anything."""
+        try:
+            result = Job.fetch(job_id, connection=self.raw).latest_result()
+        except NoSuchJobError:
+            return None
+        return result.exc_string if result is not None else None
 
     def depths(self, domains: list[str]) -> dict[str, int]:
         return {self.settings.keys.queue(d, r.value): len(self.queue(d, r)) for d in domains for r in Role}

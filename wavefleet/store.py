@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,17 @@ def job_id(story_id: str, round_: int, role: Role, attempt: int) -> str:
     RQ allows only letters, digits, dashes and underscores: ``AUTH-001_r1_fe_a1``.
     """
     return f"{story_id}_r{round_}_{role.value}_a{attempt}"
+
+
+_JOB_ID = re.compile(r"^(?P<story>.+)_r(?P<round>\d+)_(?P<role>[a-z]+)_a(?P<attempt>\d+)$")
+
+
+def parse_job_id(value: str) -> tuple[str, int, Role, int] | None:
+    """The (story, round, role, attempt) a stage job id names; None for any other job id."""
+    match = _JOB_ID.match(value)
+    if match is None or match["role"] not in {r.value for r in Role}:
+        return None
+    return match["story"], int(match["round"]), Role(match["role"]), int(match["attempt"])
 
 
 @dataclass(frozen=True)

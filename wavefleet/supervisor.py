@@ -24,7 +24,7 @@ from .errors import WaveError
 from .halt import read_halt
 from .lifecycle import WORKING, Decision, Event, EventKind, Rejected, Role, StoryState
 from .queues import Dispatcher
-from .store import StoryRecord, StoryStore
+from .store import StoryRecord, StoryStore, parse_job_id
 
 CONSUMER = "supervisor"
 BATCH = 200
@@ -300,7 +300,8 @@ class Supervisor:
                     self._apply(story_id, Event(EventKind.RESUME, reason="fleet resumed"))
 
     def recover(self) -> None:
-        """Run again every stage whose worker died or whose job crashed."""
+        """Run again every stage whose worker died or whose job crashed or never ran."""
+        handled = set()
         for job_id, raw in self.redis.hgetall(self.keys.running()).items():
             info = json.loads(raw)
             alive = self.redis.exists(self.keys.worker_heartbeat(info["worker"]))
@@ -309,20 +310,32 @@ class Supervisor:
                 continue
             why = f"worker {info['worker']} died" if not alive else f"job {status}"
             self.redis.hdel(self.keys.running(), job_id)
-            self.log.warning("stage lost; running it again", story=info["story"], job=job_id, why=why)
-            try:
-                self._apply(
-                    info["story"],
-                    Event(
-                        EventKind.STAGE_LOST,
-                        Role(info["role"]),
-                        int(info["round"]),
-                        int(info["attempt"]),
-                        reason=why,
-                    ),
-                )
-            except Rejected as exc:
-                self.log.debug("lost stage already superseded", job=job_id, why=str(exc))
+            lost = Event(
+                EventKind.STAGE_LOST, Role(info["role"]), int(info["round"]), int(info["attempt"]), reason=why
+            )
+            self._lose(job_id, info["story"], lost)
+            handled.add(job_id)
+        # A job RQ failed before it ever started is in no running entry: RQ fails a job a worker left
+        # between dequeue and start ("stuck in intermediate queue"), e.g. when stopped at that moment.
+        for job_id in self.dispatcher.take_failed(self.domains.names()):
+            stage = parse_job_id(job_id)
+            if job_id in handled or stage is None or self.store.result(*stage) is not None:
+                continue  # not a stage job, or its result is in and will be applied
+            story, round_, role, attempt = stage
+            why = f"job failed: {self._failure(job_id)}"
+            self._lose(job_id, story, Event(EventKind.STAGE_LOST, role, round_, attempt, reason=why))
+
+    def _lose(self, job_id: str, story: str, lost: Event) -> None:
+        self.log.warning("stage lost; running it again", story=story, job=job_id, why=lost.reason)
+        try:
+            self._apply(story, lost)
+        except Rejected as exc:
+            self.log.debug("lost stage already superseded", job=job_id, why=str(exc))
+
+    def _failure(self, job_id: str) -> str:
+        """The last line of what RQ recorded as the job's failure."""
+        exc = self.dispatcher.failure(job_id)
+        return exc.strip().splitlines()[-1] if exc and exc.strip() else "no detail recorded"
 
 
 def _stage_event(kind: EventKind, fields: dict[str, str], reason: str) -> Event:
