@@ -362,8 +362,10 @@ def _first_beat(heartbeat: Heartbeat, redis: Redis, settings: Settings, name: st
 
 def _rq_worker(settings: Settings, queue_name: str, gate: HaltGate) -> WaveWorker:
     queue = Queue(queue_name, connection=connect(settings, decode=False))
+    # Maintenance every 15 s (RQ's default is 10 min): it is what fails a job a stopped worker left
+    # in RQ's intermediate queue (after a minute there), which the supervisor then runs again.
     return WaveWorker(
-        runtime.current(), queue, gate, worker_ttl=30, job_monitoring_interval=5, maintenance_interval=60
+        runtime.current(), queue, gate, worker_ttl=30, job_monitoring_interval=5, maintenance_interval=15
     )
 
 
