@@ -116,27 +116,36 @@ def _acks(redis: Redis, settings: Settings) -> dict[str, str]:
     return redis.hgetall(settings.keys.halt_acks())
 
 
-@pytest.mark.parametrize("role", [Role.FE, Role.QA, Role.CTO])
+@pytest.mark.parametrize(
+    "roles", [(Role.FE, Role.BE), (Role.QA,), (Role.CTO,)], ids=["fe-and-be", "qa", "cto"]
+)
 def test_wave_stop_halts_a_story_in_any_stage_and_wave_resume_continues_it(
-    procs: Processes, store: StoryStore, domains: Domains, redis: Redis, settings: Settings, role: Role
+    procs: Processes,
+    store: StoryStore,
+    domains: Domains,
+    redis: Redis,
+    settings: Settings,
+    roles: tuple[Role, ...],
 ) -> None:
     procs.team("payments")
     procs.supervisor()
-    store.enqueue([story("PAYMENTS-300", f"offline:slow={role.value}:4")], domains)
+    store.enqueue([story("PAYMENTS-300", *(f"offline:slow={r.value}:4" for r in roles))], domains)
     wait_until(
-        lambda: any(i["role"] == role.value for i in running(redis, settings).values()),
+        lambda: {r.value for r in roles} <= {i["role"] for i in running(redis, settings).values()},
         timeout_s=60,
-        message=f"the {role.value} stage to run",
+        message=f"the {'+'.join(r.value for r in roles)} stages to run",
     )
 
     stopped = wave(settings, "stop", "--reason", "deploy freeze")
     assert stopped.returncode == 0, stopped.stderr
     wait_until(lambda: store.get("PAYMENTS-300").state is StoryState.HALTED, timeout_s=10, message="halted")
+    wait_until(lambda: not running(redis, settings), timeout_s=10, message="every stopped stage requeued")
     assert "FLEET HALTED" in wave(settings, "status").stdout
 
     assert wave(settings, "resume").returncode == 0
     wait_until(lambda: store.get("PAYMENTS-300").state is StoryState.DONE, timeout_s=60, message="done")
-    assert_finished_once_without_burning_a_retry(store, ["PAYMENTS-300"], role)
+    for role in roles:
+        assert_finished_once_without_burning_a_retry(store, ["PAYMENTS-300"], role)
 
 
 def test_a_worker_that_missed_the_halt_message_still_halts_from_the_flag(
