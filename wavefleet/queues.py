@@ -99,19 +99,21 @@ class Dispatcher:
         return [job_id for _, job_id in taken]
 
     def job_status(self, job_id: str) -> str | None:
-        try:
-            status = Job.fetch(job_id, connection=self.raw).get_status()
-        except NoSuchJobError:
-            return None
+        job = self._job(job_id)
+        status = job.get_status() if job is not None else None
         return status.value if status is not None else None
 
     def failure(self, job_id: str) -> str | None:
         """What RQ recorded as the job's failure (its exception text), if anything."""
+        job = self._job(job_id)
+        result = job.latest_result() if job is not None else None
+        return result.exc_string if result is not None else None
+
+    def _job(self, job_id: str) -> Job | None:
         try:
-            result = Job.fetch(job_id, connection=self.raw).latest_result()
+            return Job.fetch(job_id, connection=self.raw)
         except NoSuchJobError:
             return None
-        return result.exc_string if result is not None else None
 
     def depths(self, domains: list[str]) -> dict[str, int]:
         return {self.settings.keys.queue(d, r.value): len(self.queue(d, r)) for d in domains for r in Role}

@@ -301,7 +301,7 @@ class Supervisor:
 
     def recover(self) -> None:
         """Run again every stage whose worker died or whose job crashed or never ran."""
-        handled = set()
+        handled: set[str] = set()  # lost stages the running sweep has already re-run
         for job_id, raw in self.redis.hgetall(self.keys.running()).items():
             info = json.loads(raw)
             alive = self.redis.exists(self.keys.worker_heartbeat(info["worker"]))
