@@ -37,6 +37,7 @@ ALERT_EVENTS = {"warning": "budget_warning", "critical": "budget_critical", "exc
 # KEYS: reservations zset, reservation hash, scope 1..n. ARGV: id, ttl ms, nusd, tokens, n, scope keys
 # JSON, then per scope: limit nusd, limit tokens, expire s (0: none). Returns {1} or {0, i, unit, used, cap}.
 _RESERVE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end  -- resent after a lost reply: already held
 local n, est_u, est_t = tonumber(ARGV[5]), tonumber(ARGV[3]), tonumber(ARGV[4])
 for i = 1, n do
   local b = 6 + (i - 1) * 3
@@ -65,12 +66,16 @@ return {1}
 
 # KEYS: reservations zset, reservation hash, story hash, scope 1..n. ARGV: id, nusd, tokens, cost usd,
 # warn fraction, critical fraction, n, then per scope: limit nusd, limit tokens.
-# Returns the alerts crossed: {scope index, level, fraction}...
+# Returns the alerts crossed: {scope index, level, fraction}... The reservation hash stays an hour as
+# a "settled" mark: redis-py resends a script whose reply was lost, and the spend must count once.
 _SETTLE = """
 local function neg(s) if not s or s == '0' then return '0' end return '-' .. s end
+if redis.call('HGET', KEYS[2], 'settled') then return {} end  -- resent after a lost reply: counted once
 local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
 local est = redis.call('HMGET', KEYS[2], 'nusd', 'tokens')
 redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'settled', '1')
+redis.call('EXPIRE', KEYS[2], 3600)
 local n = tonumber(ARGV[7])
 local levels = {{'warning', tonumber(ARGV[5])}, {'critical', tonumber(ARGV[6])}, {'exceeded', 1}}
 local alerts = {}

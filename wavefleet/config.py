@@ -68,6 +68,7 @@ class WorkerSettings(_Section):
 class SupervisorSettings(_Section):
     block_ms: int = Field(default=500, ge=1)
     recovery_interval_s: float = Field(default=1.0, gt=0)
+    audit_interval_s: float = Field(default=30.0, gt=0)
     lock_ttl_s: float = Field(default=10.0, gt=0)
 
 

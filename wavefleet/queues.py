@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from .config import Settings
+from .errors import ConflictError
 from .lifecycle import Role
 from .store import StoryRecord, StoryStore
 from .store import _result_field as result_field  # the results hash's field names belong to the store
 from .stories import Priority
 
 STAGE_FUNCTION = "workers.stage.run_stage"
+WATCH_TRIES = 20
 
 
 class Dispatcher:
@@ -34,48 +40,73 @@ class Dispatcher:
     def ensure(self, record: StoryRecord) -> list[str]:
         """Enqueue every pending stage that has neither a job nor a result yet; return new job ids.
 
-        Two round trips however many stages are pending: one pipeline of checks, then one transaction
-        that enqueues every missing stage (RQ's own `enqueue` costs two round trips per job).
+        Three round trips however many stages are pending: WATCH, one pipeline of checks, one
+        transaction enqueueing every missing stage (RQ's own `enqueue` costs two per job). The
+        WATCH is what makes a lost reply safe: redis-py resends an unwatched transaction after a
+        dropped connection, which would put each job on its queue twice; a watched one fails with
+        WatchError instead, and the checks run again and find the jobs.
         """
-        roles = sorted(record.pending)
-        if not roles:
+        if not record.pending:
             return []
-        results = self.settings.keys.story_results(record.id)
+        for _ in range(WATCH_TRIES):
+            with self.raw.pipeline() as pipe:
+                try:
+                    # Watched before the checks: a job or result appearing meanwhile fails the EXEC.
+                    pipe.watch(*self._stage_keys(record), self.settings.keys.story_results(record.id))
+                    roles = self.missing([record]).get(record.id, [])
+                    if not roles:
+                        return []
+                    pipe.multi()
+                    for role in roles:
+                        self._enqueue(record, role, pipe)
+                    pipe.execute()
+                    return [record.job_id(role) for role in roles]
+                except WatchError:
+                    continue
+        raise ConflictError(f"could not dispatch {record.id}: its jobs kept changing; try again")
+
+    def missing(self, records: Sequence[StoryRecord]) -> dict[str, list[Role]]:
+        """Each story's pending stages that have neither a job nor a result: one round trip for all."""
         with self.raw.pipeline(transaction=False) as pipe:
-            for role in roles:
-                # Order matters: a job deletes itself only after its result is written, so checking the
-                # job first and the result second can never miss both (a pipeline keeps this order).
-                pipe.exists(Job.key_for(record.job_id(role)))
-                pipe.hexists(results, result_field(record.round, role, record.attempts.get(role, 0)))
-            checks = pipe.execute()
-        missing = [
-            role
-            for role, job, result in zip(roles, checks[::2], checks[1::2], strict=True)
-            if not job and not result
-        ]
-        if not missing:
-            return []
-        with self.raw.pipeline() as pipe:
-            for role in missing:
-                self.queue(record.domain, role).enqueue_call(
-                    STAGE_FUNCTION,
-                    kwargs={
-                        "story_id": record.id,
-                        "domain": record.domain,
-                        "role": role.value,
-                        "round_": record.round,
-                        "attempt": record.attempts.get(role, 0),
-                    },
-                    job_id=record.job_id(role),
-                    timeout=self.settings.worker.job_timeout_s,
-                    result_ttl=3600,
-                    failure_ttl=86400,
-                    description=f"{record.id} {role.value} round {record.round}",
-                    at_front=record.story.priority is Priority.URGENT,
-                    pipeline=pipe,
-                )
-            pipe.execute()
-        return [record.job_id(role) for role in missing]
+            for record in records:
+                for role in sorted(record.pending):
+                    # Order matters: a job deletes itself only after its result is written, so checking
+                    # the job first and the result second can never miss both (a pipeline keeps order).
+                    pipe.exists(Job.key_for(record.job_id(role)))
+                    pipe.hexists(
+                        self.settings.keys.story_results(record.id),
+                        result_field(record.round, role, record.attempts.get(role, 0)),
+                    )
+            checks = iter(pipe.execute())
+        found: dict[str, list[Role]] = {}
+        for record in records:
+            for role in sorted(record.pending):
+                job, result = next(checks), next(checks)
+                if not job and not result:
+                    found.setdefault(record.id, []).append(role)
+        return found
+
+    def _stage_keys(self, record: StoryRecord) -> list[str]:
+        return [Job.key_for(record.job_id(role)) for role in sorted(record.pending)]
+
+    def _enqueue(self, record: StoryRecord, role: Role, pipe: Pipeline) -> None:
+        self.queue(record.domain, role).enqueue_call(
+            STAGE_FUNCTION,
+            kwargs={
+                "story_id": record.id,
+                "domain": record.domain,
+                "role": role.value,
+                "round_": record.round,
+                "attempt": record.attempts.get(role, 0),
+            },
+            job_id=record.job_id(role),
+            timeout=self.settings.worker.job_timeout_s,
+            result_ttl=3600,
+            failure_ttl=86400,
+            description=f"{record.id} {role.value} round {record.round}",
+            at_front=record.story.priority is Priority.URGENT,
+            pipeline=pipe,
+        )
 
     def take_failed(self, domains: list[str]) -> list[str]:
         """Stage jobs RQ has failed, taken off the queues' failed registries (so each is seen

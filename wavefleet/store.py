@@ -5,10 +5,11 @@ from __future__ import annotations
 import builtins
 import json
 import re
+import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
@@ -22,7 +23,7 @@ from .stories import Story
 
 EVENTS_MAXLEN = 100_000  # fleet-wide event stream is capped (approximately); per-story streams are not
 WATCH_TRIES = 50
-T = TypeVar("T")
+TXN_FIELD = "txn"  # the token of the last transaction applied to a story's hash
 
 
 def job_id(story_id: str, round_: int, role: Role, attempt: int) -> str:
@@ -105,8 +106,11 @@ class StoryStore:
     # (its hash, its results hash, its events stream, its domain's zset). ARGV[1]: the batch as JSON,
     # built by `enqueue` and `_write_new`; every key name comes from `Keys`, every field from Python.
     # Checks every story first and writes only if none is active: all or nothing, in one round trip.
+    # Each story hash keeps its batch's token (field `batch`), so a resent batch is recognised.
     _ENQUEUE_LUA = """
 local batch = cjson.decode(ARGV[1])
+-- This very batch again (redis-py resent it after the reply was lost): it is written already.
+if redis.call('HGET', KEYS[5], 'batch') == batch.token then return {} end
 local terminal = {}
 for _, state in ipairs(batch.terminal) do terminal[state] = true end
 local active, attempts = {}, {}
@@ -157,6 +161,7 @@ return {}
         if not stories:
             return
         now = time.time()
+        token = secrets.token_hex(8)
         keys = [self.keys.stories(), self.keys.active(), self.keys.events(), self.keys.intake()]
         batch = []
         for story in stories:
@@ -167,9 +172,10 @@ return {}
                 self.keys.story_events(story.id),
                 self.keys.domain_stories(domain),
             ]
-            batch.append(self._write_new(story, domain, now))
+            batch.append(self._write_new(story, domain, now, token))
         payload = json.dumps(
             {
+                "token": token,
                 "score": repr(now),
                 "maxlen": str(EVENTS_MAXLEN),
                 "terminal": sorted(s.value for s in TERMINAL),
@@ -189,7 +195,7 @@ return {}
                 )
             )
 
-    def _write_new(self, story: Story, domain: str, now: float) -> dict[str, Any]:
+    def _write_new(self, story: Story, domain: str, now: float, token: str) -> dict[str, Any]:
         """One story's part of the enqueue script: its fresh hash, its history entry, its intake message."""
         stamp = repr(now)  # what redis-py sends for a float, so the fields read back as before
         fields = {
@@ -207,6 +213,7 @@ return {}
             "updated_at": stamp,
             "cost_usd": "0",
             "spec": story.model_dump_json(),
+            "batch": token,
         }
         event = {"event": "enqueued", "to": StoryState.QUEUED.value, "story": story.id, "at": f"{now:.6f}"}
         intake = {"kind": "route", "story": story.id}
@@ -235,13 +242,16 @@ return {}
 
     def list(self, domain: str | None = None, state: StoryState | None = None) -> list[StoryRecord]:
         index = self.keys.domain_stories(domain) if domain else self.keys.stories()
-        ids = self.redis.zrange(index, 0, -1)
+        records = self.records(self.redis.zrange(index, 0, -1))
+        return [r for r in records if state is None or r.state is state]
+
+    def records(self, ids: Sequence[str]) -> builtins.list[StoryRecord]:
+        """The stories that exist among `ids`, in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
             for story_id in ids:
                 pipe.hgetall(self.keys.story(story_id))
             rows = pipe.execute()
-        records = [_record_from(row) for row in rows if row]
-        return [r for r in records if state is None or r.state is state]
+        return [_record_from(row) for row in rows if row]
 
     def active_ids(self) -> builtins.list[str]:
         return sorted(self.redis.smembers(self.keys.active()))
@@ -267,21 +277,38 @@ return {}
 
     # Transitions -----------------------------------------------------------------------------
     def apply(self, story_id: str, event: Event) -> Outcome:
-        """Apply `event` atomically; raises Rejected (nothing written) if it does not fit."""
+        """Apply `event` atomically; raises Rejected (nothing written) if it does not fit.
+
+        An optimistic transaction on the story's hash, tagged with a fresh token. If the connection
+        drops after EXEC was sent, redis-py reports a WatchError and the transaction may or may not
+        have run. The token tells which: a commit that landed is recognised and its outcome returned.
+        Judging the event again instead would reject it as already applied, and the caller would
+        skip what must follow the commit (dispatching the next stage), stranding the story.
+        """
         key = self.keys.story(story_id)
+        token = secrets.token_hex(8)
+        with self.redis.pipeline() as pipe:
+            for _ in range(WATCH_TRIES):
+                outcome: Outcome | None = None
+                try:
+                    pipe.watch(key)
+                    data = pipe.hgetall(key)
+                    if not data:
+                        raise NotFoundError(f"no story {story_id}")
+                    outcome = advance(_record_from(data).snapshot, event, self.max_rounds)
+                    pipe.multi()
+                    self._write_outcome(pipe, story_id, event, outcome, token)
+                    pipe.execute()
+                    return outcome
+                except WatchError:
+                    pipe.reset()
+                    if outcome is not None and self.redis.hget(key, TXN_FIELD) == token:
+                        return outcome  # it committed; only the reply was lost
+        raise ConflictError(f"too much contention on story {story_id}; try again")
 
-        def body(pipe: Pipeline) -> Outcome:
-            data = pipe.hgetall(key)
-            if not data:
-                raise NotFoundError(f"no story {story_id}")
-            outcome = advance(_record_from(data).snapshot, event, self.max_rounds)
-            pipe.multi()
-            self._write_outcome(pipe, story_id, event, outcome)
-            return outcome
-
-        return self._transact([key], body)
-
-    def _write_outcome(self, pipe: Pipeline, story_id: str, event: Event, outcome: Outcome) -> None:
+    def _write_outcome(
+        self, pipe: Pipeline, story_id: str, event: Event, outcome: Outcome, token: str
+    ) -> None:
         now = time.time()
         after = outcome.after
         fields: dict[str, Any] = {
@@ -292,6 +319,7 @@ return {}
             "lost": json.dumps({r.value: n for r, n in after.lost.items()}),
             "held_from": after.held_from.value if after.held_from else "",
             "updated_at": now,
+            TXN_FIELD: token,
         }
         if outcome.changed_state:
             fields["reason"] = outcome.reason
@@ -346,19 +374,6 @@ return {}
                 },
             )
             pipe.execute()
-
-    def _transact(self, keys: builtins.list[str], body: Callable[[Pipeline], T]) -> T:
-        """Run `body` as an optimistic transaction on `keys`, again if a watched key changed."""
-        with self.redis.pipeline() as pipe:
-            for _ in range(WATCH_TRIES):
-                try:
-                    pipe.watch(*keys)
-                    value = body(pipe)
-                    pipe.execute()
-                    return value
-                except WatchError:
-                    pipe.reset()
-        raise ConflictError(f"too much contention on {', '.join(keys)}; try again")
 
 
 def _result_field(round_: int, role: Role, attempt: int) -> str:

@@ -54,6 +54,7 @@ class Supervisor:
         self.token = f"{os.uname().nodename}.{os.getpid()}"
         self.log = logs.get()
         self._last_recovery = 0.0
+        self._last_audit = time.monotonic()  # `reconcile` runs first and checks the same
         self.halted = False
         self.halt_swept = False
         self.halt_seen = 0.0
@@ -100,6 +101,9 @@ class Supervisor:
         if now - self._last_recovery >= self.settings.supervisor.recovery_interval_s:
             self.recover()
             self._last_recovery = now
+        if now - self._last_audit >= self.settings.supervisor.audit_interval_s:
+            self.audit()
+            self._last_audit = now
         return handled
 
     def _consume(self, start: str, block_ms: int | None) -> int:
@@ -251,17 +255,20 @@ class Supervisor:
         if outcome.dispatch:
             self._dispatch(story_id)
 
-    def _dispatch(self, story_id: str) -> None:
+    def _dispatch(self, story_id: str) -> list[str]:
+        """Put the story's pending stages on their queues; the job ids it enqueued."""
         record = self.store.get(story_id)
         if self._replay_results(record):
-            return
-        for job in self.dispatcher.ensure(record):
+            return []
+        jobs = self.dispatcher.ensure(record)
+        for job in jobs:
             self.log.info(
                 "stage dispatched",
                 story=story_id,
                 job=job,
                 queue=self.keys.queue(record.domain, job.split("_")[2]),
             )
+        return jobs
 
     def _replay_results(self, record: StoryRecord) -> bool:
         """Apply a pending stage's stored result whose intake message was refused (it arrived while
@@ -298,6 +305,23 @@ class Supervisor:
             elif record.state is StoryState.HALTED:  # resumed while no supervisor was running
                 with contextlib.suppress(Rejected):
                     self._apply(story_id, Event(EventKind.RESUME, reason="fleet resumed"))
+
+    def audit(self) -> int:
+        """Dispatch again any pending stage of a working story that has neither a job nor a result.
+
+        Nothing known strands a stage that way: this is the check that would catch what is not
+        known, loudly, instead of leaving a story waiting forever. Two round trips for the whole
+        fleet when all is well. Returns how many stages it dispatched."""
+        working = [r for r in self.store.records(self.store.active_ids()) if r.state in WORKING]
+        dispatched = 0
+        for story_id, roles in self.dispatcher.missing(working).items():
+            self.log.warning(
+                "stage without a job or result; dispatching it again",
+                story=story_id,
+                stages=[r.value for r in roles],
+            )
+            dispatched += len(self._dispatch(story_id))
+        return dispatched
 
     def recover(self) -> None:
         """Run again every stage whose worker died or whose job crashed or never ran."""

@@ -60,7 +60,12 @@ def fast_settings(server: EmbeddedRedis, data_dir: Path, domains_dir: Path, **ov
         "data_dir": data_dir,
         "domains_dir": domains_dir,
         "worker": {"heartbeat_interval_s": 0.2, "heartbeat_ttl_s": 1.0},
-        "supervisor": {"block_ms": 50, "recovery_interval_s": 0.2, "lock_ttl_s": 2.0},
+        "supervisor": {
+            "block_ms": 50,
+            "recovery_interval_s": 0.2,
+            "audit_interval_s": 1.0,
+            "lock_ttl_s": 2.0,
+        },
         "log_format": "json",
     }
     values.update(overrides)

@@ -1,0 +1,150 @@
+"""Writes whose reply never arrives: Redis ran them, the connection dropped before the answer came back.
+
+This is what the Redis-kill recovery test ran into once in a few hundred runs: the supervisor's
+transition landed, redis-py reported a WatchError, the retry judged the event "already applied" and
+the next stage was never dispatched. Each write the fleet makes is checked here through a proxy
+that loses exactly one reply from a real redis-server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+
+from servers.redis_proxy import ReplyLosingProxy
+from wavefleet.budget import Budget, Scope
+from wavefleet.config import BudgetSettings, Settings
+from wavefleet.connection import connect
+from wavefleet.domains import Domains
+from wavefleet.embedded import EmbeddedRedis
+from wavefleet.lifecycle import Event, EventKind, Role, StoryState
+from wavefleet.llm.pricing import NANO
+from wavefleet.queues import Dispatcher
+from wavefleet.store import StoryStore
+from wavefleet.stories import Story
+from wavefleet.supervisor import Supervisor
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def story(story_id: str) -> Story:
+    return Story(id=story_id, title=f"Story {story_id}")
+
+
+@pytest.fixture
+def proxy(redis_proc: EmbeddedRedis) -> Iterator[ReplyLosingProxy]:
+    server = ReplyLosingProxy(redis_proc.port)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def lossy(settings: Settings, proxy: ReplyLosingProxy) -> Settings:
+    """The test's settings with Redis reached through the proxy."""
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    return settings.model_copy(update={"redis": settings.redis.model_copy(update={"url": url})})
+
+
+@pytest.fixture
+def lossy_store(lossy: Settings) -> StoryStore:
+    return StoryStore(connect(lossy), lossy.keys, lossy.pipeline.max_rounds)
+
+
+def intake_messages(redis: Redis, settings: Settings, story_id: str) -> list[dict[str, str]]:
+    return [f for _id, f in redis.xrange(settings.keys.intake()) if f.get("story") == story_id]
+
+
+def test_a_transition_whose_reply_is_lost_returns_its_outcome_and_is_recorded_once(
+    store: StoryStore, lossy_store: StoryStore, proxy: ReplyLosingProxy, domains: Domains
+) -> None:
+    store.enqueue([story("AUTH-001")], domains)
+
+    proxy.lose_reply_to(b"EXEC")
+    outcome = lossy_store.apply("AUTH-001", Event(EventKind.ROUTE))
+
+    assert proxy.lost.is_set()
+    # The caller gets the outcome (so it dispatches the PM stage), not "already routed"
+    assert outcome.after.state is StoryState.PLANNING
+    assert outcome.dispatch == (Role.PM,)
+    assert [e["event"] for e in store.events("AUTH-001")] == ["enqueued", "route"]
+
+
+def test_an_enqueue_whose_reply_is_lost_succeeds_once(
+    store: StoryStore,
+    lossy_store: StoryStore,
+    proxy: ReplyLosingProxy,
+    domains: Domains,
+    redis: Redis,
+    settings: Settings,
+) -> None:
+    lossy_store.enqueue([story("AUTH-001")], domains)  # loads the script: the next call is one EVALSHA
+
+    proxy.lose_reply_to(b"EVALSHA")
+    lossy_store.enqueue([story("AUTH-002"), story("AUTH-003")], domains)  # not "already active"
+
+    assert proxy.lost.is_set()
+    for story_id in ("AUTH-002", "AUTH-003"):
+        assert [e["event"] for e in store.events(story_id)] == ["enqueued"]
+        assert intake_messages(redis, settings, story_id) == [{"kind": "route", "story": story_id}]
+
+
+def test_a_dispatch_whose_reply_is_lost_puts_the_job_on_its_queue_once(
+    store: StoryStore,
+    lossy_store: StoryStore,
+    lossy: Settings,
+    proxy: ReplyLosingProxy,
+    domains: Domains,
+    settings: Settings,
+) -> None:
+    store.enqueue([story("AUTH-001")], domains)
+    store.apply("AUTH-001", Event(EventKind.ROUTE))
+    record = store.get("AUTH-001")
+    dispatcher = Dispatcher(lossy, connect(lossy, decode=False), lossy_store)
+
+    proxy.lose_reply_to(b"EXEC")
+    dispatcher.ensure(record)
+    dispatcher.ensure(record)  # and once more, as the supervisor's audit would
+
+    assert proxy.lost.is_set()
+    raw = connect(settings, decode=False)
+    queue = Queue(settings.keys.queue("auth", "pm"), connection=raw)
+    assert queue.get_job_ids() == [record.job_id(Role.PM)]
+
+
+def test_a_budget_reservation_and_settlement_whose_replies_are_lost_count_once(
+    lossy: Settings, proxy: ReplyLosingProxy, redis: Redis, settings: Settings
+) -> None:
+    budget = Budget(connect(lossy), lossy.keys, BudgetSettings())
+    scope = Scope("story:AUTH-001", "story AUTH-001", NANO, 10**6)
+    budget.settle(budget.reserve([scope], 100, 1), 100, 1, story=None)  # loads both scripts
+    truth = Budget(redis, settings.keys, BudgetSettings())
+
+    proxy.lose_reply_to(b"EVALSHA")
+    reservation = budget.reserve([scope], 5_000, 50)
+    assert proxy.lost.is_set()
+    assert truth.use(scope.name).reserved_nusd == 5_000
+
+    proxy.lose_reply_to(b"EVALSHA")
+    budget.settle(reservation, 4_000, 40, story=None)
+    assert proxy.lost.is_set()
+    use = truth.use(scope.name)
+    assert (use.spent_nusd, use.reserved_nusd, use.spent_tokens, use.calls) == (4_100, 0, 41, 2)
+
+
+def test_the_supervisors_audit_dispatches_again_a_stage_whose_job_vanished(
+    settings: Settings, store: StoryStore, redis: Redis, domains: Domains
+) -> None:
+    raw = connect(settings, decode=False)
+    supervisor = Supervisor(settings, redis, raw, domains)
+    store.enqueue([story("AUTH-001")], domains)
+    supervisor.run_once()
+    job_id = store.get("AUTH-001").job_id(Role.PM)
+    Job.fetch(job_id, connection=raw).delete()  # gone from its queue, no result: the story would wait
+
+    assert supervisor.audit() == 1
+    assert Queue(settings.keys.queue("auth", "pm"), connection=raw).get_job_ids() == [job_id]
+    assert supervisor.audit() == 0
