@@ -14,8 +14,8 @@ import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import Job
-
 from servers.redis_proxy import ReplyLosingProxy
+
 from wavefleet.budget import Budget, Scope
 from wavefleet.config import BudgetSettings, Settings
 from wavefleet.connection import connect

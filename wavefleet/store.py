@@ -355,13 +355,15 @@ return {}
     def record_result(
         self, story_id: str, round_: int, role: Role, attempt: int, *, job: str, result: dict[str, Any]
     ) -> None:
-        """Store a stage's result and tell the supervisor, in one transaction."""
+        """Store a stage's result and tell the supervisor, in one transaction.
+
+        Safe to be resent after a lost reply (redis-py does): the result is overwritten with itself
+        and the supervisor ignores the second message. Model spend reaches the story through the
+        budget's settlement, not here."""
         with self.redis.pipeline() as pipe:
             pipe.hset(
                 self.keys.story_results(story_id), _result_field(round_, role, attempt), json.dumps(result)
             )
-            if result.get("cost_usd"):
-                pipe.hincrbyfloat(self.keys.story(story_id), "cost_usd", float(result["cost_usd"]))
             pipe.hdel(self.keys.running(), job)
             pipe.xadd(
                 self.keys.intake(),
