@@ -21,6 +21,7 @@ from wavefleet.lifecycle import TERMINAL, Role, StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.testing import Processes, fast_settings, process_group, redis_server, wait_until
+from workers.worker import MAINTENANCE_INTERVAL_S, WaveQueue
 
 pytestmark = pytest.mark.slow
 
@@ -178,3 +179,16 @@ def _settled(store: StoryStore, ids: list[str]) -> bool:
         return all(r.state in TERMINAL for r in store.list()) and len(store.list()) == len(ids)
     except Exception:
         return False
+
+
+def test_a_maintenance_lock_left_by_a_holder_cut_off_mid_clean_lapses_within_one_interval(
+    settings: Settings,
+) -> None:
+    # RQ's own lock would block every worker's clean-up of this queue for 15 minutes
+    raw = connect(settings, decode=False)
+    queue = WaveQueue(settings.keys.queue("auth", "pm"), connection=raw)
+
+    assert queue.acquire_maintenance_lock()  # and its holder never releases it
+
+    assert not queue.acquire_maintenance_lock()
+    assert 0 < raw.ttl(queue.registry_cleaning_key) <= MAINTENANCE_INTERVAL_S

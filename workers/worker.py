@@ -35,6 +35,7 @@ from . import commands, runtime, stage  # noqa: F401
 GROUP_WAIT_S = 0.5
 WORKER_LOG_LENGTH = 1000
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)
+MAINTENANCE_INTERVAL_S = 15
 
 
 class WaveWorker(Worker):
@@ -360,12 +361,28 @@ def _first_beat(heartbeat: Heartbeat, redis: Redis, settings: Settings, name: st
     raise SystemExit("Redis did not answer; worker not started")
 
 
+class WaveQueue(Queue):
+    """RQ's queue, with a maintenance lock that a dead holder cannot keep for long."""
+
+    def acquire_maintenance_lock(self) -> bool:
+        # RQ takes it for 15 minutes and frees it when the clean-up ends. A holder cut off mid-way
+        # (Redis killed then) never frees it, and for those 15 minutes no worker fails the jobs a
+        # dead worker abandoned or left in the intermediate queue. Hold it one maintenance interval.
+        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=MAINTENANCE_INTERVAL_S))
+
+
 def _rq_worker(settings: Settings, queue_name: str, gate: HaltGate) -> WaveWorker:
-    queue = Queue(queue_name, connection=connect(settings, decode=False))
+    queue = WaveQueue(queue_name, connection=connect(settings, decode=False))
     # Maintenance every 15 s (RQ's default is 10 min): it is what fails a job a stopped worker left
     # in RQ's intermediate queue (after a minute there), which the supervisor then runs again.
     return WaveWorker(
-        runtime.current(), queue, gate, worker_ttl=30, job_monitoring_interval=5, maintenance_interval=15
+        runtime.current(),
+        queue,
+        gate,
+        queue_class=WaveQueue,
+        worker_ttl=30,
+        job_monitoring_interval=5,
+        maintenance_interval=MAINTENANCE_INTERVAL_S,
     )
 
 
