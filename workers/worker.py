@@ -17,7 +17,9 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, Worker
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
+from rq.utils import now
 from rq.worker import WorkerStatus
 
 from wavefleet import logs
@@ -36,6 +38,7 @@ GROUP_WAIT_S = 0.5
 WORKER_LOG_LENGTH = 1000
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)
 MAINTENANCE_INTERVAL_S = 15
+STRAY_AFTER_S = 10
 
 
 class WaveWorker(Worker):
@@ -361,8 +364,24 @@ def _first_beat(heartbeat: Heartbeat, redis: Redis, settings: Settings, name: st
     raise SystemExit("Redis did not answer; worker not started")
 
 
+class StrayCheck(IntermediateQueue):
+    """RQ's intermediate queue: a job dequeued but never started is failed after 10 s there, not a
+    minute. A worker takes a job to its started registry within milliseconds; a job left behind was
+    dequeued by a request whose reply was lost (redis-py resent the BLMOVE and took the next job)
+    or by a worker stopped at that instant. The supervisor runs a failed stage again."""
+
+    def should_be_cleaned_up(self, job_id: str) -> bool:
+        first_seen = self.get_first_seen(job_id)
+        return first_seen is not None and (now() - first_seen).total_seconds() > STRAY_AFTER_S
+
+
 class WaveQueue(Queue):
-    """RQ's queue, with a maintenance lock that a dead holder cannot keep for long."""
+    """RQ's queue, with a maintenance lock that a dead holder cannot keep for long and a quicker
+    check of its intermediate queue."""
+
+    @property
+    def intermediate_queue(self) -> IntermediateQueue:
+        return StrayCheck(self.key, connection=self.connection)
 
     def acquire_maintenance_lock(self) -> bool:
         # RQ takes it for 15 minutes and frees it when the clean-up ends. A holder cut off mid-way
@@ -373,8 +392,8 @@ class WaveQueue(Queue):
 
 def _rq_worker(settings: Settings, queue_name: str, gate: HaltGate) -> WaveWorker:
     queue = WaveQueue(queue_name, connection=connect(settings, decode=False))
-    # Maintenance every 15 s (RQ's default is 10 min): it is what fails a job a stopped worker left
-    # in RQ's intermediate queue (after a minute there), which the supervisor then runs again.
+    # Maintenance every 15 s (RQ's default is 10 min): it is what fails a job left in RQ's
+    # intermediate queue (StrayCheck), which the supervisor then runs again.
     return WaveWorker(
         runtime.current(),
         queue,
