@@ -27,6 +27,8 @@ from wavefleet.queues import Dispatcher
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.supervisor import Supervisor
+from workers.runtime import Runtime
+from workers.worker import HaltGate, WaveQueue, WaveWorker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -148,3 +150,26 @@ def test_the_supervisors_audit_dispatches_again_a_stage_whose_job_vanished(
     assert supervisor.audit() == 1
     assert Queue(settings.keys.queue("auth", "pm"), connection=raw).get_job_ids() == [job_id]
     assert supervisor.audit() == 0
+
+
+def test_a_job_put_back_whose_reply_is_lost_is_on_its_queue_once(
+    store: StoryStore, lossy: Settings, proxy: ReplyLosingProxy, domains: Domains, settings: Settings
+) -> None:
+    # Given a PM job a worker has just taken (in RQ's intermediate queue) while the fleet halts
+    store.enqueue([story("AUTH-001")], domains)
+    store.apply("AUTH-001", Event(EventKind.ROUTE))
+    raw = connect(settings, decode=False)
+    Dispatcher(settings, raw, store).ensure(store.get("AUTH-001"))
+    queue = WaveQueue(settings.keys.queue("auth", "pm"), connection=connect(lossy, decode=False))
+    job_id = raw.lmove(queue.key, queue.intermediate_queue_key)
+    rt = Runtime(lossy, connect(lossy), store, domains.get("auth"), Role.PM, "AUTH-PM-1", "auth-pm-1.test")
+    worker = WaveWorker(rt, queue, HaltGate(rt))
+
+    # When the worker puts it back and the reply is lost (redis-py sends the transaction again)
+    proxy.lose_reply_to(b"EXEC")
+    worker._put_back(Job.fetch(job_id.decode(), connection=raw), queue)
+
+    # Then it is at the front of its queue once, and gone from the intermediate queue
+    assert proxy.lost.is_set()
+    assert raw.lrange(queue.key, 0, -1) == [job_id]
+    assert raw.lrange(queue.intermediate_queue_key, 0, -1) == []

@@ -112,7 +112,7 @@ class WaveWorker(Worker):
         with self.connection.pipeline() as pipe:
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             job.set_status(JobStatus.QUEUED, pipeline=pipe)
-            queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+            _requeue_front(queue, job.id, pipe)
             pipe.hdel(self.rt.store.keys.running(), job.id)
             self.gate.job_stopped(job, stopped_at, pipe)
             with self.gate.lock:  # after the listener's own ack, so never overwritten by it
@@ -122,7 +122,7 @@ class WaveWorker(Worker):
         """A job dequeued while the fleet halted: to the front of its queue, untouched."""
         with self.connection.pipeline() as pipe:
             pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-            queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+            _requeue_front(queue, job.id, pipe)
             pipe.execute()
 
     def _record_run(self, job: Job) -> None:
@@ -245,6 +245,13 @@ class HaltGate:
             worker.heartbeat()
             if read_halt(self.rt.redis, self.keys) is None:  # the resume message was missed
                 self.on_resume()
+
+
+def _requeue_front(queue: Queue, job_id: str, pipe: Pipeline) -> None:
+    """Put `job_id` at the front of `queue` in `pipe`, once even if the transaction is sent twice
+    (redis-py resends it when the reply is lost; a job listed twice would run twice)."""
+    pipe.lrem(queue.key, 0, job_id)
+    queue.push_job_id(job_id, pipeline=pipe, at_front=True)
 
 
 def _kill_leftovers(horse_pid: int) -> None:
