@@ -170,6 +170,42 @@ def test_redis_killed_mid_run_and_restarted_from_its_aof_loses_none_of_200_stori
             procs.stop_all()
 
 
+@pytest.mark.timeout(120)
+def test_a_redis_restart_does_not_make_a_live_workers_stage_count_as_lost(
+    tmp_path: Path, domains_dir: Path
+) -> None:
+    # Restarted from its AOF, Redis finds every heartbeat expired: the worker is alive all the same
+    with redis_server(tmp_path / "redis", appendfsync="always") as server:
+        settings = fast_settings(server, tmp_path / "data", domains_dir)
+        procs = Processes(settings, tmp_path / "logs")
+        try:
+            redis = connect(settings)
+            store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
+            procs.team("auth")
+            procs.supervisor()
+            store.enqueue([story("AUTH-050", "offline:slow=be:6")], load_domains(settings.domains_dir))
+            wait_until(
+                lambda: any(i["role"] == "be" for i in running_entries(redis, settings).values()),
+                timeout_s=60,
+                message="the BE stage to start",
+            )
+
+            server.kill()
+            time.sleep(1.5)  # longer than the heartbeat TTL (1 s)
+            server.start()
+
+            wait_until(
+                lambda: store.get("AUTH-050").state is StoryState.DONE,
+                timeout_s=90,
+                message="done",
+                diagnose=procs.logs,
+            )
+            assert [e for e in store.events("AUTH-050") if e["event"] == "stage_lost"] == []
+            assert store.get("AUTH-050").attempts[Role.BE] == 1
+        finally:
+            procs.stop_all()
+
+
 def _count_done(store: StoryStore) -> int:
     try:
         return len(store.list(state=StoryState.DONE))

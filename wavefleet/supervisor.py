@@ -30,6 +30,7 @@ CONSUMER = "supervisor"
 BATCH = 200
 LOST_JOB_STATUSES = {"failed", "stopped", "canceled"}
 HALT_SWEEP_DELAY_S = 0.5
+RECONNECT_GRACE_S = 5.0  # a worker's heartbeat thread reconnects within this after Redis returns
 # Extend the leader lock if this supervisor holds it, else take it if free: one round trip a loop.
 LEAD_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -326,12 +327,18 @@ class Supervisor:
     def recover(self) -> None:
         """Run again every stage whose worker died or whose job crashed or never ran."""
         handled: set[str] = set()  # lost stages the running sweep has already re-run
+        redis_restarted: bool | None = None  # asked once a pass, and only if a worker looks dead
         for job_id, raw in self.redis.hgetall(self.keys.running()).items():
             info = json.loads(raw)
             alive = self.redis.exists(self.keys.worker_heartbeat(info["worker"]))
             status = self.dispatcher.job_status(job_id)
             if alive and status not in LOST_JOB_STATUSES:
                 continue
+            if not alive and status not in LOST_JOB_STATUSES:
+                if redis_restarted is None:
+                    redis_restarted = self._redis_restarted_recently()
+                if redis_restarted:
+                    continue  # its heartbeat expired while Redis was down: no proof it died
             why = f"worker {info['worker']} died" if not alive else f"job {status}"
             self.redis.hdel(self.keys.running(), job_id)
             lost = Event(
@@ -348,6 +355,13 @@ class Supervisor:
             story, round_, role, attempt = stage
             why = f"job failed: {self._failure(job_id)}"
             self._lose(job_id, story, Event(EventKind.STAGE_LOST, role, round_, attempt, reason=why))
+
+    def _redis_restarted_recently(self) -> bool:
+        """Whether Redis came up less than a heartbeat TTL and a reconnect ago. Restarted from its
+        AOF, it finds every heartbeat written before it went down expired; a live worker beats
+        again within moments, and re-running its stage meanwhile would duplicate the work."""
+        uptime_s = int(self.redis.info("server")["uptime_in_seconds"])
+        return uptime_s < self.settings.worker.heartbeat_ttl_s + RECONNECT_GRACE_S
 
     def _lose(self, job_id: str, story: str, lost: Event) -> None:
         self.log.warning("stage lost; running it again", story=story, job=job_id, why=lost.reason)
