@@ -179,6 +179,38 @@ def test_status_json_is_a_list_of_objects_with_id_domain_state_and_round(
     ]
 
 
+def test_status_shows_every_active_story_and_the_newest_finished_ones_and_counts_the_rest(
+    settings: Settings, store: StoryStore, domains: Domains, tmp_path: Path
+) -> None:
+    # Given five finished stories enqueued one after another, then two active ones
+    for n in range(1, 6):
+        store.enqueue([story(f"AUTH-00{n}")], domains)
+        store.apply(f"AUTH-00{n}", Event(EventKind.CANCEL))
+    store.enqueue([story("PAYMENTS-001"), story("PAYMENTS-002")], domains)
+
+    # When the status is asked for with room for two finished stories, then for all
+    table = wave(settings, "status", "--recent", "2", cwd=tmp_path)
+    as_json = wave(settings, "status", "--recent", "0", "--json", cwd=tmp_path)
+    everything = wave(settings, "status", "--all", "--json", cwd=tmp_path)
+
+    # Then the table shows the active two, the newest finished ones, oldest first, and the count left out
+    assert table.returncode == 0, table.stderr
+    _header, *rows, footer = table.stdout.splitlines()
+    assert [row.split()[0] for row in rows] == ["AUTH-004", "AUTH-005", "PAYMENTS-001", "PAYMENTS-002"]
+    assert footer.startswith("(3 older finished stories not shown")
+    assert [r["id"] for r in json.loads(as_json.stdout)] == ["PAYMENTS-001", "PAYMENTS-002"]
+    assert len(json.loads(everything.stdout)) == 7
+
+
+def test_status_refuses_a_recent_count_that_is_not_a_whole_number(settings: Settings, tmp_path: Path) -> None:
+    result = wave(settings, "status", "--recent", "-3", cwd=tmp_path)
+
+    assert result.returncode == ExitCode.USAGE
+    assert result.stderr.splitlines()[-1] == (
+        "wave status: error: argument --recent: '-3' is not a whole number (0 or more)"
+    )
+
+
 def test_status_with_no_stories_says_so(settings: Settings, tmp_path: Path) -> None:
     # Given an empty fleet
     # When the status is asked for, as a table and as JSON

@@ -110,11 +110,16 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
         else:
             _print_story(app, record)
         return ExitCode.OK
-    records = app.store.list()
+    if args.all:
+        records, left_out = app.store.list(), 0
+    else:
+        records, left_out = app.store.overview(recent=args.recent)
     banner = halt_banner(app)
     if banner and not args.json:
         print(banner)
     _print_records(records, as_json=args.json)
+    if left_out and not args.json:
+        print(f"({left_out} older finished stories not shown: wave status --all, or wave list --state STATE)")
     return ExitCode.OK
 
 
@@ -124,6 +129,12 @@ def cmd_list(app: App, args: argparse.Namespace) -> int:
     state = _parse_state(args.state) if args.state else None
     _print_records(app.store.list(domain=args.domain, state=state), as_json=args.json)
     return ExitCode.OK
+
+
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number (0 or more)")
+    return int(value)
 
 
 def _parse_state(value: str) -> StoryState:
@@ -343,9 +354,15 @@ def _add_story_commands(sub: Any) -> None:
     p.add_argument("-f", "--file", help="a YAML or JSON file of one story or a list of stories")
     p.set_defaults(handler=cmd_enqueue)
 
-    p = sub.add_parser("status", help="the stories table, or one story in detail")
+    p = sub.add_parser(
+        "status", help="every active story and the newest finished ones, or one story in detail"
+    )
     p.add_argument("id", nargs="?")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--recent", type=_count, default=20, metavar="N", help="finished stories shown (newest; default 20)"
+    )
+    p.add_argument("--all", action="store_true", help="every story ever enqueued")
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("list", help="stories filtered by domain and state")

@@ -245,6 +245,18 @@ return {}
         records = self.records(self.redis.zrange(index, 0, -1))
         return [r for r in records if state is None or r.state is state]
 
+    def overview(self, recent: int) -> tuple[builtins.list[StoryRecord], int]:
+        """Every active story and the `recent` newest finished ones, oldest first (as `list` orders
+        them), and how many stories that leaves out. Reads only those, however many stories exist."""
+        active = set(self.redis.smembers(self.keys.active()))
+        # The newest `recent` finished stories are among the newest `recent + len(active)` of all.
+        newest = self.redis.zrevrange(self.keys.stories(), 0, recent + len(active) - 1) if recent else []
+        finished = [story_id for story_id in newest if story_id not in active][:recent]
+        total = self.redis.zcard(self.keys.stories())
+        ids = sorted(active | set(finished))
+        records = sorted(self.records(ids), key=lambda r: (r.created_at, r.id))
+        return records, total - len(records)
+
     def records(self, ids: Sequence[str]) -> builtins.list[StoryRecord]:
         """The stories that exist among `ids`, in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
