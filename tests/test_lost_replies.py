@@ -22,6 +22,7 @@ from wavefleet.connection import connect
 from wavefleet.domains import Domains
 from wavefleet.embedded import EmbeddedRedis
 from wavefleet.lifecycle import Event, EventKind, Role, StoryState
+from wavefleet.llm.breaker import Breakers, BreakerState
 from wavefleet.llm.pricing import NANO
 from wavefleet.queues import Dispatcher
 from wavefleet.store import StoryStore
@@ -173,3 +174,19 @@ def test_a_job_put_back_whose_reply_is_lost_is_on_its_queue_once(
     assert proxy.lost.is_set()
     assert raw.lrange(queue.key, 0, -1) == [job_id]
     assert raw.lrange(queue.intermediate_queue_key, 0, -1) == []
+
+
+def test_a_provider_failure_whose_reply_is_lost_counts_once(
+    lossy: Settings, proxy: ReplyLosingProxy, redis: Redis, settings: Settings
+) -> None:
+    breakers = Breakers(connect(lossy), lossy.keys, threshold=3, cooldown_s=30, probe_ttl_s=5)
+    assert breakers.failure("anthropic") == 1  # loads the script: the next call is one EVALSHA
+
+    proxy.lose_reply_to(b"EVALSHA")
+    count = breakers.failure("anthropic")
+
+    # Two failures, not three: the breaker (threshold 3) is still closed
+    assert proxy.lost.is_set()
+    assert count == 2
+    truth = Breakers(redis, settings.keys, threshold=3, cooldown_s=30, probe_ttl_s=5)
+    assert truth.state("anthropic")[0] is BreakerState.CLOSED
