@@ -8,6 +8,7 @@ that loses exactly one reply from a real redis-server.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -190,3 +191,19 @@ def test_a_provider_failure_whose_reply_is_lost_counts_once(
     assert count == 2
     truth = Breakers(redis, settings.keys, threshold=3, cooldown_s=30, probe_ttl_s=5)
     assert truth.state("anthropic")[0] is BreakerState.CLOSED
+
+
+def test_taking_the_probe_whose_reply_is_lost_still_makes_this_caller_the_probe(
+    lossy: Settings, proxy: ReplyLosingProxy
+) -> None:
+    breakers = Breakers(connect(lossy), lossy.keys, threshold=1, cooldown_s=0.05, probe_ttl_s=30)
+    breakers.failure("xai")  # open for 50 ms
+    assert breakers.state("xai")[0] is BreakerState.OPEN  # and the state script is loaded
+    time.sleep(0.1)
+
+    proxy.lose_reply_to(b"EVALSHA")
+    state, _ = breakers.state("xai")
+
+    # Not "open": the probe lock is this caller's, and nobody else may probe for 30 s
+    assert proxy.lost.is_set()
+    assert state is BreakerState.PROBE

@@ -25,6 +25,7 @@ local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
 if open_until == 0 then return {'closed', 0} end
 if now < open_until then return {'open', open_until - now} end
 if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[1]) then return {'probe', 0} end
+if redis.call('GET', KEYS[2]) == ARGV[2] then return {'probe', 0} end  -- resent: the probe is ours
 return {'open', 0}
 """
 
