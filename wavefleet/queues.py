@@ -108,26 +108,18 @@ class Dispatcher:
             pipeline=pipe,
         )
 
-    def take_failed(self, domains: list[str]) -> list[str]:
-        """Stage jobs RQ has failed, taken off the queues' failed registries (so each is seen
-        once; the job itself is kept for inspection until its failure TTL). One round trip when
-        there are none."""
-        registries = [self.queue(d, r).failed_job_registry for d in domains for r in Role]
+    def failed(self, domains: list[str]) -> list[tuple[str, str]]:
+        """(registry key, job id) of every job in the stage queues' failed registries: one round trip.
+        The caller forgets each once it is handled (the job itself stays until its failure TTL)."""
+        registries = [self.queue(d, r).failed_job_registry.key for d in domains for r in Role]
         with self.raw.pipeline(transaction=False) as pipe:
-            for registry in registries:
-                pipe.zrange(registry.key, 0, -1)
+            for key in registries:
+                pipe.zrange(key, 0, -1)
             found = pipe.execute()
-        taken = [
-            (registry, job_id.decode())
-            for registry, ids in zip(registries, found, strict=True)
-            for job_id in ids
-        ]
-        if taken:
-            with self.raw.pipeline(transaction=False) as pipe:
-                for registry, job_id in taken:
-                    pipe.zrem(registry.key, job_id)
-                pipe.execute()
-        return [job_id for _, job_id in taken]
+        return [(key, job_id.decode()) for key, ids in zip(registries, found, strict=True) for job_id in ids]
+
+    def forget_failed(self, registry: str, job_id: str) -> None:
+        self.raw.zrem(registry, job_id)
 
     def job_status(self, job_id: str) -> str | None:
         job = self._job(job_id)

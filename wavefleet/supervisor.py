@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from redis import Redis
@@ -295,17 +296,18 @@ class Supervisor:
     def reconcile(self) -> None:
         """Make every active story's current stages exist: routes and dispatches a crash skipped."""
         for story_id in self.store.active_ids():
-            record = self.store.find(story_id)
-            if record is None:
-                continue
-            if record.state is StoryState.QUEUED:
-                with contextlib.suppress(Rejected):
-                    self._apply(story_id, Event(EventKind.ROUTE))
-            elif record.state in WORKING:
-                self._dispatch(story_id)
-            elif record.state is StoryState.HALTED:  # resumed while no supervisor was running
-                with contextlib.suppress(Rejected):
-                    self._apply(story_id, Event(EventKind.RESUME, reason="fleet resumed"))
+            with self._one_story(story_id, "reconcile"):
+                record = self.store.find(story_id)
+                if record is None:
+                    continue
+                if record.state is StoryState.QUEUED:
+                    with contextlib.suppress(Rejected):
+                        self._apply(story_id, Event(EventKind.ROUTE))
+                elif record.state in WORKING:
+                    self._dispatch(story_id)
+                elif record.state is StoryState.HALTED:  # resumed while no supervisor was running
+                    with contextlib.suppress(Rejected):
+                        self._apply(story_id, Event(EventKind.RESUME, reason="fleet resumed"))
 
     def audit(self) -> int:
         """Dispatch again any pending stage of a working story that has neither a job nor a result.
@@ -313,16 +315,27 @@ class Supervisor:
         Nothing known strands a stage that way: this is the check that would catch what is not
         known, loudly, instead of leaving a story waiting forever. Two round trips for the whole
         fleet when all is well. Returns how many stages it dispatched."""
-        working = [r for r in self.store.records(self.store.active_ids()) if r.state in WORKING]
         dispatched = 0
-        for story_id, roles in self.dispatcher.missing(working).items():
-            self.log.warning(
-                "stage without a job or result; dispatching it again",
-                story=story_id,
-                stages=[r.value for r in roles],
-            )
-            dispatched += len(self._dispatch(story_id))
+        with self._one_story("-", "audit"):  # a malformed story hash must not stop the supervisor
+            working = [r for r in self.store.records(self.store.active_ids()) if r.state in WORKING]
+            for story_id, roles in self.dispatcher.missing(working).items():
+                self.log.warning(
+                    "stage without a job or result; dispatching it again",
+                    story=story_id,
+                    stages=[r.value for r in roles],
+                )
+                with self._one_story(story_id, "audit"):
+                    dispatched += len(self._dispatch(story_id))
         return dispatched
+
+    @contextlib.contextmanager
+    def _one_story(self, story_id: str, doing: str) -> Iterator[None]:
+        """One story's trouble (contention, a malformed hash) is logged and left for the next pass;
+        it never stops the supervisor, which every other story needs."""
+        try:
+            yield
+        except (WaveError, KeyError, ValueError) as exc:
+            self.log.error("story skipped until the next pass", doing=doing, story=story_id, error=str(exc))
 
     def recover(self) -> None:
         """Run again every stage whose worker died or whose job crashed or never ran."""
@@ -340,35 +353,47 @@ class Supervisor:
                 if redis_restarted:
                     continue  # its heartbeat expired while Redis was down: no proof it died
             why = f"worker {info['worker']} died" if not alive else f"job {status}"
-            self.redis.hdel(self.keys.running(), job_id)
             lost = Event(
                 EventKind.STAGE_LOST, Role(info["role"]), int(info["round"]), int(info["attempt"]), reason=why
             )
-            self._lose(job_id, info["story"], lost)
-            handled.add(job_id)
+            # The entry goes only once the loss is applied: cut off in between, the next pass redoes it.
+            if self._lose(job_id, info["story"], lost):
+                self.redis.hdel(self.keys.running(), job_id)
+                handled.add(job_id)
         # A job RQ failed before it ever started is in no running entry: RQ fails a job a worker left
         # between dequeue and start ("stuck in intermediate queue"), e.g. when stopped at that moment.
-        for job_id in self.dispatcher.take_failed(self.domains.names()):
+        # It leaves the failed registry only once handled, so an interruption cannot strand it.
+        for registry, job_id in self.dispatcher.failed(self.domains.names()):
             stage = parse_job_id(job_id)
-            if job_id in handled or stage is None or self.store.result(*stage) is not None:
-                continue  # not a stage job, or its result is in and will be applied
-            story, round_, role, attempt = stage
-            why = f"job failed: {self._failure(job_id)}"
-            self._lose(job_id, story, Event(EventKind.STAGE_LOST, role, round_, attempt, reason=why))
+            if job_id not in handled and stage is not None and self.store.result(*stage) is None:
+                story, round_, role, attempt = stage
+                why = f"job failed: {self._failure(job_id)}"
+                lost = Event(EventKind.STAGE_LOST, role, round_, attempt, reason=why)
+                if not self._lose(job_id, story, lost):
+                    continue
+            self.dispatcher.forget_failed(registry, job_id)
 
     def _redis_restarted_recently(self) -> bool:
         """Whether Redis came up less than a heartbeat TTL and a reconnect ago. Restarted from its
         AOF, it finds every heartbeat written before it went down expired; a live worker beats
         again within moments, and re-running its stage meanwhile would duplicate the work."""
-        uptime_s = int(self.redis.info("server")["uptime_in_seconds"])
+        try:
+            uptime_s = int(self.redis.info("server")["uptime_in_seconds"])
+        except ResponseError:  # INFO not allowed to this user (ACL, a managed Redis): cannot tell
+            return False
         return uptime_s < self.settings.worker.heartbeat_ttl_s + RECONNECT_GRACE_S
 
-    def _lose(self, job_id: str, story: str, lost: Event) -> None:
+    def _lose(self, job_id: str, story: str, lost: Event) -> bool:
+        """Apply a stage loss (the stage runs again); False if it could not be settled this pass."""
         self.log.warning("stage lost; running it again", story=story, job=job_id, why=lost.reason)
         try:
-            self._apply(story, lost)
+            with self._one_story(story, "stage loss"):
+                self._apply(story, lost)
+                return True
         except Rejected as exc:
             self.log.debug("lost stage already superseded", job=job_id, why=str(exc))
+            return True
+        return False
 
     def _failure(self, job_id: str) -> str:
         """The last line of what RQ recorded as the job's failure."""
