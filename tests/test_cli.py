@@ -197,9 +197,26 @@ def test_status_shows_every_active_story_and_the_newest_finished_ones_and_counts
     assert table.returncode == 0, table.stderr
     _header, *rows, footer = table.stdout.splitlines()
     assert [row.split()[0] for row in rows] == ["AUTH-004", "AUTH-005", "PAYMENTS-001", "PAYMENTS-002"]
-    assert footer.startswith("(3 older finished stories not shown")
+    assert footer.startswith("(3 stories finished earlier not shown")
     assert [r["id"] for r in json.loads(as_json.stdout)] == ["PAYMENTS-001", "PAYMENTS-002"]
     assert len(json.loads(everything.stdout)) == 7
+
+
+def test_status_shows_the_stories_that_finished_last_not_those_enqueued_last(
+    settings: Settings, store: StoryStore, domains: Domains, tmp_path: Path
+) -> None:
+    # Given three stories, the first enqueued finishing last
+    store.enqueue([story("AUTH-001"), story("AUTH-002"), story("AUTH-003")], domains)
+    for story_id in ("AUTH-002", "AUTH-003", "AUTH-001"):
+        store.apply(story_id, Event(EventKind.CANCEL))
+
+    # When the status shows one finished story, then none
+    one = wave(settings, "status", "--recent", "1", cwd=tmp_path)
+    none = wave(settings, "status", "--recent", "0", cwd=tmp_path)
+
+    # Then it is the one that finished last; with none shown, the count says what there is
+    assert [line.split()[0] for line in one.stdout.splitlines()[1:-1]] == ["AUTH-001"]
+    assert none.stdout == "no active stories; 3 finished (wave status --all, or --recent N)\n"
 
 
 def test_status_refuses_a_recent_count_that_is_not_a_whole_number(settings: Settings, tmp_path: Path) -> None:

@@ -117,9 +117,14 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     banner = halt_banner(app)
     if banner and not args.json:
         print(banner)
-    _print_records(records, as_json=args.json)
     if left_out and not args.json:
-        print(f"({left_out} older finished stories not shown: wave status --all, or wave list --state STATE)")
+        if not records:
+            print(f"no active stories; {left_out} finished (wave status --all, or --recent N)")
+            return ExitCode.OK
+        _print_records(records, as_json=False)
+        print(f"({left_out} stories finished earlier not shown: wave status --all, or wave list)")
+        return ExitCode.OK
+    _print_records(records, as_json=args.json)
     return ExitCode.OK
 
 

@@ -30,6 +30,15 @@ class Keys:
         """Hash: ``r{round}.{role}.a{attempt}`` -> the stage's JSON result."""
         return self._k("story", story_id, "results")
 
+    def story_txn(self, story_id: str, token: str) -> str:
+        """String, kept a minute: written by the transition tagged `token`, so its writer can tell
+        that it committed when the reply was lost (a field on the story could be overwritten)."""
+        return self._k("story", story_id, "txn", token)
+
+    def finished(self) -> str:
+        """Sorted set of story ids in an end state, scored by when they got there (`wave status`)."""
+        return self._k("finished")
+
     def active(self) -> str:
         """Set of story ids not yet in an end state (what the supervisor reconciles)."""
         return self._k("active")

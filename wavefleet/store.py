@@ -23,7 +23,7 @@ from .stories import Story
 
 EVENTS_MAXLEN = 100_000  # fleet-wide event stream is capped (approximately); per-story streams are not
 WATCH_TRIES = 50
-TXN_FIELD = "txn"  # the token of the last transaction applied to a story's hash
+TXN_TTL_S = 60  # how long a transition's token is kept: far longer than any retry of it takes
 
 
 def job_id(story_id: str, round_: int, role: Role, attempt: int) -> str:
@@ -246,12 +246,13 @@ return {}
         return [r for r in records if state is None or r.state is state]
 
     def overview(self, recent: int) -> tuple[builtins.list[StoryRecord], int]:
-        """Every active story and the `recent` newest finished ones, oldest first (as `list` orders
+        """Every active story and the `recent` that finished last, oldest first (as `list` orders
         them), and how many stories that leaves out. Reads only those, however many stories exist."""
         active = set(self.redis.smembers(self.keys.active()))
-        # The newest `recent` finished stories are among the newest `recent + len(active)` of all.
-        newest = self.redis.zrevrange(self.keys.stories(), 0, recent + len(active) - 1) if recent else []
-        finished = [story_id for story_id in newest if story_id not in active][:recent]
+        # A story enqueued again after it finished is active and still in the finished index: the
+        # `recent` finished last are among the `recent + len(active)` last entries.
+        last = self.redis.zrevrange(self.keys.finished(), 0, recent + len(active) - 1) if recent else []
+        finished = [story_id for story_id in last if story_id not in active][:recent]
         total = self.redis.zcard(self.keys.stories())
         ids = sorted(active | set(finished))
         records = sorted(self.records(ids), key=lambda r: (r.created_at, r.id))
@@ -314,7 +315,7 @@ return {}
                     return outcome
                 except WatchError:
                     pipe.reset()
-                    if outcome is not None and self.redis.hget(key, TXN_FIELD) == token:
+                    if outcome is not None and self.redis.exists(self.keys.story_txn(story_id, token)):
                         return outcome  # it committed; only the reply was lost
         raise ConflictError(f"too much contention on story {story_id}; try again")
 
@@ -331,13 +332,15 @@ return {}
             "lost": json.dumps({r.value: n for r, n in after.lost.items()}),
             "held_from": after.held_from.value if after.held_from else "",
             "updated_at": now,
-            TXN_FIELD: token,
         }
         if outcome.changed_state:
             fields["reason"] = outcome.reason
         pipe.hset(self.keys.story(story_id), mapping=fields)
+        pipe.set(self.keys.story_txn(story_id, token), 1, ex=TXN_TTL_S)
         if after.state in TERMINAL:
             pipe.srem(self.keys.active(), story_id)
+            if outcome.changed_state:
+                pipe.zadd(self.keys.finished(), {story_id: now})
         else:
             pipe.sadd(self.keys.active(), story_id)
         history = {
