@@ -77,6 +77,20 @@ def test_a_transition_whose_reply_is_lost_returns_its_outcome_and_is_recorded_on
     assert [e["event"] for e in store.events("AUTH-001")] == ["enqueued", "route"]
 
 
+def test_a_transition_whose_reply_is_lost_is_recognised_even_after_another_lands_on_the_story(
+    store: StoryStore, lossy_store: StoryStore, proxy: ReplyLosingProxy, domains: Domains
+) -> None:
+    store.enqueue([story("AUTH-001")], domains)
+
+    # An operator's cancel lands between our commit and our check
+    proxy.lose_reply_to(b"EXEC", meanwhile=lambda: store.apply("AUTH-001", Event(EventKind.CANCEL)))
+    outcome = lossy_store.apply("AUTH-001", Event(EventKind.ROUTE))
+
+    assert proxy.lost.is_set()
+    assert outcome.after.state is StoryState.PLANNING  # ours, not a rejection
+    assert [e["event"] for e in store.events("AUTH-001")] == ["enqueued", "route", "cancel"]
+
+
 def test_an_enqueue_whose_reply_is_lost_succeeds_once(
     store: StoryStore,
     lossy_store: StoryStore,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 CHUNK = 65536
 
@@ -23,14 +24,18 @@ class ReplyLosingProxy:
         self.port = self.listener.getsockname()[1]
         self.lost = threading.Event()  # set once a reply has been dropped
         self._armed: bytes | None = None
+        self._meanwhile: Callable[[], object] | None = None
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
-    def lose_reply_to(self, marker: bytes) -> None:
-        """Drop the answer to the next command whose bytes contain `marker` (once)."""
+    def lose_reply_to(self, marker: bytes, *, meanwhile: Callable[[], object] | None = None) -> None:
+        """Drop the answer to the next command whose bytes contain `marker` (once); `meanwhile` runs
+        after Redis has answered and before the client sees the connection drop (another client's
+        write landing in between)."""
         with self._lock:
             self._armed = marker
+            self._meanwhile = meanwhile
             self.lost.clear()
 
     def close(self) -> None:
@@ -67,6 +72,8 @@ class ReplyLosingProxy:
     def _replies(self, upstream: socket.socket, client: socket.socket, dropping: threading.Event) -> None:
         while data := _recv(upstream):
             if dropping.is_set():  # Redis has run the command and answered: lose the answer
+                if self._meanwhile is not None:
+                    self._meanwhile()
                 _close(client)
                 _close(upstream)
                 self.lost.set()
