@@ -23,8 +23,11 @@ from wavefleet.connection import connect
 from wavefleet.domains import Domains
 from wavefleet.embedded import EmbeddedRedis
 from wavefleet.lifecycle import Event, EventKind, Role, StoryState
+from wavefleet.llm.accounting import call_entry, record_call, story_calls
+from wavefleet.llm.batch import Batch
 from wavefleet.llm.breaker import Breakers, BreakerState
 from wavefleet.llm.pricing import NANO
+from wavefleet.llm.types import LLMResponse, ProviderName, TaskKind, Usage
 from wavefleet.queues import Dispatcher
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
@@ -221,3 +224,42 @@ def test_taking_the_probe_whose_reply_is_lost_still_makes_this_caller_the_probe(
     # Not "open": the probe lock is this caller's, and nobody else may probe for 30 s
     assert proxy.lost.is_set()
     assert state is BreakerState.PROBE
+
+
+def test_a_settlement_resent_after_a_lost_reply_still_reports_the_alerts_it_crossed(
+    lossy: Settings, proxy: ReplyLosingProxy
+) -> None:
+    budget = Budget(connect(lossy), lossy.keys, BudgetSettings())
+    scope = Scope("story:AUTH-001", "story AUTH-001", 1_000, 10**6)
+    budget.settle(budget.reserve([scope], 10, 1), 10, 1, story=None)  # loads both scripts; 1% spent
+    reservation = budget.reserve([scope], 600, 1)
+
+    proxy.lose_reply_to(b"EVALSHA")
+    reply = budget.settle(reservation, 600, 1, story=None)  # 61%: past the 50% warning
+
+    assert proxy.lost.is_set()
+    assert [a.level for a in budget.alerts(reservation, reply, None)] == ["warning"]
+
+
+def test_a_call_recorded_twice_by_a_resent_write_is_listed_once(
+    lossy: Settings, proxy: ReplyLosingProxy, redis: Redis, settings: Settings
+) -> None:
+    batch = Batch(connect(lossy))
+    response = LLMResponse(
+        text="ok",
+        provider=ProviderName.OFFLINE,
+        model="offline-1",
+        task=TaskKind.PLANNING,
+        usage=Usage(input_tokens=10, output_tokens=5),
+        cost_usd=0.0,
+        latency_ms=1.0,
+        offline=True,
+    )
+    record_call(batch, settings.keys, "AUTH-001", call_entry(response, role="pm"))
+
+    proxy.lose_reply_to(b"XADD")
+    batch.execute()
+
+    assert proxy.lost.is_set()
+    assert redis.xlen(settings.keys.story_llm_calls("AUTH-001")) == 2  # what the resend left behind
+    assert len(story_calls(redis, settings.keys, "AUTH-001")) == 1

@@ -70,12 +70,11 @@ return {1}
 # a "settled" mark: redis-py resends a script whose reply was lost, and the spend must count once.
 _SETTLE = """
 local function neg(s) if not s or s == '0' then return '0' end return '-' .. s end
-if redis.call('HGET', KEYS[2], 'settled') then return {} end  -- resent after a lost reply: counted once
+local done = redis.call('HGET', KEYS[2], 'settled')
+if done then return cjson.decode(done) end  -- resent after a lost reply: counted once, same alerts
 local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
 local est = redis.call('HMGET', KEYS[2], 'nusd', 'tokens')
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'settled', '1')
-redis.call('EXPIRE', KEYS[2], 3600)
 local n = tonumber(ARGV[7])
 local levels = {{'warning', tonumber(ARGV[5])}, {'critical', tonumber(ARGV[6])}, {'exceeded', 1}}
 local alerts = {}
@@ -103,6 +102,8 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('HINCRBY', KEYS[3], 'llm_tokens', ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'llm_calls', 1)
 end
+redis.call('HSET', KEYS[2], 'settled', cjson.encode(alerts))
+redis.call('EXPIRE', KEYS[2], 3600)
 return alerts
 """
 
@@ -110,9 +111,9 @@ return alerts
 _RELEASE = """
 local function neg(s) if not s or s == '0' then return '0' end return '-' .. s end
 local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
+if not held then return 0 end  -- released or settled already (a settled mark is kept)
 local est = redis.call('HMGET', KEYS[2], 'nusd', 'tokens')
 redis.call('DEL', KEYS[2])
-if not held then return 0 end
 for i = 3, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'reserved_nusd', neg(est[1]))
   redis.call('HINCRBY', KEYS[i], 'reserved_tokens', neg(est[2]))

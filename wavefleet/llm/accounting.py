@@ -8,6 +8,7 @@ script, in the same step that moves the spend, so the two never disagree.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -23,6 +24,7 @@ CALLS_MAXLEN = 10_000  # per story; a story making more calls than this has othe
 def call_entry(response: LLMResponse, *, role: str, at: float | None = None) -> dict[str, str]:
     usage = response.usage
     return {
+        "id": uuid.uuid4().hex,  # redis-py resends an XADD whose reply was lost: readers skip the copy
         "at": f"{time.time() if at is None else at:.6f}",
         "task": response.task.value,
         "role": role,
@@ -50,8 +52,16 @@ def record_call(target: Redis | Batch, keys: Keys, story: str, entry: dict[str, 
 
 
 def story_calls(redis: Redis, keys: Keys, story: str) -> list[dict[str, str]]:
+    """The story's calls, oldest first, each once (an entry written twice by a resent XADD is one)."""
     entries = cast(list[tuple[str, dict[str, str]]], redis.xrange(keys.story_llm_calls(story)))
-    return [fields for _id, fields in entries]
+    seen: set[str] = set()
+    calls = []
+    for _id, fields in entries:
+        call = fields.get("id", _id)
+        if call not in seen:
+            seen.add(call)
+            calls.append(fields)
+    return calls
 
 
 @dataclass(frozen=True)
