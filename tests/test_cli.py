@@ -219,6 +219,34 @@ def test_status_shows_the_stories_that_finished_last_not_those_enqueued_last(
     assert none.stdout == "no active stories; 3 finished (wave status --all, or --recent N)\n"
 
 
+def test_status_finds_stories_that_finished_before_the_finished_index_existed(
+    settings: Settings, store: StoryStore, domains: Domains, redis: Redis, tmp_path: Path
+) -> None:
+    # Given two finished stories and no finished index (a fleet from before it existed)
+    store.enqueue([story("AUTH-001"), story("AUTH-002")], domains)
+    for story_id in ("AUTH-001", "AUTH-002"):
+        store.apply(story_id, Event(EventKind.CANCEL))
+    redis.delete(settings.keys.finished())
+
+    result = wave(settings, "status", cwd=tmp_path)
+
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:]] == ["AUTH-001", "AUTH-002"]
+
+
+def test_a_story_whose_record_cannot_be_read_is_reported_in_one_line(
+    settings: Settings, store: StoryStore, domains: Domains, redis: Redis, tmp_path: Path
+) -> None:
+    store.enqueue([story("AUTH-001")], domains)
+    redis.hset(settings.keys.story("AUTH-001"), "attempts", "not json")
+
+    result = wave(settings, "status", "AUTH-001", cwd=tmp_path)
+
+    assert assert_refused(result, ExitCode.INVALID_INPUT) == [
+        "wave: error: story AUTH-001: its record in Redis cannot be read (JSONDecodeError: Expecting value: "
+        "line 1 column 1 (char 0)); repair or delete its hash in Redis"
+    ]
+
+
 def test_status_refuses_a_recent_count_that_is_not_a_whole_number(settings: Settings, tmp_path: Path) -> None:
     result = wave(settings, "status", "--recent", "-3", cwd=tmp_path)
 

@@ -15,6 +15,7 @@ LAYOUT = [
     ("story_events", ("AUTH-001",), "wave:story:AUTH-001:events", "acme-2:story:AUTH-001:events"),
     ("story_txn", ("AUTH-001", "t1"), "wave:story:AUTH-001:txn:t1", "acme-2:story:AUTH-001:txn:t1"),
     ("finished", (), "wave:finished", "acme-2:finished"),
+    ("once", ("t1",), "wave:once:t1", "acme-2:once:t1"),
     ("active", (), "wave:active", "acme-2:active"),
     ("stories", (), "wave:stories", "acme-2:stories"),
     ("domain_stories", ("auth",), "wave:stories:auth", "acme-2:stories:auth"),

@@ -89,7 +89,7 @@ def test_a_transition_whose_reply_is_lost_is_recognised_even_after_another_lands
     proxy.lose_reply_to(b"EXEC", meanwhile=lambda: store.apply("AUTH-001", Event(EventKind.CANCEL)))
     outcome = lossy_store.apply("AUTH-001", Event(EventKind.ROUTE))
 
-    assert proxy.lost.is_set()
+    assert (proxy.lost.is_set(), proxy.errors) == (True, [])
     assert outcome.after.state is StoryState.PLANNING  # ours, not a rejection
     assert [e["event"] for e in store.events("AUTH-001")] == ["enqueued", "route", "cancel"]
 
@@ -263,3 +263,31 @@ def test_a_call_recorded_twice_by_a_resent_write_is_listed_once(
     assert proxy.lost.is_set()
     assert redis.xlen(settings.keys.story_llm_calls("AUTH-001")) == 2  # what the resend left behind
     assert len(story_calls(redis, settings.keys, "AUTH-001")) == 1
+
+
+def test_a_budget_grant_whose_reply_is_lost_is_granted_once(
+    lossy: Settings, proxy: ReplyLosingProxy, redis: Redis, settings: Settings
+) -> None:
+    budget = Budget(connect(lossy), lossy.keys, BudgetSettings())
+    budget.grant("story:AUTH-001", usd=0.5)  # loads the script
+
+    proxy.lose_reply_to(b"EVALSHA")
+    budget.grant("story:AUTH-001", usd=0.25, tokens=1000)
+
+    assert proxy.lost.is_set()
+    use = Budget(redis, settings.keys, BudgetSettings()).use("story:AUTH-001")
+    assert (use.grant_nusd, use.grant_tokens) == (int(0.75 * NANO), 1000)
+
+
+def test_a_failure_whose_reply_is_lost_counts_once_even_if_another_worker_fails_meanwhile(
+    lossy: Settings, proxy: ReplyLosingProxy, redis: Redis, settings: Settings
+) -> None:
+    breakers = Breakers(connect(lossy), lossy.keys, threshold=5, cooldown_s=30, probe_ttl_s=5)
+    other_worker = Breakers(redis, settings.keys, threshold=5, cooldown_s=30, probe_ttl_s=5)
+    breakers.failure("anthropic")  # loads the script
+
+    proxy.lose_reply_to(b"EVALSHA", meanwhile=lambda: other_worker.failure("anthropic"))
+    count = breakers.failure("anthropic")
+
+    assert (proxy.lost.is_set(), proxy.errors) == (True, [])
+    assert count == 3  # ours, the other worker's, ours again would make 4

@@ -13,7 +13,7 @@ from rq.job import Job
 from wavefleet.config import Settings
 from wavefleet.connection import connect
 from wavefleet.domains import Domains, load_domains
-from wavefleet.lifecycle import Role
+from wavefleet.lifecycle import Event, EventKind, Role
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.supervisor import RECONNECT_GRACE_S, Supervisor
@@ -35,6 +35,12 @@ def mark_running_on_a_dead_worker(store: StoryStore, job_id: str, story_id: str)
         job_id,
         {"worker": "auth-pm-1.gone.1", "story": story_id, "role": "pm", "round": 0, "attempt": 1},
     )
+
+
+def past_restart_grace(redis: Redis, settings: Settings) -> None:
+    """Wait until Redis has been up long enough for a missing heartbeat to mean a dead worker."""
+    grace = settings.worker.heartbeat_ttl_s + RECONNECT_GRACE_S
+    wait_until(lambda: int(redis.info("server")["uptime_in_seconds"]) >= grace, timeout_s=grace + 5)
 
 
 def test_a_failed_stage_job_leaves_the_failed_registry_only_once_its_loss_is_applied(
@@ -78,8 +84,7 @@ def test_a_missing_heartbeat_right_after_a_redis_restart_is_not_taken_for_a_dead
         supervisor.recover()
         assert store.get("AUTH-001").attempts[Role.PM] == 1  # the worker may yet beat again
 
-        grace = settings.worker.heartbeat_ttl_s + RECONNECT_GRACE_S
-        wait_until(lambda: int(redis.info("server")["uptime_in_seconds"]) >= grace, timeout_s=grace + 5)
+        past_restart_grace(redis, settings)
         supervisor.recover()
         assert store.get("AUTH-001").attempts[Role.PM] == 2  # now it is dead: its stage runs again
 
@@ -114,3 +119,37 @@ def test_a_redis_user_without_info_still_has_dead_workers_stages_run_again(
         assert redis.hgetall(settings.keys.running()) == {}
     finally:
         redis.acl_deluser("no-info")
+
+
+def test_a_story_whose_hash_cannot_be_read_does_not_stop_the_audit_or_a_halt_for_the_others(
+    settings: Settings, store: StoryStore, redis: Redis, domains: Domains
+) -> None:
+    raw = connect(settings, decode=False)
+    supervisor = Supervisor(settings, redis, raw, domains)
+    stranded = planning(store, supervisor, domains, "AUTH-001")
+    planning(store, supervisor, domains, "AUTH-002")
+    Job.fetch(stranded, connection=raw).delete()
+    redis.hset(settings.keys.story("AUTH-002"), "attempts", "not json")
+
+    assert supervisor.audit() == 1  # AUTH-001's stage, despite AUTH-002
+    supervisor.halt_stories("test")  # does not raise
+    assert store.get("AUTH-001").state.value == "halted"
+
+
+def test_a_loss_applied_on_an_earlier_pass_whose_dispatch_was_cut_off_is_dispatched_on_the_next(
+    settings: Settings, store: StoryStore, redis: Redis, domains: Domains
+) -> None:
+    past_restart_grace(redis, settings)
+    raw = connect(settings, decode=False)
+    supervisor = Supervisor(settings, redis, raw, domains)
+    first = planning(store, supervisor, domains, "AUTH-001")
+    mark_running_on_a_dead_worker(store, first, "AUTH-001")
+    # The earlier pass applied the loss (attempt 2) and was cut off before enqueueing attempt 2
+    store.apply("AUTH-001", Event(EventKind.STAGE_LOST, Role.PM, 0, 1, reason="worker died"))
+    second = store.get("AUTH-001").job_id(Role.PM)
+    assert not Job.exists(second, connection=raw)
+
+    supervisor.recover()
+
+    assert Job.exists(second, connection=raw)
+    assert redis.hgetall(settings.keys.running()) == {}

@@ -121,6 +121,16 @@ end
 return 1
 """
 
+# KEYS: scope, this grant's once-key. ARGV: nusd, tokens, then the alert flags to re-arm. Adds once,
+# even when redis-py resends it after a lost reply.
+_GRANT = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', 60) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'grant_nusd', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'grant_tokens', ARGV[2])
+for i = 3, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Scope:
@@ -216,6 +226,7 @@ class Budget:
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._release = redis.register_script(_RELEASE)
+        self._grant = redis.register_script(_GRANT)
         self._next_sweep = 0.0
 
     def reserve(
@@ -362,12 +373,8 @@ class Budget:
 
     def grant(self, name: str, *, usd: float = 0.0, tokens: int = 0) -> ScopeUse:
         """Raise one scope's limit (an operator's decision after a hold); re-arms its alerts."""
-        key = self.keys.budget(name)
-        with self.redis.pipeline() as pipe:
-            pipe.hincrby(key, "grant_nusd", to_nusd(usd))
-            pipe.hincrby(key, "grant_tokens", tokens)
-            pipe.hdel(key, *(f"alert_{level}" for level in ALERT_EVENTS))
-            pipe.execute()
+        keys = [self.keys.budget(name), self.keys.once(uuid.uuid4().hex)]
+        self._grant(keys=keys, args=[to_nusd(usd), tokens, *(f"alert_{level}" for level in ALERT_EVENTS)])
         return self.use(name)
 
     def scope_names(self) -> list[str]:

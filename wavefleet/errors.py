@@ -48,6 +48,12 @@ class ConflictError(WaveError):
     exit_code = ExitCode.CONFLICT
 
 
+class CorruptStoryError(WaveError):
+    """A story's hash in Redis cannot be read (edited by hand, or written by an incompatible version)."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+
 class RedisUnavailableError(WaveError):
     """The fleet's Redis cannot be reached or refused our credentials."""
 

@@ -35,6 +35,11 @@ class Keys:
         that it committed when the reply was lost (a field on the story could be overwritten)."""
         return self._k("story", story_id, "txn", token)
 
+    def once(self, token: str) -> str:
+        """String, kept a minute: the write tagged `token` has run, so a copy of it that redis-py
+        resends after a lost reply does nothing (breaker failures, budget grants)."""
+        return self._k("once", token)
+
     def finished(self) -> str:
         """Sorted set of story ids in an end state, scored by when they got there (`wave status`)."""
         return self._k("finished")

@@ -16,7 +16,7 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 
 from .domains import Domains
-from .errors import ConflictError, InvalidInputError, NotFoundError
+from .errors import ConflictError, CorruptStoryError, InvalidInputError, NotFoundError
 from .keys import Keys
 from .lifecycle import TERMINAL, Event, EventKind, Outcome, Rejected, Role, Snapshot, StoryState, advance
 from .stories import Story
@@ -249,6 +249,8 @@ return {}
         """Every active story and the `recent` that finished last, oldest first (as `list` orders
         them), and how many stories that leaves out. Reads only those, however many stories exist."""
         active = set(self.redis.smembers(self.keys.active()))
+        if not self.redis.exists(self.keys.finished()):
+            self._index_finished(active)
         # A story enqueued again after it finished is active and still in the finished index: the
         # `recent` finished last are among the `recent + len(active)` last entries.
         last = self.redis.zrevrange(self.keys.finished(), 0, recent + len(active) - 1) if recent else []
@@ -258,13 +260,31 @@ return {}
         records = sorted(self.records(ids), key=lambda r: (r.created_at, r.id))
         return records, total - len(records)
 
-    def records(self, ids: Sequence[str]) -> builtins.list[StoryRecord]:
-        """The stories that exist among `ids`, in one round trip."""
+    def _index_finished(self, active: set[str]) -> None:
+        """Build the finished index from the stories themselves: once, for stories that finished
+        before the index existed (scored by their last update, which was their end)."""
+        others = [i for i in self.redis.zrange(self.keys.stories(), 0, -1) if i not in active]
+        done = {r.id: r.updated_at for r in self.records(others, skip_corrupt=True) if r.state in TERMINAL}
+        if done:
+            self.redis.zadd(self.keys.finished(), done, nx=True)
+
+    def records(self, ids: Sequence[str], *, skip_corrupt: bool = False) -> builtins.list[StoryRecord]:
+        """The stories that exist among `ids`, in one round trip; with `skip_corrupt`, a story
+        whose hash cannot be read is left out instead of failing the whole read."""
         with self.redis.pipeline(transaction=False) as pipe:
             for story_id in ids:
                 pipe.hgetall(self.keys.story(story_id))
             rows = pipe.execute()
-        return [_record_from(row) for row in rows if row]
+        records = []
+        for row in rows:
+            if not row:
+                continue
+            try:
+                records.append(_record_from(row))
+            except CorruptStoryError:
+                if not skip_corrupt:
+                    raise
+        return records
 
     def active_ids(self) -> builtins.list[str]:
         return sorted(self.redis.smembers(self.keys.active()))
@@ -398,6 +418,17 @@ def _result_field(round_: int, role: Role, attempt: int) -> str:
 
 
 def _record_from(data: dict[str, str]) -> StoryRecord:
+    try:
+        return _parse_record(data)
+    except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        story = data.get("id", "?")
+        raise CorruptStoryError(
+            f"story {story}: its record in Redis cannot be read ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0]}); repair or delete its hash in Redis"
+        ) from None
+
+
+def _parse_record(data: dict[str, str]) -> StoryRecord:
     pending = frozenset(Role(p) for p in data.get("pending", "").split(",") if p)
     attempts = {Role(k): int(v) for k, v in json.loads(data.get("attempts") or "{}").items()}
     lost = {Role(k): int(v) for k, v in json.loads(data.get("lost") or "{}").items()}

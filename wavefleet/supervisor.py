@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from . import logs
 from .config import Settings
 from .domains import Domains
-from .errors import WaveError
+from .errors import NotFoundError, WaveError
 from .halt import read_halt
 from .lifecycle import WORKING, Decision, Event, EventKind, Rejected, Role, StoryState
 from .queues import Dispatcher
@@ -31,6 +31,7 @@ CONSUMER = "supervisor"
 BATCH = 200
 LOST_JOB_STATUSES = {"failed", "stopped", "canceled"}
 HALT_SWEEP_DELAY_S = 0.5
+COMPLAIN_EVERY_S = 60.0
 RECONNECT_GRACE_S = 5.0  # a worker's heartbeat thread reconnects within this after Redis returns
 # Extend the leader lock if this supervisor holds it, else take it if free: one round trip a loop.
 LEAD_LUA = """
@@ -57,6 +58,8 @@ class Supervisor:
         self.log = logs.get()
         self._last_recovery = 0.0
         self._last_audit = time.monotonic()  # `reconcile` runs first and checks the same
+        self._complained: dict[str, float] = {}  # story -> when its trouble was last logged as an error
+        self._info_refused_said = False
         self.halted = False
         self.halt_swept = False
         self.halt_seen = 0.0
@@ -153,19 +156,16 @@ class Supervisor:
 
     def halt_stories(self, reason: str) -> None:
         for story_id in self.store.active_ids():
-            try:
+            with self._one_story(story_id, "halt"), contextlib.suppress(Rejected):
+                # Rejected: not working (queued, held) or already halted by its worker
                 self.store.apply(story_id, Event(EventKind.HALT, reason=f"emergency stop: {reason}"))
-            except Rejected:
-                continue  # not working (queued, held) or already halted by its worker
 
     def resume_stories(self) -> None:
         resumed = 0
         for story_id in self.store.active_ids():
-            try:
+            with self._one_story(story_id, "resume"), contextlib.suppress(Rejected):
                 self._apply(story_id, Event(EventKind.RESUME, reason="fleet resumed"))
                 resumed += 1
-            except Rejected:
-                continue
         self.log.warning("fleet resumed", stories=resumed)
 
     # Leadership ------------------------------------------------------------------------------
@@ -260,6 +260,8 @@ class Supervisor:
     def _dispatch(self, story_id: str) -> list[str]:
         """Put the story's pending stages on their queues; the job ids it enqueued."""
         record = self.store.get(story_id)
+        if record.state not in WORKING:  # a held or halted story keeps its stages pending, unqueued
+            return []
         if self._replay_results(record):
             return []
         jobs = self.dispatcher.ensure(record)
@@ -316,8 +318,10 @@ class Supervisor:
         known, loudly, instead of leaving a story waiting forever. Two round trips for the whole
         fleet when all is well. Returns how many stages it dispatched."""
         dispatched = 0
-        with self._one_story("-", "audit"):  # a malformed story hash must not stop the supervisor
-            working = [r for r in self.store.records(self.store.active_ids()) if r.state in WORKING]
+        with self._one_story("-", "audit"):
+            # A story whose hash cannot be read is left out (recovery reports it), not the whole audit.
+            active = self.store.records(self.store.active_ids(), skip_corrupt=True)
+            working = [r for r in active if r.state in WORKING]
             for story_id, roles in self.dispatcher.missing(working).items():
                 self.log.warning(
                     "stage without a job or result; dispatching it again",
@@ -334,8 +338,15 @@ class Supervisor:
         it never stops the supervisor, which every other story needs."""
         try:
             yield
-        except (WaveError, KeyError, ValueError) as exc:
-            self.log.error("story skipped until the next pass", doing=doing, story=story_id, error=str(exc))
+        except WaveError as exc:
+            # Said at error level once a minute per story, not on every pass (one a second).
+            now = time.monotonic()
+            loud = now - self._complained.get(story_id, -COMPLAIN_EVERY_S) >= COMPLAIN_EVERY_S
+            if loud:
+                self._complained[story_id] = now
+            (self.log.error if loud else self.log.debug)(
+                "story skipped until the next pass", doing=doing, story=story_id, error=str(exc)
+            )
 
     def recover(self) -> None:
         """Run again every stage whose worker died or whose job crashed or never ran."""
@@ -380,18 +391,27 @@ class Supervisor:
         try:
             uptime_s = int(self.redis.info("server")["uptime_in_seconds"])
         except ResponseError:  # INFO not allowed to this user (ACL, a managed Redis): cannot tell
+            if not self._info_refused_said:
+                self._info_refused_said = True
+                self.log.warning(
+                    "Redis refuses INFO: after a Redis restart, stages of live workers may run twice"
+                )
             return False
         return uptime_s < self.settings.worker.heartbeat_ttl_s + RECONNECT_GRACE_S
 
     def _lose(self, job_id: str, story: str, lost: Event) -> bool:
         """Apply a stage loss (the stage runs again); False if it could not be settled this pass."""
         self.log.warning("stage lost; running it again", story=story, job=job_id, why=lost.reason)
-        try:
-            with self._one_story(story, "stage loss"):
+        with self._one_story(story, "stage loss"):
+            try:
                 self._apply(story, lost)
-                return True
-        except Rejected as exc:
-            self.log.debug("lost stage already superseded", job=job_id, why=str(exc))
+            except NotFoundError:
+                return True  # the story is gone: nothing to run again
+            except Rejected as exc:
+                # Applied before (or superseded): make sure what it dispatches exists, in case the
+                # dispatch after an earlier apply was cut off.
+                self.log.debug("lost stage already superseded", job=job_id, why=str(exc))
+                self._dispatch(story)
             return True
         return False
 

@@ -23,6 +23,7 @@ class ReplyLosingProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.lost = threading.Event()  # set once a reply has been dropped
+        self.errors: list[Exception] = []  # raised by a `meanwhile` write
         self._armed: bytes | None = None
         self._meanwhile: Callable[[], object] | None = None
         self._lock = threading.Lock()
@@ -58,11 +59,13 @@ class ReplyLosingProxy:
             threading.Thread(target=self._replies, args=(upstream, client, dropping), daemon=True).start()
 
     def _requests(self, client: socket.socket, upstream: socket.socket, dropping: threading.Event) -> None:
+        tail = b""  # the end of the previous chunk, so a marker split across two chunks is still seen
         while data := _recv(client):
             with self._lock:
-                if self._armed is not None and self._armed in data:
+                if self._armed is not None and self._armed in tail + data:
                     self._armed = None
                     dropping.set()  # one command at a time per connection: its answer comes next
+            tail = data[-16:]
             try:
                 upstream.sendall(data)
             except OSError:
@@ -73,7 +76,10 @@ class ReplyLosingProxy:
         while data := _recv(upstream):
             if dropping.is_set():  # Redis has run the command and answered: lose the answer
                 if self._meanwhile is not None:
-                    self._meanwhile()
+                    try:
+                        self._meanwhile()
+                    except Exception as exc:  # reported to the test, which fails on it
+                        self.errors.append(exc)
                 _close(client)
                 _close(upstream)
                 self.lost.set()

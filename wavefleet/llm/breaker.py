@@ -29,17 +29,16 @@ if redis.call('GET', KEYS[2]) == ARGV[2] then return {'probe', 0} end  -- resent
 return {'open', 0}
 """
 
-# KEYS: breaker, probe lock. ARGV: threshold, cool-down ms, this failure's token. Returns the
-# consecutive failure count. The token makes a resent script (redis-py resends after a lost reply)
-# count its failure once: two would open the breaker after one real failure.
+# KEYS: breaker, probe lock, this failure's once-key. ARGV: threshold, cool-down ms. Returns the
+# consecutive failure count. The once-key makes a resent script (redis-py resends after a lost
+# reply) count its failure once: two would open the breaker after one real failure.
 _FAILURE = """
-if redis.call('HGET', KEYS[1], 'last_failure') == ARGV[3] then
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', 60) then
   return tonumber(redis.call('HGET', KEYS[1], 'failures'))
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-redis.call('HSET', KEYS[1], 'last_failure', ARGV[3])
 if failures >= tonumber(ARGV[1]) then
   if not redis.call('HGET', KEYS[1], 'open_until') then redis.call('HINCRBY', KEYS[1], 'opened', 1) end
   redis.call('HSET', KEYS[1], 'open_until', now + tonumber(ARGV[2]), 'opened_at', now)
@@ -99,8 +98,8 @@ class Breakers:
 
     def failure(self, provider: str) -> int:
         """Count one failure; returns the consecutive count (the breaker opens at the threshold)."""
-        args = [self.threshold, self.cooldown_ms, uuid.uuid4().hex]
-        return int(self._failure(keys=self._keys(provider), args=args))
+        keys = [*self._keys(provider), self.keys.once(uuid.uuid4().hex)]
+        return int(self._failure(keys=keys, args=[self.threshold, self.cooldown_ms]))
 
     def success(self, provider: str, *, probe: bool, batch: Batch | None = None) -> None:
         """Record a success (queued on `batch` when given)."""
