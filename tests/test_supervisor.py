@@ -22,6 +22,16 @@ from wavefleet.testing import fast_settings, redis_server, wait_until
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture
+def raw(settings: Settings) -> Redis:
+    return connect(settings, decode=False)  # RQ's client: raw bytes
+
+
+@pytest.fixture
+def supervisor(settings: Settings, redis: Redis, raw: Redis, domains: Domains) -> Supervisor:
+    return Supervisor(settings, redis, raw, domains)
+
+
 def planning(store: StoryStore, supervisor: Supervisor, domains: Domains, story_id: str) -> str:
     """Enqueue a story and let the supervisor route it: returns its PM job id."""
     store.enqueue([Story(id=story_id, title=f"Story {story_id}")], domains)
@@ -44,10 +54,8 @@ def past_restart_grace(redis: Redis, settings: Settings) -> None:
 
 
 def test_a_failed_stage_job_leaves_the_failed_registry_only_once_its_loss_is_applied(
-    settings: Settings, store: StoryStore, redis: Redis, domains: Domains
+    settings: Settings, store: StoryStore, redis: Redis, raw: Redis, supervisor: Supervisor, domains: Domains
 ) -> None:
-    raw = connect(settings, decode=False)
-    supervisor = Supervisor(settings, redis, raw, domains)
     job_id = planning(store, supervisor, domains, "AUTH-001")
     queue = Queue(settings.keys.queue("auth", "pm"), connection=raw)
     job = Job.fetch(job_id, connection=raw)
@@ -122,10 +130,8 @@ def test_a_redis_user_without_info_still_has_dead_workers_stages_run_again(
 
 
 def test_a_story_whose_hash_cannot_be_read_does_not_stop_the_audit_or_a_halt_for_the_others(
-    settings: Settings, store: StoryStore, redis: Redis, domains: Domains
+    settings: Settings, store: StoryStore, redis: Redis, raw: Redis, supervisor: Supervisor, domains: Domains
 ) -> None:
-    raw = connect(settings, decode=False)
-    supervisor = Supervisor(settings, redis, raw, domains)
     stranded = planning(store, supervisor, domains, "AUTH-001")
     planning(store, supervisor, domains, "AUTH-002")
     Job.fetch(stranded, connection=raw).delete()
@@ -137,11 +143,9 @@ def test_a_story_whose_hash_cannot_be_read_does_not_stop_the_audit_or_a_halt_for
 
 
 def test_a_loss_applied_on_an_earlier_pass_whose_dispatch_was_cut_off_is_dispatched_on_the_next(
-    settings: Settings, store: StoryStore, redis: Redis, domains: Domains
+    settings: Settings, store: StoryStore, redis: Redis, raw: Redis, supervisor: Supervisor, domains: Domains
 ) -> None:
     past_restart_grace(redis, settings)
-    raw = connect(settings, decode=False)
-    supervisor = Supervisor(settings, redis, raw, domains)
     first = planning(store, supervisor, domains, "AUTH-001")
     mark_running_on_a_dead_worker(store, first, "AUTH-001")
     # The earlier pass applied the loss (attempt 2) and was cut off before enqueueing attempt 2
