@@ -13,7 +13,6 @@ LAYOUT = [
     ("story", ("AUTH-001",), "wave:story:AUTH-001", "acme-2:story:AUTH-001"),
     ("story_results", ("AUTH-001",), "wave:story:AUTH-001:results", "acme-2:story:AUTH-001:results"),
     ("story_events", ("AUTH-001",), "wave:story:AUTH-001:events", "acme-2:story:AUTH-001:events"),
-    ("story_txn", ("AUTH-001", "t1"), "wave:story:AUTH-001:txn:t1", "acme-2:story:AUTH-001:txn:t1"),
     ("finished", (), "wave:finished", "acme-2:finished"),
     ("once", ("t1",), "wave:once:t1", "acme-2:once:t1"),
     ("active", (), "wave:active", "acme-2:active"),

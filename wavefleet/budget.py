@@ -22,7 +22,7 @@ from redis import Redis
 from .config import BudgetSettings
 from .domains import Domain
 from .errors import BudgetExceededError
-from .keys import Keys
+from .keys import ONCE_TTL_S, Keys
 from .llm.batch import Batch
 from .llm.pricing import NANO, to_nusd, to_usd
 from .logs import get as get_log
@@ -121,13 +121,13 @@ end
 return 1
 """
 
-# KEYS: scope, this grant's once-key. ARGV: nusd, tokens, then the alert flags to re-arm. Adds once,
-# even when redis-py resends it after a lost reply.
+# KEYS: scope, this grant's once-key. ARGV: nusd, tokens, once-key TTL s, then the alert flags to
+# re-arm. Adds once, even when redis-py resends it after a lost reply.
 _GRANT = """
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', 60) then return 0 end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then return 0 end
 redis.call('HINCRBY', KEYS[1], 'grant_nusd', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'grant_tokens', ARGV[2])
-for i = 3, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 4, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
 return 1
 """
 
@@ -374,7 +374,8 @@ class Budget:
     def grant(self, name: str, *, usd: float = 0.0, tokens: int = 0) -> ScopeUse:
         """Raise one scope's limit (an operator's decision after a hold); re-arms its alerts."""
         keys = [self.keys.budget(name), self.keys.once(uuid.uuid4().hex)]
-        self._grant(keys=keys, args=[to_nusd(usd), tokens, *(f"alert_{level}" for level in ALERT_EVENTS)])
+        alerts = [f"alert_{level}" for level in ALERT_EVENTS]
+        self._grant(keys=keys, args=[to_nusd(usd), tokens, ONCE_TTL_S, *alerts])
         return self.use(name)
 
     def scope_names(self) -> list[str]:

@@ -360,12 +360,16 @@ def _add_story_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_enqueue)
 
     p = sub.add_parser(
-        "status", help="every active story and the newest finished ones, or one story in detail"
+        "status", help="every active story and those that finished last, or one story in detail"
     )
     p.add_argument("id", nargs="?")
     p.add_argument("--json", action="store_true")
     p.add_argument(
-        "--recent", type=_count, default=20, metavar="N", help="finished stories shown (newest; default 20)"
+        "--recent",
+        type=_count,
+        default=20,
+        metavar="N",
+        help="how many of the stories that finished last to show (default 20)",
     )
     p.add_argument("--all", action="store_true", help="every story ever enqueued")
     p.set_defaults(handler=cmd_status)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "wave"
+ONCE_TTL_S = 60  # how long a `once` key lives: far longer than redis-py takes to resend a write
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,10 @@ class Keys:
         """Hash: ``r{round}.{role}.a{attempt}`` -> the stage's JSON result."""
         return self._k("story", story_id, "results")
 
-    def story_txn(self, story_id: str, token: str) -> str:
-        """String, kept a minute: written by the transition tagged `token`, so its writer can tell
-        that it committed when the reply was lost (a field on the story could be overwritten)."""
-        return self._k("story", story_id, "txn", token)
-
     def once(self, token: str) -> str:
-        """String, kept a minute: the write tagged `token` has run, so a copy of it that redis-py
-        resends after a lost reply does nothing (breaker failures, budget grants)."""
+        """String, kept ONCE_TTL_S: the write tagged `token` has run. A copy of it that redis-py
+        resends after a lost reply does nothing (breaker failures, budget grants), and a transition
+        whose reply was lost can tell that it committed."""
         return self._k("once", token)
 
     def finished(self) -> str:

@@ -17,13 +17,12 @@ from redis.exceptions import WatchError
 
 from .domains import Domains
 from .errors import ConflictError, CorruptStoryError, InvalidInputError, NotFoundError
-from .keys import Keys
+from .keys import ONCE_TTL_S, Keys
 from .lifecycle import TERMINAL, Event, EventKind, Outcome, Rejected, Role, Snapshot, StoryState, advance
 from .stories import Story
 
 EVENTS_MAXLEN = 100_000  # fleet-wide event stream is capped (approximately); per-story streams are not
 WATCH_TRIES = 50
-TXN_TTL_S = 60  # how long a transition's token is kept: far longer than any retry of it takes
 
 
 def job_id(story_id: str, round_: int, role: Role, attempt: int) -> str:
@@ -335,7 +334,7 @@ return {}
                     return outcome
                 except WatchError:
                     pipe.reset()
-                    if outcome is not None and self.redis.exists(self.keys.story_txn(story_id, token)):
+                    if outcome is not None and self.redis.exists(self.keys.once(token)):
                         return outcome  # it committed; only the reply was lost
         raise ConflictError(f"too much contention on story {story_id}; try again")
 
@@ -356,7 +355,7 @@ return {}
         if outcome.changed_state:
             fields["reason"] = outcome.reason
         pipe.hset(self.keys.story(story_id), mapping=fields)
-        pipe.set(self.keys.story_txn(story_id, token), 1, ex=TXN_TTL_S)
+        pipe.set(self.keys.once(token), 1, ex=ONCE_TTL_S)
         if after.state in TERMINAL:
             pipe.srem(self.keys.active(), story_id)
             if outcome.changed_state:

@@ -356,9 +356,9 @@ class Supervisor:
             info = json.loads(raw)
             alive = self.redis.exists(self.keys.worker_heartbeat(info["worker"]))
             status = self.dispatcher.job_status(job_id)
-            if alive and status not in LOST_JOB_STATUSES:
-                continue
-            if not alive and status not in LOST_JOB_STATUSES:
+            if status not in LOST_JOB_STATUSES:
+                if alive:
+                    continue
                 if redis_restarted is None:
                     redis_restarted = self._redis_restarted_recently()
                 if redis_restarted:

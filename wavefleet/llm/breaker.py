@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from redis import Redis
 
-from ..keys import Keys
+from ..keys import ONCE_TTL_S, Keys
 from .batch import Batch
 
 # KEYS: breaker, probe lock. ARGV: probe lock ttl ms, probe token.
@@ -29,11 +29,11 @@ if redis.call('GET', KEYS[2]) == ARGV[2] then return {'probe', 0} end  -- resent
 return {'open', 0}
 """
 
-# KEYS: breaker, probe lock, this failure's once-key. ARGV: threshold, cool-down ms. Returns the
-# consecutive failure count. The once-key makes a resent script (redis-py resends after a lost
-# reply) count its failure once: two would open the breaker after one real failure.
+# KEYS: breaker, probe lock, this failure's once-key. ARGV: threshold, cool-down ms, once-key TTL s.
+# Returns the consecutive failure count. The once-key makes a resent script (redis-py resends after
+# a lost reply) count its failure once: two would open the breaker after one real failure.
 _FAILURE = """
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', 60) then
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) then
   return tonumber(redis.call('HGET', KEYS[1], 'failures'))
 end
 local t = redis.call('TIME')
@@ -99,7 +99,7 @@ class Breakers:
     def failure(self, provider: str) -> int:
         """Count one failure; returns the consecutive count (the breaker opens at the threshold)."""
         keys = [*self._keys(provider), self.keys.once(uuid.uuid4().hex)]
-        return int(self._failure(keys=keys, args=[self.threshold, self.cooldown_ms]))
+        return int(self._failure(keys=keys, args=[self.threshold, self.cooldown_ms, ONCE_TTL_S]))
 
     def success(self, provider: str, *, probe: bool, batch: Batch | None = None) -> None:
         """Record a success (queued on `batch` when given)."""
