@@ -30,6 +30,7 @@ from .llm.accounting import CallTotals, format_call, story_calls
 from .llm.cli import add_commands as add_llm_commands
 from .store import StoryRecord, StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
+from .text import terminal_safe
 from .watcher import FILE_SOURCE, HaltFileWatcher
 
 EMBEDDED_DIR = "redis"
@@ -77,7 +78,7 @@ def cmd_enqueue(app: App, args: argparse.Namespace) -> int:
     stories = _stories_from_args(args)
     app.store.enqueue(stories, app.domains)
     for story in stories:
-        print(f"enqueued {story.id} -> {app.domains.for_story(story.id).name}")
+        _show(f"enqueued {story.id} -> {app.domains.for_story(story.id).name}")
     return ExitCode.OK
 
 
@@ -116,13 +117,13 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
         records, left_out = app.store.overview(recent=args.recent)
     banner = halt_banner(app)
     if banner and not args.json:
-        print(banner)
+        _show(banner)
     if left_out and not args.json:
         if not records:
-            print(f"no active stories; {left_out} finished (wave status --all, or --recent N)")
+            _show(f"no active stories; {left_out} finished (wave status --all, or --recent N)")
             return ExitCode.OK
         _print_records(records, as_json=False)
-        print(f"({left_out} stories finished earlier not shown: wave status --all, or wave list)")
+        _show(f"({left_out} stories finished earlier not shown: wave status --all, or wave list)")
         return ExitCode.OK
     _print_records(records, as_json=args.json)
     return ExitCode.OK
@@ -160,7 +161,7 @@ def cmd_events(app: App, args: argparse.Namespace) -> int:
         return ExitCode.OK
     for event in merged:
         if event["event"] == "llm_call":
-            print(format_call(event))
+            _show(format_call(event))
             continue
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(event["at"])))
         change = f"{event.get('from', '')} -> {event['to']}" if event.get("from") else f"-> {event['to']}"
@@ -173,7 +174,7 @@ def cmd_events(app: App, args: argparse.Namespace) -> int:
             )
             if x
         )
-        print(f"{stamp}  {event['event']:<12} {change:<28} {detail}")
+        _show(f"{stamp}  {event['event']:<12} {change:<28} {detail}")
     return ExitCode.OK
 
 
@@ -184,7 +185,7 @@ def _transition(kind: EventKind, verb: str) -> Callable[[App, argparse.Namespace
             outcome = app.store.apply(args.id, Event(kind, reason=reason))
         except Rejected as exc:
             raise ConflictError(f"{args.id}: {exc}") from None
-        print(f"{args.id}: {outcome.before.state} -> {outcome.after.state}")
+        _show(f"{args.id}: {outcome.before.state} -> {outcome.after.state}")
         return ExitCode.OK
 
     return command
@@ -199,19 +200,19 @@ def cmd_stop(app: App, args: argparse.Namespace) -> int:
     if not args.reason.strip():
         raise InvalidInputError("--reason must say why the fleet is stopped")
     state = send_halt(app.store.redis, app.settings.keys, args.reason.strip(), _operator())
-    print(f"fleet HALTED: {state.reason} (by {state.by}); `wave resume` or `wave status` to follow")
+    _show(f"fleet HALTED: {state.reason} (by {state.by}); `wave resume` or `wave status` to follow")
     return ExitCode.OK
 
 
 def cmd_resume(app: App, args: argparse.Namespace) -> int:
     state = read_halt(app.store.redis, app.settings.keys)
     if state is None:
-        print("fleet is not halted")
+        _show("fleet is not halted")
         return ExitCode.OK
     if state.by.startswith(FILE_SOURCE) and app.settings.halt_file.exists():
         raise ConflictError(f"halted by {app.settings.halt_file}: remove that file to resume")
     send_resume(app.store.redis, app.settings.keys, _operator())
-    print("fleet resumed: halted stories continue from their stage")
+    _show("fleet resumed: halted stories continue from their stage")
     return ExitCode.OK
 
 
@@ -278,6 +279,12 @@ def cmd_demo(app: App, args: argparse.Namespace) -> int:
 
 
 # Output --------------------------------------------------------------------------------------
+def _show(line: str) -> None:
+    """Print a line for a human: story fields, reasons and results in it came from users or agents,
+    so control characters and escape sequences are made harmless (`--json` prints data as it is)."""
+    print(terminal_safe(line))
+
+
 def _age(seconds: float) -> str:
     seconds = max(0, int(seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -291,13 +298,13 @@ def _print_records(records: Sequence[StoryRecord], *, as_json: bool) -> None:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return
     if not records:
-        print("no stories")
+        _show("no stories")
         return
     now = time.time()
     header = f"{'ID':<16} {'DOMAIN':<10} {'STATE':<11} {'ROUND':>5} {'STAGE':<7} {'AGE':>5} {'COST':>9}"
-    print(header)
+    _show(header)
     for r in records:
-        print(
+        _show(
             f"{r.id:<16} {r.domain:<10} {r.state.value:<11} {r.round:>5} {r.stage:<7} "
             f"{_age(now - r.created_at):>5} {f'${r.cost_usd:.4f}':>9}"
         )
@@ -317,22 +324,22 @@ def _with_results(app: App, record: StoryRecord) -> dict[str, Any]:
 def _print_story(app: App, record: StoryRecord) -> None:
     data = _with_results(app, record)
     for key in ("id", "domain", "title", "state", "round", "stage", "reason", "cost_usd"):
-        print(f"{key + ':':<10} {data[key]}")
-    print(f"{'age:':<10} {_age(time.time() - record.created_at)}")
+        _show(f"{key + ':':<10} {data[key]}")
+    _show(f"{'age:':<10} {_age(time.time() - record.created_at)}")
     for name, result in data["results"].items():
         output = result.get("output", {})
         summary = output.get("summary") or "; ".join(output.get("reasons", [])) or result.get("error", "")
         decision = f" {output['decision']}" if "decision" in output else ""
         status = "ok" if result.get("ok") else "FAILED"
         who = f"[{result.get('agent')}] {result.get('worker', '')}"
-        print(f"  {name:<12} {status:<6} {who}{decision}: {summary}")
+        _show(f"  {name:<12} {status:<6} {who}{decision}: {summary}")
     llm = data["llm"]
-    print(
+    _show(
         f"{'llm:':<10} {llm['calls']} calls ({llm['cache_hits']} cache hits), {llm['tokens']} tokens, "
         f"${llm['cost_usd']:.6f}"
     )
     for call in llm["calls"][-LAST_CALLS_SHOWN:]:
-        print(f"  {format_call(call)}")
+        _show(f"  {format_call(call)}")
 
 
 # Parser --------------------------------------------------------------------------------------
@@ -442,16 +449,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         if args.command not in ("up", "demo"):
             settings = fleet_settings(settings)
-        return int(args.handler(App(settings), args))
+        code = int(args.handler(App(settings), args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        return code
     except WaveError as exc:
         for line in str(exc).splitlines():
-            print(f"wave: error: {line}", file=sys.stderr)
+            print(f"wave: error: {terminal_safe(line)}", file=sys.stderr)
         return int(exc.exit_code)
     except RedisError as exc:
-        print(f"wave: error: {RedisUnavailableError(exc)}", file=sys.stderr)
+        print(f"wave: error: {terminal_safe(str(RedisUnavailableError(exc)))}", file=sys.stderr)
         return int(ExitCode.UNAVAILABLE)
+    except BrokenPipeError:
+        return _reader_went_away()
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_went_away() -> int:
+    """`wave status | head`: the reader has all it wanted. End quietly, with the status a shell gives
+    a tool killed by SIGPIPE; what is still buffered goes to /dev/null, or Python would report the
+    broken pipe again when it flushes stdout at exit (the way Python's signal docs recommend)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return int(ExitCode.BROKEN_PIPE)
 
 
 if __name__ == "__main__":

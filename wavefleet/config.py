@@ -11,6 +11,7 @@ from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from redis import ConnectionPool
 
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, Keys
@@ -44,7 +45,21 @@ class RedisSettings(_Section):
     def _redis_scheme(cls, url: str) -> str:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        _refuse_unreadable_redis_url(url)
         return url
+
+
+def _refuse_unreadable_redis_url(url: str) -> None:
+    """Build (never connect) the client redis-py would build, so a URL it cannot read is refused here
+    in one line instead of a traceback later; redis-py's own message is not shown, as it may quote a
+    piece of a password (an unencoded "/" makes the password the port)."""
+    try:
+        ConnectionPool.from_url(url).make_connection()
+    except (TypeError, ValueError):
+        raise ValueError(
+            "cannot be read as a Redis URL (an unknown option, a bad port or number, or an "
+            "unencoded @ : / ? # & in a password: percent-encode them, or use WAVE_REDIS__PASSWORD)"
+        ) from None
 
 
 class EmbeddedRedisSettings(_Section):

@@ -9,6 +9,7 @@ from redis.retry import Retry
 
 from .config import Settings
 from .errors import RedisUnavailableError
+from .text import mask_url
 
 
 def connect(settings: Settings, *, decode: bool = True) -> Redis:
@@ -54,8 +55,4 @@ def check(redis: Redis, settings: Settings) -> None:
 
 def redis_location(settings: Settings) -> str:
     """The Redis URL with any inline password masked, safe to print."""
-    url = settings.redis.url
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    return mask_url(settings.redis.url)

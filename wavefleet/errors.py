@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 69  # EX_UNAVAILABLE: Redis cannot be reached
     CONFLICT = 75  # EX_TEMPFAIL: the request clashes with the current state (try again later)
     CONFIG = 78  # EX_CONFIG: a setting or domain file is malformed
+    BROKEN_PIPE = 141  # the reader of our output went away (`wave status | head`): as a shell reports SIGPIPE
 
 
 class WaveError(Exception):

@@ -18,6 +18,7 @@ from typing import IO, Any
 from pydantic import SecretStr
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from . import logs
@@ -29,6 +30,7 @@ from .lifecycle import TERMINAL, Role, StoryState
 from .queues import Dispatcher
 from .store import StoryRecord, StoryStore
 from .stories import stories_from_file
+from .text import mask_url, shown
 
 STOP_TIMEOUT_S = 30.0
 WAITING_FOR_HUMAN = frozenset({StoryState.HELD})
@@ -138,7 +140,9 @@ def queues_table(dispatcher: Dispatcher, domains: Domains, fleet: Fleet) -> Tabl
         table.add_column(role.value, justify="right")
     depths = dispatcher.depths(domains.names())
     for name in domains.names():
-        table.add_row(name, *(str(depths[dispatcher.settings.keys.queue(name, r.value)]) for r in Role))
+        table.add_row(
+            shown(name), *(str(depths[dispatcher.settings.keys.queue(name, r.value)]) for r in Role)
+        )
     return table
 
 
@@ -149,13 +153,13 @@ def stories_table(records: list[StoryRecord], title: str = "stories") -> Table:
     now = time.time()
     for r in records[-25:]:
         table.add_row(
-            r.id,
-            r.domain,
+            shown(r.id),
+            shown(r.domain),
             _coloured(r.state),
             str(r.round),
-            r.stage,
+            shown(r.stage),
             f"{int((r.updated_at if r.state in TERMINAL else now) - r.created_at)}s",
-            r.reason[:60],
+            shown(r.reason[:60]),
         )
     return table
 
@@ -176,7 +180,9 @@ def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
     embedded = None
     if "url" not in settings.redis.model_fields_set:
         embedded, settings = start_redis(settings, settings.data_dir / "redis", settings.embedded_redis.port)
-        console.print(f"embedded Redis on {settings.redis.url} (AOF in {embedded.directory})")
+        console.print(
+            f"embedded Redis on {mask_url(settings.redis.url)} (AOF in {embedded.directory})", markup=False
+        )
     fleet = Fleet(settings, domains, settings.data_dir / "logs" if live else None)
     store = StoryStore(connect(settings), settings.keys, settings.pipeline.max_rounds)
     dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
@@ -255,10 +261,10 @@ def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_
     store = StoryStore(connect(settings), settings.keys, settings.pipeline.max_rounds)
     dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
     console.print(
-        f"[bold]WAVE demo[/bold]: {len(stories)} stories, domains {', '.join(domains.names())}, "
+        f"[bold]WAVE demo[/bold]: {len(stories)} stories, domains {escape(', '.join(domains.names()))}, "
         f"agent [yellow]{settings.agent}[/yellow] (deterministic, no LLM, no API key)"
     )
-    console.print(f"embedded Redis {settings.redis.url}, AOF and logs in {demo_dir}")
+    console.print(f"embedded Redis {mask_url(settings.redis.url)}, AOF and logs in {demo_dir}", markup=False)
     fleet.start()
     finished = False
     started = time.monotonic()
@@ -284,9 +290,15 @@ def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_
         embedded.stop()
     console.print(summary_table(store_results(records), time.monotonic() - started))
     if not finished:
-        console.print(f"[red]demo did not finish within {timeout_s:.0f}s; logs in {demo_dir / 'logs'}[/red]")
+        console.print(
+            f"demo did not finish within {timeout_s:.0f}s; logs in {demo_dir / 'logs'}",
+            style="red",
+            markup=False,
+        )
         return 1
-    console.print(f"branches and worktrees: {demo_dir / 'repos'}; worker logs: {demo_dir / 'logs'}")
+    console.print(
+        f"branches and worktrees: {demo_dir / 'repos'}; worker logs: {demo_dir / 'logs'}", markup=False
+    )
     return 0
 
 
@@ -300,11 +312,11 @@ def summary_table(records: list[StoryRecord], elapsed_s: float) -> Table:
         table.add_column(column)
     for r in records:
         table.add_row(
-            r.id,
-            r.domain,
+            shown(r.id),
+            shown(r.domain),
             _coloured(r.state),
             str(r.round),
             f"{r.updated_at - r.created_at:.1f}s",
-            r.reason[:70],
+            shown(r.reason[:70]),
         )
     return table

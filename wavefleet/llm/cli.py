@@ -13,6 +13,7 @@ from ..config import Settings
 from ..domains import Domain, Domains
 from ..errors import ExitCode, InvalidInputError
 from ..store import StoryStore
+from ..text import terminal_safe
 from .accounting import CallTotals, format_call, story_calls
 from .cache import ResponseCache
 from .client import LLMClient
@@ -109,9 +110,9 @@ def cmd_llm_call(app: AppLike, args: argparse.Namespace) -> int:
             f"({use.spent_usd / limit_usd:.1%}), {use.spent_tokens:,} of {limit_tokens:,} tokens"
         )
     print("--- reply ---")
-    print(response.text)
+    print(terminal_safe(response.text, multiline=True))  # a model's reply is untrusted text
     for call in response.tool_calls:
-        print(f"tool call: {call.name}({json.dumps(call.arguments)})")
+        print(terminal_safe(f"tool call: {call.name}({json.dumps(call.arguments)})"))
     return ExitCode.OK
 
 
@@ -149,7 +150,7 @@ def cmd_llm_calls(app: AppLike, args: argparse.Namespace) -> int:
         print(json.dumps(entries, indent=2))
         return ExitCode.OK
     for entry in entries:
-        print(format_call(entry))
+        print(terminal_safe(format_call(entry)))
     totals = CallTotals.of(entries)
     print(
         f"{totals.calls} calls ({totals.cache_hits} from the response cache), {totals.tokens:,} tokens, "
