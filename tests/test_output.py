@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import structlog
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from rich.console import Console
 from test_cli import wave
 
+from wavefleet import logs
 from wavefleet.config import Settings
 from wavefleet.domains import Domains
 from wavefleet.embedded import EmbeddedRedis, free_port
@@ -184,7 +187,9 @@ def test_story_text_reaches_the_terminal_without_control_characters(
     assert "[2J" not in shown and "ZWNobyBwd25lZA" not in shown
 
 
-def test_a_model_reply_reaches_the_terminal_without_control_characters(settings: Settings, tmp_path: Path) -> None:
+def test_a_model_reply_reaches_the_terminal_without_control_characters(
+    settings: Settings, tmp_path: Path
+) -> None:
     # Given the offline model, which echoes the prompt back as its reply (a real model may be led to)
     # When `wave llm call` prints a reply full of escape sequences
     result = wave(settings, "llm", "call", "--task", "planning", f"say {ARGV_HOSTILE}", cwd=tmp_path)
@@ -213,6 +218,22 @@ def _strings(data: object) -> list[str]:
     if isinstance(data, dict):
         data = list(data.values())
     return [s for item in data for s in _strings(item)] if isinstance(data, list) else []
+
+
+def test_console_log_lines_carry_no_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a worker logging for a terminal (`wave up --no-view` shows its children's lines)
+    handlers = list(logging.getLogger().handlers)
+    logs.setup("AUTH-PM-1", fmt="console")
+    # When a line carries story text
+    try:
+        logs.get(story="AUTH-001", title=HOSTILE).warning(f"stage failed: {HOSTILE}")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = handlers
+    # Then no escape or control character reaches the terminal but those the renderer adds itself
+    err = capsys.readouterr().err
+    assert "evil" in err and "[2J" not in err and "\u202e" not in err and "\x00" not in err
+    assert "\x1b]52" not in err and "\x9b" not in err and "\x07" not in err
 
 
 def test_terminal_safe_keeps_newlines_only_when_asked_and_plain_text_as_it_is() -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import structlog
 
+from .text import terminal_safe
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -29,7 +31,7 @@ def setup(process: str, *, fmt: str = "auto", level: str = "info") -> None:
         structlog.processors.format_exc_info,
     ]
     if not json_lines:
-        processors.append(_prefix_event)
+        processors += [_terminal_safe_values, _prefix_event]
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
@@ -46,6 +48,14 @@ def _bind_worker(process: str) -> Any:
         return event
 
     return processor
+
+
+def _terminal_safe_values(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Console lines reach a terminal and carry story text and reasons: no escape sequence may pass
+    (JSON lines escape them already). A traceback keeps its lines."""
+    return {
+        k: terminal_safe(v, multiline=k == "exception") if isinstance(v, str) else v for k, v in event.items()
+    }
 
 
 def _prefix_event(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,10 @@ a log line or a live view. `--json` output is not touched: it is data, and JSON 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.text import Text
 
 MASK = "***"
 REPLACEMENT = "\ufffd"  # what a control character becomes: visible, and never an instruction to the terminal
@@ -91,4 +93,6 @@ def terminal_safe(text: str, *, multiline: bool = False) -> str:
 
 def shown(text: str) -> Text:
     """User text for a rich table or banner: terminal-safe and never read as markup."""
+    from rich.text import Text  # noqa: PLC0415 - workers log through this module and never need rich
+
     return Text(terminal_safe(text))
