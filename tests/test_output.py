@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 from urllib.parse import quote
 
@@ -234,6 +235,16 @@ def test_console_log_lines_carry_no_control_characters(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "evil" in err and "[2J" not in err and "\u202e" not in err and "\x00" not in err
     assert "\x1b]52" not in err and "\x9b" not in err and "\x07" not in err
+
+
+@given(st.text(alphabet=st.characters(codec=None)), st.booleans())
+def test_terminal_safe_text_never_holds_a_control_or_bidi_character(text: str, multiline: bool) -> None:
+    allowed = {"\n"} if multiline else set()
+    shown = terminal_safe(text, multiline=multiline)
+    assert not [c for c in shown if unicodedata.category(c) == "Cc" and c not in allowed]
+    assert not set(shown) & set(
+        "\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    )
 
 
 def test_terminal_safe_keeps_newlines_only_when_asked_and_plain_text_as_it_is() -> None:
