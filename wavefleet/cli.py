@@ -30,7 +30,7 @@ from .llm.accounting import CallTotals, format_call, story_calls
 from .llm.cli import add_commands as add_llm_commands
 from .store import StoryRecord, StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
-from .watcher import FILE_SOURCE, HaltFileWatcher
+from .watcher import FILE_SOURCE, HaltFileWatcher, stop_file_present
 
 EMBEDDED_DIR = "redis"
 LAST_CALLS_SHOWN = 10
@@ -208,7 +208,7 @@ def cmd_resume(app: App, args: argparse.Namespace) -> int:
     if state is None:
         print("fleet is not halted")
         return ExitCode.OK
-    if state.by.startswith(FILE_SOURCE) and app.settings.halt_file.exists():
+    if state.by.startswith(FILE_SOURCE) and stop_file_present(app.settings.halt_file):
         raise ConflictError(f"halted by {app.settings.halt_file}: remove that file to resume")
     send_resume(app.store.redis, app.settings.keys, _operator())
     print("fleet resumed: halted stories continue from their stage")
