@@ -111,7 +111,7 @@ def _socket(path: Path) -> None:
     server.close()  # the socket file stays
 
 
-HOSTILE: dict[str, tuple[Callable[[Path], None], str]] = {
+HOSTILE: dict[str, tuple[Callable[[Path], object], str]] = {
     "symlink-to-a-secret": (_symlink_to_secret, "symbolic link"),
     "symlink-to-proc-environ": (_symlink_to_environ, "symbolic link"),
     "dangling-symlink": (lambda p: p.symlink_to(p.parent / "nowhere"), "symbolic link"),

@@ -24,7 +24,7 @@ from .connection import check, connect
 from .domains import Domains, load_domains
 from .embedded import endpoint_of
 from .errors import ConflictError, ExitCode, InvalidInputError, RedisUnavailableError, WaveError
-from .halt import acks, read_halt, send_halt, send_resume
+from .halt import acks, read_halt, send_cancel, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.accounting import CallTotals, format_call, story_calls
 from .llm.cli import add_commands as add_llm_commands
@@ -184,6 +184,8 @@ def _transition(kind: EventKind, verb: str) -> Callable[[App, argparse.Namespace
             outcome = app.store.apply(args.id, Event(kind, reason=reason))
         except Rejected as exc:
             raise ConflictError(f"{args.id}: {exc}") from None
+        if kind is EventKind.CANCEL:  # committed: now the worker running its stage kills it
+            send_cancel(app.store.redis, app.settings.keys, args.id)
         print(f"{args.id}: {outcome.before.state} -> {outcome.after.state}")
         return ExitCode.OK
 
