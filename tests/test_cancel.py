@@ -65,12 +65,13 @@ def test_wave_cancel_kills_the_running_stage_within_a_second_and_hands_nothing_o
         message="the stage's process group to be gone",
         diagnose=lambda: f"{process_group(pid)}\n{procs.logs()}",
     )
-    wait_until(
-        lambda: "stage_cancelled" in [e["event"] for e in store.events("AUTH-400")],
+    noted = wait_until(
+        lambda: [e for e in store.events("AUTH-400") if e["event"] == "stage_cancelled"],
         timeout_s=10,
         message="the stage_cancelled event",
         diagnose=procs.logs,
     )
+    assert noted[0]["role"] == "be" and "the story is cancelled" in noted[0]["reason"]
     # The supervisor reads its intake every 50 ms and runs recovery every 0.2 s (fast_settings):
     # in 1.5 s it has had seven chances to dispatch, advance or re-run something.
     time.sleep(1.5)

@@ -385,15 +385,17 @@ return {}
         pipe.xadd(self.keys.events(), entry, maxlen=EVENTS_MAXLEN, approximate=True)
 
     # Stage bookkeeping (written by workers) --------------------------------------------------
-    def record_stage_cancelled(self, pipe: Pipeline, story_id: str, role: str, round_: int, by: str) -> None:
-        """Note in the story's history that `by` killed its running stage after a cancel. Not a
+    def record_stage_cancelled(
+        self, pipe: Pipeline, story_id: str, role: str, round_: int, reason: str
+    ) -> None:
+        """Note in the story's history that a worker killed its running stage after a cancel. Not a
         transition (the cancel was): `to` is empty, as for budget alerts."""
         fields = {
             "event": STAGE_CANCELLED,
             "to": "",
             "role": role,
             "round": round_,
-            "reason": f"stage killed by {by}",
+            "reason": reason,
         }
         self._record(pipe, story_id, fields, time.time())
 

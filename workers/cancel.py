@@ -41,25 +41,31 @@ class StageCanceller:
             job = worker.current_job if worker is not None and worker.running_job_id() else None
         if worker is None or job is None or story_id not in (None, job.kwargs.get("story_id")):
             return
-        if self._still_wanted(job):
+        why = self._unwanted(job)
+        if why is None:
             return
         with self.gate.lock:  # the same horse still runs it (not a new job taken meanwhile)
-            if worker.current_job is not job or not worker.stop_for_cancel():
+            if worker.current_job is not job or not worker.stop_for_cancel(why):
                 return
-        self.log.warning("stage cancelled: killed", story=job.kwargs.get("story_id"), job=job.id)
+        self.log.warning("stage cancelled: killed", story=job.kwargs.get("story_id"), job=job.id, why=why)
 
-    def _still_wanted(self, job: Job) -> bool:
+    def _unwanted(self, job: Job) -> str | None:
+        """Why the story no longer waits for this stage, or None if it still does."""
         kwargs = job.kwargs
         try:
             record = self.rt.store.find(str(kwargs["story_id"]))
             wanted = (Role(kwargs["role"]), int(kwargs["round_"]), int(kwargs["attempt"]))
         except (WaveError, KeyError, ValueError) as exc:  # unreadable: leave the stage alone
             self.log.error("cannot check a running stage against its story", job=job.id, error=str(exc))
-            return True
-        return record is not None and stage.is_current(record, *wanted)
+            return None
+        if record is None:
+            return "the story is gone"
+        if stage.is_current(record, *wanted):
+            return None
+        return f"the story is {record.state} and no longer waits for this stage"
 
 
-def drop_cancelled(worker: WaveWorker, job: Job, execution: Any, pipe: Pipeline) -> None:
+def drop_cancelled(worker: WaveWorker, job: Job, execution: Any, why: str, pipe: Pipeline) -> None:
     """Add to `pipe` the end of a stage killed by a cancel: out of RQ's started registry and the
     running list, marked canceled (not failed: nothing is retried), and noted in the story's
     history. Not requeued, unlike a halt; its result, had it got one in, is refused as stale."""
@@ -68,10 +74,5 @@ def drop_cancelled(worker: WaveWorker, job: Job, execution: Any, pipe: Pipeline)
     store = worker.rt.store
     pipe.hdel(store.keys.running(), job.id)
     kwargs = job.kwargs
-    store.record_stage_cancelled(
-        pipe,
-        str(kwargs.get("story_id")),
-        str(kwargs.get("role")),
-        int(kwargs.get("round_", 0)),
-        worker.rt.identity,
-    )
+    story, role, round_ = str(kwargs.get("story_id")), str(kwargs.get("role")), int(kwargs.get("round_", 0))
+    store.record_stage_cancelled(pipe, story, role, round_, f"stage killed by {worker.rt.identity}: {why}")

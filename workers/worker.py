@@ -54,6 +54,7 @@ class WaveWorker(Worker):
         self.current_job: Job | None = None
         self.halted_job_id: str | None = None
         self.cancelled_job_id: str | None = None
+        self.cancelled_why = ""
         self.reaped_at = 0.0
 
     def request_stop(self, signum: int, frame: Any) -> None:
@@ -123,13 +124,14 @@ class WaveWorker(Worker):
                 pipe.execute()
 
     # Cancel (workers/cancel.py) ---------------------------------------------------------------
-    def stop_for_cancel(self) -> bool:
+    def stop_for_cancel(self, why: str) -> bool:
         """Kill the running stage's whole process group for good (called with the gate's lock
         held); False if no horse runs."""
         job, pid = self.current_job, self._horse_pid
         if job is None or not pid:
             return False
         self._stopped_job_id = self.cancelled_job_id = job.id
+        self.cancelled_why = why
         _kill_group(pid)
         return True
 
@@ -137,7 +139,7 @@ class WaveWorker(Worker):
         halted = job.id == self.halted_job_id  # killed by a halt as well: its stop is acked too
         self.cancelled_job_id = self._stopped_job_id = None
         with self.connection.pipeline() as pipe:
-            cancel.drop_cancelled(self, job, execution, pipe)
+            cancel.drop_cancelled(self, job, execution, self.cancelled_why, pipe)
             if halted:
                 self.halted_job_id = None
                 self.gate.job_stopped(job, self.reaped_at, pipe)
