@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from wavefleet.halt import HaltState
 from wavefleet.lifecycle import TERMINAL, Role, StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, env_of, process_group, wait_until
+from wavefleet.testing import Processes, process_group, run_wave, wait_until
 
 pytestmark = pytest.mark.slow
 # Waits here are generous bounds for a loaded CI machine; the latency itself is measured by
@@ -44,14 +43,7 @@ def live_workers(redis: Redis, settings: Settings) -> set[str]:
 
 
 def wave(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wavefleet.cli", *argv],
-        check=False,
-        env=env_of(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_wave(settings, *argv)
 
 
 def assert_finished_once_without_burning_a_retry(store: StoryStore, ids: list[str], role: Role) -> None:

@@ -32,6 +32,7 @@ LAYOUT = [
     ("halt_channel", (), "wave:halt", "acme-2:halt"),
     ("halt_acks", (), "wave:halt:acks", "acme-2:halt:acks"),
     ("halted_jobs", (), "wave:halt:jobs", "acme-2:halt:jobs"),
+    ("cancel_channel", (), "wave:cancel", "acme-2:cancel"),
     ("llm_cache", ("ab12",), "wave:llm:cache:ab12", "acme-2:llm:cache:ab12"),
     ("llm_cache_pattern", (), "wave:llm:cache:*", "acme-2:llm:cache:*"),
     ("llm_cache_stats", (), "wave:llm:stats:cache", "acme-2:llm:stats:cache"),

@@ -324,6 +324,7 @@ REJECTIONS = [
     ("a review without a decision", REVIEWING, done(CTO, 1)),
     ("a result while held", snap(S.HELD, 1, (FE,), {FE: 1}, S.DEVELOPING), done(FE, 1)),
     ("a result while halted", snap(S.HALTED, 1, (FE,), {FE: 1}, S.DEVELOPING), done(FE, 1)),
+    ("a late result of a cancelled story", snap(S.CANCELLED, 1, (), {FE: 1}), done(FE, 1)),
     (
         "a lost stage that was already re-dispatched",
         snap(S.PLANNING, 0, (PM,), {PM: 2}),

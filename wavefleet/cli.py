@@ -24,14 +24,14 @@ from .connection import check, connect
 from .domains import Domains, load_domains
 from .embedded import endpoint_of
 from .errors import ConflictError, ExitCode, InvalidInputError, RedisUnavailableError, WaveError
-from .halt import acks, read_halt, send_halt, send_resume
+from .halt import acks, read_halt, send_cancel, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.accounting import CallTotals, format_call, story_calls
 from .llm.cli import add_commands as add_llm_commands
 from .store import StoryRecord, StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
 from .text import terminal_safe
-from .watcher import FILE_SOURCE, HaltFileWatcher
+from .watcher import FILE_SOURCE, HaltFileWatcher, stop_file_present
 
 EMBEDDED_DIR = "redis"
 LAST_CALLS_SHOWN = 10
@@ -185,6 +185,8 @@ def _transition(kind: EventKind, verb: str) -> Callable[[App, argparse.Namespace
             outcome = app.store.apply(args.id, Event(kind, reason=reason))
         except Rejected as exc:
             raise ConflictError(f"{args.id}: {exc}") from None
+        if kind is EventKind.CANCEL:  # committed: now the worker running its stage kills it
+            send_cancel(app.store.redis, app.settings.keys, args.id)
         _show(f"{args.id}: {outcome.before.state} -> {outcome.after.state}")
         return ExitCode.OK
 
@@ -209,7 +211,7 @@ def cmd_resume(app: App, args: argparse.Namespace) -> int:
     if state is None:
         _show("fleet is not halted")
         return ExitCode.OK
-    if state.by.startswith(FILE_SOURCE) and app.settings.halt_file.exists():
+    if state.by.startswith(FILE_SOURCE) and stop_file_present(app.settings.halt_file):
         raise ConflictError(f"halted by {app.settings.halt_file}: remove that file to resume")
     send_resume(app.store.redis, app.settings.keys, _operator())
     _show("fleet resumed: halted stories continue from their stage")

@@ -3,6 +3,10 @@
 A halt is a durable flag (``wave:halt``) plus a pub/sub message on the halt channel. Pub/sub is
 at-most-once, so every listener also reads the flag when it starts, after every reconnect and
 before every dequeue; the message only makes the common case fast.
+
+Cancelling one story takes the same shape on the same subscription: the story's CANCELLED state is
+the durable copy, a message on the cancel channel makes its running stage stop at once, and a
+listener re-joining the channel has its worker re-check its running stage against the story.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .keys import Keys
 
 HALT = "halt"
 RESUME = "resume"
+CANCEL = "cancel"
 RECONNECT_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -65,6 +70,12 @@ def send_resume(redis: Redis, keys: Keys, by: str) -> bool:
     return bool(deleted)
 
 
+def send_cancel(redis: Redis, keys: Keys, story_id: str) -> None:
+    """Tell every worker that `story_id` is cancelled (sent after the transition committed): the one
+    running a stage of it kills the stage."""
+    redis.publish(keys.cancel_channel(), json.dumps({"type": CANCEL, "story": story_id, "at": time.time()}))
+
+
 def read_halt(redis: Redis, keys: Keys) -> HaltState | None:
     raw = redis.get(keys.halt())
     if raw is None:
@@ -85,18 +96,26 @@ def record_ack(redis: Redis | Pipeline, keys: Keys, worker: str, **details: obje
 
 class HaltListener(threading.Thread):
     """Calls `on_halt(state)` / `on_resume()` as the fleet is halted and resumed; both must be
-    idempotent, since a halt can reach a process twice (message and flag).
+    idempotent, since a halt can reach a process twice (message and flag). With `on_cancel`, it
+    also listens on the cancel channel: `on_cancel(story_id)` for a cancel message, and
+    `on_cancel(None)` after every (re)subscribe, when a cancel may have been missed.
 
     Subscribes first, then reads the flag, so no halt published in between is missed; re-reads the
     flag after every reconnect, because messages published while disconnected are lost.
     """
 
     def __init__(
-        self, redis: Redis, keys: Keys, on_halt: Callable[[HaltState], None], on_resume: Callable[[], None]
+        self,
+        redis: Redis,
+        keys: Keys,
+        on_halt: Callable[[HaltState], None],
+        on_resume: Callable[[], None],
+        on_cancel: Callable[[str | None], None] | None = None,
     ) -> None:
         super().__init__(name="halt-listener", daemon=True)
         self.redis, self.keys = redis, keys
-        self.on_halt, self.on_resume = on_halt, on_resume
+        self.on_halt, self.on_resume, self.on_cancel = on_halt, on_resume, on_cancel
+        self.channels = [keys.halt_channel(), *([keys.cancel_channel()] if on_cancel else [])]
         self.stopping = threading.Event()
         self.subscribed = threading.Event()
         self.log = logs.get()
@@ -116,16 +135,20 @@ class HaltListener(threading.Thread):
     def _listen(self) -> None:
         pubsub = self.redis.pubsub()
         try:
-            pubsub.subscribe(self.keys.halt_channel())
+            pubsub.subscribe(*self.channels)
             while not self.stopping.is_set():
                 message = pubsub.get_message(timeout=1.0)
                 if message is None:
                     continue
                 if message["type"] == "subscribe":
                     # Also seen after redis-py silently reconnected and resubscribed: whatever was
-                    # published while we were away is lost, so read the durable flag.
-                    self.sync()
-                    self.subscribed.set()
+                    # published while we were away is lost, so read the durable state.
+                    if message["channel"] == self.keys.halt_channel():
+                        self.sync()
+                    elif self.on_cancel is not None:
+                        self.on_cancel(None)
+                    if message["data"] == len(self.channels):  # the last channel's confirmation
+                        self.subscribed.set()
                 elif message["type"] == "message":
                     self._handle(json.loads(message["data"]))
         finally:
@@ -150,6 +173,8 @@ class HaltListener(threading.Thread):
             )
         elif message.get("type") == RESUME:
             self.on_resume()
+        elif message.get("type") == CANCEL and self.on_cancel is not None:
+            self.on_cancel(str(message.get("story", "")))
 
     def stop(self) -> None:
         self.stopping.set()

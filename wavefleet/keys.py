@@ -117,6 +117,12 @@ class Keys:
         """Hash: RQ job id -> queue name of stages stopped by a halt, put back on resume."""
         return self._k("halt", "jobs")
 
+    # Cancelling one story
+    def cancel_channel(self) -> str:
+        """Pub/sub channel carrying ``cancel`` messages naming a story; the story's CANCELLED state
+        is the durable copy, so a worker that missed one re-checks its running stage on reconnect."""
+        return self._k("cancel")
+
     # LLM layer
     def llm_cache(self, digest: str) -> str:
         """String with a TTL: one cached model reply (JSON), under the sha256 of its exact request."""

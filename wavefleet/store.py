@@ -21,6 +21,8 @@ from .keys import ONCE_TTL_S, Keys
 from .lifecycle import TERMINAL, Event, EventKind, Outcome, Rejected, Role, Snapshot, StoryState, advance
 from .stories import Story
 
+STAGE_CANCELLED = "stage_cancelled"  # a history entry, not a lifecycle event: the cancel was that
+
 EVENTS_MAXLEN = 100_000  # fleet-wide event stream is capped (approximately); per-story streams are not
 WATCH_TRIES = 50
 
@@ -383,6 +385,20 @@ return {}
         pipe.xadd(self.keys.events(), entry, maxlen=EVENTS_MAXLEN, approximate=True)
 
     # Stage bookkeeping (written by workers) --------------------------------------------------
+    def record_stage_cancelled(
+        self, pipe: Pipeline, story_id: str, role: str, round_: int, reason: str
+    ) -> None:
+        """Note in the story's history that a worker killed its running stage after a cancel. Not a
+        transition (the cancel was): `to` is empty, as for budget alerts."""
+        fields = {
+            "event": STAGE_CANCELLED,
+            "to": "",
+            "role": role,
+            "round": round_,
+            "reason": reason,
+        }
+        self._record(pipe, story_id, fields, time.time())
+
     def mark_running(self, job: str, info: dict[str, Any]) -> None:
         self.redis.hset(self.keys.running(), job, json.dumps(info))
 

@@ -77,6 +77,18 @@ def env_of(settings: Settings) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}, **to_env(settings)}
 
 
+def run_wave(settings: Settings, *argv: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run one `wave` command as a separate process against `settings`; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "wavefleet.cli", *argv],
+        check=False,
+        env=env_of(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 def wait_until(
     predicate: Callable[[], T],
     *,

@@ -3,12 +3,22 @@
 Detection is inotify (watchdog), not polling. The watcher also watches the halt directory's
 parent, so it carries on when the directory is removed and created again; a slow tick re-checks
 the watches and the file as a safety net, never as the detection path.
+
+Anyone who can drop a file in the halt directory can stop the fleet, but the file is never trusted:
+the fleet halts first, on the file's mere presence (``lstat``: a dangling symlink, a FIFO or a
+directory of that name halts too), and only then is the file looked at. Its text becomes the
+reason only if it is a short, printable, regular file; anything else gives a reason naming its
+kind, never its content (a symlink to the Redis password or ``/proc/self/environ`` would otherwise
+publish it). The file is opened without following links and without blocking, so a FIFO cannot
+hang the watcher.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from redis import Redis
@@ -34,6 +44,17 @@ from .keys import Keys
 
 FILE_SOURCE = "file:"
 MAX_REASON_CHARS = 500
+MAX_FILE_BYTES = 4096  # a reason is a sentence; more than this is not one, and is not read
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+ALLOWED_CONTROLS = frozenset("\n\t")
+FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
 TICK_S = 2.0
 # Only changes wake the watcher. Reading the file (which `sync` does) raises open and close-no-write
 # events: subscribed to those, each sync would trigger the next and the watcher would spin a core
@@ -80,29 +101,17 @@ class HaltFileWatcher(FileSystemEventHandler):
 
     def _sync(self) -> None:
         state = read_halt(self.redis, self.keys)
-        if self.file.exists():
-            if state is None:  # halt at once; the file's text may not be written yet
-                state = send_halt(self.redis, self.keys, self._reason(), self.by)
+        if stop_file_present(self.file):
+            if state is None:  # halt first, on presence alone; the file is looked at after
+                state = send_halt(self.redis, self.keys, f"{self.file.name} file created", self.by)
                 self.log.error("EMERGENCY STOP", reason=state.reason, file=str(self.file))
-            elif state.by == self.by and self._reason() != state.reason and self._has_text():
-                update_reason(self.redis, self.keys, state, self._reason())
-                self.log.error("EMERGENCY STOP reason", reason=self._reason(), file=str(self.file))
+            reason = read_reason(self.file)  # None: empty, or its text is not written yet
+            if state.by == self.by and reason is not None and reason != state.reason:
+                update_reason(self.redis, self.keys, state, reason)
+                self.log.error("EMERGENCY STOP reason", reason=reason, file=str(self.file))
         elif state is not None and state.by == self.by:
             send_resume(self.redis, self.keys, self.by)
             self.log.warning("fleet resumed", file=str(self.file))
-
-    def _has_text(self) -> bool:
-        try:
-            return bool(self.file.read_text(errors="replace").strip())
-        except OSError:
-            return False
-
-    def _reason(self) -> str:
-        try:
-            text = self.file.read_text(errors="replace").strip()
-        except OSError:
-            text = ""
-        return text[:MAX_REASON_CHARS] or f"{self.file.name} file created"
 
     # Watches -----------------------------------------------------------------------------------
     def ensure_watches(self) -> None:
@@ -136,3 +145,70 @@ class HaltFileWatcher(FileSystemEventHandler):
         finally:
             self.observer.stop()
             self.observer.join(timeout=5)
+
+
+def stop_file_present(path: Path) -> bool:
+    """Whether anything at all is at `path`, without following a symlink (a dangling one counts)."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True  # something is there that we may not look at: halting is the safe side
+    return True
+
+
+def read_reason(path: Path) -> str | None:
+    """The stop file's text if it is a regular file of printable text within MAX_FILE_BYTES, else a
+    reason naming what is there (never its content); None when it is absent or empty."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _unread(path.name, "examined", exc)
+    if not stat.S_ISREG(mode):
+        return _not_regular(path.name, mode)
+    content = _read_regular(path)
+    return _text_reason(path.name, content) if isinstance(content, bytes) else content
+
+
+def _read_regular(path: Path) -> bytes | str | None:
+    """At most MAX_FILE_BYTES + 1 bytes of `path` if what opens there is a regular file, else a
+    reason; never follows a symlink, never blocks (it may have been swapped since the lstat)."""
+    try:
+        fd = os.open(path, OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: swapped for a symlink after the lstat
+        return _unread(path.name, "opened", exc)
+    try:
+        opened = os.fstat(fd).st_mode  # what was opened, whatever the path names by now
+        if not stat.S_ISREG(opened):
+            return _not_regular(path.name, opened)
+        return os.read(fd, MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return _unread(path.name, "read", exc)
+    finally:
+        os.close(fd)
+
+
+def _unread(name: str, what: str, exc: OSError) -> str:
+    return f"{name} cannot be {what} ({exc.strerror}); its content is not read"
+
+
+def _not_regular(name: str, mode: int) -> str:
+    kind = next((k for test, k in FILE_KINDS if test(mode)), "not a regular file")
+    return f"{name} is {kind}, not a regular file; its content is not read"
+
+
+def _text_reason(name: str, data: bytes) -> str | None:
+    if len(data) > MAX_FILE_BYTES:
+        return f"{name} is longer than {MAX_FILE_BYTES} bytes; its content is not shown"
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = "\0"  # judged below like any other binary content
+    if any(not (c.isprintable() or c in ALLOWED_CONTROLS) for c in text):
+        return f"{name} is not printable text (binary or control characters); its content is not shown"
+    return text[:MAX_REASON_CHARS] or None

@@ -26,7 +26,7 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     job = job_id(story_id, round_, stage_role, attempt)
     log = logs.get(story=story_id, stage=role, round=round_, attempt=attempt)
     record = rt.store.find(story_id)
-    if record is None or not _is_current(record, stage_role, round_, attempt):
+    if record is None or not is_current(record, stage_role, round_, attempt):
         log.info("stale stage skipped", job=job)
         return "stale"
     rt.store.mark_running(
@@ -69,7 +69,8 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     return job
 
 
-def _is_current(record: StoryRecord, role: Role, round_: int, attempt: int) -> bool:
+def is_current(record: StoryRecord, role: Role, round_: int, attempt: int) -> bool:
+    """Whether this attempt is the one the story waits for (a cancelled story waits for none)."""
     return role in record.pending and record.round == round_ and record.attempts.get(role) == attempt
 
 

@@ -32,7 +32,7 @@ from wavefleet.store import StoryStore
 
 # Imported here, in the worker, so every forked work horse inherits the module instead of importing
 # it again for each job (12-22 ms of CPU per job, measured by benchmarks/pipeline_overhead.py).
-from . import commands, runtime, stage  # noqa: F401
+from . import cancel, commands, runtime, stage  # noqa: F401
 
 GROUP_WAIT_S = 0.5
 WORKER_LOG_LENGTH = 1000
@@ -53,6 +53,8 @@ class WaveWorker(Worker):
         self.shutdown_requested = False
         self.current_job: Job | None = None
         self.halted_job_id: str | None = None
+        self.cancelled_job_id: str | None = None
+        self.cancelled_why = ""
         self.reaped_at = 0.0
 
     def request_stop(self, signum: int, frame: Any) -> None:
@@ -103,6 +105,9 @@ class WaveWorker(Worker):
         return result
 
     def _handle_stopped_job(self, job: Job, queue: Queue, execution: Any) -> None:
+        if job.id == self.cancelled_job_id:  # a cancel outranks a halt: the story wants it no more
+            self._drop_cancelled(job, execution)
+            return
         if job.id != self.halted_job_id:
             super()._handle_stopped_job(job, queue, execution)
             return
@@ -116,6 +121,29 @@ class WaveWorker(Worker):
             pipe.hdel(self.rt.store.keys.running(), job.id)
             self.gate.job_stopped(job, stopped_at, pipe)
             with self.gate.lock:  # after the listener's own ack, so never overwritten by it
+                pipe.execute()
+
+    # Cancel (workers/cancel.py) ---------------------------------------------------------------
+    def stop_for_cancel(self, why: str) -> bool:
+        """Kill the running stage's whole process group for good (called with the gate's lock
+        held); False if no horse runs."""
+        job, pid = self.current_job, self._horse_pid
+        if job is None or not pid:
+            return False
+        self._stopped_job_id = self.cancelled_job_id = job.id
+        self.cancelled_why = why
+        _kill_group(pid)
+        return True
+
+    def _drop_cancelled(self, job: Job, execution: Any) -> None:
+        halted = job.id == self.halted_job_id  # killed by a halt as well: its stop is acked too
+        self.cancelled_job_id = self._stopped_job_id = None
+        with self.connection.pipeline() as pipe:
+            cancel.drop_cancelled(self, job, execution, self.cancelled_why, pipe)
+            if halted:
+                self.halted_job_id = None
+                self.gate.job_stopped(job, self.reaped_at, pipe)
+            with self.gate.lock:
                 pipe.execute()
 
     def _put_back(self, job: Job, queue: Queue) -> None:
@@ -319,7 +347,8 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     _first_beat(heartbeat, redis, settings, name)
     heartbeat.start()
     gate = HaltGate(runtime.current())
-    listener = HaltListener(redis, settings.keys, gate.on_halt, gate.on_resume)
+    canceller = cancel.StageCanceller(runtime.current(), gate)
+    listener = HaltListener(redis, settings.keys, gate.on_halt, gate.on_resume, canceller.on_cancel)
     listener.start()
     listener.subscribed.wait(timeout=10)
     _lower_work_priority(settings.worker.work_niceness)
