@@ -25,8 +25,9 @@ from wavefleet.testing import wait_until
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
-# One debootstrap serves both images: the worker's packages plus redis-server (saves ~45 s cold).
-BASE_PACKAGES = "python3,python3-venv,ca-certificates,git,redis-server"
+# One debootstrap serves both images: local-base.sh's defaults (the worker's packages, bubblewrap
+# and redis-server), named here so that the cache key changes with them.
+BASE_PACKAGES = "python3,python3-venv,ca-certificates,git,bubblewrap,redis-server"
 WORKER_INPUTS = (
     "pyproject.toml",
     "README.md",
