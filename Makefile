@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo fleet test test-fast lint typecheck bench clean
-.PHONY: image wheelhouse up down ps logs
+.PHONY: image wheelhouse up down ps logs wave
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,7 +53,7 @@ FLEET_IMAGE ?= wave-fleet:latest
 BASE_IMAGE ?= python:3.12-slim
 WHEELHOUSE ?= docker/wheelhouse
 HALT_DIR   ?= $(CURDIR)/.wave/halt
-ENV_FILE    = compose/.env
+ENV_FILE   ?= $(CURDIR)/compose/.env
 DOZZLE_USERS_FILE ?= $(CURDIR)/.wave/dozzle/users.yml
 # the group that owns the Docker socket, added to the docker-proxy service (non-root) alone
 DOCKER_GID ?= $(shell stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)
@@ -66,13 +66,14 @@ DC_FILES   = -f compose/base.yml $(if $(filter all,$(DOMAIN)),$(addprefix -f ,$(
 DC_ENV     = FLEET_IMAGE='$(FLEET_IMAGE)' HALT_DIR='$(HALT_DIR)' COMPOSE_PROJECT_NAME='$(COMPOSE_PROJECT_NAME)' \
              COMPOSE_PROFILES='$(COMPOSE_PROFILES)' DOCKER_GID='$(DOCKER_GID)' SECCOMP_PROFILE='$(SECCOMP_PROFILE)' \
              DOZZLE_USERS_FILE='$(DOZZLE_USERS_FILE)'
-DC         = $(DC_ENV) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) $(DC_FILES)
-# down, ps and logs create nothing: they must work without compose/.env too
+DC         = $(DC_ENV) $(COMPOSE) --env-file $(ENV_FILE) -p $(COMPOSE_PROJECT_NAME) $(DC_FILES)
+# down, ps and logs create nothing: they must work without compose/.env too (checked when they run)
 SECRETS    = REDIS_ADMIN_PASSWORD REDIS_WORKER_PASSWORD REDIS_SUPERVISOR_PASSWORD REDIS_WATCHER_PASSWORD REDIS_OPERATOR_PASSWORD
-UNUSED     = $(foreach s,$(SECRETS),$(s)="$${$(s):-unused}")
-DC_LOOK    = $(if $(wildcard $(ENV_FILE)),,$(UNUSED)) $(DC)
-DC_ALL     = $(if $(wildcard $(ENV_FILE)),,$(UNUSED)) $(DC_ENV) $(COMPOSE) \
-             -p $(COMPOSE_PROJECT_NAME) -f compose/base.yml $(addprefix -f ,$(DOMAIN_FILES))
+ENV_OR_NOT = $(if $(wildcard $(ENV_FILE)),--env-file $(ENV_FILE),)
+UNUSED     = $(if $(wildcard $(ENV_FILE)),,$(foreach s,$(SECRETS),$(s)="$${$(s):-unused}"))
+DC_LOOK    = $(UNUSED) $(DC_ENV) $(COMPOSE) $(ENV_OR_NOT) -p $(COMPOSE_PROJECT_NAME) $(DC_FILES)
+DC_ALL     = $(UNUSED) $(DC_ENV) $(COMPOSE) $(ENV_OR_NOT) -p $(COMPOSE_PROJECT_NAME) \
+             -f compose/base.yml $(addprefix -f ,$(DOMAIN_FILES))
 
 image: ## build the worker image (BASE_IMAGE=..., wheels from docker/wheelhouse if any)
 	docker build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
@@ -102,6 +103,14 @@ ps: ## the fleet's containers and their health
 
 logs: ## follow the fleet's logs (SERVICE=auth-fe-1 for one container)
 	$(DC_LOOK) logs -f --tail=100 $(SERVICE)
+
+# The operator's Redis user, from compose/.env through the docker client's environment (never a
+# command line), for one `wave` command run inside the supervisor's container.
+wave: ## a wave command as the operator, in the fleet: make wave ARGS='status' (or 'resume', ...)
+	@test -f $(ENV_FILE) || { echo "make wave: no $(ENV_FILE): start the fleet with make up first" >&2; exit 2; }
+	@WAVE_REDIS__PASSWORD="$$(sed -n 's/^REDIS_OPERATOR_PASSWORD=//p' $(ENV_FILE) | tail -n 1)" \
+		docker exec -i -e WAVE_REDIS__USERNAME=operator -e WAVE_REDIS__PASSWORD \
+		$(COMPOSE_PROJECT_NAME)-supervisor wave $(ARGS)
 
 clean: ## remove .venv and the fleet's data dir
 	rm -rf $(VENV) .wave
