@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo fleet test test-fast lint typecheck bench clean
-.PHONY: image wheelhouse up down ps logs
+.PHONY: image wheelhouse up down ps logs wave
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,23 +47,33 @@ bench: install ## the benchmark programs (see benchmarks/README.md)
 # Docker: the fleet as containers (docker/, compose/; README "Running in Docker"). Works with
 # `docker compose` (v2) or `docker-compose` (v1). Compose's variables are passed per command, not
 # exported, and none starts with WAVE_ (the `wave` command refuses WAVE_* names it does not know).
+# The secrets live in compose/.env, which `make up` creates (0600, fresh passwords) when missing.
 DOMAIN     ?= all
 FLEET_IMAGE ?= wave-fleet:latest
 BASE_IMAGE ?= python:3.12-slim
 WHEELHOUSE ?= docker/wheelhouse
 HALT_DIR   ?= $(CURDIR)/.wave/halt
+ENV_FILE   ?= $(CURDIR)/compose/.env
+DOZZLE_USERS_FILE ?= $(CURDIR)/.wave/dozzle/users.yml
+# the group that owns the Docker socket, added to the docker-proxy service (non-root) alone
+DOCKER_GID ?= $(shell stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)
+SECCOMP_PROFILE ?= $(CURDIR)/docker/seccomp-bwrap.json
 COMPOSE_PROJECT_NAME ?= wave
 COMPOSE_PROFILES     ?= dozzle
 COMPOSE    ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 DOMAIN_FILES = $(filter-out compose/base.yml compose/common.yml,$(wildcard compose/*.yml))
 DC_FILES   = -f compose/base.yml $(if $(filter all,$(DOMAIN)),$(addprefix -f ,$(DOMAIN_FILES)),-f compose/$(DOMAIN).yml)
 DC_ENV     = FLEET_IMAGE='$(FLEET_IMAGE)' HALT_DIR='$(HALT_DIR)' COMPOSE_PROJECT_NAME='$(COMPOSE_PROJECT_NAME)' \
-             COMPOSE_PROFILES='$(COMPOSE_PROFILES)'
-DC         = $(DC_ENV) $(COMPOSE) -p $(COMPOSE_PROJECT_NAME) $(DC_FILES)
-# down, ps and logs create nothing: they must work without the password too
-DC_LOOK    = WAVE_REDIS__PASSWORD="$${WAVE_REDIS__PASSWORD:-unused}" $(DC)
-DC_ALL     = WAVE_REDIS__PASSWORD="$${WAVE_REDIS__PASSWORD:-unused}" $(DC_ENV) $(COMPOSE) \
-             -p $(COMPOSE_PROJECT_NAME) -f compose/base.yml $(addprefix -f ,$(DOMAIN_FILES))
+             COMPOSE_PROFILES='$(COMPOSE_PROFILES)' DOCKER_GID='$(DOCKER_GID)' SECCOMP_PROFILE='$(SECCOMP_PROFILE)' \
+             DOZZLE_USERS_FILE='$(DOZZLE_USERS_FILE)'
+DC         = $(DC_ENV) $(COMPOSE) --env-file $(ENV_FILE) -p $(COMPOSE_PROJECT_NAME) $(DC_FILES)
+# down, ps and logs create nothing: they must work without compose/.env too (checked when they run)
+SECRETS    = REDIS_ADMIN_PASSWORD REDIS_WORKER_PASSWORD REDIS_SUPERVISOR_PASSWORD REDIS_WATCHER_PASSWORD REDIS_OPERATOR_PASSWORD
+ENV_OR_NOT = $(if $(wildcard $(ENV_FILE)),--env-file $(ENV_FILE),)
+UNUSED     = $(if $(wildcard $(ENV_FILE)),,$(foreach s,$(SECRETS),$(s)="$${$(s):-unused}"))
+DC_LOOK    = $(UNUSED) $(DC_ENV) $(COMPOSE) $(ENV_OR_NOT) -p $(COMPOSE_PROJECT_NAME) $(DC_FILES)
+DC_ALL     = $(UNUSED) $(DC_ENV) $(COMPOSE) $(ENV_OR_NOT) -p $(COMPOSE_PROJECT_NAME) \
+             -f compose/base.yml $(addprefix -f ,$(DOMAIN_FILES))
 
 image: ## build the worker image (BASE_IMAGE=..., wheels from docker/wheelhouse if any)
 	docker build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
@@ -73,14 +83,16 @@ image: ## build the worker image (BASE_IMAGE=..., wheels from docker/wheelhouse 
 wheelhouse: install ## wheels of WAVE and its dependencies for offline image builds
 	$(BIN)/python -m pip wheel --quiet -w $(WHEELHOUSE) . pytest setuptools 'async-timeout>=4.0.3'
 
-up: ## the fleet in Docker: make up DOMAIN=auth|payments|all (needs WAVE_REDIS__PASSWORD)
+up: ## the fleet in Docker: make up DOMAIN=auth|payments|all (creates compose/.env if missing)
 	@test "$(DOMAIN)" = all || test -f compose/$(DOMAIN).yml || \
 		{ echo "make up: no compose/$(DOMAIN).yml; DOMAIN is all or one of: $(notdir $(basename $(DOMAIN_FILES)))" >&2; exit 2; }
-	@test -n "$$WAVE_REDIS__PASSWORD" || grep -qs '^WAVE_REDIS__PASSWORD=.' compose/.env || \
-		{ echo "make up: set WAVE_REDIS__PASSWORD (in compose/.env or the environment): Redis never runs without a password" >&2; exit 2; }
+	@docker/compose-secrets.sh env $(ENV_FILE)
 	@$(DC) config -q
 	@mkdir -p $(HALT_DIR)
 	@docker image inspect $(FLEET_IMAGE) >/dev/null 2>&1 || $(MAKE) --no-print-directory image
+	@case ",$(COMPOSE_PROFILES)," in *,dozzle,*) \
+		test -s $(DOZZLE_USERS_FILE) -a $(DOZZLE_USERS_FILE) -nt $(ENV_FILE) || \
+		docker/compose-secrets.sh dozzle-users $(ENV_FILE) $(DOZZLE_USERS_FILE) $(FLEET_IMAGE) ;; esac
 	$(DC) up -d
 
 down: ## stop and remove the fleet's containers (VOLUMES=1: also Redis's AOF and the clones)
@@ -91,6 +103,14 @@ ps: ## the fleet's containers and their health
 
 logs: ## follow the fleet's logs (SERVICE=auth-fe-1 for one container)
 	$(DC_LOOK) logs -f --tail=100 $(SERVICE)
+
+# The operator's Redis user, from compose/.env through the docker client's environment (never a
+# command line), for one `wave` command run inside the supervisor's container.
+wave: ## a wave command as the operator, in the fleet: make wave ARGS='status' (or 'resume', ...)
+	@test -f $(ENV_FILE) || { echo "make wave: no $(ENV_FILE): start the fleet with make up first" >&2; exit 2; }
+	@WAVE_REDIS__PASSWORD="$$(sed -n 's/^REDIS_OPERATOR_PASSWORD=//p' $(ENV_FILE) | tail -n 1)" \
+		docker exec -i -e WAVE_REDIS__USERNAME=operator -e WAVE_REDIS__PASSWORD \
+		$(COMPOSE_PROJECT_NAME)-supervisor wave $(ARGS)
 
 clean: ## remove .venv and the fleet's data dir
 	rm -rf $(VENV) .wave

@@ -1,11 +1,13 @@
 """The worker image's HEALTHCHECK: the container's `wave` process is alive and reaches Redis.
 
 A role worker is healthy only while its heartbeat key is fresh (the one the supervisor reads to
-detect dead workers), so a wedged worker turns unhealthy too. Exit 0 healthy, 1 not; one line why.
+detect dead workers), so a wedged worker turns unhealthy too; the Docker API proxy while it answers
+`/_ping` through to the daemon. Exit 0 healthy, 1 not; one line why.
 """
 
 from __future__ import annotations
 
+import http.client
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from wavefleet.config import load_settings
 from wavefleet.connection import connect
 from workers.worker import name_file
 
-ROLES = ("worker", "supervisor", "watch")
+ROLES = ("worker", "supervisor", "watch", "docker-proxy")
 
 
 def wave_process() -> tuple[int, list[str]] | None:
@@ -49,6 +51,12 @@ def main() -> int:
         say("no wave process runs in this container")
         return 1
     pid, args = process
+    if args[0] == "docker-proxy":
+        return proxy_health(pid, option(args, "--listen", "127.0.0.1:2375"))
+    return redis_health(pid, args)
+
+
+def redis_health(pid: int, args: list[str]) -> int:
     try:
         settings = load_settings()
         redis = connect(settings)
@@ -72,6 +80,21 @@ def main() -> int:
     except Exception as exc:  # any failure is "unhealthy", said in one line
         say(f"unhealthy: {type(exc).__name__}: {exc}")
         return 1
+
+
+def proxy_health(pid: int, listen: str) -> int:
+    port = int(listen.rpartition(":")[2])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/_ping")
+        status = conn.getresponse().status
+    except OSError as exc:
+        say(f"docker-proxy (pid {pid}): {exc}")
+        return 1
+    finally:
+        conn.close()
+    say(f"docker-proxy (pid {pid}): /_ping answered {status}")
+    return 0 if status == 200 else 1
 
 
 if __name__ == "__main__":

@@ -190,6 +190,25 @@ def test_resume_refuses_while_the_emergency_stop_file_exists(settings: Settings,
     settings.halt_file.unlink()
 
 
+def test_resume_in_a_container_names_the_stop_file_by_its_host_path(settings: Settings, redis: Redis) -> None:
+    # In Docker the halt folder is the host's HALT_DIR mounted at /halt: a path inside the container
+    # tells the operator nothing, so `wave resume` names the file where they can remove it.
+    in_container = settings.model_copy(update={"halt_host_dir": Path("/srv/fleet/halt")})
+    in_container.halt_file.parent.mkdir(parents=True, exist_ok=True)
+    in_container.halt_file.write_text("")
+    state = HaltState("x", f"file:{in_container.halt_file.absolute()}", 0)
+    redis.set(settings.keys.halt(), json.dumps(state.__dict__))
+
+    result = wave(in_container, "resume")
+
+    assert result.returncode == 75
+    assert result.stderr.strip() == (
+        "wave: error: halted by /srv/fleet/halt/EMERGENCY-STOP (the watcher's halt folder): "
+        "remove that file to resume"
+    )
+    in_container.halt_file.unlink()
+
+
 def niceness(pid: int, tid: int) -> int:
     return int((Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split())[16])
 

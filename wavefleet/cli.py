@@ -212,7 +212,8 @@ def cmd_resume(app: App, args: argparse.Namespace) -> int:
         _show("fleet is not halted")
         return ExitCode.OK
     if state.by.startswith(FILE_SOURCE) and stop_file_present(app.settings.halt_file):
-        raise ConflictError(f"halted by {app.settings.halt_file}: remove that file to resume")
+        where = app.settings.halt_file_on_host
+        raise ConflictError(f"halted by {where} (the watcher's halt folder): remove that file to resume")
     send_resume(app.store.redis, app.settings.keys, _operator())
     _show("fleet resumed: halted stories continue from their stage")
     return ExitCode.OK
@@ -224,6 +225,25 @@ def cmd_watch(app: App, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     HaltFileWatcher(app.store.redis, app.settings.keys, app.settings.halt_file).run(stopping)
+    return ExitCode.OK
+
+
+def cmd_docker_proxy(app: App, args: argparse.Namespace) -> int:
+    from . import dockerproxy  # noqa: PLC0415
+
+    listen = dockerproxy.parse_listen(args.listen)
+    dockerproxy.check_daemon(args.socket)
+    logs.setup("DOCKER-PROXY", fmt=app.settings.log_format, level=app.settings.log_level)
+    log = logs.get()
+
+    def report(event: str, detail: str, client: str) -> None:
+        log.warning(event, detail=detail, client=client)
+
+    with dockerproxy.DockerProxy(listen, args.socket, dockerproxy.PROFILES[args.profile], report) as proxy:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: threading.Thread(target=proxy.shutdown).start())
+        log.info("docker proxy listening", listen=args.listen, profile=args.profile, socket=args.socket)
+        proxy.serve_forever()
     return ExitCode.OK
 
 
@@ -434,6 +454,12 @@ def _add_process_commands(sub: Any) -> None:
     p = sub.add_parser("supervisor", help="route stories and advance the pipeline")
     p.add_argument("--burst", action="store_true", help="exit when nothing is waiting or running")
     p.set_defaults(handler=cmd_supervisor)
+
+    p = sub.add_parser("docker-proxy", help="serve an allow-listed, read-only view of the Docker API")
+    p.add_argument("--profile", choices=["read-only"], default="read-only")
+    p.add_argument("--listen", default="127.0.0.1:2375", help="HOST:PORT (default 127.0.0.1:2375)")
+    p.add_argument("--socket", default="/var/run/docker.sock", help="the Docker daemon's socket")
+    p.set_defaults(handler=cmd_docker_proxy)
 
     p = sub.add_parser("up", help="the whole fleet on an embedded Redis, no Docker needed")
     p.add_argument("--no-view", action="store_true", help="log lines instead of the live view")

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     budgets: BudgetSettings = BudgetSettings()
     data_dir: Path = Path(".wave")
     halt_dir: Path | None = None  # where EMERGENCY-STOP is watched for; default: the data dir
+    # The same folder as the operator's host names it, where it is mounted into a container
+    # (compose: HALT_DIR at /halt): what `wave resume` tells them to look in.
+    halt_host_dir: Path | None = None
     domains_dir: Path = Path("domains")
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -180,6 +183,10 @@ class Settings(BaseSettings):
     @property
     def halt_file(self) -> Path:
         return (self.halt_dir or self.data_dir) / HALT_FILE_NAME
+
+    @property
+    def halt_file_on_host(self) -> Path:
+        return self.halt_host_dir / HALT_FILE_NAME if self.halt_host_dir else self.halt_file
 
     @cached_property
     def keys(self) -> Keys:

@@ -106,7 +106,8 @@ def auth_fleet(
     """`make up DOMAIN=auth` against the local Redis image, until all 7 workers heartbeat."""
     halt_dir = tmp_path_factory.mktemp("halt")
     halt_dir.chmod(0o755)  # the watcher runs as uid 10001 and reads it through a bind mount
-    fleet = Fleet(worker_image, redis_image, halt_dir, tmp_path_factory.mktemp("host-data"))
+    secrets = tmp_path_factory.mktemp("secrets") / "env"  # `make up` creates it
+    fleet = Fleet(worker_image, redis_image, halt_dir, tmp_path_factory.mktemp("host-data"), secrets)
     reap_abandoned_fleets()  # what killed earlier sessions left behind
     try:
         fleet.make("up", "DOMAIN=auth")

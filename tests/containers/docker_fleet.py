@@ -7,7 +7,6 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,8 +24,9 @@ from wavefleet.testing import wait_until
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
-# One debootstrap serves both images: the worker's packages plus redis-server (saves ~45 s cold).
-BASE_PACKAGES = "python3,python3-venv,ca-certificates,git,redis-server"
+# One debootstrap serves both images: local-base.sh's defaults (the worker's packages, bubblewrap
+# and redis-server), named here so that the cache key changes with them.
+BASE_PACKAGES = "python3,python3-venv,ca-certificates,git,bubblewrap,redis-server"
 WORKER_INPUTS = (
     "pyproject.toml",
     "README.md",
@@ -154,17 +154,25 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def env_file_value(path: Path, name: str) -> str:
+    """A variable of a compose env file, as compose-secrets.sh writes it (NAME=value lines)."""
+    values = [line.split("=", 1)[1] for line in path.read_text().splitlines() if line.startswith(f"{name}=")]
+    assert values, f"no {name} in {path}"
+    return values[-1]
+
+
 @dataclass
 class Fleet:
-    """A compose fleet started by `make up` under the test project, seen from the host."""
+    """A compose fleet started by `make up` under the test project, seen from the host. Its secrets
+    are in `env_file` (a private compose/.env that `make up` creates), never the developer's own."""
 
     worker_image: str
     redis_image: str
     halt_dir: Path
     data_dir: Path
+    env_file: Path
     project: str = field(default_factory=lambda: f"{PROJECT_PREFIX}{os.getpid()}")
     redis_port: int = field(default_factory=free_port)
-    password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def make(
         self,
@@ -173,9 +181,7 @@ class Fleet:
         timeout_s: float = 300,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        env = clean_env(
-            WAVE_REDIS__PASSWORD=self.password, REDIS_IMAGE=self.redis_image, REDIS_PORT=str(self.redis_port)
-        )
+        env = clean_env(REDIS_IMAGE=self.redis_image, REDIS_PORT=str(self.redis_port))
         return run(
             "make",
             "--no-print-directory",
@@ -184,11 +190,15 @@ class Fleet:
             f"COMPOSE_PROJECT_NAME={self.project}",
             "COMPOSE_PROFILES=",
             f"HALT_DIR={self.halt_dir}",
+            f"ENV_FILE={self.env_file}",
             *args,
             env=env,
             timeout_s=timeout_s,
             check=check,
         )
+
+    def password(self, role: str) -> str:
+        return env_file_value(self.env_file, f"REDIS_{role.upper()}_PASSWORD")
 
     def name(self, service: str) -> str:
         return f"{self.project}-{service}"
@@ -205,8 +215,11 @@ class Fleet:
         return run("docker", "exec", self.name(service), *argv, timeout_s=60, check=check)
 
     def wave(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """The `wave` command as an operator runs it: inside the supervisor's container."""
-        return self.exec("supervisor", "wave", *argv, check=check)
+        """The `wave` command as `make wave ARGS=...` runs it (but with wave's own exit code): the
+        operator's Redis user, its password through the docker client's environment."""
+        env = clean_env(WAVE_REDIS__PASSWORD=self.password("operator"))
+        user = ("-e", "WAVE_REDIS__USERNAME=operator", "-e", "WAVE_REDIS__PASSWORD")
+        return run("docker", "exec", *user, self.name("supervisor"), "wave", *argv, env=env, check=check)
 
     def logs(self, service: str, tail: int | None = None) -> str:
         args = ["--tail", str(tail)] if tail else []
@@ -231,7 +244,11 @@ class Fleet:
     def settings(self) -> Settings:
         """Host-side settings: Redis through the port published on 127.0.0.1."""
         return Settings(
-            redis={"url": f"redis://127.0.0.1:{self.redis_port}/0", "password": SecretStr(self.password)},
+            redis={
+                "url": f"redis://127.0.0.1:{self.redis_port}/0",
+                "username": "operator",
+                "password": SecretStr(self.password("operator")),
+            },
             data_dir=self.data_dir,
             domains_dir=REPO / "domains",
         )

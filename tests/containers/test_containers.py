@@ -4,7 +4,6 @@ team that takes a story to done, logs JSON, and obeys the EMERGENCY-STOP file in
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from wavefleet.lifecycle import Role, StoryState
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
 WAVE_SERVICES = ("supervisor", "watcher", *(f"auth-{member}" for member in TEAM))
+ROLES = ("admin", "worker", "supervisor", "watcher", "operator")
 
 
 def inspect(fleet: Fleet) -> dict[str, dict]:
@@ -68,12 +68,14 @@ def test_redis_is_published_on_loopback_only_with_a_password_aof_and_no_eviction
     with socket.create_connection(("127.0.0.1", auth_fleet.redis_port), timeout=5) as conn:
         conn.sendall(b"PING\r\n")
         assert conn.recv(100).startswith(b"-NOAUTH")  # no password, no service
-    redis = Redis(port=auth_fleet.redis_port, password=auth_fleet.password, decode_responses=True)
+    admin = auth_fleet.password("admin")
+    redis = Redis(port=auth_fleet.redis_port, username="admin", password=admin, decode_responses=True)
     config = {key: redis.config_get(key)[key] for key in ("appendonly", "appendfsync", "maxmemory-policy")}
     assert config == {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction"}
-    # the password went into a 0600 file on tmpfs: not into redis-server's command line or environment
+    # the passwords went into a 0600 file on tmpfs: not into redis-server's command line or environment
     for leak in ("/proc/1/cmdline", "/proc/1/environ"):
-        assert auth_fleet.password not in auth_fleet.exec("redis", "cat", leak).stdout
+        seen = auth_fleet.exec("redis", "cat", leak).stdout
+        assert not [r for r in ROLES if auth_fleet.password(r) in seen], leak
 
 
 def test_a_story_enqueued_inside_a_container_goes_through_the_team_to_done(auth_fleet: Fleet) -> None:
@@ -141,7 +143,9 @@ def test_the_emergency_stop_file_halts_every_worker_container_and_removing_it_re
     )
     for member in TEAM:
         assert '"EMERGENCY STOP"' in auth_fleet.logs(f"auth-{member}"), member
-    assert auth_fleet.wave("resume", check=False).returncode == 75  # the file still exists
+    refused = auth_fleet.wave("resume", check=False)
+    assert refused.returncode == 75  # the file still exists, and the host's path of it is named
+    assert f"halted by {halt_file} (the watcher's halt folder)" in refused.stderr
 
     halt_file.unlink()
     wait_for(lambda: read_halt(store.redis, settings.keys) is None, timeout_s=30, what="the resume")
@@ -167,20 +171,16 @@ def test_every_wave_container_turns_healthy(auth_fleet: Fleet) -> None:
     )
 
 
-def test_make_up_and_compose_refuse_to_start_without_a_redis_password(
-    docker_engine: None, tmp_path: Path
-) -> None:
-    # a copy of what `make up` reads, so that a developer's own compose/.env cannot supply one
-    shutil.copy(REPO / "Makefile", tmp_path)
-    shutil.copy(REPO / "pyproject.toml", tmp_path)
-    shutil.copytree(REPO / "compose", tmp_path / "compose", ignore=shutil.ignore_patterns(".env"))
-    files = ["-f", tmp_path / "compose/base.yml", "-f", tmp_path / "compose/auth.yml"]
+def test_compose_refuses_to_start_without_the_redis_passwords(docker_engine: None, tmp_path: Path) -> None:
+    # compose itself, without compose/.env (a developer's own must not supply them): one line naming it
+    files = ["-f", REPO / "compose/base.yml", "-f", REPO / "compose/auth.yml"]
+    empty = tmp_path / "env"
+    empty.write_text("")
 
-    make = run("make", "-C", tmp_path, "up", "DOMAIN=auth", env=clean_env(), check=False)
-    compose = run(*compose_command(), *files, "config", env=clean_env(), check=False)
+    compose = run(*compose_command(), "--env-file", empty, *files, "config", env=clean_env(), check=False)
 
-    assert make.returncode != 0 and "set WAVE_REDIS__PASSWORD" in make.stderr
-    assert compose.returncode != 0 and "set WAVE_REDIS__PASSWORD" in compose.stdout + compose.stderr
+    assert compose.returncode != 0
+    assert "set REDIS_ADMIN_PASSWORD in compose/.env" in compose.stdout + compose.stderr
 
 
 def test_make_up_all_runs_every_domain_team_beside_the_shared_services(docker_engine: None) -> None:
@@ -190,9 +190,10 @@ def test_make_up_all_runs_every_domain_team_beside_the_shared_services(docker_en
         if path.stem != "common"
         for arg in ("-f", str(path))
     ]
-    env = clean_env(WAVE_REDIS__PASSWORD="only-for-config", COMPOSE_PROFILES="dozzle")
+    secrets = {f"REDIS_{role.upper()}_PASSWORD": "only-for-config" for role in ROLES}
+    env = clean_env(**secrets, COMPOSE_PROFILES="dozzle")
 
     services = run(*compose_command(), *files, "config", "--services", env=env).stdout.split()
 
     teams = [f"{d}-{m}" for d in ("auth", "payments") for m in TEAM]
-    assert sorted(services) == sorted(["redis", "supervisor", "watcher", "dozzle", *teams])
+    assert sorted(services) == sorted(["redis", "supervisor", "watcher", "docker-proxy", "dozzle", *teams])
