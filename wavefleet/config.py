@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_origin
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
@@ -76,6 +86,24 @@ class PipelineSettings(_Section):
     max_rounds: int = Field(default=3, ge=1, le=20)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an IP address, IPv6 with or without brackets) is this machine."""
+    host = host.removeprefix("[").removesuffix("]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8 and ::1
+    except ValueError:
+        return False
+
+
+def _plain_host(authority: str) -> str:
+    """The host of `host:port` or `[v6]:port` (the xAI SDK's api_host form)."""
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
 class AnthropicSettings(_Section):
     """Claude through the `anthropic` SDK; prices are USD per million tokens (check your contract)."""
 
@@ -89,6 +117,22 @@ class AnthropicSettings(_Section):
     prompt_caching: bool = True  # cache_control on the system prompt and the tools
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("base_url")
+    @classmethod
+    def _key_goes_over_tls(cls, url: str) -> str:
+        # The API key travels in every request's headers: in clear text only to this machine.
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"{url!r} needs a scheme and a host: https://HOST (http:// only for loopback)")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold a user or password (the API key is sent in headers)")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ValueError(
+                f"{url!r} would send the API key in clear text: use https (http:// only for a "
+                f"loopback host: 127.0.0.1, ::1, localhost)"
+            )
+        return url
 
 
 class XaiSettings(_Section):
@@ -104,6 +148,18 @@ class XaiSettings(_Section):
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     use_insecure_channel: bool = False
+
+    @field_validator("use_insecure_channel")
+    @classmethod
+    def _insecure_only_to_loopback(cls, insecure: bool, info: ValidationInfo) -> bool:
+        # Without TLS the API key crosses the network in clear text: only to this machine.
+        host = str(info.data.get("api_host", ""))
+        if insecure and not is_loopback(_plain_host(host)):
+            raise ValueError(
+                f"sends the API key in clear text, so the api_host must be a loopback host "
+                f"(127.0.0.1, ::1, localhost), not {host!r}"
+            )
+        return insecure
 
 
 class LLMSettings(_Section):
