@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, Keys
+from .strictdata import load_json
 
 ENV_PREFIX = "WAVE_"
 HALT_FILE_NAME = "EMERGENCY-STOP"
@@ -230,6 +231,7 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings once; a malformed or unknown ``WAVE_*`` variable raises ConfigError."""
     _refuse_unknown_variables()
+    _refuse_duplicate_json_keys()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -307,6 +309,36 @@ def _refuse_unknown_variables() -> None:
                 f"{var}: unknown setting (nested settings use a double underscore, "
                 f"e.g. WAVE_REDIS__URL; see the README's configuration table)"
             )
+
+
+def _refuse_duplicate_json_keys() -> None:
+    # pydantic-settings decodes a JSON value (WAVE_LLM__ROUTES, a whole section) with json.loads,
+    # which keeps the last of two equal keys: the route an operator read first would be ignored.
+    decoded = _json_variables()
+    for var in sorted(os.environ):
+        if var.upper() not in decoded:
+            continue
+        try:
+            load_json(os.environ[var])
+        except json.JSONDecodeError:
+            continue  # malformed JSON: pydantic-settings refuses it, naming the variable
+        except ValueError as exc:  # a duplicate key
+            raise ConfigError(f"{var}: {exc}") from None
+
+
+def _json_variables() -> set[str]:
+    """The variables pydantic-settings decodes as JSON: whole sections, and mappings or lists in one
+    (never a secret, whose text must not appear in an error)."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        top = f"{ENV_PREFIX}{name.upper()}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.add(top)
+            for sub, sub_field in annotation.model_fields.items():
+                if get_origin(sub_field.annotation) in (dict, list, tuple, set):
+                    names.add(f"{top}{NESTED}{sub.upper()}")
+    return names
 
 
 def _describe(exc: ValidationError) -> str:
