@@ -147,13 +147,15 @@ def test_every_numeric_option_is_bounded(
 
 
 # Story files -------------------------------------------------------------------------------------
-LAUGHS = "\n".join(["a0: &a0 lol", *(f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 6))])
+# The "billion laughs": nine levels of nine aliases, 9**9 strings once expanded (a MemoryError before
+# aliases were refused); refused at its first anchor, before anything is expanded.
+LAUGHS = "\n".join(["a0: &a0 lol", *(f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 10))])
 
 
 @pytest.mark.parametrize(
     ("name", "text", "fragments"),
     [
-        ("bomb.yaml", f"{LAUGHS}\nid: *a5\ntitle: t\n", ("line 1", "anchors")),
+        ("bomb.yaml", f"{LAUGHS}\nid: *a9\ntitle: t\n", ("line 1", "anchors")),
         ("alias.yaml", "- {id: AUTH-001, title: t}\n- {id: AUTH-002, title: *x}\n", ("line 2", "aliases")),
         ("dup.yaml", "id: AUTH-001\ntitle: kept?\ntitle: last\n", ("line 3", "duplicate key 'title'")),
         (
