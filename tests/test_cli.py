@@ -251,9 +251,10 @@ def test_status_refuses_a_recent_count_that_is_not_a_whole_number(settings: Sett
     result = wave(settings, "status", "--recent", "-3", cwd=tmp_path)
 
     assert result.returncode == ExitCode.USAGE
-    assert result.stderr.splitlines()[-1] == (
-        "wave status: error: argument --recent: '-3' is not a whole number (0 or more)"
-    )
+    assert result.stderr.splitlines() == [
+        "wave status: error: argument --recent: '-3' is not a whole number from 0 to 100,000 "
+        "(see wave status --help)"
+    ]
 
 
 def test_status_with_no_stories_says_so(settings: Settings, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from redis import Redis
 
 from .config import BudgetSettings
 from .domains import Domain
-from .errors import BudgetExceededError
+from .errors import BudgetExceededError, InvalidInputError
 from .keys import ONCE_TTL_S, Keys
 from .llm.batch import Batch
 from .llm.pricing import NANO, to_nusd, to_usd
@@ -29,6 +29,10 @@ from .logs import get as get_log
 
 DAILY_TTL_S = 8 * 86_400  # a day's scopes stay readable for a week
 SWEEP_BATCH = 20
+# The most one `wave budget grant` may add: ten times the default fleet-wide daily limits. A larger
+# figure is a typo (or 1e30, which overflows Redis's 64-bit counters); grant again if it is meant.
+MAX_GRANT_USD = 5_000.0
+MAX_GRANT_TOKENS = 2_000_000_000
 ALERT_EVENTS = {"warning": "budget_warning", "critical": "budget_critical", "exceeded": "budget_exceeded"}
 
 # Amounts reach HINCRBY as the caller's integer strings, never as Lua numbers: Lua prints a number
@@ -373,6 +377,11 @@ class Budget:
 
     def grant(self, name: str, *, usd: float = 0.0, tokens: int = 0) -> ScopeUse:
         """Raise one scope's limit (an operator's decision after a hold); re-arms its alerts."""
+        if not (0 <= usd <= MAX_GRANT_USD and 0 <= tokens <= MAX_GRANT_TOKENS and (usd or tokens)):
+            # `not (...)`: a NaN fails every comparison, so it lands here too
+            raise InvalidInputError(
+                f"a grant adds more than 0 and at most ${MAX_GRANT_USD:,.0f} and {MAX_GRANT_TOKENS:,} tokens"
+            )
         keys = [self.keys.budget(name), self.keys.once(uuid.uuid4().hex)]
         alerts = [f"alert_{level}" for level in ALERT_EVENTS]
         self._grant(keys=keys, args=[to_nusd(usd), tokens, ONCE_TTL_S, *alerts])

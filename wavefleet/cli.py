@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import SecretStr
 from redis.exceptions import RedisError
 
 from . import logs
+from .arguments import amount, whole
 from .config import Settings, load_settings
 from .connection import check, connect
 from .domains import Domains, load_domains
@@ -35,6 +36,10 @@ from .watcher import FILE_SOURCE, HaltFileWatcher, stop_file_present
 
 EMBEDDED_DIR = "redis"
 LAST_CALLS_SHOWN = 10
+# Bounds of the numeric options: far above any real use, low enough for Redis and the clock.
+MAX_RECENT = 100_000
+MAX_WORKER_INDEX = 1_000
+MAX_DEMO_TIMEOUT_S = 86_400.0
 
 
 class App:
@@ -135,12 +140,6 @@ def cmd_list(app: App, args: argparse.Namespace) -> int:
     state = _parse_state(args.state) if args.state else None
     _print_records(app.store.list(domain=args.domain, state=state), as_json=args.json)
     return ExitCode.OK
-
-
-def _count(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number (0 or more)")
-    return int(value)
 
 
 def _parse_state(value: str) -> StoryState:
@@ -365,10 +364,16 @@ def _print_story(app: App, record: StoryRecord) -> None:
 
 
 # Parser --------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals on one line, as every other error of `wave` (the usage is one
+    `--help` away); its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wave", description="Run teams of AI development agents as a fleet."
-    )
+    parser = _Parser(prog="wave", description="Run teams of AI development agents as a fleet.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_story_commands(sub)
     _add_halt_commands(sub)
@@ -395,7 +400,7 @@ def _add_story_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--recent",
-        type=_count,
+        type=whole(0, MAX_RECENT),
         default=20,
         metavar="N",
         help="how many of the stories that finished last to show (default 20)",
@@ -447,7 +452,7 @@ def _add_process_commands(sub: Any) -> None:
     p = sub.add_parser("worker", help="run one role worker of a domain")
     p.add_argument("--domain", required=True)
     p.add_argument("--role", required=True, choices=[r.value for r in Role])
-    p.add_argument("--index", type=int, default=1)
+    p.add_argument("--index", type=whole(1, MAX_WORKER_INDEX), default=1)
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(handler=cmd_worker)
 
@@ -466,7 +471,7 @@ def _add_process_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("demo", help="sample stories through both sample domains, then a summary")
-    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--timeout", type=amount(MAX_DEMO_TIMEOUT_S), default=600.0)
     p.add_argument("--stories", default="domains/demo-stories.yaml")
     p.set_defaults(handler=cmd_demo)
 

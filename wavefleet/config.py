@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_origin
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from redis import ConnectionPool
 
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, Keys
+from .strictdata import load_json
 
 ENV_PREFIX = "WAVE_"
 HALT_FILE_NAME = "EMERGENCY-STOP"
@@ -91,6 +102,24 @@ class PipelineSettings(_Section):
     max_rounds: int = Field(default=3, ge=1, le=20)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an IP address, IPv6 with or without brackets) is this machine."""
+    host = host.removeprefix("[").removesuffix("]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8 and ::1
+    except ValueError:
+        return False
+
+
+def _plain_host(authority: str) -> str:
+    """The host of `host:port` or `[v6]:port` (the xAI SDK's api_host form)."""
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
 class AnthropicSettings(_Section):
     """Claude through the `anthropic` SDK; prices are USD per million tokens (check your contract)."""
 
@@ -104,6 +133,22 @@ class AnthropicSettings(_Section):
     prompt_caching: bool = True  # cache_control on the system prompt and the tools
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("base_url")
+    @classmethod
+    def _key_goes_over_tls(cls, url: str) -> str:
+        # The API key travels in every request's headers: in clear text only to this machine.
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"{url!r} needs a scheme and a host: https://HOST (http:// only for loopback)")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold a user or password (the API key is sent in headers)")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ValueError(
+                f"{url!r} would send the API key in clear text: use https (http:// only for a "
+                f"loopback host: 127.0.0.1, ::1, localhost)"
+            )
+        return url
 
 
 class XaiSettings(_Section):
@@ -119,6 +164,18 @@ class XaiSettings(_Section):
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
     use_insecure_channel: bool = False
+
+    @field_validator("use_insecure_channel")
+    @classmethod
+    def _insecure_only_to_loopback(cls, insecure: bool, info: ValidationInfo) -> bool:
+        # Without TLS the API key crosses the network in clear text: only to this machine.
+        host = str(info.data.get("api_host", ""))
+        if insecure and not is_loopback(_plain_host(host)):
+            raise ValueError(
+                f"sends the API key in clear text, so the api_host must be a loopback host "
+                f"(127.0.0.1, ::1, localhost), not {host!r}"
+            )
+        return insecure
 
 
 class LLMSettings(_Section):
@@ -196,6 +253,7 @@ class Settings(BaseSettings):
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings once; a malformed or unknown ``WAVE_*`` variable raises ConfigError."""
     _refuse_unknown_variables()
+    _refuse_duplicate_json_keys()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -273,6 +331,36 @@ def _refuse_unknown_variables() -> None:
                 f"{var}: unknown setting (nested settings use a double underscore, "
                 f"e.g. WAVE_REDIS__URL; see the README's configuration table)"
             )
+
+
+def _refuse_duplicate_json_keys() -> None:
+    # pydantic-settings decodes a JSON value (WAVE_LLM__ROUTES, a whole section) with json.loads,
+    # which keeps the last of two equal keys: the route an operator read first would be ignored.
+    decoded = _json_variables()
+    for var in sorted(os.environ):
+        if var.upper() not in decoded:
+            continue
+        try:
+            load_json(os.environ[var])
+        except json.JSONDecodeError:
+            continue  # malformed JSON: pydantic-settings refuses it, naming the variable
+        except ValueError as exc:  # a duplicate key
+            raise ConfigError(f"{var}: {exc}") from None
+
+
+def _json_variables() -> set[str]:
+    """The variables pydantic-settings decodes as JSON: whole sections, and mappings or lists in one
+    (never a secret, whose text must not appear in an error)."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        top = f"{ENV_PREFIX}{name.upper()}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.add(top)
+            for sub, sub_field in annotation.model_fields.items():
+                if get_origin(sub_field.annotation) in (dict, list, tuple, set):
+                    names.add(f"{top}{NESTED}{sub.upper()}")
+    return names
 
 
 def _describe(exc: ValidationError) -> str:

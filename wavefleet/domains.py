@@ -16,6 +16,8 @@ from .lifecycle import Role
 
 DOMAIN_FILE = "domain.toml"
 # [0-9], not \d: \d also matches non-ASCII digits, which RQ refuses in the job ids built from story ids
+# Where a provider's key goes: settings a domain file may never override.
+OPERATOR_ONLY = frozenset({"base_url", "api_host", "use_insecure_channel"})
 STORY_ID = re.compile(r"^(?P<prefix>[A-Z][A-Z0-9]*)-(?P<number>[0-9]{3,})$")
 
 
@@ -43,7 +45,7 @@ class Budgets(BaseModel):
 
 class DomainModels(BaseModel):
     """`[models]`: this domain's LLM overrides: routes (task kind -> provider) and any `[anthropic]` or
-    `[xai]` setting but the key, e.g. ``anthropic = { model = "claude-haiku-4-5" }``."""
+    `[xai]` setting but the key and the endpoint, e.g. ``anthropic = { model = "claude-haiku-4-5" }``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     routes: dict[str, Literal["anthropic", "xai"]] = {}
@@ -55,6 +57,13 @@ class DomainModels(BaseModel):
     def _known_settings(cls, values: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if "api_key" in values:
             raise ValueError("API keys belong in the environment (WAVE_*__API_KEY), not in domain.toml")
+        for name in sorted(OPERATOR_ONLY & values.keys()):
+            # A domain file may come with a repository from elsewhere: where the fleet's keys are sent
+            # (and whether over TLS) is the operator's choice alone.
+            variable = f"WAVE_{str(info.field_name).upper()}__{name.upper()}"
+            raise ValueError(
+                f"{name}: endpoints and channels are the operator's ({variable}), never a domain file's"
+            )
         section = AnthropicSettings if info.field_name == "anthropic" else XaiSettings
         section.model_validate(values)  # unknown names and bad values fail at load, naming the field
         return values

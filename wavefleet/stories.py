@@ -2,23 +2,97 @@
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from .domains import STORY_ID
 from .errors import InvalidInputError, NotFoundError
+from .lifecycle import Role
+from .strictdata import load_json, load_yaml
 
 MAX_FILE_BYTES = 5_000_000
 MAX_STORIES_PER_FILE = 1000
 
 Line = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+# Printable ASCII with no spaces or control characters, at most 64: a label is shown and matched as is.
 Label = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9:._=-]{1,64}$")]
+
+# `offline:*` labels steer the offline agents (workers/offline.py); their bounds keep a story from
+# holding a worker for ever (slow) or looping through QA rounds the pipeline would never reach.
+OFFLINE = "offline:"
+MAX_SLOW_S = 3600.0
+MAX_QA_FAILS = 20
+SECONDS = re.compile(r"[0-9]{1,4}(\.[0-9]{1,3})?")  # plain decimal: no exponent, nan or inf
+OFFLINE_GRAMMAR = (
+    "offline:qa-fails=N (0-20), offline:oversize, offline:leak-secret, offline:give-up=ROLE, "
+    "offline:slow=SECONDS or offline:slow=ROLE:SECONDS (at most 3600)"
+)
+
+
+@dataclass(frozen=True)
+class OfflineLabels:
+    """What a story's `offline:*` labels ask of the offline agents, parsed and bounded."""
+
+    qa_fails: int = 0
+    oversize: bool = False
+    leak_secret: bool = False
+    give_up: Role | None = None
+    slow: dict[Role | None, float] = field(default_factory=dict)  # None: every role
+
+    def slow_s(self, role: Role) -> float:
+        """How long `role`'s stages take at least: its own label, else the one for every role."""
+        return self.slow.get(role, self.slow.get(None, 0.0))
+
+
+def offline_labels(labels: Iterable[str]) -> OfflineLabels:
+    """Parse the `offline:*` labels (others are ignored); a bad one raises ValueError naming it."""
+    found: dict[str, Any] = {"slow": {}}
+    for label in labels:
+        if not label.startswith(OFFLINE):
+            continue
+        name, has_value, value = label.removeprefix(OFFLINE).partition("=")
+        try:
+            key, parsed = _offline_label(name, value if has_value else None)
+        except ValueError as exc:
+            raise ValueError(f"label {label!r}: {exc}") from None
+        slot = found["slow"] if key == "slow" else found
+        sub = parsed[0] if key == "slow" else key
+        if sub in slot:
+            raise ValueError(f"label {label!r}: given twice; keep one")
+        slot[sub] = parsed[1] if key == "slow" else parsed
+    return OfflineLabels(**found)
+
+
+def _offline_label(name: str, value: str | None) -> tuple[str, Any]:
+    if name in ("oversize", "leak-secret"):
+        if value is not None:
+            raise ValueError("takes no value")
+        return name.replace("-", "_"), True
+    if name == "qa-fails":  # bare: one failing round, as before values were checked
+        if value is not None and not (value.isascii() and value.isdigit() and int(value) <= MAX_QA_FAILS):
+            raise ValueError(f"N must be a whole number from 0 to {MAX_QA_FAILS}")
+        return "qa_fails", int(value) if value is not None else 1
+    if name == "give-up":
+        return "give_up", _role(value)
+    if name == "slow":
+        role, _, seconds = (value or "").rpartition(":")
+        if not SECONDS.fullmatch(seconds) or float(seconds) > MAX_SLOW_S:
+            raise ValueError(f"SECONDS must be a decimal number from 0 to {MAX_SLOW_S:g}")
+        return "slow", (_role(role) if role else None, float(seconds))
+    raise ValueError(f"unknown offline label (known: {OFFLINE_GRAMMAR})")
+
+
+def _role(value: str | None) -> Role:
+    if value not in {r.value for r in Role}:
+        raise ValueError(f"ROLE must be one of {', '.join(r.value for r in Role)}")
+    return Role(value)
 
 
 class Priority(StrEnum):
@@ -37,6 +111,15 @@ class Story(BaseModel):
     acceptance_criteria: tuple[Line, ...] = Field(default=(), max_length=50)
     priority: Priority = Priority.NORMAL
     labels: tuple[Label, ...] = Field(default=(), max_length=20)
+
+    @model_validator(mode="after")
+    def _offline_labels_parse(self) -> Story:
+        # Refused here, at intake, rather than crashing or stalling an agent later.
+        try:
+            offline_labels(self.labels)
+        except ValueError as exc:
+            raise ValueError(f"story {self.id}: {exc}") from None
+        return self
 
     @property
     def prefix(self) -> str:
@@ -81,8 +164,8 @@ def _read(path: Path) -> Any:
     text = path.read_text(encoding="utf-8", errors="replace")
     try:
         if path.suffix.lower() == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
+            return load_json(text)  # aliases and duplicate keys refused, naming the line
+        return load_yaml(text)
     except (ValueError, RecursionError, yaml.YAMLError) as exc:
         # ValueError: JSON syntax, a YAML date like 2024-13-45, an integer of over 4300 digits;
         # RecursionError: nesting too deep for the parser.
@@ -112,8 +195,10 @@ def _validate(fields: dict[str, Any], where: str) -> list[str]:
 
 
 def _problem(where: str, err: Any) -> str:
-    field = _shown(".".join(str(p) for p in err["loc"])) or "story"
     msg = err["msg"]
+    if err["type"] == "value_error" and not err["loc"]:  # the whole-story check: the offline labels
+        return f"{where}labels: {err['ctx']['error']}"
+    field = _shown(".".join(str(p) for p in err["loc"])) or "story"
     if err["type"] == "string_pattern_mismatch" and field == "id":
         msg = "malformed id: use PREFIX-NNN, e.g. AUTH-001"
     elif err["type"] == "extra_forbidden":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from wavefleet.errors import StageError
 from wavefleet.lifecycle import Decision, Role
+from wavefleet.stories import offline_labels
 
 from . import commands
 from .git import Workspace, branch_name
@@ -41,11 +42,15 @@ DELETED_FILE = re.compile(r"^diff --git a/(\S+) b/\S+\ndeleted file mode", re.MU
 
 
 def label_value(stage: StageInput, name: str) -> str | None:
-    for label in stage.story.labels:
-        key, _, value = label.partition("=")
-        if key == f"offline:{name}":
-            return value or "1"
-    return None
+    """The value of the story's `offline:NAME` label, as parsed and bounded at intake (None: absent)."""
+    labels = offline_labels(stage.story.labels)
+    value = {
+        "qa-fails": labels.qa_fails or None,
+        "oversize": labels.oversize or None,
+        "leak-secret": labels.leak_secret or None,
+        "give-up": labels.give_up.value if labels.give_up else None,
+    }.get(name)
+    return None if value is None else str(value)
 
 
 def slug(story_id: str) -> str:
@@ -72,12 +77,7 @@ class OfflineAgent:
         return output
 
     def _slow_seconds(self, stage: StageInput) -> float:
-        for label in stage.story.labels:
-            key, _, value = label.partition("=")
-            role, _, seconds = value.rpartition(":")
-            if key == "offline:slow" and role in ("", self.role.value):
-                return float(seconds)
-        return 0.0
+        return offline_labels(stage.story.labels).slow_s(self.role)  # at most MAX_SLOW_S
 
     # PM --------------------------------------------------------------------------------------
     def plan(self, stage: StageInput) -> Plan:

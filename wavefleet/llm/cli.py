@@ -8,7 +8,8 @@ import time
 from typing import Any, Protocol
 
 from .. import logs
-from ..budget import Budget, Scope, day_of, scopes_for
+from ..arguments import amount, day, whole
+from ..budget import MAX_GRANT_TOKENS, MAX_GRANT_USD, Budget, Scope, day_of, scopes_for
 from ..config import Settings
 from ..domains import Domain, Domains
 from ..errors import ExitCode, InvalidInputError
@@ -19,7 +20,7 @@ from .cache import ResponseCache
 from .client import LLMClient
 from .pricing import to_nusd, to_usd
 from .router import DEFAULT_ROUTES
-from .types import LLMRequest, LLMResponse, Message, TaskKind
+from .types import MAX_TOKENS_PER_CALL, LLMRequest, LLMResponse, Message, TaskKind
 
 
 class AppLike(Protocol):
@@ -45,7 +46,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--domain", help="charge this domain (default: the story's)")
     p.add_argument("--role", default="cli", help="the agent role the call is counted under")
     p.add_argument("--system", default="", help="a system prompt")
-    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--max-tokens", type=whole(1, MAX_TOKENS_PER_CALL))
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_llm_call)
     p = llm_sub.add_parser("calls", help="every model call recorded on a story")
@@ -64,9 +65,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("action", nargs="?", choices=["show", "grant"], default="show")
     p.add_argument("scope", nargs="?", help="for grant: story:AUTH-001, domain:auth or global (today's)")
     p.add_argument("--story", help="for show: also this story")
-    p.add_argument("--date", help="for show: the UTC day, YYYY-MM-DD (default today)")
-    p.add_argument("--usd", type=float, default=0.0, help="for grant: USD to add to the scope's limit")
-    p.add_argument("--tokens", type=int, default=0, help="for grant: tokens to add to the scope's limit")
+    p.add_argument("--date", type=day, help="for show: the UTC day, YYYY-MM-DD (default today)")
+    p.add_argument(
+        "--usd",
+        type=amount(MAX_GRANT_USD),
+        help=f"for grant: USD to add to the scope's limit (<= {MAX_GRANT_USD:,.0f})",
+    )
+    p.add_argument(
+        "--tokens",
+        type=whole(1, MAX_GRANT_TOKENS),
+        help=f"for grant: tokens to add to the scope's limit (<= {MAX_GRANT_TOKENS:,})",
+    )
     p.set_defaults(handler=cmd_budget)
 
 
@@ -103,11 +112,12 @@ def cmd_llm_call(app: AppLike, args: argparse.Namespace) -> int:
         return ExitCode.OK
     _print_response(client, response, app.settings.llm.cache_ttl_s)
     for index, (scope, use) in enumerate(uses):
-        limit_usd = to_usd(scope.limit_nusd + use.grant_nusd)
+        limit_nusd = scope.limit_nusd + use.grant_nusd
         limit_tokens = scope.limit_tokens + use.grant_tokens
         print(
-            f"{'budget:' if index == 0 else '':<10}{scope.label}: ${use.spent_usd:.6f} of ${limit_usd:.2f} "
-            f"({use.spent_usd / limit_usd:.1%}), {use.spent_tokens:,} of {limit_tokens:,} tokens"
+            f"{'budget:' if index == 0 else '':<10}{scope.label}: ${use.spent_usd:.6f} "
+            f"of ${to_usd(limit_nusd):.2f} "
+            f"({_share(use.spent_nusd, limit_nusd)}), {use.spent_tokens:,} of {limit_tokens:,} tokens"
         )
     print("--- reply ---")
     print(terminal_safe(response.text, multiline=True))  # a model's reply is untrusted text
@@ -230,13 +240,22 @@ def cmd_budget(app: AppLike, args: argparse.Namespace) -> int:
         use = budget.use(scope.name)
         limit = scope.limit_nusd + use.grant_nusd
         limit_tokens = scope.limit_tokens + use.grant_tokens
-        share = max(use.spent_nusd / limit, use.spent_tokens / limit_tokens)
+        share = _share(use.spent_nusd, limit, use.spent_tokens, limit_tokens)
         print(
             f"{scope.label:<22} {f'${use.spent_usd:.4f}':>11} {f'${to_usd(use.reserved_nusd):.4f}':>10} "
-            f"{f'${to_usd(limit):.2f}':>10} {share:>6.1%} {use.spent_tokens:>13,} {limit_tokens:>14,} "
+            f"{f'${to_usd(limit):.2f}':>10} {share:>6} {use.spent_tokens:>13,} {limit_tokens:>14,} "
             f"{use.calls:>6}"
         )
     return ExitCode.OK
+
+
+def _share(*spent_and_limits: int) -> str:
+    """The larger of spent/limit over (spent, limit) pairs; "over" for a limit at or below zero (a
+    negative grant written before grants were checked must not divide by zero)."""
+    pairs = list(zip(spent_and_limits[::2], spent_and_limits[1::2], strict=True))
+    if any(limit <= 0 for _, limit in pairs):
+        return "over"
+    return f"{max(spent / limit for spent, limit in pairs):.1%}"
 
 
 def _limits(app: AppLike, domain: Domain | None, *, daily: bool = False) -> tuple[int, int]:
@@ -248,7 +267,7 @@ def _limits(app: AppLike, domain: Domain | None, *, daily: bool = False) -> tupl
 
 
 def _grant(app: AppLike, budget: Budget, args: argparse.Namespace) -> int:
-    if not args.scope or (args.usd <= 0 and args.tokens <= 0):
+    if not args.scope or (args.usd is None and args.tokens is None):
         raise InvalidInputError("name a scope and an amount: wave budget grant story:AUTH-001 --usd 2")
     kind, _, rest = args.scope.partition(":")
     today = day_of(time.time())
@@ -261,9 +280,10 @@ def _grant(app: AppLike, budget: Budget, args: argparse.Namespace) -> int:
         name = f"global:{today}"
     else:
         raise InvalidInputError(f"unknown scope {args.scope!r}: use story:ID, domain:NAME or global")
-    use = budget.grant(name, usd=args.usd, tokens=args.tokens)
+    usd, tokens = args.usd or 0.0, args.tokens or 0
+    use = budget.grant(name, usd=usd, tokens=tokens)
     print(
-        f"{name}: limit raised by ${args.usd:.2f} and {args.tokens:,} tokens (granted in total "
+        f"{name}: limit raised by ${usd:.2f} and {tokens:,} tokens (granted in total "
         f"${to_usd(use.grant_nusd):.2f}, {use.grant_tokens:,} tokens)"
     )
     return ExitCode.OK

@@ -76,12 +76,18 @@ class Message(_Model):
         return cls(role="user", tool_results=results)
 
 
+# Above every model's output limit; a larger figure is a typo, refused before any call.
+MAX_TOKENS_PER_CALL = 1_000_000
+
+
 class LLMRequest(_Model):
     task: TaskKind
     messages: tuple[Message, ...] = Field(min_length=1)
     system: str = ""
     tools: tuple[ToolSpec, ...] = ()
-    max_tokens: int | None = Field(default=None, ge=1)  # None: the `llm.max_tokens` setting
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_TOKENS_PER_CALL
+    )  # None: the `llm.max_tokens` setting
     temperature: float | None = Field(default=None, ge=0, le=2)  # xAI only: Anthropic's API has none
     stop: tuple[str, ...] = ()
     use_cache: bool = True  # False: always ask the provider (a retry that wants a fresh answer)
