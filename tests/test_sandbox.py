@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -311,3 +312,29 @@ def test_a_domain_may_allow_network_and_nothing_else_in_its_sandbox_section(
     with pytest.raises(Exception, match=r"sandbox\.root"):
         load_domains(domains_dir)
     assert os.environ.get("WAVE_SANDBOX") is None  # the suite itself runs sandboxed by default
+
+
+def test_the_sandboxed_command_holds_no_capability_and_cannot_read_password_hashes(tmp_path: Path) -> None:
+    # Given a worker running as root (as in a container): root keeps every capability unless dropped,
+    # and with CAP_MKNOD a command could make a node for the host's disk and read the data dir from it
+    code = (
+        "import os, re\n"
+        "print('CapEff', re.search(r'CapEff:\\s*(\\w+)', open('/proc/self/status').read())[1])\n"
+        "try:\n"
+        "    print('shadow', len(open('/etc/shadow').read()))\n"
+        "except OSError as exc: print('shadow', type(exc).__name__)\n"
+        "try:\n"
+        "    os.mknod('disk', 0o600 | 0o60000, os.makedev(8, 0)); print('mknod ok')\n"
+        "except OSError as exc: print('mknod', type(exc).__name__)\n"
+    )
+
+    # When a command in the sandbox looks at its capabilities and tries them
+    outcome = commands.run_in(
+        BwrapSandbox(), [sys.executable, "-c", code], tmp_path, timeout_s=60, max_output_bytes=10_000
+    )
+
+    # Then it has none, sees no password hash, and cannot make a device node
+    assert outcome.exit_code == 0, outcome.output
+    assert "CapEff 0000000000000000" in outcome.output
+    assert re.search(r"shadow (0|PermissionError|FileNotFoundError)\n", outcome.output)
+    assert "mknod PermissionError" in outcome.output

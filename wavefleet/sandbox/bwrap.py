@@ -19,6 +19,9 @@ from .base import Invocation, allowed_env
 # The system folders a command needs, bound read-only; on merged-/usr systems /bin, /lib... are
 # symlinks into /usr and are recreated as such.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+# Files of /etc a command never needs and must not read (a worker running as root could, being
+# their owner): hidden behind /dev/null.
+MASKED = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers", "/etc/ssh")
 
 
 def bwrap_binary() -> str | None:
@@ -49,7 +52,16 @@ class BwrapSandbox:
     def wrap(self, argv: list[str], worktree: Path) -> Invocation:
         worktree = worktree.resolve()
         env = allowed_env(worktree)
-        args = [self.binary or "bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+        # --cap-drop ALL: a worker running as root (containers, CI) would otherwise hand the command
+        # every capability (mount, mknod, module loading), enough to leave any namespace.
+        args = [
+            self.binary or "bwrap",
+            "--unshare-all",
+            "--cap-drop",
+            "ALL",
+            "--die-with-parent",
+            "--new-session",
+        ]
         if self.network:
             args.append("--share-net")
         # Order matters: later mounts go on top, so /tmp is private before a worktree under it is bound.
@@ -71,4 +83,9 @@ def _system_binds() -> list[str]:
             args += ["--symlink", str(path.readlink()), folder]
         elif path.is_dir():
             args += ["--ro-bind", folder, folder]
+    for secret in MASKED:
+        if Path(secret).is_dir():
+            args += ["--tmpfs", secret]
+        elif Path(secret).exists():
+            args += ["--ro-bind", "/dev/null", secret]
     return args
