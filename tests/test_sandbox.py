@@ -338,3 +338,30 @@ def test_the_sandboxed_command_holds_no_capability_and_cannot_read_password_hash
     assert "CapEff 0000000000000000" in outcome.output
     assert re.search(r"shadow (0|PermissionError|FileNotFoundError)\n", outcome.output)
     assert "mknod PermissionError" in outcome.output
+
+
+@pytest.mark.parametrize("command", ["up", "demo"])
+def test_wave_up_and_demo_refuse_before_starting_anything_where_bwrap_is_missing(
+    settings: Settings, tmp_path: Path, command: str
+) -> None:
+    # Given a machine without bwrap and no Redis URL (the embedded fleet would start its own)
+    env = {k: v for k, v in env_of(settings).items() if not k.startswith("WAVE_REDIS__")}
+    env |= {"PATH": str(tmp_path / "empty"), "WAVE_DATA_DIR": str(tmp_path / "data")}
+
+    # When the operator starts the embedded fleet
+    proc = subprocess.run(
+        [sys.executable, "-m", "wavefleet.cli", command, *(["--no-view"] if command == "up" else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    # Then it refuses in one line and started nothing (no Redis, no data dir)
+    assert proc.returncode == 78, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "wave: error: sandbox: bwrap not found on PATH; install bubblewrap (apt-get install bubblewrap) "
+        "or set WAVE_SANDBOX=none to run work unsandboxed"
+    ]
+    assert not (tmp_path / "data").exists()
