@@ -80,3 +80,53 @@ def test_a_missing_repository_is_named_with_how_to_fix_it(domains: Domains, tmp_
 
     with pytest.raises(GitError, match=re.escape("fix `repo` in domain.toml")):
         Workspace(domain, tmp_path / "data").ensure_clone()
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_seeding_refuses_a_symlink_out_of_the_folder_and_copies_none_of_its_target(
+    domains: Domains, domains_dir: Path, tmp_path: Path, kind: str
+) -> None:
+    # Given a sample folder holding a link to a secret outside it (the fleet's password, say)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "password").write_text("the-fleet-secret")
+    sample = domains_dir / "auth" / "sample"
+    (sample / "leak").symlink_to(outside / "password" if kind == "file" else outside)
+    ws = workspace(domains, tmp_path)
+
+    # When the fleet seeds its repository from the folder
+    with pytest.raises(GitError, match=r"leak is a symlink to .*outside .*sample.*never follows"):
+        ws.ensure_clone()
+
+    # Then it refused in one line, and nothing of the target was copied anywhere under the data dir
+    copied = [p for p in (tmp_path / "data").rglob("*") if p.is_file() and not p.is_symlink()]
+    assert not any(b"the-fleet-secret" in p.read_bytes() for p in copied)
+
+
+def test_seeding_keeps_a_symlink_inside_the_folder_as_a_symlink(
+    domains: Domains, domains_dir: Path, tmp_path: Path
+) -> None:
+    sample = domains_dir / "auth" / "sample"
+    (sample / "docs-link").symlink_to("README.md")
+
+    clone = workspace(domains, tmp_path).ensure_clone()
+
+    assert (clone / "docs-link").is_symlink()
+    assert git(clone, "ls-files", "-s", "docs-link").startswith("120000")  # git's mode for a symlink
+
+
+def test_a_hook_planted_in_the_clone_never_runs(domains: Domains, tmp_path: Path) -> None:
+    # Given a pre-commit hook written into the clone (as an unsandboxed command could)
+    ws = workspace(domains, tmp_path)
+    marker = tmp_path / "hook-ran"
+    hook = ws.ensure_clone() / ".git" / "hooks" / "pre-commit"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    hook.chmod(0o755)
+
+    # When an agent commits
+    tree = ws.worktree(branch_name("AUTH-003", "be"))
+    (tree / "x.txt").write_text("x")
+    ws.commit_all(tree, "work")
+
+    # Then the hook did not run
+    assert not marker.exists()

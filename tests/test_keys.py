@@ -28,6 +28,7 @@ LAYOUT = [
     ("worker_heartbeat", ("auth-fe-1",), "wave:worker:auth-fe-1:hb", "acme-2:worker:auth-fe-1:hb"),
     ("worker_log", ("auth-fe-1",), "wave:worker:auth-fe-1:jobs", "acme-2:worker:auth-fe-1:jobs"),
     ("workers", (), "wave:workers", "acme-2:workers"),
+    ("worker_sandboxes", (), "wave:sandboxes", "acme-2:sandboxes"),
     ("halt", (), "wave:halt", "acme-2:halt"),
     ("halt_channel", (), "wave:halt", "acme-2:halt"),
     ("halt_acks", (), "wave:halt:acks", "acme-2:halt:acks"),

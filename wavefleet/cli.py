@@ -29,6 +29,7 @@ from .halt import acks, read_halt, send_cancel, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.accounting import CallTotals, format_call, story_calls
 from .llm.cli import add_commands as add_llm_commands
+from .sandbox.fleet import summary as sandbox_summary
 from .store import StoryRecord, StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
 from .text import terminal_safe
@@ -123,6 +124,9 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     banner = halt_banner(app)
     if banner and not args.json:
         _show(banner)
+    sandboxes = sandbox_summary(app.store.redis, app.settings.keys)
+    if sandboxes and not args.json:
+        _show(sandboxes)
     if left_out and not args.json:
         if not records:
             _show(f"no active stories; {left_out} finished (wave status --all, or --recent N)")

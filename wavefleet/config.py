@@ -236,6 +236,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     agent: Literal["offline", "noop"] = "offline"
+    # Where commands that run work (QA's tests) run: bubblewrap, or `none` (the operator's explicit
+    # opt-out, said in every log line and `wave status`). A worker where bwrap cannot run refuses.
+    sandbox: Literal["bwrap", "none"] = "bwrap"
 
     @property
     def halt_file(self) -> Path:

@@ -69,6 +69,13 @@ class DomainModels(BaseModel):
         return values
 
 
+class DomainSandbox(BaseModel):
+    """`[sandbox]`: what this domain's commands may do inside the sandbox (no network by default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    network: bool = False
+
+
 class Domain(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,6 +88,7 @@ class Domain(BaseModel):
     team: Team = Team()
     budgets: Budgets = Budgets()
     models: DomainModels = DomainModels()
+    sandbox: DomainSandbox = DomainSandbox()
     folder: Path
 
     @field_validator("test_command")

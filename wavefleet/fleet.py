@@ -28,6 +28,8 @@ from .domains import Domains
 from .embedded import EmbeddedRedis, free_port
 from .lifecycle import TERMINAL, Role, StoryState
 from .queues import Dispatcher
+from .sandbox import sandbox_for
+from .sandbox.fleet import probe
 from .store import StoryRecord, StoryStore
 from .stories import stories_from_file
 from .text import mask_url, shown
@@ -176,6 +178,7 @@ def _coloured(state: StoryState) -> str:
 
 # Commands ------------------------------------------------------------------------------------
 def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
+    probe(sandbox_for(settings.sandbox))  # refuse here, in one line, not in every worker
     console = Console(stderr=True)
     embedded = None
     if "url" not in settings.redis.model_fields_set:
@@ -251,6 +254,7 @@ class _Null:
 
 
 def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_file: Path) -> int:
+    probe(sandbox_for(settings.sandbox))
     console = Console()
     stories = stories_from_file(stories_file)
     demo_dir = (settings.data_dir / "demo").resolve()

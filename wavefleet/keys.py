@@ -100,6 +100,10 @@ class Keys:
         """Set of worker names that have registered."""
         return self._k("workers")
 
+    def worker_sandboxes(self) -> str:
+        """Hash: worker name -> JSON {mode, label, domain, network} of the sandbox it runs work in."""
+        return self._k("sandboxes")
+
     # Emergency stop
     def halt(self) -> str:
         """String: the durable halt flag, JSON {reason, by, at}; absent while the fleet runs."""

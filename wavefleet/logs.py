@@ -12,6 +12,11 @@ import structlog
 from .text import terminal_safe
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Fields every line of this process carries from the moment they are set (threads and forked work
+# horses included): a worker running work unsandboxed says so in each line.
+_process_fields: dict[str, str] = {}
+STDLIB_FORMAT = "[{process}] %(name)s: %(message)s"
+_stdlib_format = [STDLIB_FORMAT]  # this process's, set by `setup`
 
 
 def identity(domain: str, role: str, index: int) -> str:
@@ -38,13 +43,15 @@ def setup(process: str, *, fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _stdlib_format[0] = STDLIB_FORMAT.format(process=process)
     # RQ and redis-py log through the standard library; keep their warnings, in the same stream.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=f"[{process}] %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=_stdlib_format[0])
 
 
 def _bind_worker(process: str) -> Any:
     def processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
         event.setdefault("worker", process)
+        event.update(_process_fields)
         return event
 
     return processor
@@ -56,6 +63,14 @@ def _terminal_safe_values(_logger: Any, _name: str, event: dict[str, Any]) -> di
     return {
         k: terminal_safe(v, multiline=k == "exception") if isinstance(v, str) else v for k, v in event.items()
     }
+
+
+def mark_process(**fields: str) -> None:
+    """Add `fields` to every later line of this process, the standard library's lines included."""
+    _process_fields.update(fields)
+    shown = " ".join(f"{k}={v}" for k, v in _process_fields.items())
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"{_stdlib_format[0]} {shown}"))
 
 
 def _prefix_event(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:

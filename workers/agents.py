@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from wavefleet.lifecycle import Decision, Role
+from wavefleet.sandbox import Sandbox
 
 from .offline import OfflineAgent
 from .roles import Agent, DevResult, Plan, QAReport, Review, StageInput, StageOutput, Task
@@ -31,7 +32,7 @@ class NoopAgent:
         return Review(agent=self.label, decision=Decision.GO, reasons=["noop"])
 
 
-def agent_for(kind: str, role: Role, *, command_timeout_s: float = 300.0) -> Agent:
+def agent_for(kind: str, role: Role, *, sandbox: Sandbox, command_timeout_s: float = 300.0) -> Agent:
     if kind == "noop":
         return NoopAgent(role)
-    return OfflineAgent(role, command_timeout_s)
+    return OfflineAgent(role, sandbox, command_timeout_s)

@@ -1,4 +1,4 @@
-"""Every command a stage runs (git, the repository's tests, waits) goes through `run`.
+"""Every command a stage runs (git, the repository's tests, waits) goes through `run` or `run_capped`.
 
 The command stays in the work horse's process group, so a halt's SIGKILL to that group reaches it,
 and it dies with the horse: if the worker is SIGKILLed, the horse dies (its own parent-death
@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import ctypes
 import os
+import selectors
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from wavefleet.sandbox import Sandbox
 
 PR_SET_PDEATHSIG = 1
 SETPRIV = shutil.which("setpriv")  # util-linux, on every Debian and Ubuntu; elsewhere run plainly
+READ_CHUNK = 65536
 
 
 def die_with_parent() -> None:
@@ -55,3 +61,69 @@ def run(
         text=True,
         timeout=timeout_s,
     )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    output: str  # stdout and stderr interleaved; the last `max_output_bytes` of it when truncated
+    truncated: bool
+
+
+def run_in(
+    sandbox: Sandbox, argv: Sequence[str], worktree: Path, *, timeout_s: float, max_output_bytes: int
+) -> Outcome:
+    """Run a command that does work (a test command, an agent's command) inside `sandbox`."""
+    invocation = sandbox.wrap(list(argv), worktree)
+    return run_capped(
+        invocation.argv,
+        cwd=invocation.cwd,
+        env=invocation.env,
+        timeout_s=timeout_s,
+        max_output_bytes=max_output_bytes,
+    )
+
+
+def run_capped(
+    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout_s: float, max_output_bytes: int
+) -> Outcome:
+    """Like `run`, for commands whose output the stage does not control: keeps only the last
+    `max_output_bytes` of it (the end is where test runners summarise), so a command printing
+    without end cannot fill the worker's memory. Raises `subprocess.TimeoutExpired` after
+    `timeout_s`, the command killed."""
+    if os.sep not in argv[0] and shutil.which(argv[0], path=env.get("PATH")) is None:
+        raise FileNotFoundError(f"{argv[0]}: not found on PATH")
+    prefix = [SETPRIV, "--pdeathsig", "KILL", "--"] if SETPRIV else []
+    proc = subprocess.Popen(
+        [*prefix, *argv], cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + timeout_s
+    with proc:
+        try:
+            kept, truncated = _read_tail(proc, deadline, max_output_bytes)
+            exit_code = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise subprocess.TimeoutExpired(list(argv), timeout_s) from None
+    return Outcome(exit_code, kept.decode(errors="replace"), truncated)
+
+
+def _read_tail(proc: subprocess.Popen[bytes], deadline: float, cap: int) -> tuple[bytearray, bool]:
+    """Read `proc`'s output until it closes, keeping the last `cap` bytes; TimeoutExpired at `deadline`."""
+    assert proc.stdout is not None  # started with stdout=PIPE
+    kept, truncated = bytearray(), False
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(proc.args, remaining)
+            if not selector.select(remaining):
+                continue
+            chunk = os.read(proc.stdout.fileno(), READ_CHUNK)
+            if not chunk:
+                return kept, truncated
+            kept += chunk
+            if len(kept) > cap:
+                del kept[: len(kept) - cap]
+                truncated = True

@@ -16,6 +16,9 @@ from wavefleet.errors import GitError
 from . import commands
 
 GIT_TIMEOUT_S = 120
+# git is the fleet's own tooling and runs on the host: never a hook, whoever wrote one into the clone
+# (hooks are not cloned, but a command run unsandboxed could write one through a worktree's gitdir).
+NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
 # Agents commit as WAVE; set here so a machine without a global git identity still commits.
 IDENTITY = {
     "GIT_AUTHOR_NAME": "WAVE",
@@ -28,7 +31,7 @@ IDENTITY = {
 def git(cwd: Path, *args: str, check: bool = True) -> str:
     env = {**os.environ, **IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
     try:
-        proc = commands.run(["git", *args], cwd=cwd, env=env, timeout_s=GIT_TIMEOUT_S)
+        proc = commands.run(["git", *NO_HOOKS, *args], cwd=cwd, env=env, timeout_s=GIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise GitError(f"git {' '.join(args)} timed out after {GIT_TIMEOUT_S}s in {cwd}") from None
     if check and proc.returncode != 0:
@@ -98,10 +101,26 @@ class Workspace:
         return seed
 
     def _seed(self, repo: Path, scratch: Path) -> None:
-        shutil.copytree(repo, scratch, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+        self._refuse_links_out(repo)
+        shutil.copytree(
+            repo, scratch, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache")
+        )
         git(scratch, "init", "--quiet", "--initial-branch", self.domain.base_branch)
         git(scratch, "add", "-A")
         git(scratch, "commit", "--quiet", "-m", f"Seed {self.domain.name} sample service")
+
+    def _refuse_links_out(self, repo: Path) -> None:
+        """Seeding never follows a symlink out of the folder: a link to the fleet's password file
+        would put the file in every agent's worktree. Links inside are copied as links."""
+        root = repo.resolve()
+        for folder, dirs, files in os.walk(root):  # does not descend into linked folders
+            for name in [*dirs, *files]:
+                path = Path(folder) / name
+                if path.is_symlink() and not path.resolve().is_relative_to(root):
+                    raise GitError(
+                        f"domain {self.domain.name}: {path} is a symlink to {path.resolve()}, outside "
+                        f"{root}; seeding never follows links out of the folder (copy the file in instead)"
+                    )
 
     def _build(self, target: Path, make: Callable[[Path], object]) -> None:
         """Make `target` in a scratch folder beside it, then rename it into place (atomic).

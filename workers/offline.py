@@ -15,8 +15,8 @@ exercise every path of the pipeline:
 
 from __future__ import annotations
 
+import html
 import json
-import os
 import re
 import subprocess
 import time
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from wavefleet.errors import StageError
 from wavefleet.lifecycle import Decision, Role
+from wavefleet.sandbox import Sandbox
 from wavefleet.stories import offline_labels
 
 from . import commands
@@ -33,6 +34,7 @@ from .roles import DevResult, Plan, QAReport, Review, StageInput, StageOutput, T
 
 LABEL = "offline"
 MAX_REVIEW_LINES = 1500
+MAX_OUTPUT = 1_000_000  # bytes of a test command's output kept (its end)
 SECRET_PATTERNS = (
     re.compile(r"AKIA[0-9A-Z]{16}"),
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
@@ -62,8 +64,9 @@ class OfflineAgent:
 
     label = LABEL
 
-    def __init__(self, role: Role, command_timeout_s: float = 300.0) -> None:
+    def __init__(self, role: Role, sandbox: Sandbox, command_timeout_s: float = 300.0) -> None:
         self.role = role
+        self.sandbox = sandbox
         self.command_timeout_s = command_timeout_s
 
     def run(self, stage: StageInput) -> StageOutput:
@@ -119,19 +122,25 @@ class OfflineAgent:
         workspace.merge(tree, branch_name(story_id, "fe"), branch_name(story_id, "be"))
         command = stage.domain.resolved_test_command()
         try:
-            proc = commands.run(command, cwd=tree, timeout_s=self.command_timeout_s, env=_test_env())
+            outcome = commands.run_in(
+                self.sandbox,
+                command,
+                tree,
+                timeout_s=self.command_timeout_s,
+                max_output_bytes=MAX_OUTPUT,
+            )
         except subprocess.TimeoutExpired:
             raise StageError(f"tests timed out after {self.command_timeout_s}s") from None
-        output = proc.stdout + proc.stderr
+        output = outcome.output
         passed, failed = _counts(output)
-        ok = proc.returncode == 0
+        ok = outcome.exit_code == 0
         return QAReport(
             agent=LABEL,
             passed=ok,
             branch=branch,
             tests_passed=passed,
             tests_failed=failed,
-            summary=f"offline qa: {' '.join(command[1:])} exited {proc.returncode}: "
+            summary=f"offline qa: {' '.join(command[1:])} exited {outcome.exit_code}: "
             f"{passed} passed, {failed} failed",
             output_tail=output[-4000:],
         )
@@ -178,8 +187,12 @@ def _write_backend(tree: Path, stage: StageInput) -> list[str]:
     (package / "__init__.py").touch()
     name = slug(story.id)
     status = "index < len(ACCEPTANCE) - 1" if buggy else "True"
+    # Story text is data: every string from the story enters the source through json.dumps (an
+    # ASCII-only JSON string is a valid Python literal), never pasted into a docstring or comment.
     module = (
-        f'"""{story.id}: {story.title}\n\nWritten by the WAVE offline agent (deterministic, no LLM).\n"""\n\n'
+        '"""One story\'s acceptance status, written by the WAVE offline agent (deterministic, no LLM)."""\n\n'
+        f"STORY_ID = {json.dumps(story.id)}\n"
+        f"TITLE = {json.dumps(story.title)}\n"
         f"ACCEPTANCE = {json.dumps(criteria, indent=4)}\n\n\n"
         "def acceptance_status() -> dict[str, bool]:\n"
         f"    return {{c: {status} for index, c in enumerate(ACCEPTANCE)}}\n"
@@ -209,10 +222,12 @@ def _write_backend(tree: Path, stage: StageInput) -> list[str]:
 def _write_frontend(tree: Path, stage: StageInput) -> list[str]:
     story = stage.story
     criteria = list(story.acceptance_criteria) or [story.title]
-    items = "\n".join(f"    <li>{c}</li>" for c in criteria)
+    items = "\n".join(f"    <li>{html.escape(c)}</li>" for c in criteria)
+    story_id = html.escape(story.id)
     page = (
-        f"<!-- {story.id}, written by the WAVE offline agent (deterministic, no LLM) -->\n"
-        f'<section id="{story.id}">\n  <h2>{story.title}</h2>\n  <ul>\n{items}\n  </ul>\n</section>\n'
+        "<!-- written by the WAVE offline agent (deterministic, no LLM) -->\n"
+        f'<section id="{story_id}">\n  <h2>{html.escape(story.title)}</h2>\n'
+        f"  <ul>\n{items}\n  </ul>\n</section>\n"
     )
     ui = tree / "ui"
     ui.mkdir(exist_ok=True)
@@ -224,7 +239,3 @@ def _counts(output: str) -> tuple[int, int]:
     passed = re.search(r"(\d+) passed", output)
     failed = re.search(r"(\d+) failed", output)
     return (int(passed[1]) if passed else 0, int(failed[1]) if failed else 0)
-
-
-def _test_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from wavefleet import logs
 from wavefleet.errors import HoldStory, StageError
 from wavefleet.lifecycle import Role
+from wavefleet.sandbox import sandbox_for
 from wavefleet.store import StoryRecord, job_id
 
 from . import runtime
@@ -41,7 +42,12 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
             "pid": os.getpid(),
         },
     )
-    agent = agent_for(rt.settings.agent, stage_role, command_timeout_s=rt.settings.worker.command_timeout_s)
+    agent = agent_for(
+        rt.settings.agent,
+        stage_role,
+        sandbox=sandbox_for(rt.settings.sandbox, network=rt.domain.sandbox.network),
+        command_timeout_s=rt.settings.worker.command_timeout_s,
+    )
     log.info("stage started", agent=agent.label, job=job)
     started = time.monotonic()
     result: dict[str, Any] = {"agent": agent.label, "worker": rt.identity, "job": job}

@@ -28,6 +28,8 @@ from wavefleet.connection import connect
 from wavefleet.domains import Domain
 from wavefleet.halt import HaltListener, HaltState, read_halt, record_ack
 from wavefleet.lifecycle import Role
+from wavefleet.sandbox import UNSANDBOXED, Sandbox, sandbox_for
+from wavefleet.sandbox import fleet as fleet_sandbox
 from wavefleet.store import StoryStore
 
 # Imported here, in the worker, so every forked work horse inherits the module instead of importing
@@ -331,6 +333,7 @@ class Heartbeat(threading.Thread):
 def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, burst: bool = False) -> None:
     """Serve one domain-role queue until stopped; reconnects by itself if Redis goes away."""
     identity = logs.identity(domain.name, role.value, index)
+    sandbox = _checked_sandbox(settings, domain)
     # Unique per start: in a restarted container the pid repeats, and RQ refuses a live name.
     name = f"{identity.lower()}.{secrets.token_hex(3)}.{os.getpid()}"
     name_file(os.getpid()).write_text(name)
@@ -345,6 +348,7 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
         settings.worker.heartbeat_ttl_s,
     )
     _first_beat(heartbeat, redis, settings, name)
+    fleet_sandbox.record(redis, settings.keys, name, domain.name, sandbox)
     heartbeat.start()
     gate = HaltGate(runtime.current())
     canceller = cancel.StageCanceller(runtime.current(), gate)
@@ -353,7 +357,7 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     listener.subscribed.wait(timeout=10)
     _lower_work_priority(settings.worker.work_niceness)
     queue_name = settings.keys.queue(domain.name, role.value)
-    log.info("worker started", queue=queue_name, agent=settings.agent, pid=os.getpid())
+    log.info("worker started", queue=queue_name, agent=settings.agent, sandbox=sandbox.label, pid=os.getpid())
     try:
         for delay in _restarts():
             worker = _rq_worker(settings, queue_name, gate)
@@ -367,8 +371,21 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     finally:
         listener.stop()
         heartbeat.stop()
+        with contextlib.suppress(RedisError):
+            fleet_sandbox.forget(redis, settings.keys, name)
         name_file(os.getpid()).unlink(missing_ok=True)
         log.info("worker stopped")
+
+
+def _checked_sandbox(settings: Settings, domain: Domain) -> Sandbox:
+    """The sandbox this worker's stages run commands in, probed once: where bwrap cannot run the
+    worker refuses (ConfigError) unless the operator chose `none`, which every log line then says."""
+    sandbox = sandbox_for(settings.sandbox, network=domain.sandbox.network)
+    fleet_sandbox.probe(sandbox)
+    if sandbox.mode == "none":
+        logs.mark_process(sandbox=UNSANDBOXED)
+        logs.get().warning("running work UNSANDBOXED: WAVE_SANDBOX=none")
+    return sandbox
 
 
 def _lower_work_priority(niceness: int) -> None:

@@ -1,0 +1,91 @@
+"""The local sandbox: bubblewrap, binding only what a command needs, the worktree the one writable place.
+
+Inside: /usr, /etc and the fleet's Python read-only, the worktree read-write, a private /tmp, its own
+/dev and /proc, and its own user, PID, IPC, UTS and (unless the domain allows network) network
+namespaces. Nothing else of the host is there: not the fleet's data dir (the Redis password, the
+AOF, other stories' worktrees), not a `.env`, not the worker's environment. When the command's
+first process ends, or bwrap is killed (a halt, a cancel, a timeout), the kernel kills every
+process left in its PID namespace, `setsid` children included.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from .base import Invocation, allowed_env
+
+# The system folders a command needs, bound read-only; on merged-/usr systems /bin, /lib... are
+# symlinks into /usr and are recreated as such.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+# Files of /etc a command never needs and must not read (a worker running as root could, being
+# their owner): hidden behind /dev/null.
+MASKED = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers", "/etc/ssh")
+
+
+def bwrap_binary() -> str | None:
+    return shutil.which("bwrap")
+
+
+def python_prefixes() -> list[Path]:
+    """The folders the `{python}` of a test command lives in (a venv and the Python it was made from),
+    unless they are already under a bound system folder."""
+    prefixes = {
+        Path(p).resolve() for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix)
+    }
+    bound = [Path(d) for d in SYSTEM_DIRS if Path(d).is_dir() and not Path(d).is_symlink()]
+    return sorted(p for p in prefixes if not any(p.is_relative_to(b) for b in bound))
+
+
+class BwrapSandbox:
+    mode = "bwrap"
+
+    def __init__(self, *, network: bool = False, binary: str | None = None) -> None:
+        self.network = network
+        self.binary = binary or bwrap_binary()  # None: not on the worker's PATH (the probe refuses)
+
+    @property
+    def label(self) -> str:
+        return "bwrap" + (" (network allowed)" if self.network else "")
+
+    def wrap(self, argv: list[str], worktree: Path) -> Invocation:
+        worktree = worktree.resolve()
+        env = allowed_env(worktree)
+        # --cap-drop ALL: a worker running as root (containers, CI) would otherwise hand the command
+        # every capability (mount, mknod, module loading), enough to leave any namespace.
+        args = [
+            self.binary or "bwrap",
+            "--unshare-all",
+            "--cap-drop",
+            "ALL",
+            "--die-with-parent",
+            "--new-session",
+        ]
+        if self.network:
+            args.append("--share-net")
+        # Order matters: later mounts go on top, so /tmp is private before a worktree under it is bound.
+        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]  # noqa: S108
+        args += _system_binds()
+        for prefix in python_prefixes():
+            args += ["--ro-bind", str(prefix), str(prefix)]
+        args += ["--bind", str(worktree), str(worktree), "--chdir", str(worktree), "--clearenv"]
+        for name, value in env.items():
+            args += ["--setenv", name, value]
+        return Invocation([*args, "--", *argv], {"PATH": env["PATH"]}, worktree)
+
+
+def _system_binds() -> list[str]:
+    args = []
+    for folder in SYSTEM_DIRS:
+        path = Path(folder)
+        if path.is_symlink():
+            args += ["--symlink", str(path.readlink()), folder]
+        elif path.is_dir():
+            args += ["--ro-bind", folder, folder]
+    for secret in MASKED:
+        if Path(secret).is_dir():
+            args += ["--tmpfs", secret]
+        elif Path(secret).exists():
+            args += ["--ro-bind", "/dev/null", secret]
+    return args
