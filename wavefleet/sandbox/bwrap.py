@@ -10,7 +10,9 @@ process left in its PID namespace, `setsid` children included.
 
 from __future__ import annotations
 
+import functools
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,8 +26,29 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 MASKED = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers", "/etc/ssh")
 
 
+PROC_PROBE_TIMEOUT_S = 10
+
+
 def bwrap_binary() -> str | None:
     return shutil.which("bwrap")
+
+
+@functools.cache
+def can_mount_proc(binary: str) -> bool:
+    """Whether bwrap may mount a fresh procfs here. Inside a Docker container it may not: Docker
+    masks parts of the container's /proc and the kernel then refuses a new procfs mount (EPERM).
+    There the command gets an empty /proc instead, never the container's own, where it could read
+    the worker's environment (same uid). Probed once per process; a work horse inherits the answer."""
+    try:
+        proc = subprocess.run(
+            [binary, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "true"],
+            capture_output=True,
+            timeout=PROC_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
 
 
 def python_prefixes() -> list[Path]:
@@ -65,7 +88,9 @@ class BwrapSandbox:
         if self.network:
             args.append("--share-net")
         # Order matters: later mounts go on top, so /tmp is private before a worktree under it is bound.
-        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]  # noqa: S108
+        binary = self.binary or "bwrap"
+        proc = ["--proc", "/proc"] if can_mount_proc(binary) else ["--tmpfs", "/proc"]
+        args += ["--dev", "/dev", *proc, "--tmpfs", "/tmp"]  # noqa: S108
         args += _system_binds()
         for prefix in python_prefixes():
             args += ["--ro-bind", str(prefix), str(prefix)]
