@@ -84,14 +84,24 @@ def leftover_pid(directory: Path, port: int) -> int | None:
     its pidfile names it, /proc says it is a redis-server, listening on `port`, working in `directory`."""
     try:
         pid = int((directory / PID_FILE).read_text().strip())
-        exe = Path(f"/proc/{pid}/exe").readlink().name
+        exe = Path(f"/proc/{pid}/exe").readlink()
         cwd = Path(f"/proc/{pid}/cwd").readlink()
         title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except (OSError, ValueError):
         return None
-    if exe.startswith("redis-server") and cwd == directory.resolve() and f":{port}" in title:
-        return pid
-    return None
+    # Redis sets its title to "<argv0> 127.0.0.1:<port>" and works in its `dir`; Debian's binary
+    # is a link to redis-check-rdb, so compare the resolved executables.
+    ours = Path(redis_server_binary()).resolve()
+    listens = title.split("\0")[0].endswith(f"redis-server 127.0.0.1:{port}")
+    return pid if exe == ours and cwd == directory.resolve() and listens else None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (whose parent has yet to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def die_with_parent() -> None:
@@ -239,7 +249,7 @@ class EmbeddedRedis:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while Path(f"/proc/{pid}").exists() or not port_is_free(self.port):
+        while _running(pid) or not port_is_free(self.port):
             if time.monotonic() > deadline:
                 raise RedisUnavailableError(
                     f"the Redis a previous `wave up` left (pid {pid}) did not stop within {START_TIMEOUT_S}s"

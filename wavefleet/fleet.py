@@ -247,6 +247,8 @@ def stop_on_signals() -> list[int]:
 
 
 def _stop_all(console: Console, fleet: Fleet | None, embedded: EmbeddedRedis | None) -> None:
+    if fleet is None and embedded is None:
+        return  # refused before anything started: its one-line error says all
     _say(console, "stopping the fleet (workers finish their current stage)...")
     if fleet is not None:
         fleet.stop()
