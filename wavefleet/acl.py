@@ -58,7 +58,8 @@ class Rules:
     def line(self, user: str, secret: str) -> str:
         """`secret` is `#<sha256 hex>` (or a template placeholder)."""
         commands = "+@all" if user == ADMIN else _FLEET_COMMANDS + _EXTRA[user]
-        channels = "&*" if user == ADMIN else f"&{self.prefix}:* &{RQ_PREFIX}*"
+        # resetchannels: Redis 6.2 starts a user with every channel (7 with none)
+        channels = "&*" if user == ADMIN else f"resetchannels &{self.prefix}:* &{RQ_PREFIX}*"
         return f"user {user} on {secret} {self.keys_of(user)} {channels} {commands}"
 
     def lines(self, secrets: dict[str, str]) -> list[str]:
