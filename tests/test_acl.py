@@ -36,6 +36,7 @@ ADMIN_ONLY = [
     ("KEYS", "*"),
     ("MONITOR",),
     ("CLIENT", "KILL", "TYPE", "normal"),
+    ("CLIENT", "LIST"),
 ]
 
 

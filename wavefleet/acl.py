@@ -32,8 +32,9 @@ _PASSWORD = re.compile(r"[\x21-\x7e]{8,256}")
 _FLEET_COMMANDS = (
     "-@all +@connection +@read +@write +@keyspace +@string +@hash +@list +@set +@sortedset +@stream "
     "+@pubsub +@scripting +@transaction +@blocking -@dangerous -@admin "
-    # RQ names its connections and lists them to find dead workers; SCRIPT LOAD/EXISTS for its Lua.
-    "+client|setname +client|getname +client|id +client|list +script|load +script|exists"
+    # RQ names its connection and reads its own address (CLIENT INFO, in @connection); never CLIENT
+    # LIST, which shows every connection. SCRIPT LOAD/EXISTS for the fleet's and RQ's Lua.
+    "+client|setname +client|getname +client|id +script|load +script|exists"
 )
 # INFO (@dangerous for what it tells) is read by the supervisor for Redis's uptime, by RQ for its version.
 _EXTRA = {WORKER: " +info", SUPERVISOR: " +info", WATCHER: "", OPERATOR: " +info"}
