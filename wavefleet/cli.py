@@ -23,7 +23,7 @@ from .arguments import amount, whole
 from .config import Settings, load_settings
 from .connection import check, connect
 from .domains import Domains, load_domains
-from .embedded import endpoint_of
+from .embedded import endpoint_of, operator_credentials
 from .errors import ConflictError, ExitCode, InvalidInputError, RedisUnavailableError, WaveError
 from .halt import acks, read_halt, send_cancel, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
@@ -71,11 +71,13 @@ def fleet_settings(settings: Settings) -> Settings:
     if "url" in settings.redis.model_fields_set:
         return settings
     directory = settings.data_dir / EMBEDDED_DIR
-    url = endpoint_of(directory)
-    if url is None:
+    url, credentials = endpoint_of(directory), operator_credentials(directory)
+    if url is None or credentials is None:
         return settings
-    password = (directory / "password").read_text().strip()
-    redis = settings.redis.model_copy(update={"url": url, "password": SecretStr(password)})
+    username, password = credentials  # the CLI is the operator: never the admin
+    redis = settings.redis.model_copy(
+        update={"url": url, "username": username, "password": SecretStr(password)}
+    )
     return settings.model_copy(update={"redis": redis})
 
 

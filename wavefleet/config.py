@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from redis import ConnectionPool
 
+from . import acl
 from .errors import ConfigError
 from .keys import DEFAULT_PREFIX, Keys
 from .strictdata import load_json
@@ -47,6 +48,7 @@ class _Section(BaseModel):
 
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
+    username: str | None = None  # an ACL user (worker, supervisor, ...); None: Redis's `default` user
     password: SecretStr | None = None
     socket_timeout_s: float = Field(default=10.0, gt=0)
     key_prefix: str = Field(default=DEFAULT_PREFIX, pattern=r"^[a-z][a-z0-9_-]*$")
@@ -78,7 +80,14 @@ class EmbeddedRedisSettings(_Section):
 
     port: int = Field(default=6399, ge=1, le=65535)
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
-    password: SecretStr | None = None
+    password: SecretStr | None = None  # the admin user's; the roles' are generated (all kept 0600)
+
+    @field_validator("password")
+    @classmethod
+    def _one_token(cls, password: SecretStr | None) -> SecretStr | None:
+        if password is not None and (problem := acl.password_problem(password.get_secret_value())):
+            raise ValueError(problem)
+        return password
 
 
 class WorkerSettings(_Section):

@@ -17,6 +17,7 @@ def connect(settings: Settings, *, decode: bool = True) -> Redis:
     password = settings.redis.password.get_secret_value() if settings.redis.password else None
     return Redis.from_url(
         settings.redis.url,
+        username=settings.redis.username,
         password=password,
         decode_responses=decode,
         socket_timeout=settings.redis.socket_timeout_s,
@@ -33,6 +34,7 @@ def check(redis: Redis, settings: Settings) -> None:
     password = settings.redis.password.get_secret_value() if settings.redis.password else None
     probe = Redis.from_url(
         settings.redis.url,
+        username=settings.redis.username,
         password=password,
         socket_connect_timeout=5,
         socket_timeout=5,
@@ -42,7 +44,8 @@ def check(redis: Redis, settings: Settings) -> None:
         probe.ping()
     except AuthenticationError:
         raise RedisUnavailableError(
-            f"Redis at {redis_location(settings)} refused the password (set WAVE_REDIS__PASSWORD)"
+            f"Redis at {redis_location(settings)} refused the user or password "
+            "(set WAVE_REDIS__USERNAME and WAVE_REDIS__PASSWORD)"
         ) from None
     except RedisError as exc:
         raise RedisUnavailableError(

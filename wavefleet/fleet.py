@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -21,11 +22,11 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from . import logs
+from . import acl, logs
 from .config import ENV_PREFIX, Settings, to_env
 from .connection import connect
 from .domains import Domains
-from .embedded import EmbeddedRedis, free_port
+from .embedded import EmbeddedRedis, die_with_parent, free_port
 from .lifecycle import TERMINAL, Role, StoryState
 from .queues import Dispatcher
 from .sandbox import sandbox_for
@@ -43,6 +44,7 @@ class Child:
     name: str
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
+    user: str = acl.WORKER  # its Redis ACL user on the embedded Redis
     restarts: int = 0
     log: IO[bytes] | None = field(default=None, repr=False)
 
@@ -50,10 +52,20 @@ class Child:
 class Fleet:
     """Starts, watches (restarting a crashed one) and stops the fleet's processes."""
 
-    def __init__(self, settings: Settings, domains: Domains, log_dir: Path | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        domains: Domains,
+        log_dir: Path | None,
+        embedded: EmbeddedRedis | None = None,
+    ) -> None:
         self.settings = settings
         self.log_dir = log_dir
-        self.children = [Child("SUPERVISOR", ["supervisor"]), Child("WATCHER", ["watch"])]
+        self.embedded = embedded
+        self.children = [
+            Child("SUPERVISOR", ["supervisor"], user=acl.SUPERVISOR),
+            Child("WATCHER", ["watch"], user=acl.WATCHER),
+        ]
         for domain in domains:
             for role in Role:
                 for index in range(1, domain.team.size(role) + 1):
@@ -64,14 +76,20 @@ class Fleet:
                         )
                     )
 
-    def env(self) -> dict[str, str]:
-        resolved = self.settings.model_copy(
-            update={
-                "data_dir": self.settings.data_dir.resolve(),
-                "domains_dir": self.settings.domains_dir.resolve(),
-                "halt_dir": self.settings.halt_file.parent.resolve(),
-            }
-        )
+    def env(self, user: str = acl.WORKER) -> dict[str, str]:
+        """The child's environment: the fleet's settings, with its own role's Redis user on the
+        embedded Redis (the given Redis's user otherwise)."""
+        update: dict[str, Any] = {
+            "data_dir": self.settings.data_dir.resolve(),
+            "domains_dir": self.settings.domains_dir.resolve(),
+            "halt_dir": self.settings.halt_file.parent.resolve(),
+        }
+        if self.embedded is not None:
+            username, password = self.embedded.credentials(user)
+            update["redis"] = self.settings.redis.model_copy(
+                update={"username": username, "password": SecretStr(password)}
+            )
+        resolved = self.settings.model_copy(update=update)
         return {**{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}, **to_env(resolved)}
 
     def start(self) -> None:
@@ -84,9 +102,10 @@ class Fleet:
             child.log = (self.log_dir / f"{child.name.lower()}.log").open("ab")
         child.process = subprocess.Popen(
             [sys.executable, "-m", "wavefleet.cli", *child.argv],
-            env=self.env(),
+            env=self.env(child.user),
             stdout=child.log,
             stderr=child.log,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - `wave up` runs no threads of its own
         )
 
     def watch(self) -> None:
@@ -119,14 +138,20 @@ class Fleet:
 
 
 def start_redis(settings: Settings, directory: Path, port: int) -> tuple[EmbeddedRedis, Settings]:
+    """The embedded Redis, and settings that reach it as the operator (what `wave up` itself does)."""
     embedded = EmbeddedRedis(
         directory,
         port,
         appendfsync=settings.embedded_redis.appendfsync,
         password=_secret(settings.embedded_redis.password),
+        key_prefix=settings.redis.key_prefix,
+        die_with_parent=True,
     )
     url = embedded.start()
-    redis = settings.redis.model_copy(update={"url": url, "password": SecretStr(embedded.password)})
+    username, password = embedded.credentials(acl.OPERATOR)
+    redis = settings.redis.model_copy(
+        update={"url": url, "username": username, "password": SecretStr(password)}
+    )
     return embedded, settings.model_copy(update={"redis": redis})
 
 
@@ -180,23 +205,26 @@ def _coloured(state: StoryState) -> str:
 def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
     probe(sandbox_for(settings.sandbox))  # refuse here, in one line, not in every worker
     console = Console(stderr=True)
-    embedded = None
-    if "url" not in settings.redis.model_fields_set:
-        embedded, settings = start_redis(settings, settings.data_dir / "redis", settings.embedded_redis.port)
-        console.print(
-            f"embedded Redis on {mask_url(settings.redis.url)} (AOF in {embedded.directory})", markup=False
-        )
-    fleet = Fleet(settings, domains, settings.data_dir / "logs" if live else None)
-    store = StoryStore(connect(settings), settings.keys, settings.pipeline.max_rounds)
-    dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
-    stopping: list[int] = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    console.print(
-        f"fleet starting: {len(fleet.children)} processes, agent={settings.agent}"
-        + (" (offline: deterministic, no LLM)" if settings.agent == "offline" else "")
-    )
-    fleet.start()
+    stopping = stop_on_signals()
+    embedded, fleet = None, None
     try:
+        if "url" not in settings.redis.model_fields_set:
+            embedded, settings = start_redis(
+                settings, settings.data_dir / "redis", settings.embedded_redis.port
+            )
+            _say(console, f"embedded Redis on {mask_url(settings.redis.url)} (AOF in {embedded.directory})")
+            if not embedded.halt_protected:
+                _say(console, HALT_UNPROTECTED)
+        fleet = Fleet(settings, domains, settings.data_dir / "logs" if live else None, embedded)
+        store = StoryStore(connect(settings), settings.keys, settings.pipeline.max_rounds)
+        dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
+        _say(
+            console,
+            f"fleet starting: {len(fleet.children)} processes, agent={settings.agent}"
+            + (" (offline: deterministic, no LLM)" if settings.agent == "offline" else ""),
+        )
+        if not stopping:
+            fleet.start()
         _watch_loop(
             fleet,
             stopping,
@@ -205,15 +233,41 @@ def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
             ),
             console,
         )
-    except KeyboardInterrupt:
-        pass
     finally:
-        console.print("stopping the fleet (workers finish their current stage)...")
-        fleet.stop()
-        if embedded is not None:
-            embedded.stop()
-        console.print("fleet stopped; run `wave up` again to carry on where it left off")
+        _stop_all(console, fleet, embedded)
     return 0
+
+
+HALT_UNPROTECTED = (
+    "warning: this redis-server is older than 7: its ACL users are separated, but any worker could "
+    "clear the halt key (read-only keys need Redis 7; install Debian's redis-server)"
+)
+
+
+def stop_on_signals() -> list[int]:
+    """Ctrl-C, SIGTERM and SIGHUP (the terminal closed) all end the run the same way: the watch loop
+    returns and everything started is stopped, the embedded Redis included."""
+    stopping: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    return stopping
+
+
+def _stop_all(console: Console, fleet: Fleet | None, embedded: EmbeddedRedis | None) -> None:
+    if fleet is None and embedded is None:
+        return  # refused before anything started: its one-line error says all
+    _say(console, "stopping the fleet (workers finish their current stage)...")
+    if fleet is not None:
+        fleet.stop()
+    if embedded is not None:
+        embedded.stop()
+    _say(console, "fleet stopped; run `wave up` again to carry on where it left off")
+
+
+def _say(console: Console, message: str) -> None:
+    # After SIGHUP the terminal may be gone: a failed write must not stop the shutdown.
+    with contextlib.suppress(OSError):
+        console.print(message, markup=False)  # paths and URLs are not markup
 
 
 def _watch_loop(
@@ -225,7 +279,7 @@ def _watch_loop(
     until: Any = None,
     timeout_s: float | None = None,
 ) -> bool:
-    """Refresh the view and restart crashed children until Ctrl-C, SIGTERM, `until()` or the timeout."""
+    """Refresh the view and restart crashed children until a signal (`stopping`), `until()` or the timeout."""
     deadline = time.monotonic() + timeout_s if timeout_s else None
     first = render()
     with (
@@ -260,19 +314,24 @@ def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_
     demo_dir = (settings.data_dir / "demo").resolve()
     shutil.rmtree(demo_dir, ignore_errors=True)
     settings = settings.model_copy(update={"data_dir": demo_dir})
+    stopping = stop_on_signals()
     embedded, settings = start_redis(settings, demo_dir / "redis", free_port())
-    fleet = Fleet(settings, domains, demo_dir / "logs")
+    fleet = Fleet(settings, domains, demo_dir / "logs", embedded)
     store = StoryStore(connect(settings), settings.keys, settings.pipeline.max_rounds)
     dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
-    console.print(
-        f"[bold]WAVE demo[/bold]: {len(stories)} stories, domains {escape(', '.join(domains.names()))}, "
-        f"agent [yellow]{settings.agent}[/yellow] (deterministic, no LLM, no API key)"
-    )
-    console.print(f"embedded Redis {mask_url(settings.redis.url)}, AOF and logs in {demo_dir}", markup=False)
-    fleet.start()
     finished = False
     started = time.monotonic()
     try:
+        console.print(
+            f"[bold]WAVE demo[/bold]: {len(stories)} stories, domains {escape(', '.join(domains.names()))}, "
+            f"agent [yellow]{settings.agent}[/yellow] (deterministic, no LLM, no API key)"
+        )
+        console.print(
+            f"embedded Redis {mask_url(settings.redis.url)}, AOF and logs in {demo_dir}", markup=False
+        )
+        if not embedded.halt_protected:
+            console.print(HALT_UNPROTECTED, markup=False)
+        fleet.start()
         store.enqueue(stories, domains)
 
         def all_settled() -> bool:
@@ -280,14 +339,12 @@ def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_
 
         finished = _watch_loop(
             fleet,
-            [],
+            stopping,
             lambda: Group(queues_table(dispatcher, domains, fleet), stories_table(store.list())),
             console,
             until=all_settled,
             timeout_s=timeout_s,
         )
-    except KeyboardInterrupt:
-        pass
     finally:
         records = store.list()
         fleet.stop()

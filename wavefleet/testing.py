@@ -44,8 +44,11 @@ def process_group(pgid: int) -> dict[int, str]:
 
 @contextmanager
 def redis_server(directory: Path, *, appendfsync: str = "everysec") -> Iterator[EmbeddedRedis]:
-    """A real redis-server on a free port, AOF on, password on; killed at the end."""
-    server = EmbeddedRedis(directory, free_port(), appendfsync=appendfsync, password=TEST_PASSWORD)
+    """A real redis-server on a free port, AOF on, password on (the `default` user, as a plain Redis
+    has; the embedded fleet's ACL users are tested on their own); killed at the end."""
+    server = EmbeddedRedis(
+        directory, free_port(), appendfsync=appendfsync, password=TEST_PASSWORD, users=False
+    )
     server.start()
     try:
         yield server

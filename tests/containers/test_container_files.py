@@ -13,6 +13,7 @@ import pytest
 import yaml
 from docker_fleet import REPO
 
+from wavefleet import acl
 from wavefleet.domains import load_domains
 from wavefleet.lifecycle import Role
 
@@ -106,16 +107,24 @@ def test_redis_conf_keeps_an_append_only_file_never_evicts_and_holds_no_password
     assert "requirepass" not in config
 
 
+ROLE_PASSWORDS = {f"REDIS_{user.upper()}_PASSWORD": f"{user}-pw-\\'\"$x`" for user in acl.USERS}
+
+
 def start_redis(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """docker/redis-start.sh with a stand-in redis-server that prints what it was given."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "redis-server"
-    fake.write_text('#!/bin/sh\necho "argv: $*"\ncat "$1"\necho "env: $(env | grep -c REDIS_PASSWORD)"\n')
+    fake.write_text('#!/bin/sh\necho "argv: $*"\ncat "$1"\necho "env: $(env | grep -c _PASSWORD)"\n')
     fake.chmod(0o755)
     return subprocess.run(
         ["sh", str(REPO / "docker/redis-start.sh")],
-        env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "REDIS_RUN_DIR": str(tmp_path), **env},
+        env={
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "REDIS_RUN_DIR": str(tmp_path),
+            "REDIS_CONF_DIR": str(REPO / "docker"),
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=30,
@@ -123,28 +132,37 @@ def start_redis(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_redis_start_refuses_to_run_without_a_password(tmp_path: Path) -> None:
-    result = start_redis(tmp_path)
+def test_redis_start_refuses_to_run_without_every_role_password(tmp_path: Path) -> None:
+    result = start_redis(tmp_path, **{k: v for k, v in ROLE_PASSWORDS.items() if "WATCHER" not in k})
 
     assert result.returncode == 78
-    assert "set WAVE_REDIS__PASSWORD" in result.stderr
+    assert "set REDIS_WATCHER_PASSWORD" in result.stderr
 
 
-@pytest.mark.parametrize("password", ["plain-password-123", 'with "quotes" and \\ and $dollar and spaces'])
-def test_redis_start_passes_any_password_through_a_private_file_only(tmp_path: Path, password: str) -> None:
-    result = start_redis(tmp_path, REDIS_PASSWORD=password, REDIS_APPENDFSYNC="always")
+def test_redis_start_refuses_a_password_that_is_not_one_printable_token(tmp_path: Path) -> None:
+    result = start_redis(tmp_path, **{**ROLE_PASSWORDS, "REDIS_WORKER_PASSWORD": "two words here"})
+
+    assert result.returncode == 78
+    assert "REDIS_WORKER_PASSWORD must be printable ASCII without spaces" in result.stderr
+
+
+def test_redis_start_gives_redis_the_passwords_only_as_hashes_in_a_private_file(tmp_path: Path) -> None:
+    result = start_redis(tmp_path, **ROLE_PASSWORDS, REDIS_APPENDFSYNC="always")
 
     assert result.returncode == 0, result.stderr
-    assert password not in result.stdout.splitlines()[0]  # the command line
     assert "env: 0" in result.stdout  # redis-server's environment
     assert "appendfsync always" in result.stdout
-    escaped = password.replace("\\", "\\\\").replace('"', '\\"')
-    assert f'requirepass "{escaped}"' in result.stdout
-    assert (tmp_path / "redis.conf").stat().st_mode & 0o077 == 0
+    users = (tmp_path / "users.acl").read_text()
+    for variable, password in ROLE_PASSWORDS.items():
+        assert password not in result.stdout and password not in users
+        user = variable.removeprefix("REDIS_").removesuffix("_PASSWORD").lower()
+        assert f"user {user} on #{acl.sha256_hex(password)} " in users
+    assert f"aclfile {tmp_path / 'users.acl'}" in result.stdout
+    assert all(f.stat().st_mode & 0o077 == 0 for f in (tmp_path / "redis.conf", tmp_path / "users.acl"))
 
 
 def test_redis_start_refuses_an_unknown_fsync_policy(tmp_path: Path) -> None:
-    result = start_redis(tmp_path, REDIS_PASSWORD="x" * 20, REDIS_APPENDFSYNC="sometimes")
+    result = start_redis(tmp_path, **ROLE_PASSWORDS, REDIS_APPENDFSYNC="sometimes")
 
     assert result.returncode == 78
     assert "everysec or always" in result.stderr
