@@ -57,14 +57,15 @@ start_engine() {
     docker info >/dev/null 2>&1 && return
     ((EUID == 0)) ||
         refuse "no Docker engine answers \`docker info\`: start it as root (\`systemctl start docker\`, or \`setsid dockerd &\`) or join the docker group"
+    local where="the dockerd already running does not answer \`docker info\` (check DOCKER_HOST)"
     if ! pgrep -x dockerd >/dev/null; then
         say "starting dockerd in the background (log: ${DOCKERD_LOG})"
         setsid dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
+        where="dockerd did not answer: see the end of ${DOCKERD_LOG}"
     fi
     local deadline=$((SECONDS + DOCKERD_WAIT_S))
     until docker info >/dev/null 2>&1; do
-        ((SECONDS < deadline)) ||
-            refuse "dockerd did not answer within ${DOCKERD_WAIT_S} s: see the end of ${DOCKERD_LOG}"
+        ((SECONDS < deadline)) || refuse "${where} (waited ${DOCKERD_WAIT_S} s)"
         sleep 0.5
     done
 }
