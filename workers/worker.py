@@ -99,7 +99,6 @@ class WaveWorker(Worker):
             return None
         self._stopped_job_id = self.halted_job_id = job.id
         pidfd = _open_pidfd(pid)
-        _renice_to_own(pid)
         _kill_group(pid)
         return pidfd
 
@@ -306,14 +305,6 @@ def _open_pidfd(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except (OSError, AttributeError):  # not Linux >= 5.3, or the child is already reaped
         return None
-
-
-def _renice_to_own(pid: int) -> None:
-    """Give a horse about to be killed this thread's priority (the listener's, above the work
-    niceness), so its exit is not queued behind other work. Lowering a niceness needs CAP_SYS_NICE:
-    without it the horse dies at the work niceness, as before."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0))
 
 
 def _kill_group(pid: int) -> None:
