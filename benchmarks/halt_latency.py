@@ -1,8 +1,6 @@
 """Halt latency: from creating EMERGENCY-STOP to (a) the last worker's ack and (b) the last running
 stage stopped, reported twice: when the last SIGKILL was sent to a stage's process group (from then
-on it runs no more code) and when the last stage's process had exited with its job back on its queue
-(the worker's halt listener sees the exit through a pidfd and requeues at once; without pidfds, the
-RQ loop does it after the reap).
+on it runs no more code) and when the last stage's process was reaped with its job back on its queue.
 
 Real processes on a real redis-server: the watcher (inotify), the supervisor and N role workers,
 each in a running stage (a PM stage waiting on a child `sleep`). Each repetition creates the file,
@@ -122,7 +120,7 @@ def main() -> None:
         for name, label in (
             ("ack", "(a) last ack"),
             ("killed", "(b) last stage killed (SIGKILL sent)"),
-            ("stopped", "(b) last stage exited, job requeued"),
+            ("stopped", "(b) last stage reaped, job requeued"),
         ):
             ms = [v * 1000 for v in result[name]]
             print(

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import secrets
-import select
 import signal
 import tempfile
 import threading
@@ -36,7 +35,6 @@ from wavefleet.store import StoryStore
 from . import commands, runtime, stage  # noqa: F401
 
 GROUP_WAIT_S = 0.5
-EXIT_WAIT_S = 1.0
 WORKER_LOG_LENGTH = 1000
 RESTART_BACKOFF_S = (0.5, 1, 2, 5)
 MAINTENANCE_INTERVAL_S = 15
@@ -54,9 +52,7 @@ class WaveWorker(Worker):
         self.wlog = logs.get()
         self.shutdown_requested = False
         self.current_job: Job | None = None
-        self.current_queue: Queue | None = None
         self.halted_job_id: str | None = None
-        self.requeued_job_id: str | None = None
         self.reaped_at = 0.0
 
     def request_stop(self, signum: int, frame: Any) -> None:
@@ -78,12 +74,12 @@ class WaveWorker(Worker):
             self._record_run(job)
             execution = self.prepare_execution(job)
             self.fork_work_horse(job, queue)
-            self.current_job, self.current_queue = job, queue
+            self.current_job = job
         try:
             self.monitor_work_horse(job, queue, execution)
         finally:
             with self.gate.lock:
-                self.current_job = self.current_queue = None
+                self.current_job = None
         self.set_state(WorkerStatus.IDLE)
 
     def running_job_id(self) -> str | None:
@@ -91,39 +87,13 @@ class WaveWorker(Worker):
         job = self.current_job
         return str(job.id) if job is not None and self._horse_pid else None
 
-    def stop_for_halt(self) -> int | None:
-        """Kill the running stage's whole process group (called with the gate's lock held); return
-        a pidfd of the killed horse, to see it exit, if the system has them."""
+    def stop_for_halt(self) -> None:
+        """Kill the running stage's whole process group (called with the gate's lock held)."""
         job, pid = self.current_job, self._horse_pid
         if job is None or not pid:
-            return None
-        self._stopped_job_id = self.halted_job_id = job.id
-        pidfd = _open_pidfd(pid)
-        _kill_group(pid)
-        return pidfd
-
-    def requeue_when_exited(self, pidfd: int) -> None:
-        """Called by the halt listener after the kill: as soon as the horse has exited (a zombie: no
-        code runs, its memory is freed), put its job back and write the stop record, without waiting
-        for the RQ loop to reap it and be scheduled (it runs at the work niceness). If the horse does
-        not exit within EXIT_WAIT_S, the RQ loop does it after the reap, as it would anyway."""
-        try:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            exited = bool(poller.poll(EXIT_WAIT_S * 1000))
-        finally:
-            os.close(pidfd)
-        if not exited:
             return
-        stopped_at = time.time()
-        with self.gate.lock:
-            job, queue = self.current_job, self.current_queue
-            if job is None or queue is None or job.id != self.halted_job_id or self.requeued_job_id:
-                return  # the RQ loop has reaped and requeued it already
-            with self.connection.pipeline() as pipe:
-                self._requeue_stopped(job, queue, stopped_at, pipe)
-                pipe.execute()
-            self.requeued_job_id = job.id
+        self._stopped_job_id = self.halted_job_id = job.id
+        _kill_group(pid)
 
     def wait_for_horse(self) -> Any:
         result = super().wait_for_horse()
@@ -136,21 +106,17 @@ class WaveWorker(Worker):
         if job.id != self.halted_job_id:
             super()._handle_stopped_job(job, queue, execution)
             return
-        # Stopped by a halt: not a failure. Back to the front of its queue, no retry counted (the
-        # listener may have done that already, as soon as the horse exited).
-        with self.gate.lock, self.connection.pipeline() as pipe:
+        # Stopped by a halt: not a failure. Back to the front of its queue, no retry counted.
+        stopped_at = self.reaped_at
+        self.halted_job_id = self._stopped_job_id = None
+        with self.connection.pipeline() as pipe:
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
-            if self.requeued_job_id != job.id:
-                # After the listener's own ack (the lock orders them), so never overwritten by it.
-                self._requeue_stopped(job, queue, self.reaped_at, pipe)
-            self.halted_job_id = self._stopped_job_id = self.requeued_job_id = None
-            pipe.execute()
-
-    def _requeue_stopped(self, job: Job, queue: Queue, stopped_at: float, pipe: Pipeline) -> None:
-        job.set_status(JobStatus.QUEUED, pipeline=pipe)
-        _requeue_front(queue, job.id, pipe)
-        pipe.hdel(self.rt.store.keys.running(), job.id)
-        self.gate.job_stopped(job, stopped_at, pipe)
+            job.set_status(JobStatus.QUEUED, pipeline=pipe)
+            _requeue_front(queue, job.id, pipe)
+            pipe.hdel(self.rt.store.keys.running(), job.id)
+            self.gate.job_stopped(job, stopped_at, pipe)
+            with self.gate.lock:  # after the listener's own ack, so never overwritten by it
+                pipe.execute()
 
     def _put_back(self, job: Job, queue: Queue) -> None:
         """A job dequeued while the fleet halted: to the front of its queue, untouched."""
@@ -235,16 +201,13 @@ class HaltGate:
             self.halted.set()
             self.resumed.clear()
             job_id = self.worker.running_job_id() if self.worker is not None else None
-            pidfd = None
             if job_id is not None and self.worker is not None:
-                pidfd = self.worker.stop_for_halt()  # first of all: the stage runs no more code
+                self.worker.stop_for_halt()  # first of all: the stage runs no more code
                 self.killed_at = time.time()
             # Written with the lock held, so the stop record (written under it too, once the
-            # horse has exited) always comes after this ack and is never overwritten by it.
+            # horse is reaped) always comes after this ack and is never overwritten by it.
             self.acked_at = received
             record_ack(self.rt.redis, self.keys, self.rt.name, **self._ack(job_id))
-        if pidfd is not None and self.worker is not None:  # at this thread's priority, not the work's
-            self.worker.requeue_when_exited(pidfd)
         self.log.error("EMERGENCY STOP", reason=state.reason, by=state.by, job_stopped=job_id)
 
     def job_stopped(self, job: Job, stopped_at: float, pipe: Pipeline) -> None:
@@ -297,14 +260,6 @@ def _kill_leftovers(horse_pid: int) -> None:
     cannot be handed to a new process, so this reaches only the horse's own leftovers."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(horse_pid, signal.SIGKILL)
-
-
-def _open_pidfd(pid: int) -> int | None:
-    """A pidfd of our unreaped child `pid` (its number cannot be reused before the reap)."""
-    try:
-        return os.pidfd_open(pid)
-    except (OSError, AttributeError):  # not Linux >= 5.3, or the child is already reaped
-        return None
 
 
 def _kill_group(pid: int) -> None:
