@@ -25,10 +25,14 @@ demo: install ## the fleet on an embedded Redis with the offline agents: sample 
 fleet: install ## the embedded fleet (`wave up`) until Ctrl-C
 	$(BIN)/wave up
 
-test: install ## the whole test suite (starts its own redis-server and worker processes)
+# tests/prepare-machine.sh installs (as root, with apt-get) and starts what the tests need beyond
+# PyPI, or says in one line what is missing; it only looks when all is there. `demo` needs none of it.
+test: install ## the whole test suite (first readies the machine: tests/prepare-machine.sh)
+	tests/prepare-machine.sh
 	$(BIN)/python -m pytest
 
-test-fast: install ## the tests without the end-to-end process tests
+test-fast: install ## the tests without the end-to-end process tests (nor Docker)
+	tests/prepare-machine.sh --no-docker
 	$(BIN)/python -m pytest -m 'not slow'
 
 lint: install ## ruff

@@ -65,3 +65,11 @@ def test_a_child_forked_while_another_thread_holds_the_log_lock_can_still_log() 
         os.waitpid(pid, 0)
     structlog.reset_defaults()
     assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the child hung on the log lock"
+
+
+def test_structlog_private_write_locks_still_exist() -> None:
+    # logs.py clears this private dict in every forked horse; pyproject pins structlog's minor
+    # version for it, and this says what to check when that pin is raised.
+    assert hasattr(getattr(structlog._output, "WRITE_LOCKS", None), "clear"), (
+        f"structlog {structlog.__version__} no longer has _output.WRITE_LOCKS: redo logs._fresh_write_locks"
+    )

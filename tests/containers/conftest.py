@@ -34,15 +34,15 @@ from docker_fleet import (
 
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
-    """Fails (never skips) without an engine: CI's .ci/run installs and starts one."""
+    """Fails (never skips) without an engine: tests/prepare-machine.sh (`make test`) starts one."""
     missing = [tool for tool in ("docker", "make") if shutil.which(tool) is None]
     if "docker" not in missing and shutil.which(compose_command()[0]) is None:
         missing.append("docker-compose")
     if missing:
-        pytest.fail(f"missing {', '.join(missing)}: .ci/run installs them (see ENVIRONMENT.md)")
+        pytest.fail(f"missing {', '.join(missing)}: `make test` installs them")
     info = run("docker", "info", "--format", "{{.ServerVersion}}", check=False, timeout_s=30)
     if info.returncode != 0:
-        pytest.fail(f"no Docker engine answers: {info.stderr.strip()} (.ci/run starts one)")
+        pytest.fail(f"no Docker engine answers: {info.stderr.strip()} (`make test` starts one)")
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ def base_image(docker_engine: None) -> str:
     with build_lock():
         if image_id(tag) is None:
             if os.geteuid() != 0 or shutil.which("debootstrap") is None:
-                pytest.fail("building the Debian base needs root and debootstrap (.ci/run installs it)")
+                pytest.fail("building the Debian base needs root and debootstrap (`make test` installs it)")
             run("docker/local-base.sh", tag, BASE_PACKAGES, timeout_s=BUILD_TIMEOUT_S)
             drop_stale_tags("wave-test-base", tag)
     return tag
