@@ -28,7 +28,7 @@ from wavefleet.lifecycle import Decision, Role
 from wavefleet.sandbox import Sandbox
 from wavefleet.stories import offline_labels
 
-from . import commands
+from . import commands, jail
 from .git import Workspace, branch_name
 from .roles import DevResult, Plan, QAReport, Review, StageInput, StageOutput, Task
 
@@ -182,9 +182,7 @@ def _write_backend(tree: Path, stage: StageInput) -> list[str]:
     story = stage.story
     criteria = list(story.acceptance_criteria) or [story.title]
     buggy = stage.round <= int(label_value(stage, "qa-fails") or 0)
-    package = tree / "wave_stories"
-    package.mkdir(exist_ok=True)
-    (package / "__init__.py").touch()
+    jail.write_text(tree, "wave_stories/__init__.py", "", keep_existing=True)
     name = slug(story.id)
     status = "index < len(ACCEPTANCE) - 1" if buggy else "True"
     # Story text is data: every string from the story enters the source through json.dumps (an
@@ -199,7 +197,7 @@ def _write_backend(tree: Path, stage: StageInput) -> list[str]:
     )
     if label_value(stage, "leak-secret"):
         module += '\n\nAPI_KEY = "AKIAIOSFODNN7EXAMPLE"  # offline:leak-secret\n'
-    (package / f"{name}.py").write_text(module)
+    jail.write_text(tree, f"wave_stories/{name}.py", module)
     test = (
         f"from wave_stories import {name} as story\n\n\n"
         "def test_every_acceptance_criterion_is_met():\n"
@@ -207,14 +205,11 @@ def _write_backend(tree: Path, stage: StageInput) -> list[str]:
         "    assert set(status) == set(story.ACCEPTANCE)\n"
         "    assert all(status.values()), [c for c, ok in status.items() if not ok]\n"
     )
-    tests = tree / "tests"
-    tests.mkdir(exist_ok=True)
-    (tests / f"test_{name}.py").write_text(test)
+    jail.write_text(tree, f"tests/test_{name}.py", test)
     files = [f"wave_stories/{name}.py", f"tests/test_{name}.py"]
     if label_value(stage, "oversize"):
-        (package / f"{name}_data.py").write_text(
-            "".join(f"ROW_{i} = {i}\n" for i in range(MAX_REVIEW_LINES + 1))
-        )
+        rows = "".join(f"ROW_{i} = {i}\n" for i in range(MAX_REVIEW_LINES + 1))
+        jail.write_text(tree, f"wave_stories/{name}_data.py", rows)
         files.append(f"wave_stories/{name}_data.py")
     return files
 
@@ -229,9 +224,7 @@ def _write_frontend(tree: Path, stage: StageInput) -> list[str]:
         f'<section id="{story_id}">\n  <h2>{html.escape(story.title)}</h2>\n'
         f"  <ul>\n{items}\n  </ul>\n</section>\n"
     )
-    ui = tree / "ui"
-    ui.mkdir(exist_ok=True)
-    (ui / f"{slug(story.id)}.html").write_text(page)
+    jail.write_text(tree, f"ui/{slug(story.id)}.html", page)
     return [f"ui/{slug(story.id)}.html"]
 
 
