@@ -1,0 +1,83 @@
+"""Attacks from the issue-8 review that got through the merged fixes: each test performs one for real.
+
+ATTACK tests: each fails while its hole is open and passes once it is closed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from wavefleet.domains import load_domains
+from wavefleet.lifecycle import Role
+from wavefleet.sandbox.bwrap import BwrapSandbox
+from wavefleet.stories import Story
+from wavefleet.watcher import read_reason
+from workers.git import git
+from workers.offline import OfflineAgent
+from workers.roles import StageInput
+
+REPO = Path(__file__).resolve().parent.parent
+WAVE = [sys.executable, "-m", "wavefleet.cli"]
+
+
+def test_attack_percent_encoded_password_query_name_is_masked(tmp_path: Path) -> None:
+    # ATTACK: redis-py decodes query names, so `?p%61ssword=` is the password; the mask must see it
+    secret = "TOPSECRET42"
+    for url in (
+        f"redis://127.0.0.1:1/0?p%61ssword={secret}",
+        f"unix:///nonexistent.sock?%70assword={secret}",
+    ):
+        env = {**os.environ, "WAVE_DATA_DIR": str(tmp_path / "data"), "WAVE_REDIS__URL": url}
+        env = {k: v for k, v in env.items() if k != "WAVE_REDIS__PASSWORD"}
+        proc = subprocess.run(
+            [*WAVE, "status"], capture_output=True, text=True, env=env, timeout=60, check=False, cwd=tmp_path
+        )
+        assert proc.returncode != 0
+        assert secret not in proc.stdout + proc.stderr, proc.stderr
+
+
+def test_attack_a_hard_link_to_a_secret_is_not_read_as_the_stop_reason(tmp_path: Path) -> None:
+    # ATTACK: a hard link is a regular file to lstat/fstat; linked to the Redis password file (same
+    # data dir, where EMERGENCY-STOP lives by default) its content would become the published reason
+    secret = tmp_path / "redis.password"
+    secret.write_text("hunter2-the-redis-password\n")
+    stop = tmp_path / "EMERGENCY-STOP"
+    os.link(secret, stop)
+
+    reason = read_reason(stop)
+
+    assert reason is not None
+    assert "hunter2" not in reason
+
+
+def test_attack_a_committed_symlink_does_not_make_an_agent_write_outside_its_worktree(
+    domains_dir: Path, tmp_path: Path
+) -> None:
+    # ATTACK: the domain's repository (or an earlier agent's commit) holds `ui` as a symlink to a
+    # folder outside; the FE agent's writes through it land on the host, outside every worktree
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    repo = tmp_path / "hostile-repo"
+    repo.mkdir()
+    (repo / "README.md").write_text("hostile\n")
+    (repo / "ui").symlink_to(outside)
+    git(repo, "init", "--quiet", "--initial-branch", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "-m", "a link out")
+    toml = domains_dir / "auth" / "domain.toml"
+    toml.write_text(toml.read_text().replace('repo = "sample"', f'repo = "{repo}"'))
+    domain = load_domains(domains_dir).get("auth")
+    story = Story(id="AUTH-901", title="link out")
+    stage = StageInput(
+        story=story, domain=domain, role=Role.FE, round=1, attempt=1, worker="t", data_dir=tmp_path / "data"
+    )
+
+    try:
+        OfflineAgent(Role.FE, BwrapSandbox()).run(stage)
+    except Exception as exc:  # noqa: BLE001 - refusing the stage is a fine outcome; writing out is not
+        print(f"stage refused: {exc}")
+
+    assert list(outside.iterdir()) == []
