@@ -5,12 +5,14 @@ ATTACK tests: each fails while its hole is open and passes once it is closed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from wavefleet.domains import load_domains
+from wavefleet.errors import StageError
 from wavefleet.lifecycle import Role
 from wavefleet.sandbox.bwrap import BwrapSandbox
 from wavefleet.stories import Story
@@ -75,9 +77,7 @@ def test_attack_a_committed_symlink_does_not_make_an_agent_write_outside_its_wor
         story=story, domain=domain, role=Role.FE, round=1, attempt=1, worker="t", data_dir=tmp_path / "data"
     )
 
-    try:
+    with contextlib.suppress(StageError):  # refusing the stage is a fine outcome; writing out is not
         OfflineAgent(Role.FE, BwrapSandbox()).run(stage)
-    except Exception as exc:  # noqa: BLE001 - refusing the stage is a fine outcome; writing out is not
-        print(f"stage refused: {exc}")
 
     assert list(outside.iterdir()) == []
