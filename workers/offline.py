@@ -182,10 +182,10 @@ def _write_backend(tree: Path, stage: StageInput) -> list[str]:
     story = stage.story
     criteria = list(story.acceptance_criteria) or [story.title]
     buggy = stage.round <= int(label_value(stage, "qa-fails") or 0)
-    package = tree / "wave_stories"
+    name = slug(story.id)
+    package = _checked(tree, "wave_stories", "__init__.py", f"{name}.py", f"{name}_data.py")
     package.mkdir(exist_ok=True)
     (package / "__init__.py").touch()
-    name = slug(story.id)
     status = "index < len(ACCEPTANCE) - 1" if buggy else "True"
     # Story text is data: every string from the story enters the source through json.dumps (an
     # ASCII-only JSON string is a valid Python literal), never pasted into a docstring or comment.
@@ -207,7 +207,7 @@ def _write_backend(tree: Path, stage: StageInput) -> list[str]:
         "    assert set(status) == set(story.ACCEPTANCE)\n"
         "    assert all(status.values()), [c for c, ok in status.items() if not ok]\n"
     )
-    tests = tree / "tests"
+    tests = _checked(tree, "tests", f"test_{name}.py")
     tests.mkdir(exist_ok=True)
     (tests / f"test_{name}.py").write_text(test)
     files = [f"wave_stories/{name}.py", f"tests/test_{name}.py"]
@@ -229,10 +229,22 @@ def _write_frontend(tree: Path, stage: StageInput) -> list[str]:
         f'<section id="{story_id}">\n  <h2>{html.escape(story.title)}</h2>\n'
         f"  <ul>\n{items}\n  </ul>\n</section>\n"
     )
-    ui = tree / "ui"
+    ui = _checked(tree, "ui", f"{slug(story.id)}.html")
     ui.mkdir(exist_ok=True)
     (ui / f"{slug(story.id)}.html").write_text(page)
     return [f"ui/{slug(story.id)}.html"]
+
+
+def _checked(tree: Path, folder: str, *files: str) -> Path:
+    """`tree/folder`, refused if it or one of the files the agent writes in it is a symlink: one
+    committed to the repository (by its owner or an earlier agent) would carry the write outside."""
+    for path in [tree / folder, *(tree / folder / name for name in files)]:
+        if path.is_symlink():
+            raise StageError(
+                f"{path.relative_to(tree)} is a symlink in the repository; the offline agent writes "
+                "only real files of its worktree (remove the link from the branch)"
+            )
+    return tree / folder
 
 
 def _counts(output: str) -> tuple[int, int]:
