@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from wavefleet.config import Settings
 from wavefleet.domains import load_domains
 from wavefleet.errors import StageError
 from wavefleet.lifecycle import Role
@@ -81,3 +82,63 @@ def test_attack_a_committed_symlink_does_not_make_an_agent_write_outside_its_wor
         OfflineAgent(Role.FE, BwrapSandbox()).run(stage)
 
     assert list(outside.iterdir()) == []
+
+
+def _wave(fleet: Settings, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`wave ARGS` against the test's real Redis, with the given WAVE_* settings on top."""
+    password = fleet.redis.password.get_secret_value() if fleet.redis.password else ""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVE_")}
+    env |= {
+        "WAVE_DATA_DIR": str(fleet.data_dir),
+        "WAVE_DOMAINS_DIR": str(fleet.domains_dir),
+        "WAVE_REDIS__URL": fleet.redis.url,
+        "WAVE_REDIS__PASSWORD": password,
+        **settings,
+    }
+    return subprocess.run(
+        [*WAVE, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        cwd=fleet.data_dir.parent,
+    )
+
+
+def _refused_in_one_line(proc: subprocess.CompletedProcess[str], *names: str) -> None:
+    assert proc.returncode not in (0, 1, 69), (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert all(name in proc.stderr for name in names), proc.stderr
+
+
+def test_attack_an_infinite_or_overflowing_domain_budget_is_refused_at_load(
+    settings: Settings, domains_dir: Path
+) -> None:
+    # ATTACK: TOML has `inf`; a domain file's `daily_usd = inf` (or 1e308, which is inf in nano-USD)
+    # passed `gt=0` and ended in an OverflowError traceback in `wave budget show` (and every budget check)
+    toml = domains_dir / "auth" / "domain.toml"
+    original = toml.read_text()
+    for hostile in ("daily_usd = inf", "daily_usd = 1e308"):
+        toml.write_text(original.replace("daily_usd = 100.0", hostile))
+        proc = _wave(settings, "budget", "show")
+        _refused_in_one_line(proc, "daily_usd")
+
+
+def test_attack_an_infinite_fleet_budget_setting_is_refused_at_start(settings: Settings) -> None:
+    # ATTACK: WAVE_BUDGETS__GLOBAL_DAILY_USD=inf (or 1e308) passed `gt=0`: OverflowError traceback
+    for hostile in ("inf", "1e308"):
+        proc = _wave(settings, "budget", "show", WAVE_BUDGETS__GLOBAL_DAILY_USD=hostile)
+        _refused_in_one_line(proc, "GLOBAL_DAILY_USD")
+
+
+def test_attack_a_domain_file_cannot_set_an_infinite_model_timeout(
+    settings: Settings, domains_dir: Path
+) -> None:
+    # ATTACK: `[models.anthropic] timeout_s = inf` passed `gt=0`: a model call that never times out
+    # holds its worker for ever (the issue's `offline:slow=pm:inf`, through a domain file instead)
+    toml = domains_dir / "auth" / "domain.toml"
+    toml.write_text(toml.read_text() + "\n[models.anthropic]\ntimeout_s = inf\n")
+    proc = _wave(settings, "enqueue", "AUTH-001", "--title", "x")
+    _refused_in_one_line(proc, "timeout_s")
