@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from wavefleet.cli import EMBEDDED_DIR
 from wavefleet.config import Settings
 from wavefleet.domains import load_domains
-from wavefleet.errors import StageError
+from wavefleet.embedded import EmbeddedRedis, free_port
+from wavefleet.errors import ConfigError, RedisUnavailableError, StageError
 from wavefleet.lifecycle import Role
 from wavefleet.sandbox.bwrap import BwrapSandbox
 from wavefleet.stories import Story
@@ -142,3 +144,60 @@ def test_attack_a_domain_file_cannot_set_an_infinite_model_timeout(
     toml.write_text(toml.read_text() + "\n[models.anthropic]\ntimeout_s = inf\n")
     proc = _wave(settings, "enqueue", "AUTH-001", "--title", "x")
     _refused_in_one_line(proc, "timeout_s")
+
+
+# Embedded Redis (issue 8, "What to build" 7): not in this snapshot at all; each test below fails.
+def test_attack_a_newline_in_the_embedded_password_adds_no_redis_config(tmp_path: Path) -> None:
+    # ATTACK: the password is pasted unquoted into redis.conf; a newline in it adds a config line
+    # (here `bind 0.0.0.0`: the fleet's Redis on every interface; its own client then fails to log in)
+    hostile = "pw\nbind 0.0.0.0"
+    server = EmbeddedRedis(tmp_path / "redis", free_port(), password=hostile)
+    try:
+        try:
+            server.start()
+        except (ConfigError, ValueError) as exc:  # refused before anything runs: fine
+            assert "\n" not in str(exc)
+            return
+        except RedisUnavailableError:  # started with the injected lines; the password is not its own
+            conf = (server.directory / "redis.conf").read_text()
+            raise AssertionError(f"the password became config lines:\n{conf}") from None
+        binds = server.client(decode_responses=True).config_get("bind")["bind"]
+        assert binds == "127.0.0.1", binds
+    finally:
+        server.kill()
+
+
+def test_attack_the_embedded_data_dir_is_not_world_readable(tmp_path: Path) -> None:
+    # ATTACK: the data dir (AOF: every story, every reason) and its files were readable by any local user
+    os.umask(0o022)  # a common default: what the fleet creates must not rely on the operator's umask
+    server = EmbeddedRedis(tmp_path / "redis", free_port())
+    server.start()
+    try:
+        server.client().set("probe", "x")
+        for path in [server.directory, *server.directory.rglob("*")]:
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is {oct(path.stat().st_mode)}"
+    finally:
+        server.stop()
+
+
+def test_attack_a_password_given_by_environment_works_for_every_command(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # ATTACK (finding 6): with WAVE_EMBEDDED_REDIS__PASSWORD set, `wave up` writes no password file and
+    # every later command died with a FileNotFoundError traceback
+    data = tmp_path / "fleet"
+    server = EmbeddedRedis(data / EMBEDDED_DIR, free_port(), password="given-by-env-0123")  # as `wave up`
+    server.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WAVE_")}
+        env |= {
+            "WAVE_DATA_DIR": str(data),
+            "WAVE_DOMAINS_DIR": str(settings.domains_dir),
+            "WAVE_EMBEDDED_REDIS__PASSWORD": "given-by-env-0123",
+        }
+        proc = subprocess.run(
+            [*WAVE, "status"], capture_output=True, text=True, env=env, timeout=60, check=False, cwd=tmp_path
+        )
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        server.stop()
