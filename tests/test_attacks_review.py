@@ -88,6 +88,18 @@ def test_attack_a_committed_symlink_does_not_make_an_agent_write_outside_its_wor
 
 def _wave(fleet: Settings, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     """`wave ARGS` against the test's real Redis, with the given WAVE_* settings on top."""
+    return subprocess.run(
+        [*WAVE, *args],
+        capture_output=True,
+        text=True,
+        env=_env(fleet, **settings),
+        timeout=60,
+        check=False,
+        cwd=fleet.data_dir.parent,
+    )
+
+
+def _env(fleet: Settings, **settings: str) -> dict[str, str]:
     password = fleet.redis.password.get_secret_value() if fleet.redis.password else ""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAVE_")}
     env |= {
@@ -97,15 +109,7 @@ def _wave(fleet: Settings, *args: str, **settings: str) -> subprocess.CompletedP
         "WAVE_REDIS__PASSWORD": password,
         **settings,
     }
-    return subprocess.run(
-        [*WAVE, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-        cwd=fleet.data_dir.parent,
-    )
+    return env
 
 
 def _refused_in_one_line(proc: subprocess.CompletedProcess[str], *names: str) -> None:
@@ -201,3 +205,22 @@ def test_attack_a_password_given_by_environment_works_for_every_command(
         assert proc.returncode == 0, proc.stderr
     finally:
         server.stop()
+
+
+def test_attack_output_to_a_full_disk_ends_in_one_line_not_a_traceback(settings: Settings) -> None:
+    # ATTACK (low): `wave status > file` on a full disk (/dev/full: ENOSPC on every write) ended in an
+    # OSError traceback; a closed pipe is handled (141), any other write error is not
+    with Path("/dev/full").open("w") as full:
+        proc = subprocess.run(
+            [*WAVE, "status"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(settings),
+            timeout=60,
+            check=False,
+            cwd=settings.data_dir.parent,
+        )
+    assert proc.returncode not in (0, 1), proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
