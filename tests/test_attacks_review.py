@@ -17,9 +17,10 @@ from wavefleet.domains import load_domains
 from wavefleet.embedded import EmbeddedRedis, free_port
 from wavefleet.errors import ConfigError, RedisUnavailableError, StageError
 from wavefleet.lifecycle import Role
-from wavefleet.sandbox.bwrap import BwrapSandbox
+from wavefleet.sandbox import BwrapSandbox, sandbox_for
 from wavefleet.stories import Story
 from wavefleet.watcher import read_reason
+from workers.commands import run_in
 from workers.git import git
 from workers.offline import OfflineAgent
 from workers.roles import StageInput
@@ -224,3 +225,32 @@ def test_attack_output_to_a_full_disk_ends_in_one_line_not_a_traceback(settings:
     assert proc.returncode not in (0, 1), proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_attack_a_domain_allowing_network_does_not_hand_its_tests_the_fleets_redis(
+    settings: Settings, domains_dir: Path, redis_proc: EmbeddedRedis, tmp_path: Path
+) -> None:
+    # ATTACK (policy, for the lead): a domain file, which may come with a repository from elsewhere,
+    # sets `[sandbox] network = true` itself; `--share-net` is the host's network namespace, so its
+    # test command reaches every loopback service: the fleet's Redis (a passwordless one: DEL
+    # wave:halt, FLUSHALL; until ACLs, any Redis: a password guess per connection), the Docker API
+    # proxy, Dozzle. The check: "a connect to the fleet's Redis from a test must fail".
+    toml = domains_dir / "auth" / "domain.toml"
+    toml.write_text(toml.read_text() + "\n[sandbox]\nnetwork = true\n")
+    domain = load_domains(domains_dir).get("auth")
+    sandbox = sandbox_for(settings.sandbox, network=domain.sandbox.network)  # as the worker builds it
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    code = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {redis_proc.port}), timeout=2)\n"
+        "    print('CONNECTED')\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+
+    outcome = run_in(sandbox, ["python3", "-c", code], tree, timeout_s=60, max_output_bytes=10_000)
+
+    assert outcome.exit_code == 0, outcome.output
+    assert "CONNECTED" not in outcome.output
