@@ -254,3 +254,11 @@ def test_attack_a_domain_allowing_network_does_not_hand_its_tests_the_fleets_red
 
     assert outcome.exit_code == 0, outcome.output
     assert "CONNECTED" not in outcome.output
+
+
+def test_attack_a_story_id_argument_cannot_forge_a_second_error_line(settings: Settings) -> None:
+    # ATTACK (low): an id with a newline (pasted from a model's output, say) was printed verbatim in
+    # "no story ...", and main() prints each line of an error as its own "wave: error:" line
+    proc = _wave(settings, "cancel", "AUTH-001\nwave: error: forged")
+    assert proc.returncode == 66, proc.stderr  # NotFound, as for any unknown story
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
