@@ -9,16 +9,21 @@ import contextlib
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+
+import pytest
 
 from wavefleet.cli import EMBEDDED_DIR
 from wavefleet.config import Settings
 from wavefleet.domains import load_domains
 from wavefleet.embedded import EmbeddedRedis, free_port
 from wavefleet.errors import ConfigError, RedisUnavailableError, StageError
-from wavefleet.lifecycle import Role
+from wavefleet.lifecycle import Role, StoryState
 from wavefleet.sandbox import BwrapSandbox, sandbox_for
+from wavefleet.store import StoryStore
 from wavefleet.stories import Story
+from wavefleet.testing import Processes, run_wave, wait_until
 from wavefleet.watcher import read_reason
 from workers.commands import run_in
 from workers.git import git
@@ -262,3 +267,53 @@ def test_attack_a_story_id_argument_cannot_forge_a_second_error_line(settings: S
     proc = _wave(settings, "cancel", "AUTH-001\nwave: error: forged")
     assert proc.returncode == 66, proc.stderr  # NotFound, as for any unknown story
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def _survivors(token: str) -> list[int]:
+    """Host processes whose command line holds `token`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if token in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.slow
+def test_attack_cancel_kills_a_sandboxed_test_command_that_ignores_signals_and_its_setsid_child(
+    procs: Processes, settings: Settings, store: StoryStore, domains_dir: Path
+) -> None:
+    # ATTACK (held when written; kept as a guard): the QA command ignores SIGTERM/SIGHUP and leaves a
+    # `setsid` child behind; `wave cancel` must still end both within a second
+    token = f"999.{uuid.uuid4().int % 10**9}"
+    script = (
+        "import signal, subprocess, time\n"
+        "for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):\n"
+        "    signal.signal(s, signal.SIG_IGN)\n"
+        f"subprocess.Popen(['setsid', 'sleep', '{token}'])\n"
+        "time.sleep(1000)\n"
+    )
+    (domains_dir / "auth" / "sample" / "attack.py").write_text(script)
+    toml = domains_dir / "auth" / "domain.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            'base_branch = "main"', 'base_branch = "main"\ntest_command = ["{python}", "attack.py"]'
+        )
+    )
+    procs.team("auth")
+    procs.supervisor()
+    store.enqueue([Story(id="AUTH-702", title="attack")], load_domains(domains_dir))
+    wait_until(lambda: _survivors(token), timeout_s=120, message="the setsid child", diagnose=procs.logs)
+
+    assert run_wave(settings, "cancel", "AUTH-702").returncode == 0
+
+    wait_until(
+        lambda: not _survivors(token),
+        timeout_s=1.0,
+        message="the setsid child to be gone",
+        diagnose=procs.logs,
+    )
+    assert store.get("AUTH-702").state is StoryState.CANCELLED
