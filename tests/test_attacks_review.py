@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import subprocess
 import sys
 import uuid
@@ -317,3 +318,41 @@ def test_attack_cancel_kills_a_sandboxed_test_command_that_ignores_signals_and_i
         diagnose=procs.logs,
     )
     assert store.get("AUTH-702").state is StoryState.CANCELLED
+
+
+def test_attack_a_sandboxed_command_cannot_reach_the_operators_terminal_through_stdin(tmp_path: Path) -> None:
+    # ATTACK: `wave up` (and `wave worker` run by hand) start workers on the operator's terminal as
+    # stdin; the test command inherited it (a tty is opened read-write): it could write escape sequences
+    # past every terminal_safe (OSC 52 sets the clipboard) and read what the operator types
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from wavefleet.sandbox import BwrapSandbox\n"
+        "from workers.commands import run_in\n"
+        "attack = 'printf \"\\\\033]52;c;UFdORUQ=\\\\007MARK-ON-TTY\" >&0; echo done'\n"
+        "argv = ['sh', '-c', attack]\n"
+        "out = run_in(BwrapSandbox(), argv, Path(sys.argv[1]), timeout_s=60, max_output_bytes=9999)\n"
+        "print(out.output, file=sys.stderr)\n"
+    )
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(tree)],
+            stdin=secondary,
+            capture_output=True,
+            timeout=60,
+            check=False,
+            cwd=REPO,
+        )
+        assert proc.returncode == 0, proc.stderr
+        os.set_blocking(primary, False)
+        try:
+            seen = os.read(primary, 4096)
+        except BlockingIOError:  # nothing was written to the terminal: the run above has ended
+            seen = b""
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert b"MARK-ON-TTY" not in seen, seen
