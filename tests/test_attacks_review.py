@@ -356,3 +356,35 @@ def test_attack_a_sandboxed_command_cannot_reach_the_operators_terminal_through_
         os.close(primary)
         os.close(secondary)
     assert b"MARK-ON-TTY" not in seen, seen
+
+
+def test_attack_a_domain_file_cannot_seed_its_repository_from_the_fleets_data_dir(
+    settings: Settings, domains_dir: Path
+) -> None:
+    # ATTACK: `repo` may name any plain folder, and seeding copies and commits all of it into every
+    # worktree: `repo = "../../.wave/redis"` (the default data dir, seen from domains/NAME) hands the
+    # embedded Redis's password and AOF to the sandboxed test command (and, with `[sandbox] network`,
+    # the fleet's Redis itself). Same for any folder the worker can read: ~/.ssh, a secrets folder.
+    secret = "the-embedded-redis-password-0123"
+    fleet_files = settings.data_dir / "redis"
+    fleet_files.mkdir(parents=True)
+    (fleet_files / "password").write_text(secret)
+    toml = domains_dir / "auth" / "domain.toml"
+    toml.write_text(toml.read_text().replace('repo = "sample"', f'repo = "{fleet_files}"'))
+    domain = load_domains(domains_dir).get("auth")
+    stage = StageInput(
+        story=Story(id="AUTH-903", title="x"),
+        domain=domain,
+        role=Role.FE,
+        round=1,
+        attempt=1,
+        worker="t",
+        data_dir=settings.data_dir,
+    )
+
+    with contextlib.suppress(StageError):  # refusing the stage is a fine outcome
+        OfflineAgent(Role.FE, BwrapSandbox()).run(stage)
+
+    repos = settings.data_dir / "repos"
+    copied = [p for p in repos.rglob("*") if p.is_file() and secret in p.read_text(errors="replace")]
+    assert copied == []
