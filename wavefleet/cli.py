@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -36,6 +37,7 @@ from .text import terminal_safe
 from .watcher import FILE_SOURCE, HaltFileWatcher, stop_file_present
 
 EMBEDDED_DIR = "redis"
+OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # writing stdout failed
 LAST_CALLS_SHOWN = 10
 # Bounds of the numeric options: far above any real use, low enough for Redis and the clock.
 MAX_RECENT = 100_000
@@ -500,6 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.UNAVAILABLE)
     except BrokenPipeError:
         return _reader_went_away()
+    except OSError as exc:  # `wave status > file` on a full disk: say so in one line
+        if exc.filename is not None or exc.errno not in OUTPUT_ERRORS:  # a bug: keep its traceback
+            raise
+        _drop_pending_output()
+        print(f"wave: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return int(ExitCode.OUTPUT_FAILED)
     except KeyboardInterrupt:
         return 130
 
@@ -508,10 +516,14 @@ def _reader_went_away() -> int:
     """`wave status | head`: the reader has all it wanted. End quietly, with the status a shell gives
     a tool killed by SIGPIPE; what is still buffered goes to /dev/null, or Python would report the
     broken pipe again when it flushes stdout at exit (the way Python's signal docs recommend)."""
+    _drop_pending_output()
+    return int(ExitCode.BROKEN_PIPE)
+
+
+def _drop_pending_output() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return int(ExitCode.BROKEN_PIPE)
 
 
 if __name__ == "__main__":

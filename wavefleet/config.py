@@ -33,8 +33,14 @@ HALT_FILE_NAME = "EMERGENCY-STOP"
 NESTED = "__"
 
 
+# A spending limit above these is no limit; beyond them nano-USD and token sums overflow (1e308 USD is inf).
+MAX_LIMIT_USD = 1_000_000.0
+MAX_LIMIT_TOKENS = 10**12
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf passes gt=0 and le-less bounds: an infinite timeout, price or limit is never meant.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -211,8 +217,8 @@ class LLMSettings(_Section):
 class BudgetSettings(_Section):
     """Fleet-wide hard limits per UTC day; per-story and per-domain limits are in domain.toml."""
 
-    global_daily_usd: float = Field(default=500.0, gt=0)
-    global_daily_tokens: int = Field(default=200_000_000, gt=0)
+    global_daily_usd: float = Field(default=500.0, gt=0, le=MAX_LIMIT_USD)
+    global_daily_tokens: int = Field(default=200_000_000, gt=0, le=MAX_LIMIT_TOKENS)
     warn_fraction: float = Field(default=0.5, gt=0, lt=1)
     critical_fraction: float = Field(default=0.8, gt=0, lt=1)
     reservation_ttl_s: float = Field(default=900.0, gt=0)  # a crashed call's reservation is freed after

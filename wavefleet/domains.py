@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from .config import AnthropicSettings, XaiSettings
+from .config import MAX_LIMIT_TOKENS, MAX_LIMIT_USD, AnthropicSettings, XaiSettings
 from .errors import ConfigError, InvalidInputError
 from .lifecycle import Role
 
@@ -37,10 +37,10 @@ class Team(BaseModel):
 
 class Budgets(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    story_usd: float = Field(default=5.0, gt=0)
-    daily_usd: float = Field(default=100.0, gt=0)
-    story_tokens: int = Field(default=2_000_000, gt=0)
-    daily_tokens: int = Field(default=50_000_000, gt=0)
+    story_usd: float = Field(default=5.0, gt=0, le=MAX_LIMIT_USD)  # also refuses inf (TOML has it)
+    daily_usd: float = Field(default=100.0, gt=0, le=MAX_LIMIT_USD)
+    story_tokens: int = Field(default=2_000_000, gt=0, le=MAX_LIMIT_TOKENS)
+    daily_tokens: int = Field(default=50_000_000, gt=0, le=MAX_LIMIT_TOKENS)
 
 
 class DomainModels(BaseModel):

@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     INVALID_INPUT = 65  # EX_DATAERR: a story, story file or argument value is malformed
     NOT_FOUND = 66  # EX_NOINPUT: no such story or file
     UNAVAILABLE = 69  # EX_UNAVAILABLE: Redis cannot be reached
+    OUTPUT_FAILED = 74  # EX_IOERR: our output could not be written (a full disk, a failing device)
     CONFLICT = 75  # EX_TEMPFAIL: the request clashes with the current state (try again later)
     CONFIG = 78  # EX_CONFIG: a setting or domain file is malformed
     BROKEN_PIPE = 141  # the reader of our output went away (`wave status | head`): as a shell reports SIGPIPE

@@ -20,6 +20,7 @@ from .errors import ConflictError, CorruptStoryError, InvalidInputError, NotFoun
 from .keys import ONCE_TTL_S, Keys
 from .lifecycle import TERMINAL, Event, EventKind, Outcome, Rejected, Role, Snapshot, StoryState, advance
 from .stories import Story
+from .text import terminal_safe
 
 STAGE_CANCELLED = "stage_cancelled"  # a history entry, not a lifecycle event: the cancel was that
 
@@ -234,7 +235,7 @@ return {}
     def get(self, story_id: str) -> StoryRecord:
         data = self.redis.hgetall(self.keys.story(story_id))
         if not data:
-            raise NotFoundError(f"no story {story_id}")
+            raise NotFoundError(f"no story {terminal_safe(story_id)}")  # one line, whatever was typed
         return _record_from(data)
 
     def find(self, story_id: str) -> StoryRecord | None:
@@ -328,7 +329,7 @@ return {}
                     pipe.watch(key)
                     data = pipe.hgetall(key)
                     if not data:
-                        raise NotFoundError(f"no story {story_id}")
+                        raise NotFoundError(f"no story {terminal_safe(story_id)}")
                     outcome = advance(_record_from(data).snapshot, event, self.max_rounds)
                     pipe.multi()
                     self._write_outcome(pipe, story_id, event, outcome, token)

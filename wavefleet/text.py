@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_plus
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -61,7 +62,8 @@ def mask_url(url: str) -> str:
         offset = question + 1
         for part in url[offset:].split("&"):
             name, equals, value = part.partition("=")
-            if equals and _SECRET_NAME.search(name):
+            # redis-py decodes a name before reading it: `p%61ssword` is the password too
+            if equals and _SECRET_NAME.search(unquote_plus(name)):
                 value_start = offset + len(name) + 1
                 hidden[value_start : value_start + len(value)] = [True] * len(value)
             offset += len(part) + 1

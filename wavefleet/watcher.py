@@ -183,9 +183,11 @@ def _read_regular(path: Path) -> bytes | str | None:
     except OSError as exc:  # ELOOP: swapped for a symlink after the lstat
         return _unread(path.name, "opened", exc)
     try:
-        opened = os.fstat(fd).st_mode  # what was opened, whatever the path names by now
-        if not stat.S_ISREG(opened):
-            return _not_regular(path.name, opened)
+        opened = os.fstat(fd)  # what was opened, whatever the path names by now
+        if not stat.S_ISREG(opened.st_mode):
+            return _not_regular(path.name, opened.st_mode)
+        if opened.st_nlink != 1:  # a hard link is a regular file too: to the password file, say
+            return f"{path.name} has {opened.st_nlink} names (a hard link); its content is not read"
         return os.read(fd, MAX_FILE_BYTES + 1)
     except OSError as exc:
         return _unread(path.name, "read", exc)

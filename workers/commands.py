@@ -56,6 +56,7 @@ def run(
         [*prefix, *argv],
         check=False,
         cwd=cwd,
+        stdin=subprocess.DEVNULL,  # never the operator's terminal (see run_capped)
         env=dict(env) if env is not None else None,
         capture_output=True,
         text=True,
@@ -94,8 +95,15 @@ def run_capped(
     if os.sep not in argv[0] and shutil.which(argv[0], path=env.get("PATH")) is None:
         raise FileNotFoundError(f"{argv[0]}: not found on PATH")
     prefix = [SETPRIV, "--pdeathsig", "KILL", "--"] if SETPRIV else []
+    # stdin is never the worker's: under `wave up` that is the operator's terminal, open read-write, where
+    # a command could write escape sequences past every filter and read what the operator types.
     proc = subprocess.Popen(
-        [*prefix, *argv], cwd=cwd, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*prefix, *argv],
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + timeout_s
     with proc:

@@ -94,7 +94,15 @@ class Workspace:
             )
         if (repo / ".git").exists():
             return repo
-        # A sample service shipped as a folder: seed a repository from it, once.
+        # A sample service shipped as a folder: seed a repository from it, once. Only from inside the
+        # domain's own folder: seeding commits all of it into every worktree, and a domain file naming
+        # any folder (the data dir with the Redis password, ~/.ssh) would hand it to the tests.
+        folder = self.domain.folder.resolve()
+        if not repo.resolve().is_relative_to(folder):
+            raise GitError(
+                f"domain {self.domain.name}: {repo} is neither a git repository nor inside {folder}; "
+                "only a domain's own folder is seeded as a repository (make it a git repository)"
+            )
         seed = self.root / "seed"
         if not (seed / ".git").exists():
             self._build(seed, lambda scratch: self._seed(repo, scratch))
