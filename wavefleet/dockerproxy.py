@@ -7,11 +7,14 @@ request is checked on its raw bytes, never after a decoding the daemon might do 
 with `%`, `//`, `.` segments, a backslash or a fragment is refused before any regex runs, and so is a
 body, `Transfer-Encoding` or `Upgrade` where the profile takes none. Each connection carries one
 request: `Connection: close` is forced both ways, so a second (pipelined) request can never ride on
-an allowed one. Responses stream through unchanged, so `logs?follow=1` and `/events` work.
+an allowed one. Responses stream through unchanged, so `logs?follow=1` and `/events` work, except a
+container's inspect, whose `Config.Env` is emptied: compose hands secrets to containers through
+their environment, and whoever reads logs must not read those.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import selectors
 import socket
@@ -66,6 +69,8 @@ READ_ONLY = Profile(
     ),
 )
 PROFILES = {p.name: p for p in (READ_ONLY,)}
+INSPECT = re.compile(API_VERSION + f"/containers/{NAME}/json")
+MAX_INSPECT_BYTES = 4 * 1024 * 1024
 
 
 class Refused(Exception):
@@ -169,6 +174,52 @@ def pump(client: socket.socket, upstream: socket.socket) -> None:
                 client.sendall(data)
 
 
+def read_all(upstream: socket.socket) -> bytes:
+    """The daemon's whole reply (it closes the connection after it: `Connection: close`), bounded."""
+    data = b""
+    while chunk := upstream.recv(CHUNK):
+        data += chunk
+        if len(data) > MAX_INSPECT_BYTES:
+            return refusal(502, "the daemon's inspect reply is too large")
+    return data
+
+
+def without_environment(reply: bytes) -> bytes:
+    """An inspect reply with `Config.Env` emptied; one that cannot be read is not passed on at all."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status, *header_lines = head.split(b"\r\n")
+    if status.split(b" ")[1:2] != [b"200"]:
+        return reply  # 404 and the like: an error message, no container to redact
+    headers = {k.strip().lower(): v.strip().lower() for k, _, v in (h.partition(b":") for h in header_lines)}
+    try:
+        if headers.get(b"transfer-encoding") == b"chunked":
+            body = _dechunked(body)
+        container = json.loads(body)
+        if isinstance(container.get("Config"), dict):
+            container["Config"]["Env"] = []
+    except (ValueError, AttributeError):
+        return refusal(502, "the daemon's inspect reply could not be read")
+    payload = json.dumps(container).encode()
+    return (
+        status
+        + (
+            f"\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        + payload
+    )
+
+
+def _dechunked(body: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)  # ValueError when malformed
+        if size == 0:
+            return out
+        out, body = out + rest[:size], rest[size + 2 :]
+
+
 class _Handler(socketserver.BaseRequestHandler):
     server: DockerProxy
 
@@ -207,7 +258,10 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         with upstream:
             upstream.sendall(request.head + body)
-            pump(conn, upstream)
+            if request.method == "GET" and INSPECT.fullmatch(request.target.partition("?")[0]):
+                conn.sendall(without_environment(read_all(upstream)))
+            else:
+                pump(conn, upstream)
 
 
 class DockerProxy(socketserver.ThreadingTCPServer):

@@ -22,6 +22,9 @@ from wavefleet.embedded import free_port
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
+ENV_SECRET = "secret-in-the-environment-not-for-dozzle"
+
+
 @dataclass
 class Target:
     port: int
@@ -63,6 +66,7 @@ def proxy(base_image: str) -> Iterator[Target]:
     run("docker", "rm", "-f", container, check=False)
     run(
         "docker", "run", "-d", "--name", container, "--label", f"com.docker.compose.project={project}",
+        "--env", f"REDIS_WORKER_PASSWORD={ENV_SECRET}",
         base_image, "sh", "-c", "echo proxied-hello; while sleep 1; do echo tick; done",
     )  # fmt: skip
     port = free_port()
@@ -99,6 +103,22 @@ def test_the_reads_dozzle_makes_pass_through(proxy: Target) -> None:
     assert events[0] == 200
     assert get(proxy.port, "/_ping", "HEAD")[0] == 200
     assert get(proxy.port, "/version")[0] == 200
+
+
+def test_an_inspect_through_the_proxy_shows_no_environment(proxy: Target) -> None:
+    # Given a container whose environment holds a secret, as compose hands secrets to services
+    direct = run("docker", "inspect", "--format", "{{json .Config.Env}}", proxy.container)
+    assert ENV_SECRET in direct.stdout  # the daemon itself has it: the proxy must take it out
+
+    # When a log reader inspects it through the proxy (both API forms)
+    replies = [get(proxy.port, f"{prefix}/containers/{proxy.container}/json") for prefix in ("", "/v1.41")]
+
+    # Then the reply is whole but holds no environment
+    for status, body in replies:
+        container = json.loads(body)
+        assert status == 200 and container["Name"] == f"/{proxy.container}"
+        assert container["Config"]["Env"] == []
+        assert ENV_SECRET.encode() not in body
 
 
 def test_a_followed_log_stream_flows_through(proxy: Target) -> None:
