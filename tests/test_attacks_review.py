@@ -392,3 +392,21 @@ def test_attack_a_domain_file_cannot_seed_its_repository_from_the_fleets_data_di
     repos = settings.data_dir / "repos"
     copied = [p for p in repos.rglob("*") if p.is_file() and secret in p.read_text(errors="replace")]
     assert copied == []
+
+
+def test_attack_a_huge_stop_reason_is_refused_and_the_fleet_not_halted(settings: Settings) -> None:
+    # ATTACK (low): `wave stop --reason` took any length (100 KB stored and printed to every status);
+    # the file's reason is capped at 500 characters, the command's now too
+    proc = subprocess.run(
+        [*WAVE, "stop", "--reason", "x" * 100_000],
+        capture_output=True,
+        text=True,
+        env=_env(settings),
+        timeout=60,
+        check=False,
+        cwd=settings.data_dir.parent,
+    )
+
+    assert proc.returncode == 65, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "at most 500" in proc.stderr
+    assert run_wave(settings, "status").stdout.count("HALTED") == 0

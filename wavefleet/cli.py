@@ -34,7 +34,7 @@ from .sandbox.fleet import summary as sandbox_summary
 from .store import StoryRecord, StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
 from .text import terminal_safe
-from .watcher import FILE_SOURCE, HaltFileWatcher, stop_file_present
+from .watcher import FILE_SOURCE, MAX_REASON_CHARS, HaltFileWatcher, stop_file_present
 
 EMBEDDED_DIR = "redis"
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # writing stdout failed
@@ -208,6 +208,8 @@ def _operator() -> str:
 def cmd_stop(app: App, args: argparse.Namespace) -> int:
     if not args.reason.strip():
         raise InvalidInputError("--reason must say why the fleet is stopped")
+    if len(args.reason) > MAX_REASON_CHARS:
+        raise InvalidInputError(f"--reason is {len(args.reason)} characters: at most {MAX_REASON_CHARS}")
     state = send_halt(app.store.redis, app.settings.keys, args.reason.strip(), _operator())
     _show(f"fleet HALTED: {state.reason} (by {state.by}); `wave resume` or `wave status` to follow")
     return ExitCode.OK

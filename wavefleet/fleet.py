@@ -103,6 +103,7 @@ class Fleet:
         child.process = subprocess.Popen(
             [sys.executable, "-m", "wavefleet.cli", *child.argv],
             env=self.env(child.user),
+            stdin=subprocess.DEVNULL,  # never the operator's terminal: stages read nothing from it
             stdout=child.log,
             stderr=child.log,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - `wave up` runs no threads of its own
