@@ -130,3 +130,21 @@ def test_a_hook_planted_in_the_clone_never_runs(domains: Domains, tmp_path: Path
 
     # Then the hook did not run
     assert not marker.exists()
+
+
+def test_a_worktree_left_locked_by_a_killed_git_is_made_again(domains: Domains, tmp_path: Path) -> None:
+    # Given a worktree whose `git worktree add` was SIGKILLed by a halt: git's "initializing" lock is
+    # left on it and its folder is half made
+    ws = workspace(domains, tmp_path)
+    branch = branch_name("AUTH-001", "fe")
+    tree = ws.worktree(branch)
+    git(ws.clone, "worktree", "lock", "--reason", "initializing", str(tree))
+    (tree / "auth_service").rename(tmp_path / "half-made")
+    (ws.clone / ".git" / "refs" / "heads" / f"{branch}.lock").write_text("")  # a ref update cut off
+
+    # When the stage runs again
+    again = ws.worktree(branch)
+
+    # Then it gets a whole worktree of its branch
+    assert (again / "auth_service" / "tokens.py").is_file()
+    assert git(again, "rev-parse", "--abbrev-ref", "HEAD") == branch

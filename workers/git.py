@@ -146,6 +146,11 @@ class Workspace:
         self.ensure_clone()
         path = self.trees / branch.replace("/", "_")
         with self._locked():
+            # A `git worktree add` killed by a halt or a cancel leaves its "initializing" lock, which
+            # `prune` respects: unlock it, or every later attempt of the stage fails.
+            git(self.clone, "worktree", "unlock", str(path), check=False)
+            # Likewise the branch's ref lock of a killed ref update: the branch is this stage's alone.
+            (self.clone / ".git" / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
             if path.exists():
                 git(self.clone, "worktree", "remove", "--force", str(path), check=False)
                 shutil.rmtree(path, ignore_errors=True)
