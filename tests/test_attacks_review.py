@@ -24,7 +24,7 @@ from wavefleet.lifecycle import Role, StoryState
 from wavefleet.sandbox import BwrapSandbox, sandbox_for
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, run_wave, wait_until
+from wavefleet.testing import Processes, processes_with, run_wave, wait_until
 from wavefleet.watcher import read_reason
 from workers.commands import run_in
 from workers.git import git
@@ -274,19 +274,6 @@ def test_attack_a_story_id_argument_cannot_forge_a_second_error_line(settings: S
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def _survivors(token: str) -> list[int]:
-    """Host processes whose command line holds `token`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if token in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 @pytest.mark.slow
 def test_attack_cancel_kills_a_sandboxed_test_command_that_ignores_signals_and_its_setsid_child(
     procs: Processes, settings: Settings, store: StoryStore, domains_dir: Path
@@ -311,12 +298,12 @@ def test_attack_cancel_kills_a_sandboxed_test_command_that_ignores_signals_and_i
     procs.team("auth")
     procs.supervisor()
     store.enqueue([Story(id="AUTH-702", title="attack")], load_domains(domains_dir))
-    wait_until(lambda: _survivors(token), timeout_s=120, message="the setsid child", diagnose=procs.logs)
+    wait_until(lambda: processes_with(token), timeout_s=120, message="the setsid child", diagnose=procs.logs)
 
     assert run_wave(settings, "cancel", "AUTH-702").returncode == 0
 
     wait_until(
-        lambda: not _survivors(token),
+        lambda: not processes_with(token),
         timeout_s=1.0,
         message="the setsid child to be gone",
         diagnose=procs.logs,

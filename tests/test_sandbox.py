@@ -25,7 +25,7 @@ from wavefleet.sandbox import BwrapSandbox, NoSandbox
 from wavefleet.sandbox.fleet import summary
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, env_of, fast_settings, wait_until
+from wavefleet.testing import Processes, env_of, fast_settings, processes_with, wait_until
 from workers import commands
 
 API_KEY = "sk-ant-test-key-that-must-never-leak"  # a marker, not a credential
@@ -76,19 +76,6 @@ def hostile_domain(domains_dir: Path, script: str, *reads: Path, network: bool =
     if network:
         text += "\n[sandbox]\nnetwork = true\n"
     toml.write_text(text)
-
-
-def survivors(token: str) -> list[int]:
-    """Host processes whose command line holds `token` (the setsid child of an attack)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if token in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def qa_result(store: StoryStore, story_id: str) -> dict[str, Any] | None:
@@ -147,7 +134,7 @@ def test_a_test_command_finds_no_secret_no_redis_no_fleet_file_and_leaves_no_sur
     assert found["redis"] in ("ConnectionRefusedError", "OSError")
     assert found["child_alive"] is True
     # The child would sleep 1000 s; bwrap's PID namespace ends it when the command ends, at once.
-    wait_until(lambda: not survivors(token), timeout_s=5, message="the setsid child to be gone")
+    wait_until(lambda: not processes_with(token), timeout_s=5, message="the setsid child to be gone")
 
 
 @pytest.mark.slow
@@ -160,13 +147,13 @@ def test_a_halt_kills_the_sandboxed_command_and_its_setsid_child(
     procs.team("auth")
     procs.supervisor()
     store.enqueue([Story(id="AUTH-701", title="attack")], load_domains(settings.domains_dir))
-    wait_until(lambda: survivors(token), timeout_s=120, message="the setsid child", diagnose=procs.logs)
+    wait_until(lambda: processes_with(token), timeout_s=120, message="the setsid child", diagnose=procs.logs)
 
     # When the fleet is halted
     send_halt(redis, settings.keys, "test", "test")
 
     # Then the command and its detached child are gone (else they would live 1000 s)
-    wait_until(lambda: not survivors(token), timeout_s=5, message="the setsid child to be gone")
+    wait_until(lambda: not processes_with(token), timeout_s=5, message="the setsid child to be gone")
 
 
 def test_bwrap_keeps_only_the_tail_of_endless_output_and_kills_on_timeout(tmp_path: Path) -> None:
