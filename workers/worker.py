@@ -28,6 +28,7 @@ from wavefleet.connection import connect
 from wavefleet.domains import Domain
 from wavefleet.halt import HaltListener, HaltState, read_halt, record_ack
 from wavefleet.lifecycle import Role
+from wavefleet.processes import die_with_parent
 from wavefleet.sandbox import UNSANDBOXED, Sandbox, sandbox_for
 from wavefleet.sandbox import fleet as fleet_sandbox
 from wavefleet.store import StoryStore
@@ -204,7 +205,7 @@ class WaveWorker(Worker):
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         # If this worker dies (even by SIGKILL) its horse must die too, or the stage would run twice.
-        commands.die_with_parent()
+        die_with_parent()
         super().main_work_horse(job, queue)
 
 
