@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import re
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_origin
@@ -327,15 +328,23 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
-def _known_variables() -> set[str]:
-    names = set()
+def _variables() -> Iterator[tuple[str, Any]]:
+    """Every WAVE_* variable the settings read, with its field's type (a whole section's too)."""
     for name, field in Settings.model_fields.items():
         top = f"{ENV_PREFIX}{name.upper()}"
-        names.add(top)
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names.update(f"{top}{NESTED}{sub.upper()}" for sub in annotation.model_fields)
-    return names
+        section = field.annotation
+        yield top, section
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            for sub, sub_field in section.model_fields.items():
+                yield f"{top}{NESTED}{sub.upper()}", sub_field.annotation
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _known_variables() -> set[str]:
+    return {name for name, _ in _variables()}
 
 
 def _refuse_unknown_variables() -> None:
@@ -367,18 +376,10 @@ def _refuse_duplicate_json_keys() -> None:
 
 
 def _json_variables() -> set[str]:
-    """The variables pydantic-settings decodes as JSON: whole sections, and mappings or lists in one
-    (never a secret, whose text must not appear in an error)."""
-    names = set()
-    for name, field in Settings.model_fields.items():
-        top = f"{ENV_PREFIX}{name.upper()}"
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names.add(top)
-            for sub, sub_field in annotation.model_fields.items():
-                if get_origin(sub_field.annotation) in (dict, list, tuple, set):
-                    names.add(f"{top}{NESTED}{sub.upper()}")
-    return names
+    """The variables pydantic-settings decodes as JSON: whole sections, and mappings or lists (never
+    a secret, whose text must not appear in an error)."""
+    collections = (dict, list, tuple, set)
+    return {name for name, kind in _variables() if _is_section(kind) or get_origin(kind) in collections}
 
 
 def _describe(exc: ValidationError) -> str:
