@@ -200,7 +200,10 @@ class LLMSettings(_Section):
     # offline: "auto" answers offline only when no provider has a key (and says so in every result
     # and log line); "always" answers every call offline (tests, demo); "never" refuses to.
     offline: Literal["auto", "always", "never"] = "auto"
-    routes: dict[str, Literal["anthropic", "xai"]] = {}  # task kind -> provider, over the built-in table
+    routes: dict[str, str] = {}  # task kind -> provider, over the built-in table
+    # Where a call goes when its provider fails (in a way that is the provider's fault) or has no
+    # key: the next keyed providers in this order, each behind its breaker; never offline.
+    fallback_order: list[str] = ["anthropic", "xai"]
     max_tokens: int = Field(default=4096, ge=1)
     cache_enabled: bool = True
     cache_ttl_s: int = Field(default=86_400, ge=1)
@@ -213,6 +216,23 @@ class LLMSettings(_Section):
     rate_wait_max_s: float = Field(default=30.0, ge=0)  # longer than this: fail with RateLimitedError
     rate_penalty_s: float = Field(default=5.0, ge=0)  # pause after a provider 429 with no retry-after
     estimate_bytes_per_token: float = Field(default=3.0, gt=0)  # 1.0 makes estimates an upper bound
+
+    @field_validator("routes")
+    @classmethod
+    def _routed_to_registered(cls, routes: dict[str, str]) -> dict[str, str]:
+        from .llm.registry import check_known  # noqa: PLC0415 - the registry reads no settings: no cycle
+
+        for provider in routes.values():
+            check_known(provider)
+        return routes
+
+    @field_validator("fallback_order")
+    @classmethod
+    def _registered_once(cls, order: list[str]) -> list[str]:
+        from .llm.registry import check_order  # noqa: PLC0415 - the registry reads no settings: no cycle
+
+        check_order(order)
+        return order
 
 
 class BudgetSettings(_Section):

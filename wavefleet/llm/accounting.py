@@ -28,7 +28,7 @@ def call_entry(response: LLMResponse, *, role: str, at: float | None = None) -> 
         "at": f"{time.time() if at is None else at:.6f}",
         "task": response.task.value,
         "role": role,
-        "provider": response.provider.value,
+        "provider": str(response.provider),
         "model": response.model,
         "input_tokens": str(usage.input_tokens),
         "output_tokens": str(usage.output_tokens),
@@ -38,7 +38,7 @@ def call_entry(response: LLMResponse, *, role: str, at: float | None = None) -> 
         "latency_ms": f"{response.latency_ms:.1f}",
         "cache_hit": "1" if response.cache_hit else "0",
         "offline": "1" if response.offline else "0",
-        "fallback_from": response.fallback_from.value if response.fallback_from else "",
+        "fallback_from": str(response.fallback_from or ""),
     }
 
 

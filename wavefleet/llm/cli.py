@@ -141,7 +141,7 @@ def _print_response(client: LLMClient, response: LLMResponse, ttl_s: int) -> Non
         print(f"{'mode:':<10}OFFLINE: {client.mode()}")
     else:
         print(f"{'mode:':<10}{client.mode()}")
-    fallback = f" (fallback from {response.fallback_from.value})" if response.fallback_from else ""
+    fallback = f" (fallback from {response.fallback_from})" if response.fallback_from else ""
     print(f"{'provider:':<10}{response.label}{fallback}")
     print(
         f"{'tokens:':<10}in {usage.input_tokens:,} (cache read {usage.cache_read_tokens:,}, write "
@@ -174,10 +174,10 @@ def cmd_llm_status(app: AppLike, args: argparse.Namespace) -> int:
     print(f"mode: {client.mode()}")
     for task in TaskKind:
         print(
-            f"  {task.value:<24} -> {client.router.routed(task).value}"
+            f"  {task.value:<24} -> {client.router.routed(task)}"
             f"{'' if client.router.routed(task) == DEFAULT_ROUTES[task] else ' (WAVE_LLM__ROUTES)'}"
         )
-    for name in ("anthropic", "xai"):
+    for name in client.router.registered:
         breaker = client.breakers.snapshot(name)
         bucket = client.limiter.snapshot(name)
         opened = float(breaker.get("open_until", 0)) / 1000

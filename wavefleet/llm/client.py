@@ -9,22 +9,23 @@ estimated cost reserved on every budget scope (story, domain today, fleet today:
 BudgetExceededError holds the story) and a first try at the rate limit (bounded waits after it);
 then the provider; (3) settle budget and rate limit, close the breaker, store the reply, count the
 miss and record the call on the story. A failure that is the provider's fault counts towards its
-breaker, frees the reservation, and the same call is tried once on the other provider; a request
-the provider refused as invalid is raised as it is. Offline answers only as `llm.offline` says.
+breaker, frees the reservation, and the same call is tried on the next keyed provider of
+`llm.fallback_order` whose breaker lets it; a request the provider refused as invalid is raised as it
+is. Providers come from the registry (`registry.py`). Offline answers only as `llm.offline` says.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from redis import Redis
 
 from ..budget import Budget, Reservation, scopes_for
-from ..config import AnthropicSettings, Settings, XaiSettings
+from ..config import Settings
 from ..domains import Domain, Domains, load_domains
 from ..errors import BudgetExceededError, InvalidInputError, ProviderError, ProviderRateLimitedError
 from ..logs import get as get_log
@@ -35,6 +36,7 @@ from .cache import ResponseCache, canonical_json, request_digest
 from .offline import OfflineProvider
 from .pricing import Estimate, Prices, estimate, to_nusd
 from .ratelimit import Limit, RateLimiter
+from .registry import ProviderSection, Registration, registered
 from .router import Route, Router, parse_routes
 from .types import Completion, LLMRequest, LLMResponse, Provider, ProviderName, TaskKind
 
@@ -103,33 +105,31 @@ class LLMClient:
         redis: Redis,
         *,
         domains: Domains | None = None,
-        providers: Mapping[ProviderName, Provider] | None = None,
+        providers: Mapping[str, Provider] | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.keys = settings.keys
         self._domains = domains
         self._injected = dict(providers or {})  # tests and benchmarks may pass their own
-        self._built: dict[tuple[ProviderName, str], Provider] = {}
-        self._sections: dict[tuple[ProviderName, str], AnthropicSettings | XaiSettings] = {}
+        self._built: dict[tuple[str, str], Provider] = {}
+        self._sections: dict[tuple[str, str], ProviderSection] = {}
         self._pid = os.getpid()
         llm = settings.llm
+        providers_now = registered()
         self.breakers = Breakers(
             redis,
             self.keys,
             threshold=llm.failures_to_fallback,
             cooldown_s=llm.cooldown_s,
-            probe_ttl_s=_longest_call_s(settings),
+            probe_ttl_s=_longest_call_s(settings, providers_now.values()),
         )
         self.router = Router(settings, self.breakers)
         self.cache = ResponseCache(redis, self.keys, ttl_s=llm.cache_ttl_s, enabled=llm.cache_enabled)
         self.limiter = RateLimiter(
             redis,
             self.keys,
-            {
-                ProviderName.ANTHROPIC: Limit(llm.anthropic_requests_per_min, llm.anthropic_tokens_per_min),
-                ProviderName.XAI: Limit(llm.xai_requests_per_min, llm.xai_tokens_per_min),
-            },
+            {name: Limit(*r.limits(settings)) for name, r in providers_now.items()},
             max_wait_s=llm.rate_wait_max_s,
         )
         self.budget = Budget(redis, self.keys, settings.budgets)
@@ -141,11 +141,9 @@ class LLMClient:
         if self.router.offline_mode == "always":
             return "offline provider for every call (WAVE_LLM__OFFLINE=always); no model is called"
         if self.router.offline:
-            return (
-                "no API key set (WAVE_ANTHROPIC__API_KEY, WAVE_XAI__API_KEY): deterministic offline "
-                "replies, no model is called"
-            )
-        return "live: " + ", ".join(sorted(p.value for p in self.router.keyed))
+            variables = ", ".join(r.key_variable for r in self.router.registered.values())
+            return f"no API key set ({variables}): deterministic offline replies, no model is called"
+        return "live: " + ", ".join(sorted(self.router.keyed))
 
     def preload(self) -> None:
         """Import the SDKs of the keyed providers now (anthropic takes seconds to import).
@@ -153,10 +151,9 @@ class LLMClient:
         A forking worker calls this once before it forks, so no job pays the import; SDK clients
         themselves (sockets, gRPC channels) are still built after the fork, on first use.
         """
-        if ProviderName.ANTHROPIC in self.router.keyed and not self.router.offline:
-            from . import anthropic_provider  # noqa: F401, PLC0415
-        if ProviderName.XAI in self.router.keyed and not self.router.offline:
-            from . import xai_provider  # noqa: F401, PLC0415
+        if not self.router.offline:
+            for name in sorted(self.router.keyed):
+                self.router.registered[name].preload()
 
     def for_story(self, story: str, domain: str, role: str) -> StoryLLM:
         return StoryLLM(self, story, domain, role)
@@ -174,12 +171,12 @@ class LLMClient:
                 replace(first, route=Route(primary, probe=state[0] is BreakerState.PROBE)), cached
             )
         failure: ProviderError | None = None
-        for index, planned in enumerate(self.router.plan(primary, state)):
-            route = planned if index == 0 else self.router.check_fallback(planned)
+        for planned in self.router.plan(primary, state):
+            route = self.router.check_fallback(planned) if planned.fallback_from else planned
             if route is None:
-                break
+                continue  # this fallback's breaker is open too: the next one in the order
             try:
-                if route.provider is primary:
+                if route.provider == primary:
                     return self._attempt(replace(first, route=route), None)
                 at = self._on(route, request, dom, story, role)
                 return self._attempt(at, self._look_up(at, breaker=False)[1])
@@ -187,8 +184,7 @@ class LLMClient:
                 if not exc.counts:
                     raise
                 failure = exc
-        assert failure is not None
-        raise failure
+        raise failure if failure is not None else self.router.exhausted(primary, state)
 
     def _on(
         self, route: Route, request: LLMRequest, dom: Domain | None, story: str | None, role: str
@@ -196,7 +192,7 @@ class LLMClient:
         provider = self._provider(route.provider, dom)
         max_tokens = request.max_tokens or self.settings.llm.max_tokens
         canonical = canonical_json(request)
-        digest = request_digest(provider.name.value, provider.model, max_tokens, canonical)
+        digest = request_digest(str(provider.name), provider.model, max_tokens, canonical)
         return _Attempt(route, provider, request, dom, story, role, max_tokens, digest, len(canonical))
 
     def _look_up(
@@ -204,8 +200,8 @@ class LLMClient:
     ) -> tuple[tuple[BreakerState, float], Completion | None]:
         """One round trip: the provider's breaker state for this caller and its cache entry."""
         batch = Batch(self.redis)
-        real = breaker and at.provider.name is not ProviderName.OFFLINE
-        state_index = self.breakers.queue_state(batch, at.provider.name.value) if real else None
+        real = breaker and at.provider.name != ProviderName.OFFLINE
+        state_index = self.breakers.queue_state(batch, str(at.provider.name)) if real else None
         entry_index = self.cache.queue_get(batch, at.digest) if at.request.use_cache else None
         replies = batch.execute() if batch.queued else []
         state = parse_state(replies[state_index]) if state_index is not None else (BreakerState.CLOSED, 0.0)
@@ -226,7 +222,7 @@ class LLMClient:
             self._unprobed(at.route)
             raise
         try:
-            self.limiter.acquire(at.provider.name.value, est.tokens, first=first_try)
+            self.limiter.acquire(str(at.provider.name), est.tokens, first=first_try)
             started = time.perf_counter()
             completion = at.provider.complete(at.request, at.max_tokens)
             latency_ms = (time.perf_counter() - started) * 1000
@@ -244,7 +240,7 @@ class LLMClient:
 
     def _reserve(self, at: _Attempt, est: Estimate) -> tuple[Reservation, int | None]:
         """One round trip: reserve the estimate on every budget scope and try the rate limit."""
-        name = at.provider.name.value
+        name = str(at.provider.name)
         scopes = scopes_for(self.settings.budgets, story=at.story, domain=at.domain, at=time.time())
         batch = Batch(self.redis)
         reserved, reservation = self.budget.queue_reserve(batch, scopes, est.cost_nusd, est.tokens)
@@ -262,15 +258,15 @@ class LLMClient:
 
     def _count_miss(self, at: _Attempt, target: Redis | Batch) -> None:
         if at.request.use_cache:  # a request that skipped the cache did not miss it
-            self.cache.count(target, provider=at.provider.name.value, role=at.role, hit=False)
+            self.cache.count(target, provider=str(at.provider.name), role=at.role, hit=False)
 
     def _unprobed(self, route: Route) -> None:
         """This call was the probe but never reached the provider: let another call probe."""
         if route.probe:
-            self.breakers.release_probe(route.provider.value)
+            self.breakers.release_probe(str(route.provider))
 
     def _failed(self, at: _Attempt, exc: ProviderError) -> None:
-        name = at.provider.name.value
+        name = str(at.provider.name)
         if isinstance(exc, ProviderRateLimitedError):
             self.limiter.penalize(name, exc.retry_after_s or self.settings.llm.rate_penalty_s)
         if not exc.counts:
@@ -288,12 +284,12 @@ class LLMClient:
 
     def _settle(self, at: _Attempt, response: LLMResponse, spend: _Spend) -> None:
         """Everything after a successful provider call, in one round trip."""
-        name, tokens = response.provider.value, response.usage.total_tokens
+        name, tokens = str(response.provider), response.usage.total_tokens
         batch = Batch(self.redis)
         cost = to_nusd(response.cost_usd)
         settled = self.budget.settle(spend.reservation, cost, tokens, story=at.story, batch=batch)
         self.limiter.settle(name, spend.estimate.tokens, tokens, batch=batch)
-        if response.provider is not ProviderName.OFFLINE:
+        if response.provider != ProviderName.OFFLINE:
             self.breakers.success(name, probe=at.route.probe, batch=batch)
         self.cache.put(at.digest, spend.completion, batch=batch)
         self._count_miss(at, batch)
@@ -306,7 +302,7 @@ class LLMClient:
     def _cache_hit(self, at: _Attempt, cached: Completion) -> LLMResponse:
         response = at.response(cached, 0.0, 0.0, cache_hit=True)
         batch = Batch(self.redis)
-        self.cache.count(batch, provider=response.provider.value, role=at.role, hit=True)
+        self.cache.count(batch, provider=str(response.provider), role=at.role, hit=True)
         if at.story:
             record_call(batch, self.keys, at.story, call_entry(response, role=at.role))
         batch.execute()
@@ -317,7 +313,7 @@ class LLMClient:
         event = "llm call (OFFLINE: no model was called)" if response.offline else "llm call"
         get_log(story=at.story or "-").info(
             event,
-            provider=response.provider.value,
+            provider=str(response.provider),
             model=response.model,
             offline=response.offline,
             task=response.task.value,
@@ -326,11 +322,11 @@ class LLMClient:
             cost_usd=round(response.cost_usd, 6),
             cache_hit=response.cache_hit,
             latency_ms=round(response.latency_ms, 1),
-            fallback_from=response.fallback_from.value if response.fallback_from else None,
+            fallback_from=str(response.fallback_from) if response.fallback_from else None,
         )
 
     # Configuration --------------------------------------------------------------------------------
-    def _routes(self, dom: Domain | None) -> dict[TaskKind, ProviderName] | None:
+    def _routes(self, dom: Domain | None) -> dict[TaskKind, str] | None:
         return parse_routes(dom.models.routes, f"{dom.folder}/domain.toml [models.routes]") if dom else None
 
     def _domain(self, story: str | None, domain: str | None) -> Domain | None:
@@ -343,55 +339,39 @@ class LLMClient:
             raise InvalidInputError(f"story {story} belongs to domain {found.name}, not {domain}")
         return found
 
-    def _section(self, name: ProviderName, dom: Domain | None) -> AnthropicSettings | XaiSettings:
+    def _section(self, name: str, dom: Domain | None) -> ProviderSection:
         """The provider's settings with the domain's `[models]` overrides applied (built once each)."""
         key = (name, dom.name if dom else "")
         if key not in self._sections:
-            if name is ProviderName.ANTHROPIC:
-                override = dom.models.anthropic if dom else {}
-                section: Any = AnthropicSettings.model_validate({**dict(self.settings.anthropic), **override})
-            else:
-                override = dom.models.xai if dom else {}
-                section = XaiSettings.model_validate({**dict(self.settings.xai), **override})
-            self._sections[key] = section
+            registration = self.router.registered[name]
+            base: Any = registration.section(self.settings)
+            override = registration.domain_overrides(dom) if dom else {}
+            self._sections[key] = type(base).model_validate({**dict(base), **override}) if override else base
         return self._sections[key]
 
-    def _prices(self, name: ProviderName, dom: Domain | None) -> Prices:
-        return FREE if name is ProviderName.OFFLINE else Prices.of(self._section(name, dom))
+    def _prices(self, name: str, dom: Domain | None) -> Prices:
+        return FREE if name == ProviderName.OFFLINE else Prices.of(self._section(name, dom))
 
-    def _provider(self, name: ProviderName, dom: Domain | None) -> Provider:
+    def _provider(self, name: str, dom: Domain | None) -> Provider:
         if name in self._injected:
             return self._injected[name]
         if os.getpid() != self._pid:  # forked: gRPC channels and HTTP pools must not cross a fork
             self._built.clear()
             self._pid = os.getpid()
-        overrides: dict[str, Any] = {}
-        if dom is not None:
-            overrides = dom.models.anthropic if name is ProviderName.ANTHROPIC else dom.models.xai
-        cache_key = (name, repr(sorted(overrides.items())))
+        if name == ProviderName.OFFLINE:
+            return self._built.setdefault((name, ""), OfflineProvider())
+        registration = self.router.registered[name]
+        overrides = registration.domain_overrides(dom) if dom else {}
+        cache_key = (name, repr(sorted(overrides.items())))  # domains with the same overrides share it
         if cache_key not in self._built:
-            self._built[cache_key] = _build(
-                name, self._section(name, dom) if name is not ProviderName.OFFLINE else None
-            )
+            self._built[cache_key] = registration.build(self._section(name, dom))
         return self._built[cache_key]
 
 
-def _build(name: ProviderName, section: Any) -> Provider:
-    # Each SDK is imported only when its provider is first used: an offline fleet never loads them.
-    if name is ProviderName.ANTHROPIC:
-        from .anthropic_provider import AnthropicProvider  # noqa: PLC0415
-
-        return AnthropicProvider(section)
-    if name is ProviderName.XAI:
-        from .xai_provider import XaiProvider  # noqa: PLC0415
-
-        return XaiProvider(section)
-    return OfflineProvider()
-
-
-def _longest_call_s(settings: Settings) -> float:
+def _longest_call_s(settings: Settings, providers: Iterable[Registration]) -> float:
     """How long one provider call may take with the SDK's retries: the probe's lock lasts that long."""
-    return max(s.timeout_s * (s.max_retries + 1) for s in (settings.anthropic, settings.xai)) + 5.0
+    sections = [r.section(settings) for r in providers]
+    return max((s.timeout_s * (s.max_retries + 1) for s in sections), default=0.0) + 5.0
 
 
 def _cost(completion: Completion, prices: Prices) -> float:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..config import AnthropicSettings, XaiSettings
 from .types import Usage
+
+if TYPE_CHECKING:
+    from .registry import ProviderSection
 
 NANO = 1_000_000_000
 PER_MILLION = 1_000_000
@@ -28,7 +31,8 @@ class Prices:
     cache_write: float
 
     @classmethod
-    def of(cls, section: AnthropicSettings | XaiSettings) -> Prices:
+    def of(cls, section: ProviderSection) -> Prices:
+        # a provider with no cache-write price (xAI caches by itself) pays its input price
         write = getattr(section, "price_cache_write_per_mtok_usd", section.price_input_per_mtok_usd)
         return cls(
             section.price_input_per_mtok_usd,

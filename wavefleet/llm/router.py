@@ -1,9 +1,10 @@
-"""Which provider answers a call: the task-kind table, per-domain routes, keys, offline, breakers.
+"""Which provider answers a call: the task-kind table, per-domain routes, keys, fallback order, breakers.
 
 The router returns the providers to try, in order: the routed one, then (only if that one fails in a
-way that is the provider's fault) the other. A provider with no key is skipped; a provider whose
-breaker is open is skipped until its cool-down passes and a probe call succeeds. The offline provider
-is chosen only as the `llm.offline` setting says, never because a real provider failed.
+way that is the provider's fault) the next keyed providers of `llm.fallback_order`. A provider with
+no key is skipped; a provider whose breaker is open is skipped until its cool-down passes and a probe
+call succeeds. Providers are known by name from the registry (`registry.py`). The offline provider is
+chosen only as the `llm.offline` setting says, never because a real provider failed.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from ..config import Settings
 from ..errors import ConfigError, NoProviderError
 from .breaker import Breakers, BreakerState
-from .types import ProviderName, TaskKind
+from .registry import Registration, check_known, registered
+from .types import ProviderName, TaskKind, provider_name
 
 A, X = ProviderName.ANTHROPIC, ProviderName.XAI
-DEFAULT_ROUTES: dict[TaskKind, ProviderName] = {
+DEFAULT_ROUTES: dict[TaskKind, str] = {
     TaskKind.CONSTITUTIONAL_CHECK: X,
     TaskKind.CTO_REVIEW: X,
     TaskKind.SAFETY_PROBE: X,
@@ -27,25 +29,30 @@ DEFAULT_ROUTES: dict[TaskKind, ProviderName] = {
     TaskKind.QA_ANALYSIS: A,
     TaskKind.DOCUMENTATION: A,
 }
-OTHER = {A: X, X: A}
 
 
 @dataclass(frozen=True)
 class Route:
-    provider: ProviderName
+    provider: str
     probe: bool = False  # this call is the probe of a breaker whose cool-down has passed
-    fallback_from: ProviderName | None = None
+    fallback_from: str | None = None
 
 
-def parse_routes(raw: Mapping[str, str], where: str) -> dict[TaskKind, ProviderName]:
-    """Route overrides from settings or domain.toml; an unknown task kind is a configuration error."""
+def parse_routes(raw: Mapping[str, str], where: str) -> dict[TaskKind, str]:
+    """Route overrides from settings or domain.toml; an unknown task kind or provider is a configuration
+    error."""
     routes = {}
     for task, provider in raw.items():
         try:
-            routes[TaskKind(task)] = ProviderName(provider)
+            kind = TaskKind(task)
         except ValueError:
             kinds = ", ".join(k.value for k in TaskKind)
             raise ConfigError(f"{where}: unknown task kind {task!r} (known: {kinds})") from None
+        try:
+            check_known(provider)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {task}: {exc}") from None
+        routes[kind] = provider_name(provider)
     return routes
 
 
@@ -53,7 +60,9 @@ class Router:
     def __init__(self, settings: Settings, breakers: Breakers) -> None:
         self.offline_mode = settings.llm.offline
         self.breakers = breakers
-        self.keyed = {p for p, s in ((A, settings.anthropic), (X, settings.xai)) if s.api_key is not None}
+        self.registered: dict[str, Registration] = registered()
+        self.keyed = {n for n, r in self.registered.items() if r.section(settings).api_key is not None}
+        self.order = [provider_name(n) for n in settings.llm.fallback_order]
         self.routes = {**DEFAULT_ROUTES, **parse_routes(settings.llm.routes, "WAVE_LLM__ROUTES")}
 
     @property
@@ -61,48 +70,58 @@ class Router:
         """True when every call is answered by the offline provider."""
         return self.offline_mode == "always" or (self.offline_mode == "auto" and not self.keyed)
 
-    def routed(
-        self, task: TaskKind, overrides: Mapping[TaskKind, ProviderName] | None = None
-    ) -> ProviderName:
+    def routed(self, task: TaskKind, overrides: Mapping[TaskKind, str] | None = None) -> str:
         """The provider the tables name for `task` (before keys and breakers are considered)."""
         return {**self.routes, **(overrides or {})}[task]
 
-    def primary(
-        self, task: TaskKind, overrides: Mapping[TaskKind, ProviderName] | None = None
-    ) -> ProviderName:
+    def primary(self, task: TaskKind, overrides: Mapping[TaskKind, str] | None = None) -> str:
         """The provider a call goes to if its breaker lets it: offline, the routed one, or, when the
-        routed one has no key, the keyed one. Raises NoProviderError if no provider may answer."""
+        routed one has no key, the first keyed one of the fallback order. Raises NoProviderError if
+        no provider may answer."""
         if self.offline:
             return ProviderName.OFFLINE
+        routed = self.routed(task, overrides)
+        for name in (routed, *self.order):
+            if name in self.keyed:
+                return name
+        variables = " or ".join(r.key_variable for r in self.registered.values())
         if not self.keyed:
             raise NoProviderError(
-                "no model provider has an API key (set WAVE_ANTHROPIC__API_KEY or "
-                "WAVE_XAI__API_KEY), and WAVE_LLM__OFFLINE=never forbids offline replies"
+                f"no model provider has an API key (set {variables}), and WAVE_LLM__OFFLINE=never "
+                "forbids offline replies"
             )
-        routed = self.routed(task, overrides)
-        return routed if routed in self.keyed else OTHER[routed]
+        raise NoProviderError(
+            f"{routed} has no key and no keyed provider is in WAVE_LLM__FALLBACK_ORDER "
+            f"({', '.join(self.order) or 'empty'})"
+        )
 
-    def plan(self, primary: ProviderName, state: tuple[BreakerState, float]) -> list[Route]:
-        """The providers to try, in order, given the primary's breaker `state` for this caller."""
-        if primary is ProviderName.OFFLINE:
+    def fallbacks(self, primary: str) -> list[Route]:
+        """The keyed providers after `primary` in the fallback order (breakers not yet consulted)."""
+        return [Route(n, fallback_from=primary) for n in self.order if n != primary and n in self.keyed]
+
+    def plan(self, primary: str, state: tuple[BreakerState, float]) -> list[Route]:
+        """The providers to try, in order, given the primary's breaker `state` for this caller; each
+        fallback's own breaker is consulted (`check_fallback`) only when the call reaches it."""
+        if primary == ProviderName.OFFLINE:
             return [Route(primary)]
-        other = OTHER[primary] if OTHER[primary] in self.keyed else None
+        others = self.fallbacks(primary)
         breaker, left_s = state
         if breaker is not BreakerState.OPEN:
-            first = Route(primary, probe=breaker is BreakerState.PROBE)
-            return [first, Route(other, fallback_from=primary)] if other else [first]
-        if other is None:
+            return [Route(primary, probe=breaker is BreakerState.PROBE), *others]
+        if not others:
             raise NoProviderError(
-                f"{primary.value} is failing (fallback for {left_s:.0f} s more) and no "
-                "other provider has a key"
+                f"{primary} is failing (fallback for {left_s:.0f} s more) and no other provider has a key"
             )
-        fallback = self.check_fallback(Route(other, fallback_from=primary))
-        if fallback is None:
-            raise NoProviderError(
-                f"both providers are failing ({primary.value} for {left_s:.0f} s more, and "
-                f"{other.value}); the call was not sent"
-            )
-        return [fallback]
+        return others
+
+    def exhausted(self, primary: str, state: tuple[BreakerState, float]) -> NoProviderError:
+        """The error of a call that no provider could take: the primary's breaker is open and so is
+        every fallback's."""
+        others = ", ".join(r.provider for r in self.fallbacks(primary))
+        return NoProviderError(
+            f"every provider is failing ({primary} for {state[1]:.0f} s more, and {others}); "
+            "the call was not sent"
+        )
 
     def check_fallback(self, route: Route) -> Route | None:
         """A fallback route if its own breaker lets it through now, else None."""

@@ -7,15 +7,30 @@ Agents build an `LLMRequest` (system prompt, messages, tools, max tokens) and ge
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class ProviderName(StrEnum):
+    """The built-in providers; others are registered by name (`wavefleet.llm.registry`)."""
+
     ANTHROPIC = "anthropic"
     XAI = "xai"
     OFFLINE = "offline"
+
+
+def provider_name(name: str) -> str:
+    """A built-in provider's name as its enum member, any other (registered) name as it is."""
+    try:
+        return ProviderName(name)
+    except ValueError:
+        return name
+
+
+# A provider's name in a reply: `ProviderName.XAI` for the built-ins (so `is` comparisons hold), the
+# plain name for a registered third provider.
+ProviderId = Annotated[str, AfterValidator(provider_name)]
 
 
 class TaskKind(StrEnum):
@@ -119,7 +134,7 @@ class Completion(_Model):
 class LLMResponse(_Model):
     """One answered call, as agents see it and as it is recorded on the story."""
 
-    provider: ProviderName
+    provider: ProviderId
     model: str
     task: TaskKind
     text: str
@@ -130,18 +145,22 @@ class LLMResponse(_Model):
     latency_ms: float = 0.0  # time in the provider (0 for a cache hit)
     cache_hit: bool = False
     offline: bool = False
-    fallback_from: ProviderName | None = None  # set when the routed provider failed or its breaker was open
+    fallback_from: ProviderId | None = None  # set when the routed provider failed or its breaker was open
 
     @property
     def label(self) -> str:
         """``anthropic claude-sonnet-4-5``, or ``OFFLINE offline-echo`` so no one mistakes it for a model."""
-        return f"{'OFFLINE' if self.offline else self.provider.value} {self.model}"
+        return f"{'OFFLINE' if self.offline else self.provider} {self.model}"
 
 
 class Provider(Protocol):
     """A model service behind the fleet's one interface. Raise ProviderError, never an SDK error."""
 
-    name: ProviderName
     model: str
+
+    @property
+    def name(self) -> str:
+        """Its registered name."""
+        ...
 
     def complete(self, request: LLMRequest, max_tokens: int) -> Completion: ...
