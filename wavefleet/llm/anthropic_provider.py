@@ -50,7 +50,9 @@ class AnthropicProvider:
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": max_tokens,
-            "messages": [_message(m) for m in request.messages],
+            # a turn left with no block (blank text, no calls) is dropped: the API refuses an empty
+            # turn, and joins the two user turns around it into one
+            "messages": [m for m in map(_message, request.messages) if m["content"]],
         }
         if request.system:
             block: dict[str, Any] = {"type": "text", "text": request.system}
@@ -72,11 +74,13 @@ class AnthropicProvider:
 
 
 def _message(message: Message) -> dict[str, Any]:
+    """One turn as content blocks: tool results first (the API requires them to lead a user turn),
+    then the text, then tool calls. No text block for empty or blank text: the API refuses those."""
     blocks: list[dict[str, Any]] = [
         {"type": "tool_result", "tool_use_id": r.tool_call_id, "content": r.content, "is_error": r.is_error}
         for r in message.tool_results
     ]
-    if message.text:
+    if message.text.strip():
         blocks.append({"type": "text", "text": message.text})
     blocks.extend(
         {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in message.tool_calls

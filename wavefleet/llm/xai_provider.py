@@ -96,16 +96,27 @@ def _retry_options(max_retries: int) -> list[tuple[str, Any]]:
     return [("grpc.service_config", json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": policy}]}))]
 
 
+# xAI's tool messages have no error flag: a failed tool says so in its text, which the model reads.
+ERROR_PREFIX = "ERROR: "
+
+
 def _messages(message: Message) -> list[chat_pb2.Message]:
     """One of our turns as xAI messages: tool results are messages of their own (role tool)."""
-    protos = [tool_result(r.content, tool_call_id=r.tool_call_id) for r in message.tool_results]
+    protos = [
+        tool_result(ERROR_PREFIX + r.content if r.is_error else r.content, tool_call_id=r.tool_call_id)
+        for r in message.tool_results
+    ]
     if message.role == "user":
         if message.text:
             protos.append(user(message.text))
         return protos
+    # As the SDK replays an assistant reply (`Chat.append(response)`): its text as one content part,
+    # even when empty, and its calls typed as the client-side tool calls the service returned.
     calls = [
         chat_pb2.ToolCall(
-            id=c.id, function=chat_pb2.FunctionCall(name=c.name, arguments=json.dumps(c.arguments))
+            id=c.id,
+            type=chat_pb2.ToolCallType.TOOL_CALL_TYPE_CLIENT_SIDE_TOOL,
+            function=chat_pb2.FunctionCall(name=c.name, arguments=json.dumps(c.arguments)),
         )
         for c in message.tool_calls
     ]
