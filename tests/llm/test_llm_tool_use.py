@@ -166,3 +166,21 @@ def test_a_blank_assistant_text_is_never_sent_to_anthropic_as_a_text_block(
         ("user", ["plan it"]),
         ("user", ["go on"]),
     ]
+
+
+def test_a_stages_calls_to_xai_share_one_conversation_id_so_they_reach_the_same_cache(
+    client: LLMClient, xai_server: XaiServer
+) -> None:
+    # Given the CTO's and the QA's stages of one story, and a call made outside any story
+    cto, qa = client.for_story("AUTH-001", "auth", "cto"), client.for_story("AUTH-001", "auth", "qa")
+
+    # When the CTO calls Grok twice, QA once, and the bare client once
+    for llm in (cto, cto, qa):
+        llm.call(conversation(TaskKind.CTO_REVIEW))
+    client.call(conversation(TaskKind.CTO_REVIEW))
+
+    # Then each stage's calls carried its own stable x-grok-conv-id (a digest, not the story's name),
+    # and the call with no key carried none
+    sent = [r["metadata"].get("x-grok-conv-id") for r in xai_server.requests]
+    assert sent[0] == sent[1] == cto.cache_key and sent[2] == qa.cache_key and sent[3] is None
+    assert cto.cache_key != qa.cache_key and "AUTH" not in cto.cache_key

@@ -27,7 +27,7 @@ def canonical_json(request: LLMRequest) -> str:
 
     ASCII-only, so its length in bytes is never below the UTF-8 size of the content (estimates use it).
     """
-    body = request.model_dump(mode="json", exclude={"task", "max_tokens", "use_cache"})
+    body = request.model_dump(mode="json", exclude={"task", "max_tokens", "use_cache", "cache_key"})
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 

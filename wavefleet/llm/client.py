@@ -16,6 +16,7 @@ is. Providers come from the registry (`registry.py`). Offline answers only as `l
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -53,7 +54,16 @@ class StoryLLM:
     role: str
 
     def call(self, request: LLMRequest) -> LLMResponse:
+        """`request` charged to this story; its calls share a prompt-cache key unless it names one."""
+        if not request.cache_key:
+            request = request.model_copy(update={"cache_key": self.cache_key})
         return self.client.call(request, story=self.story, domain=self.domain, role=self.role)
+
+    @property
+    def cache_key(self) -> str:
+        # a digest: the provider needs a stable key, not the story's name
+        digest = hashlib.sha256(f"{self.domain}\n{self.story}\n{self.role}".encode()).hexdigest()
+        return f"wave-{digest[:24]}"
 
 
 @dataclass(frozen=True)

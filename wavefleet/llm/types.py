@@ -106,6 +106,9 @@ class LLMRequest(_Model):
     temperature: float | None = Field(default=None, ge=0, le=2)  # xAI only: Anthropic's API has none
     stop: tuple[str, ...] = ()
     use_cache: bool = True  # False: always ask the provider (a retry that wants a fresh answer)
+    # Calls with the same key share a provider's prompt cache where routing decides it (xAI sends
+    # them to one server: x-grok-conv-id). Not content: no part of the response cache's key.
+    cache_key: str = Field(default="", max_length=128, pattern=r"^[A-Za-z0-9_.:-]*$")
 
 
 class Usage(_Model):

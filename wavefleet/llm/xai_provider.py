@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from typing import Any
 
 import grpc
 from xai_sdk import Client
 from xai_sdk.chat import system, tool, tool_result, user
 from xai_sdk.proto import chat_pb2
+from xai_sdk.sync.chat import Client as ChatClient
 
 from ..config import XaiSettings
 from ..errors import ProviderError, ProviderRateLimitedError
@@ -23,6 +25,23 @@ REQUEST_ERRORS = frozenset(
         grpc.StatusCode.OUT_OF_RANGE,
     }
 )
+
+
+# The request's prompt-cache key while its call is sent (per thread), for the interceptor below.
+_CONVERSATION: ContextVar[str] = ContextVar("xai_conversation", default="")
+CONVERSATION_HEADER = "x-grok-conv-id"
+
+
+class _ConversationHeader(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Sends the call's cache key as x-grok-conv-id: xAI routes calls with the same id to the same
+    server, where their shared prefix is cached. The SDK sets metadata only per client, so per call
+    it is added here."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        key = _CONVERSATION.get()
+        if key:
+            details = details._replace(metadata=[*(details.metadata or ()), (CONVERSATION_HEADER, key)])
+        return continuation(details, request)
 
 
 class XaiProvider:
@@ -40,6 +59,9 @@ class XaiProvider:
             use_insecure_channel=settings.use_insecure_channel,
             channel_options=_retry_options(settings.max_retries),
         )
+        # The SDK's chat client on its own channel with our interceptor added (`_api_channel` is not
+        # public: the tool-use tests fail at once if an SDK release renames it).
+        self._chat = ChatClient(grpc.intercept_channel(self._client._api_channel, _ConversationHeader()))
 
     def complete(self, request: LLMRequest, max_tokens: int) -> Completion:
         settings: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens}
@@ -49,18 +71,21 @@ class XaiProvider:
             settings["temperature"] = request.temperature
         if request.stop:
             settings["stop"] = list(request.stop)
-        chat = self._client.chat.create(**settings)
+        chat = self._chat.create(**settings)
         if request.system:
             chat.append(system(request.system))
         for message in request.messages:
             for proto in _messages(message):
                 chat.append(proto)
+        sending = _CONVERSATION.set(request.cache_key)
         try:
             response = chat.sample()
         except grpc.RpcError as exc:
             raise _status_error(exc) from None
         except ValueError as exc:  # the SDK parses tool-call arguments itself, and chokes on bad JSON
             raise ProviderError(self.name, f"malformed reply: {exc}") from None
+        finally:
+            _CONVERSATION.reset(sending)
         return self._completion(response)
 
     def _completion(self, response: Any) -> Completion:
