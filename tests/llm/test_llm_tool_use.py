@@ -184,3 +184,21 @@ def test_a_stages_calls_to_xai_share_one_conversation_id_so_they_reach_the_same_
     sent = [r["metadata"].get("x-grok-conv-id") for r in xai_server.requests]
     assert sent[0] == sent[1] == cto.cache_key and sent[2] == qa.cache_key and sent[3] is None
     assert cto.cache_key != qa.cache_key and "AUTH" not in cto.cache_key
+
+
+@pytest.mark.parametrize("arguments", ['{"path": "auth/lo', "[1, 2]", "null"])
+def test_tool_arguments_from_grok_that_are_not_a_json_object_reach_the_loop_as_such_and_blame_no_provider(
+    client: LLMClient, xai_server: XaiServer, anthropic_server: AnthropicServer, arguments: str
+) -> None:
+    # Given Grok calling a tool with arguments cut short or of the wrong shape (model output: data)
+    xai_server.script(GrpcReply(text="", tool_calls=[("read_file", arguments)]))
+
+    # When the call is made
+    reply = client.call(conversation(TaskKind.CTO_REVIEW))
+
+    # Then the call comes back with the text kept aside for the loop to answer with an error result,
+    # and neither the xAI breaker nor a fallback to Claude was involved
+    (call,) = reply.tool_calls
+    assert (call.name, call.arguments, call.invalid_arguments) == ("read_file", {}, arguments)
+    assert reply.provider == "xai" and reply.fallback_from is None and not anthropic_server.requests
+    assert client.breakers.snapshot("xai").get("failures", "0") == "0"

@@ -62,6 +62,10 @@ class ToolCall(_Model):
     id: str
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
+    # The model's argument text when it is not a JSON object (cut short at the token limit, or
+    # malformed), `arguments` then empty: the model's mistake, for the loop to answer with an error
+    # result, never a provider failure. (Claude's API always parses them; Grok's passes them through.)
+    invalid_arguments: str = ""
 
 
 class ToolResult(_Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextvars import ContextVar
 from typing import Any
 
@@ -27,6 +28,7 @@ REQUEST_ERRORS = frozenset(
 )
 
 
+TELEMETRY_SWITCH = "XAI_SDK_DISABLE_SENSITIVE_TELEMETRY_ATTRIBUTES"
 # The request's prompt-cache key while its call is sent (per thread), for the interceptor below.
 _CONVERSATION: ContextVar[str] = ContextVar("xai_conversation", default="")
 CONVERSATION_HEADER = "x-grok-conv-id"
@@ -50,6 +52,12 @@ class XaiProvider:
     def __init__(self, settings: XaiSettings) -> None:
         if settings.api_key is None:
             raise ValueError("XaiProvider needs an API key")
+        # The SDK copies every prompt and reply into OpenTelemetry span attributes unless told not
+        # to (even with no tracer set up): story text and repository content would be copied into
+        # any tracing backend, each call would serialise the whole conversation again, and the SDK
+        # parses the model's tool arguments there, raising on malformed ones before we see the reply.
+        # The SDK reads this switch on every call; an operator's own setting is kept.
+        os.environ.setdefault(TELEMETRY_SWITCH, "1")
         self.model = settings.model
         self._server_cost = settings.use_server_cost
         self._client = Client(
@@ -82,7 +90,7 @@ class XaiProvider:
             response = chat.sample()
         except grpc.RpcError as exc:
             raise _status_error(exc) from None
-        except ValueError as exc:  # the SDK parses tool-call arguments itself, and chokes on bad JSON
+        except ValueError as exc:  # the SDK's telemetry parses tool arguments, if an operator turns it on
             raise ProviderError(self.name, f"malformed reply: {exc}") from None
         finally:
             _CONVERSATION.reset(sending)
@@ -155,15 +163,18 @@ def _messages(message: Message) -> list[chat_pb2.Message]:
     return protos
 
 
+MAX_INVALID_ARGUMENTS_CHARS = 4000  # of a malformed argument text kept for the model to see
+
+
 def _tool_call(call: chat_pb2.ToolCall) -> ToolCall:
+    text = call.function.arguments or "{}"
     try:
-        arguments = json.loads(call.function.arguments or "{}")
+        arguments = json.loads(text)
     except ValueError:
         arguments = None
     if not isinstance(arguments, dict):
-        raise ProviderError(
-            ProviderName.XAI, f"malformed tool call {call.function.name!r}: arguments are not a JSON object"
-        )
+        invalid = text[:MAX_INVALID_ARGUMENTS_CHARS]
+        return ToolCall(id=call.id, name=call.function.name, invalid_arguments=invalid)
     return ToolCall(id=call.id, name=call.function.name, arguments=arguments)
 
 
