@@ -21,7 +21,7 @@ from servers.xai_server import XaiServer
 from test_llm_endpoints import assert_one_line_refusal, wave
 
 from wavefleet.config import Settings
-from wavefleet.errors import ExitCode, ProviderError
+from wavefleet.errors import ExitCode, NoProviderError, ProviderError
 from wavefleet.llm.breaker import Breakers
 from wavefleet.llm.client import LLMClient
 from wavefleet.llm.registry import Registration, register, unregister
@@ -119,6 +119,33 @@ def test_the_fallback_order_leads_past_two_failing_providers_to_a_registered_thi
     # And both failures counted towards their own breakers, as for the built-in providers
     breakers = Breakers(redis, live.keys, threshold=2, cooldown_s=60.0, probe_ttl_s=10.0)
     assert [breakers.snapshot(p).get("failures") for p in ("anthropic", "xai")] == ["1", "1"]
+
+
+def test_a_call_passes_every_open_breaker_in_the_order_and_is_refused_when_all_are_open(
+    settings: Settings,
+    redis: Redis,
+    anthropic_server: AnthropicServer,
+    xai_server: XaiServer,
+    third: AnthropicServer,
+) -> None:
+    # Given Claude's and Grok's breakers open (2 failures each), the third last in the order
+    live = live_settings(settings, anthropic_server, xai_server, fallback_order=["anthropic", "xai", "third"])
+    client = LLMClient(live, redis)
+    for name in ("anthropic", "xai", "anthropic", "xai"):
+        client.breakers.failure(name)
+
+    # When a planning call is made
+    reply = client.call(ask())
+
+    # Then neither open provider was sent anything and the third answered
+    assert reply.provider == "third" and reply.fallback_from is ProviderName.ANTHROPIC
+    assert (len(anthropic_server.requests), len(xai_server.requests), len(third.requests)) == (0, 0, 1)
+    # And once the third's breaker is open too, the call is refused without being sent
+    client.breakers.failure("third")
+    client.breakers.failure("third")
+    with pytest.raises(NoProviderError, match="every provider is failing"):
+        client.call(LLMRequest(task=TaskKind.PLANNING, messages=(Message.user("again"),)))
+    assert len(third.requests) == 1
 
 
 def test_a_route_can_name_a_registered_third_provider(
