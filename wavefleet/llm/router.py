@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..config import Settings
-from ..errors import ConfigError, NoProviderError
+from ..errors import ConfigError, NoProviderError, ProvidersFailingError
 from .breaker import Breakers, BreakerState
 from .types import ProviderName, TaskKind
 
@@ -92,13 +92,13 @@ class Router:
             first = Route(primary, probe=breaker is BreakerState.PROBE)
             return [first, Route(other, fallback_from=primary)] if other else [first]
         if other is None:
-            raise NoProviderError(
+            raise ProvidersFailingError(
                 f"{primary.value} is failing (fallback for {left_s:.0f} s more) and no "
                 "other provider has a key"
             )
         fallback = self.check_fallback(Route(other, fallback_from=primary))
         if fallback is None:
-            raise NoProviderError(
+            raise ProvidersFailingError(
                 f"both providers are failing ({primary.value} for {left_s:.0f} s more, and "
                 f"{other.value}); the call was not sent"
             )
