@@ -79,6 +79,9 @@ class RetrySchedule:
     def postpone(self, entry: WaitingStage, delay_s: float) -> None:
         self.redis.zadd(self.key, {entry.model_dump_json(): self.clock() + delay_s}, xx=True)
 
+    def pending(self) -> int:
+        return int(self.redis.zcard(self.key))
+
     def done(self, entry: WaitingStage) -> None:
         self.redis.zrem(self.key, entry.model_dump_json())
 

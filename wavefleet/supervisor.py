@@ -98,7 +98,9 @@ class Supervisor:
                 handled = self.run_once(block_ms=0 if burst else self.settings.supervisor.block_ms)
                 delay = 0.1
                 if burst and handled == 0 and not self.redis.hlen(self.keys.running()):
-                    break
+                    if not self.retries.pending():
+                        break
+                    self.stopping.wait(0.05)  # a stage waits out its backoff: burst waits with it
             except RedisError as exc:
                 self.log.warning("Redis unavailable; retrying", error=str(exc), retry_in_s=delay)
                 reconciled = False  # after Redis returns (maybe from its AOF), check every story again
