@@ -17,6 +17,7 @@ from wavefleet.domains import Domains
 from wavefleet.embedded import free_port
 from wavefleet.errors import ExitCode
 from wavefleet.lifecycle import Decision, Event, EventKind, Role, StoryState
+from wavefleet.messages import StageResult
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.testing import env_of
@@ -280,7 +281,7 @@ def test_status_of_one_story_shows_its_details_and_stage_results(
         Role.PM,
         1,
         job="AUTH-001_r0_pm_a1",
-        result={"ok": True, "agent": "offline", "output": {"summary": "planned it"}},
+        result=StageResult(ok=True, agent="offline", output={"summary": "planned it"}),
     )
 
     # When its status is asked for, as text and as JSON

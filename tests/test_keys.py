@@ -25,6 +25,7 @@ LAYOUT = [
     ("supervisor_lock", (), "wave:supervisor:lock", "acme-2:supervisor:lock"),
     ("queue", ("auth", "fe"), "wave:auth:fe", "acme-2:auth:fe"),
     ("running", (), "wave:running", "acme-2:running"),
+    ("stage_retries", (), "wave:retries", "acme-2:retries"),
     ("worker_heartbeat", ("auth-fe-1",), "wave:worker:auth-fe-1:hb", "acme-2:worker:auth-fe-1:hb"),
     ("worker_log", ("auth-fe-1",), "wave:worker:auth-fe-1:jobs", "acme-2:worker:auth-fe-1:jobs"),
     ("workers", (), "wave:workers", "acme-2:workers"),

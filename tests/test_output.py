@@ -26,6 +26,7 @@ from wavefleet.embedded import EmbeddedRedis, free_port
 from wavefleet.errors import ExitCode
 from wavefleet.halt import send_halt
 from wavefleet.lifecycle import Event, EventKind, Role
+from wavefleet.messages import StageResult
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.testing import env_of
@@ -153,7 +154,7 @@ def _hostile_story(store: StoryStore, domains: Domains) -> str:
         Role.PM,
         1,
         job="job-1",
-        result={"ok": True, "agent": f"pm {HOSTILE}", "output": {"summary": f"summary {HOSTILE}"}},
+        result=StageResult(ok=True, agent=f"pm {HOSTILE}", output={"summary": f"summary {HOSTILE}"}),
     )
     store.apply("AUTH-001", Event(EventKind.CANCEL, reason=f"reason {HOSTILE} {HOSTILE_MARKUP}"))
     send_halt(store.redis, store.keys, f"halt {HOSTILE} {HOSTILE_MARKUP}", "test")

@@ -69,8 +69,8 @@ def test_qa_failure_recycles_to_development_then_passes(
     events = [(e["from"], e["to"]) for e in store.events("AUTH-002") if e.get("from")]
     assert ("testing", "developing") in events
     first_report = store.latest_result(record, Role.QA, round_=1)
-    assert first_report is not None and not first_report["output"]["passed"]
-    assert "1 failed" in first_report["output"]["summary"]
+    assert first_report is not None and not first_report.output["passed"]
+    assert "1 failed" in first_report.output["summary"]
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,7 @@ def test_a_worker_killed_mid_stage_has_its_stage_rerun_by_another_worker_of_that
     assert rerun_after < 10
     assert terminal_events(store, "AUTH-030") == ["done"]
     rerun = store.result("AUTH-030", 1, Role.BE, 2)
-    assert rerun is not None and rerun["worker"] != be_job["worker"]
+    assert rerun is not None and rerun.worker != be_job["worker"]
 
 
 def test_a_stage_job_left_in_rqs_intermediate_queue_is_run_again_within_seconds(

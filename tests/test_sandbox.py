@@ -21,6 +21,7 @@ from wavefleet.domains import Domains, load_domains
 from wavefleet.embedded import EmbeddedRedis
 from wavefleet.halt import send_halt
 from wavefleet.lifecycle import Role
+from wavefleet.messages import StageResult
 from wavefleet.sandbox import BwrapSandbox, NoSandbox
 from wavefleet.sandbox.fleet import summary
 from wavefleet.store import StoryStore
@@ -78,14 +79,14 @@ def hostile_domain(domains_dir: Path, script: str, *reads: Path, network: bool =
     toml.write_text(text)
 
 
-def qa_result(store: StoryStore, story_id: str) -> dict[str, Any] | None:
+def qa_result(store: StoryStore, story_id: str) -> StageResult | None:
     return store.latest_result(store.get(story_id), Role.QA, round_=1)
 
 
 def attack_report(store: StoryStore, story_id: str) -> dict[str, Any]:
     result = qa_result(store, story_id)
-    assert result is not None and result["ok"], result
-    tail = str(result["output"]["output_tail"])
+    assert result is not None and result.ok, result
+    tail = str(result.output["output_tail"])
     line = next((x for x in tail.splitlines() if x.startswith("ATTACK ")), None)
     assert line is not None, tail
     return dict(json.loads(line.removeprefix("ATTACK ")))

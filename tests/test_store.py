@@ -17,6 +17,7 @@ from wavefleet.config import Settings
 from wavefleet.domains import Domains
 from wavefleet.errors import ConflictError, InvalidInputError, NotFoundError
 from wavefleet.lifecycle import TERMINAL, Decision, Event, EventKind, Rejected, Role, StoryState
+from wavefleet.messages import RunningStage, StageResult
 from wavefleet.store import StoryStore
 from wavefleet.stories import Priority, Story
 
@@ -165,7 +166,7 @@ def test_re_enqueue_clears_the_old_stage_results(
 ) -> None:
     # Given a cancelled story with a stored stage result
     store.enqueue([story("AUTH-001")], domains)
-    store.record_result("AUTH-001", 0, Role.PM, 1, job="job", result={"ok": True})
+    store.record_result("AUTH-001", 0, Role.PM, 1, job="job", result=StageResult(ok=True))
     store.apply("AUTH-001", Event(EventKind.CANCEL))
 
     # When it is enqueued again
@@ -361,16 +362,20 @@ def test_a_stage_result_is_stored_and_the_supervisor_is_told(
     # Given a story planning, its PM job marked running
     store.enqueue([story("AUTH-001")], domains)
     store.apply("AUTH-001", Event(EventKind.ROUTE))
-    store.mark_running("AUTH-001_r0_pm_a1", {"worker": "w1", "story": "AUTH-001"})
+    running = RunningStage(worker="w1", story="AUTH-001", role=Role.PM, round=0, attempt=1, started_at=1.0)
+    store.mark_running("AUTH-001_r0_pm_a1", running)
+    assert store.running() == {"AUTH-001_r0_pm_a1": running}
 
     # When the PM result is recorded
     store.record_result(
-        "AUTH-001", 0, Role.PM, 1, job="AUTH-001_r0_pm_a1", result={"ok": True, "output": {"tasks": []}}
+        "AUTH-001", 0, Role.PM, 1, job="AUTH-001_r0_pm_a1", result=StageResult(ok=True, output={"tasks": []})
     )
 
     # Then it can be read back, the job is no longer running and intake has a result
     record = store.get("AUTH-001")
-    assert store.latest_result(record, Role.PM) == {"ok": True, "output": {"tasks": []}}
+    assert store.latest_result(record, Role.PM) == StageResult(ok=True, output={"tasks": []})
+    stored = redis.hget(settings.keys.story_results("AUTH-001"), "r0.pm.a1")  # the wire form is kept
+    assert stored is not None and json.loads(stored) == {"ok": True, "output": {"tasks": []}}
     assert redis.hgetall(settings.keys.running()) == {}
     last = [fields for _, fields in redis.xrange(settings.keys.intake())][-1]
     assert last == {"kind": "result", "story": "AUTH-001", "role": "pm", "round": "0", "attempt": "1"}

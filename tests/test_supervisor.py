@@ -14,6 +14,7 @@ from wavefleet.config import Settings
 from wavefleet.connection import connect
 from wavefleet.domains import Domains, load_domains
 from wavefleet.lifecycle import Event, EventKind, Role
+from wavefleet.messages import RunningStage
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.supervisor import RECONNECT_GRACE_S, Supervisor
@@ -41,10 +42,8 @@ def planning(store: StoryStore, supervisor: Supervisor, domains: Domains, story_
 
 def mark_running_on_a_dead_worker(store: StoryStore, job_id: str, story_id: str) -> None:
     """A running entry whose worker has no heartbeat (it died, or Redis lost the key)."""
-    store.mark_running(
-        job_id,
-        {"worker": "auth-pm-1.gone.1", "story": story_id, "role": "pm", "round": 0, "attempt": 1},
-    )
+    gone = RunningStage(worker="auth-pm-1.gone.1", story=story_id, role=Role.PM, round=0, attempt=1)
+    store.mark_running(job_id, gone)
 
 
 def past_restart_grace(redis: Redis, settings: Settings) -> None:

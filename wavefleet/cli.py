@@ -30,6 +30,7 @@ from .halt import acks, read_halt, send_cancel, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.accounting import CallTotals, format_call, story_calls
 from .llm.cli import add_commands as add_llm_commands
+from .retries import RetrySchedule
 from .sandbox.fleet import summary as sandbox_summary
 from .store import StoryRecord, StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
@@ -357,6 +358,8 @@ def _print_story(app: App, record: StoryRecord) -> None:
     for key in ("id", "domain", "title", "state", "round", "stage", "reason", "cost_usd"):
         _show(f"{key + ':':<10} {data[key]}")
     _show(f"{'age:':<10} {_age(time.time() - record.created_at)}")
+    for entry, due_in_s in RetrySchedule(app.store.redis, app.settings.keys).waiting(record.id):
+        _show(f"{'waiting:':<10} {entry.stage[2]} {entry.describe(due_in_s)}")
     for name, result in data["results"].items():
         output = result.get("output", {})
         summary = output.get("summary") or "; ".join(output.get("reasons", [])) or result.get("error", "")

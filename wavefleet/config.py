@@ -116,6 +116,13 @@ class SupervisorSettings(_Section):
 
 class PipelineSettings(_Section):
     max_rounds: int = Field(default=3, ge=1, le=20)
+    # A stage that fails for a reason not the story's (a provider outage past the fallback, a 429
+    # storm, a sandbox that cannot start) is run again after a backoff, this many times per stage
+    # run, before the story fails with the last reason; the backoff doubles from the first delay up
+    # to the cap, with jitter, and is at least what the provider asked for (Retry-After).
+    transient_retries: int = Field(default=5, ge=0, le=100)
+    transient_backoff_s: float = Field(default=5.0, ge=0, le=3600)
+    transient_backoff_max_s: float = Field(default=300.0, ge=0, le=86400)
 
 
 def is_loopback(host: str) -> bool:

@@ -119,3 +119,37 @@ class BudgetExceededError(HoldStory):
     def __init__(self, message: str, *, scope: str = "") -> None:
         super().__init__(message)
         self.scope = scope
+
+
+class TransientError(StageError):
+    """A stage failed for a reason that is not the story's (a provider outage that outlasted the
+    fallback, a 429 storm, a sandbox that cannot start): the stage is run again after a backoff,
+    and the story fails with this message only once the retries (a setting) are spent."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class SandboxUnavailableError(TransientError):
+    """The sandbox a command must run in cannot start on this machine right now."""
+
+
+class ProvidersFailingError(NoProviderError):
+    """Every provider that has a key is failing (their breakers are open): not the story's fault,
+    unlike a NoProviderError for want of any key, which is configuration."""
+
+
+def as_transient(exc: StageError) -> TransientError | None:
+    """The transient failure `exc` is, or None if it is the story's own (or needs a human).
+
+    The one place that decides which failures are retried instead of failing the story."""
+    if isinstance(exc, TransientError):
+        return exc
+    if isinstance(exc, HoldStory):
+        return None
+    if isinstance(exc, ProviderError) and exc.counts:  # outlasted the router's fallback
+        return TransientError(str(exc), retry_after_s=exc.retry_after_s)
+    if isinstance(exc, ProvidersFailingError | RateLimitedError):
+        return TransientError(str(exc))
+    return None

@@ -88,6 +88,11 @@ class Keys:
         """Hash: RQ job id -> JSON {worker, story, started_at} of stages being worked right now."""
         return self._k("running")
 
+    def stage_retries(self) -> str:
+        """Sorted set: JSON of a stage attempt waiting to be retried after a transient failure ->
+        when the retry is due (epoch seconds). Durable, so a restarted supervisor still retries it."""
+        return self._k("retries")
+
     def worker_heartbeat(self, worker: str) -> str:
         """String with a TTL: present while the worker is alive."""
         return self._k("worker", worker, "hb")

@@ -90,6 +90,8 @@ class EventKind(StrEnum):
     STAGE_FAILED = "stage_failed"  # a worker's agent gave up on a stage
     STAGE_LOST = "stage_lost"  # the worker running a stage died; run it again
     STAGE_HELD = "stage_held"  # a stage needs a human before it can go on (budget, safety)
+    STAGE_WAITING = "stage_waiting"  # a stage failed for a reason not the story's: retried after a backoff
+    STAGE_RETRY = "stage_retry"  # the backoff is over: run the waiting stage again, as a new attempt
     CANCEL = "cancel"
     APPROVE = "approve"
     REJECT = "reject"
@@ -108,6 +110,8 @@ class Snapshot:
     attempts: dict[Role, int] = field(default_factory=dict)  # all-time, so job ids never repeat
     held_from: StoryState | None = None  # the working state a held or halted story returns to
     lost: dict[Role, int] = field(default_factory=dict)  # losses of the current stage run only
+    retries: dict[Role, int] = field(default_factory=dict)  # transient retries of the current stage run
+    waiting: frozenset[Role] = frozenset()  # stages waiting out a backoff before their retry
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ def _enter(snap: Snapshot, state: StoryState, *, round_: int | None = None, reas
         pending=frozenset(stages),
         attempts=attempts,
         lost={},
+        retries={},
+        waiting=frozenset(),
         held_from=None,
     )
     return Outcome(snap, after, dispatch=stages, reason=reason)
@@ -240,6 +246,26 @@ def _stage_held(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     return Outcome(snap, replace(snap, state=StoryState.HELD, held_from=snap.state), reason=event.reason)
 
 
+def _stage_waiting(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
+    """A transient failure: the stage stays pending on this attempt, whose result is stored, so
+    nothing dispatches it until its retry is due (the supervisor keeps that schedule)."""
+    role = _check_current(snap, event)
+    if role in snap.waiting:
+        raise Rejected(f"{role} already waits for its retry")
+    retries = {**snap.retries, role: snap.retries.get(role, 0) + 1}
+    return Outcome(snap, replace(snap, retries=retries, waiting=snap.waiting | {role}), reason=event.reason)
+
+
+def _stage_retry(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
+    """A new attempt, so a late result of the one that failed is refused as stale."""
+    role = _check_current(snap, event)
+    if role not in snap.waiting:
+        raise Rejected(f"{role} is not waiting for a retry")
+    attempts = {**snap.attempts, role: snap.attempts.get(role, 0) + 1}
+    after = replace(snap, attempts=attempts, waiting=snap.waiting - {role})
+    return Outcome(snap, after, dispatch=(role,), reason=event.reason)
+
+
 def _halt(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     if snap.state not in WORKING:
         raise Rejected(f"nothing to halt in state {snap.state}")
@@ -272,7 +298,9 @@ def _approve(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
 def _reenter(snap: Snapshot, state: StoryState, reason: str) -> Outcome:
     """Back into a working state, with a fresh attempt for each stage it had not finished."""
     attempts = {**snap.attempts, **{r: snap.attempts.get(r, 0) + 1 for r in snap.pending}}
-    after = replace(snap, state=state, attempts=attempts, lost={}, held_from=None)
+    after = replace(
+        snap, state=state, attempts=attempts, lost={}, retries={}, waiting=frozenset(), held_from=None
+    )
     return Outcome(snap, after, dispatch=tuple(sorted(snap.pending)), reason=reason)
 
 
@@ -296,6 +324,8 @@ _HANDLERS = {
     EventKind.STAGE_FAILED: _stage_failed,
     EventKind.STAGE_LOST: _stage_lost,
     EventKind.STAGE_HELD: _stage_held,
+    EventKind.STAGE_WAITING: _stage_waiting,
+    EventKind.STAGE_RETRY: _stage_retry,
     EventKind.CANCEL: _cancel,
     EventKind.APPROVE: _approve,
     EventKind.REJECT: _reject,

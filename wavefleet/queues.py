@@ -14,6 +14,7 @@ from rq.job import Job
 from .config import Settings
 from .errors import ConflictError
 from .lifecycle import Role
+from .messages import StageJob
 from .store import StoryRecord, StoryStore
 from .store import _result_field as result_field  # the results hash's field names belong to the store
 from .stories import Priority
@@ -90,16 +91,17 @@ class Dispatcher:
         return [Job.key_for(record.job_id(role)) for role in sorted(record.pending)]
 
     def _enqueue(self, record: StoryRecord, role: Role, pipe: Pipeline) -> None:
+        job = StageJob(
+            story_id=record.id,
+            domain=record.domain,
+            role=role,
+            round=record.round,
+            attempt=record.attempts.get(role, 0),
+        )
         self.queue(record.domain, role).enqueue_call(
             STAGE_FUNCTION,
-            kwargs={
-                "story_id": record.id,
-                "domain": record.domain,
-                "role": role.value,
-                "round_": record.round,
-                "attempt": record.attempts.get(role, 0),
-            },
-            job_id=record.job_id(role),
+            kwargs=job.kwargs(),
+            job_id=job.job_id,
             timeout=self.settings.worker.job_timeout_s,
             result_ttl=3600,
             failure_ttl=86400,

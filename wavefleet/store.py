@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -19,6 +18,16 @@ from .domains import Domains
 from .errors import ConflictError, CorruptStoryError, InvalidInputError, NotFoundError
 from .keys import ONCE_TTL_S, Keys
 from .lifecycle import TERMINAL, Event, EventKind, Outcome, Rejected, Role, Snapshot, StoryState, advance
+from .messages import (
+    NudgeMessage,
+    ResultMessage,
+    RouteMessage,
+    RunningStage,
+    StageResult,
+    intake_fields,
+    job_id,
+    parse_job_id,
+)
 from .stories import Story
 from .text import terminal_safe
 
@@ -26,25 +35,6 @@ STAGE_CANCELLED = "stage_cancelled"  # a history entry, not a lifecycle event: t
 
 EVENTS_MAXLEN = 100_000  # fleet-wide event stream is capped (approximately); per-story streams are not
 WATCH_TRIES = 50
-
-
-def job_id(story_id: str, round_: int, role: Role, attempt: int) -> str:
-    """The deterministic RQ job id of one stage attempt: dispatching it twice is detectable.
-
-    RQ allows only letters, digits, dashes and underscores: ``AUTH-001_r1_fe_a1``.
-    """
-    return f"{story_id}_r{round_}_{role.value}_a{attempt}"
-
-
-_JOB_ID = re.compile(r"^(?P<story>.+)_r(?P<round>\d+)_(?P<role>[a-z]+)_a(?P<attempt>\d+)$")
-
-
-def parse_job_id(value: str) -> tuple[str, int, Role, int] | None:
-    """The (story, round, role, attempt) a stage job id names; None for any other job id."""
-    match = _JOB_ID.match(value)
-    if match is None or match["role"] not in {r.value for r in Role}:
-        return None
-    return match["story"], int(match["round"]), Role(match["role"]), int(match["attempt"])
 
 
 @dataclass(frozen=True)
@@ -57,6 +47,8 @@ class StoryRecord:
     pending: frozenset[Role]
     attempts: dict[Role, int]
     lost: dict[Role, int]
+    retries: dict[Role, int]
+    waiting: frozenset[Role]
     held_from: StoryState | None
     reason: str
     created_at: float
@@ -72,6 +64,8 @@ class StoryRecord:
             pending=self.pending,
             attempts=dict(self.attempts),
             lost=dict(self.lost),
+            retries=dict(self.retries),
+            waiting=self.waiting,
             held_from=self.held_from,
         )
 
@@ -218,7 +212,7 @@ return {}
             "batch": token,
         }
         event = {"event": "enqueued", "to": StoryState.QUEUED.value, "story": story.id, "at": f"{now:.6f}"}
-        intake = {"kind": "route", "story": story.id}
+        intake = intake_fields(RouteMessage(story=story.id))
         return {
             "id": story.id,
             "fields": self._flat(fields),
@@ -295,13 +289,11 @@ return {}
         self.get(story_id)
         return [fields for _id, fields in self.redis.xrange(self.keys.story_events(story_id))]
 
-    def result(self, story_id: str, round_: int, role: Role, attempt: int) -> dict[str, Any] | None:
+    def result(self, story_id: str, round_: int, role: Role, attempt: int) -> StageResult | None:
         raw = self.redis.hget(self.keys.story_results(story_id), _result_field(round_, role, attempt))
-        return json.loads(raw) if raw else None
+        return StageResult.model_validate_json(raw) if raw else None
 
-    def latest_result(
-        self, record: StoryRecord, role: Role, round_: int | None = None
-    ) -> dict[str, Any] | None:
+    def latest_result(self, record: StoryRecord, role: Role, round_: int | None = None) -> StageResult | None:
         """The newest result of `role` in `round_` (default: the story's current round)."""
         wanted = record.round if round_ is None else round_
         for attempt in range(record.attempts.get(role, 0), 0, -1):
@@ -352,6 +344,8 @@ return {}
             "pending": ",".join(sorted(r.value for r in after.pending)),
             "attempts": json.dumps({r.value: n for r, n in after.attempts.items()}),
             "lost": json.dumps({r.value: n for r, n in after.lost.items()}),
+            "retries": json.dumps({r.value: n for r, n in after.retries.items()}),
+            "waiting": ",".join(sorted(r.value for r in after.waiting)),
             "held_from": after.held_from.value if after.held_from else "",
             "updated_at": now,
         }
@@ -375,10 +369,21 @@ return {}
         }
         self._record(pipe, story_id, history, now)
         if event.kind in (EventKind.RETRY, EventKind.APPROVE):
-            pipe.xadd(
-                self.keys.intake(),
-                {"kind": "route" if event.kind is EventKind.RETRY else "nudge", "story": story_id},
+            message = (
+                RouteMessage(story=story_id)
+                if event.kind is EventKind.RETRY
+                else NudgeMessage(story=story_id)
             )
+            pipe.xadd(self.keys.intake(), intake_fields(message))
+
+    def record_note(self, pipe: Pipeline, story_id: str | None, fields: dict[str, Any], now: float) -> None:
+        """Add to `pipe` a history entry that is not a transition (a budget alert, a cancelled
+        stage): on the fleet's stream, and on the story's when there is one."""
+        if story_id:
+            self._record(pipe, story_id, fields, now)
+        else:
+            entry = {**{k: str(v) for k, v in fields.items()}, "story": "", "at": f"{now:.6f}"}
+            pipe.xadd(self.keys.events(), entry, maxlen=EVENTS_MAXLEN, approximate=True)
 
     def _record(self, pipe: Pipeline, story_id: str, fields: dict[str, Any], now: float) -> None:
         entry = {**{k: str(v) for k, v in fields.items()}, "story": story_id, "at": f"{now:.6f}"}
@@ -400,11 +405,18 @@ return {}
         }
         self._record(pipe, story_id, fields, time.time())
 
-    def mark_running(self, job: str, info: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.running(), job, json.dumps(info))
+    def mark_running(self, job: str, info: RunningStage) -> None:
+        self.redis.hset(self.keys.running(), job, info.model_dump_json())
+
+    def running(self) -> dict[str, RunningStage]:
+        """Job id -> what runs it, of every stage a worker said it started and has not finished."""
+        return {
+            job: RunningStage.model_validate_json(raw)
+            for job, raw in self.redis.hgetall(self.keys.running()).items()
+        }
 
     def record_result(
-        self, story_id: str, round_: int, role: Role, attempt: int, *, job: str, result: dict[str, Any]
+        self, story_id: str, round_: int, role: Role, attempt: int, *, job: str, result: StageResult
     ) -> None:
         """Store a stage's result and tell the supervisor, in one transaction.
 
@@ -413,19 +425,11 @@ return {}
         budget's settlement, not here."""
         with self.redis.pipeline() as pipe:
             pipe.hset(
-                self.keys.story_results(story_id), _result_field(round_, role, attempt), json.dumps(result)
+                self.keys.story_results(story_id), _result_field(round_, role, attempt), result.to_json()
             )
             pipe.hdel(self.keys.running(), job)
-            pipe.xadd(
-                self.keys.intake(),
-                {
-                    "kind": "result",
-                    "story": story_id,
-                    "role": role.value,
-                    "round": round_,
-                    "attempt": attempt,
-                },
-            )
+            message = ResultMessage(story=story_id, role=role, round=round_, attempt=attempt)
+            pipe.xadd(self.keys.intake(), intake_fields(message))
             pipe.execute()
 
 
@@ -448,6 +452,7 @@ def _parse_record(data: dict[str, str]) -> StoryRecord:
     pending = frozenset(Role(p) for p in data.get("pending", "").split(",") if p)
     attempts = {Role(k): int(v) for k, v in json.loads(data.get("attempts") or "{}").items()}
     lost = {Role(k): int(v) for k, v in json.loads(data.get("lost") or "{}").items()}
+    retries = {Role(k): int(v) for k, v in json.loads(data.get("retries") or "{}").items()}
     return StoryRecord(
         id=data["id"],
         domain=data["domain"],
@@ -457,6 +462,8 @@ def _parse_record(data: dict[str, str]) -> StoryRecord:
         pending=pending,
         attempts=attempts,
         lost=lost,
+        retries=retries,
+        waiting=frozenset(Role(p) for p in data.get("waiting", "").split(",") if p),
         held_from=StoryState(data["held_from"]) if data.get("held_from") else None,
         reason=data.get("reason", ""),
         created_at=float(data.get("created_at", 0)),
@@ -466,4 +473,4 @@ def _parse_record(data: dict[str, str]) -> StoryRecord:
     )
 
 
-__all__ = ["Rejected", "StoryRecord", "StoryStore", "job_id"]
+__all__ = ["Rejected", "StoryRecord", "StoryStore", "job_id", "parse_job_id"]

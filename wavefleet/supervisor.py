@@ -8,12 +8,10 @@ point re-reads what it had not acknowledged, and the idempotent transitions make
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -23,9 +21,21 @@ from .config import Settings
 from .domains import Domains
 from .errors import NotFoundError, WaveError
 from .halt import read_halt
-from .lifecycle import WORKING, Decision, Event, EventKind, Rejected, Role, StoryState
+from .lifecycle import WORKING, Event, EventKind, Rejected, Role, StoryState
+from .messages import (
+    MisroutedMessage,
+    NudgeMessage,
+    QAOutcome,
+    ResultMessage,
+    ReviewOutcome,
+    RouteMessage,
+    StageResult,
+    parse_intake,
+    parse_job_id,
+)
 from .queues import Dispatcher
-from .store import StoryRecord, StoryStore, parse_job_id
+from .retries import RetrySchedule, WaitingStage, backoff_s
+from .store import StoryRecord, StoryStore
 
 CONSUMER = "supervisor"
 BATCH = 200
@@ -53,6 +63,7 @@ class Supervisor:
         self.domains = domains
         self.store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
         self.dispatcher = Dispatcher(settings, raw, self.store)
+        self.retries = RetrySchedule(redis, settings.keys)
         self.stopping = threading.Event()
         self.token = f"{os.uname().nodename}.{os.getpid()}"
         self.log = logs.get()
@@ -87,7 +98,9 @@ class Supervisor:
                 handled = self.run_once(block_ms=0 if burst else self.settings.supervisor.block_ms)
                 delay = 0.1
                 if burst and handled == 0 and not self.redis.hlen(self.keys.running()):
-                    break
+                    if not self.retries.pending():
+                        break
+                    self.stopping.wait(0.05)  # a stage waits out its backoff: burst waits with it
             except RedisError as exc:
                 self.log.warning("Redis unavailable; retrying", error=str(exc), retry_in_s=delay)
                 reconciled = False  # after Redis returns (maybe from its AOF), check every story again
@@ -102,6 +115,7 @@ class Supervisor:
         self._ensure_group()
         handled = self._consume("0", block_ms=None)  # redelivered after a crash
         handled += self._consume(">", block_ms=block_ms or None)
+        handled += self.retry_due()
         now = time.monotonic()
         if now - self._last_recovery >= self.settings.supervisor.recovery_interval_s:
             self.recover()
@@ -187,61 +201,109 @@ class Supervisor:
     # Handling intake messages ----------------------------------------------------------------
     def handle(self, fields: dict[str, str]) -> None:
         story_id = fields.get("story", "")
-        kind = fields.get("kind")
         try:
-            if kind == "route":
+            message = parse_intake(fields)
+            if isinstance(message, RouteMessage):
                 self._apply(story_id, Event(EventKind.ROUTE))
-            elif kind == "result":
-                self._apply(story_id, self._result_event(fields))
-            elif kind == "misrouted":
-                self.log.warning(
-                    "misrouted job returned by a worker", story=story_id, worker=fields.get("worker")
+            elif isinstance(message, ResultMessage):
+                self._apply(story_id, self._result_event(message))
+            elif isinstance(message, MisroutedMessage):
+                self.log.warning("misrouted job returned by a worker", story=story_id, worker=message.worker)
+                lost = Event(
+                    EventKind.STAGE_LOST,
+                    message.role,
+                    message.round,
+                    message.attempt,
+                    reason="misrouted; sent again",
                 )
-                self._apply(
-                    story_id, _stage_event(EventKind.STAGE_LOST, fields, reason="misrouted; sent again")
-                )
-            elif kind == "nudge":
+                self._apply(story_id, lost)
+            elif isinstance(message, NudgeMessage):
                 self._dispatch(story_id)
-            else:
-                self.log.error("unknown intake message ignored", fields=fields)
         except Rejected as exc:
-            self.log.debug("event ignored", story=story_id, kind=kind, why=str(exc))
-        except (WaveError, KeyError, ValueError) as exc:
+            self.log.debug("event ignored", story=story_id, kind=fields.get("kind"), why=str(exc))
+        except (WaveError, ValueError) as exc:
             # A message that can never apply (a story that does not exist, a malformed field) must not
             # stop the supervisor or come back after every restart: park it where an operator sees it.
-            self.log.error("intake message set aside", fields=fields, error=str(exc))
+            self.log.error("intake message set aside", fields=fields, error=str(exc).splitlines()[0])
             self.redis.xadd(
                 self.keys.intake_dead(), {**fields, "error": str(exc)[:500]}, maxlen=10_000, approximate=True
             )
 
-    def _result_event(self, fields: dict[str, str]) -> Event:
-        role, round_, attempt = Role(fields["role"]), int(fields["round"]), int(fields["attempt"])
-        result = self.store.result(fields["story"], round_, role, attempt)
+    def _result_event(self, message: ResultMessage) -> Event:
+        role, round_, attempt = message.role, message.round, message.attempt
+        result = self.store.result(message.story, round_, role, attempt)
         if result is None:
             raise Rejected("result message without a stored result")
-        if not result.get("ok"):
-            kind = EventKind.STAGE_HELD if result.get("hold") else EventKind.STAGE_FAILED
-            return Event(kind, role, round_, attempt, reason=str(result.get("error", "")))
-        output: dict[str, Any] = result.get("output", {})
+        if result.transient:
+            return self._transient(message, result)
+        if not result.ok:
+            kind = EventKind.STAGE_HELD if result.hold else EventKind.STAGE_FAILED
+            return Event(kind, role, round_, attempt, reason=result.error)
         if role is Role.QA:
-            return Event(
-                EventKind.STAGE_DONE,
-                role,
-                round_,
-                attempt,
-                passed=bool(output.get("passed")),
-                reason=str(output.get("summary", "")),
-            )
+            qa = QAOutcome.model_validate(result.output)
+            return Event(EventKind.STAGE_DONE, role, round_, attempt, passed=qa.passed, reason=qa.summary)
         if role is Role.CTO:
+            review = ReviewOutcome.model_validate(result.output)
+            reasons = "; ".join(review.reasons)
             return Event(
-                EventKind.STAGE_DONE,
-                role,
-                round_,
-                attempt,
-                decision=Decision(output["decision"]),
-                reason="; ".join(output.get("reasons", [])),
+                EventKind.STAGE_DONE, role, round_, attempt, decision=review.decision, reason=reasons
             )
         return Event(EventKind.STAGE_DONE, role, round_, attempt)
+
+    # Transient failures ----------------------------------------------------------------------
+    def _transient(self, message: ResultMessage, result: StageResult) -> Event:
+        """A failure that is not the story's: schedule the stage's retry (a new attempt, after a
+        backoff), or fail the story with the last reason once the retries are spent."""
+        role, round_, attempt = message.role, message.round, message.attempt
+        record = self.store.get(message.story)
+        limit = self.settings.pipeline.transient_retries
+        done = record.retries.get(role, 0)
+        if role in record.waiting:
+            raise Rejected(f"{role} already waits for its retry")
+        if done >= limit:
+            reason = f"{role} stage failed after {limit} retries: {result.error}"
+            return Event(EventKind.STAGE_FAILED, role, round_, attempt, reason=reason)
+        entry = WaitingStage(job=message.job_id, retry=done + 1, of=limit, reason=result.error)
+        delay = backoff_s(entry.retry, self.settings.pipeline, result.retry_after_s)
+        # Scheduled first: cut off before the story records the wait, the re-read message redoes
+        # both; cut off after, the schedule is there (a retry of a stale attempt is refused).
+        due_at = self.retries.add(entry, delay)
+        self.log.warning(
+            "stage failed transiently; retrying later",
+            story=message.story,
+            job=entry.job,
+            retry=entry.retry,
+            of=limit,
+            in_s=round(delay, 1),
+            why=result.error,
+        )
+        return Event(
+            EventKind.STAGE_WAITING, role, round_, attempt, reason=entry.describe(due_at - time.time())
+        )
+
+    def retry_due(self) -> int:
+        """Run again every waiting stage whose backoff is over; how many it handled."""
+        handled = 0
+        for entry in self.retries.due():
+            story, round_, role, attempt = entry.stage
+            try:
+                self._apply(
+                    story,
+                    Event(
+                        EventKind.STAGE_RETRY, role, round_, attempt, reason=f"retry {entry.retry}/{entry.of}"
+                    ),
+                )
+            except Rejected as exc:
+                record = self.store.find(story)
+                if record is not None and record.state is StoryState.HALTED and role in record.waiting:
+                    self.retries.postpone(entry, self.settings.supervisor.block_ms / 1000)  # after the resume
+                    continue
+                self.log.debug("retry no longer wanted", story=story, job=entry.job, why=str(exc))
+            except NotFoundError:
+                pass
+            self.retries.done(entry)
+            handled += 1
+        return handled
 
     def _apply(self, story_id: str, event: Event) -> None:
         outcome = self.store.apply(story_id, event)
@@ -266,12 +328,9 @@ class Supervisor:
             return []
         jobs = self.dispatcher.ensure(record)
         for job in jobs:
-            self.log.info(
-                "stage dispatched",
-                story=story_id,
-                job=job,
-                queue=self.keys.queue(record.domain, job.split("_")[2]),
-            )
+            stage = parse_job_id(job)
+            queue = self.keys.queue(record.domain, stage[2].value) if stage else "?"
+            self.log.info("stage dispatched", story=story_id, job=job, queue=queue)
         return jobs
 
     def _replay_results(self, record: StoryRecord) -> bool:
@@ -281,14 +340,9 @@ class Supervisor:
             attempt = record.attempts.get(role, 0)
             if self.store.result(record.id, record.round, role, attempt) is None:
                 continue
-            fields = {
-                "story": record.id,
-                "role": role.value,
-                "round": str(record.round),
-                "attempt": str(attempt),
-            }
+            message = ResultMessage(story=record.id, role=role, round=record.round, attempt=attempt)
             try:
-                self._apply(record.id, self._result_event(fields))
+                self._apply(record.id, self._result_event(message))
             except Rejected:
                 continue
             return True
@@ -352,9 +406,8 @@ class Supervisor:
         """Run again every stage whose worker died or whose job crashed or never ran."""
         handled: set[str] = set()  # lost stages the running sweep has already re-run
         redis_restarted: bool | None = None  # asked once a pass, and only if a worker looks dead
-        for job_id, raw in self.redis.hgetall(self.keys.running()).items():
-            info = json.loads(raw)
-            alive = self.redis.exists(self.keys.worker_heartbeat(info["worker"]))
+        for job_id, info in self.store.running().items():
+            alive = self.redis.exists(self.keys.worker_heartbeat(info.worker))
             status = self.dispatcher.job_status(job_id)
             if status not in LOST_JOB_STATUSES:
                 if alive:
@@ -363,12 +416,10 @@ class Supervisor:
                     redis_restarted = self._redis_restarted_recently()
                 if redis_restarted:
                     continue  # its heartbeat expired while Redis was down: no proof it died
-            why = f"worker {info['worker']} died" if not alive else f"job {status}"
-            lost = Event(
-                EventKind.STAGE_LOST, Role(info["role"]), int(info["round"]), int(info["attempt"]), reason=why
-            )
+            why = f"worker {info.worker} died" if not alive else f"job {status}"
+            lost = Event(EventKind.STAGE_LOST, info.role, info.round, info.attempt, reason=why)
             # The entry goes only once the loss is applied: cut off in between, the next pass redoes it.
-            if self._lose(job_id, info["story"], lost):
+            if self._lose(job_id, info.story, lost):
                 self.redis.hdel(self.keys.running(), job_id)
                 handled.add(job_id)
         # A job RQ failed before it ever started is in no running entry: RQ fails a job a worker left
@@ -419,7 +470,3 @@ class Supervisor:
         """The last line of what RQ recorded as the job's failure."""
         exc = self.dispatcher.failure(job_id)
         return exc.strip().splitlines()[-1] if exc and exc.strip() else "no detail recorded"
-
-
-def _stage_event(kind: EventKind, fields: dict[str, str], reason: str) -> Event:
-    return Event(kind, Role(fields["role"]), int(fields["round"]), int(fields["attempt"]), reason=reason)

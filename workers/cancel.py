@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 
 from wavefleet import logs
 from wavefleet.errors import WaveError
-from wavefleet.lifecycle import Role
+from wavefleet.messages import StageJob
 
 from . import runtime, stage
 
@@ -39,28 +39,33 @@ class StageCanceller:
         with self.gate.lock:
             worker = self.gate.worker
             job = worker.current_job if worker is not None and worker.running_job_id() else None
-        if worker is None or job is None or story_id not in (None, job.kwargs.get("story_id")):
+        if worker is None or job is None:
             return
-        why = self._unwanted(job)
+        try:
+            wanted = StageJob.from_kwargs(job.kwargs)
+        except ValueError as exc:  # unreadable: leave the stage alone
+            self.log.error("cannot check a running stage against its story", job=job.id, error=str(exc))
+            return
+        if story_id not in (None, wanted.story_id):
+            return
+        why = self._unwanted(job, wanted)
         if why is None:
             return
         with self.gate.lock:  # the same horse still runs it (not a new job taken meanwhile)
             if worker.current_job is not job or not worker.stop_for_cancel(why):
                 return
-        self.log.warning("stage cancelled: killed", story=job.kwargs.get("story_id"), job=job.id, why=why)
+        self.log.warning("stage cancelled: killed", story=wanted.story_id, job=job.id, why=why)
 
-    def _unwanted(self, job: Job) -> str | None:
+    def _unwanted(self, job: Job, wanted: StageJob) -> str | None:
         """Why the story no longer waits for this stage, or None if it still does."""
-        kwargs = job.kwargs
         try:
-            record = self.rt.store.find(str(kwargs["story_id"]))
-            wanted = (Role(kwargs["role"]), int(kwargs["round_"]), int(kwargs["attempt"]))
-        except (WaveError, KeyError, ValueError) as exc:  # unreadable: leave the stage alone
+            record = self.rt.store.find(wanted.story_id)
+        except WaveError as exc:  # unreadable: leave the stage alone
             self.log.error("cannot check a running stage against its story", job=job.id, error=str(exc))
             return None
         if record is None:
             return "the story is gone"
-        if stage.is_current(record, *wanted):
+        if stage.is_current(record, wanted.role, wanted.round, wanted.attempt):
             return None
         return f"the story is {record.state} and no longer waits for this stage"
 
@@ -73,6 +78,6 @@ def drop_cancelled(worker: WaveWorker, job: Job, execution: Any, why: str, pipe:
     job.set_status(JobStatus.CANCELED, pipeline=pipe)
     store = worker.rt.store
     pipe.hdel(store.keys.running(), job.id)
-    kwargs = job.kwargs
-    story, role, round_ = str(kwargs.get("story_id")), str(kwargs.get("role")), int(kwargs.get("round_", 0))
-    store.record_stage_cancelled(pipe, story, role, round_, f"stage killed by {worker.rt.identity}: {why}")
+    killed = StageJob.from_kwargs(job.kwargs)  # read before: the cancel checked it
+    reason = f"stage killed by {worker.rt.identity}: {why}"
+    store.record_stage_cancelled(pipe, killed.story_id, killed.role.value, killed.round, reason)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from typing import Any
 
 from redis.exceptions import RedisError
 
 from wavefleet import logs
-from wavefleet.errors import HoldStory, StageError
+from wavefleet.errors import HoldStory, StageError, as_transient
 from wavefleet.lifecycle import Role
+from wavefleet.messages import RunningStage, StageResult, job_id
 from wavefleet.sandbox import sandbox_for
-from wavefleet.store import StoryRecord, job_id
+from wavefleet.store import StoryRecord
 
 from . import runtime
 from .agents import agent_for
@@ -30,18 +30,16 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     if record is None or not is_current(record, stage_role, round_, attempt):
         log.info("stale stage skipped", job=job)
         return "stale"
-    rt.store.mark_running(
-        job,
-        {
-            "worker": rt.name,
-            "story": story_id,
-            "role": role,
-            "round": round_,
-            "attempt": attempt,
-            "started_at": time.time(),
-            "pid": os.getpid(),
-        },
+    running = RunningStage(
+        worker=rt.name,
+        story=story_id,
+        role=stage_role,
+        round=round_,
+        attempt=attempt,
+        started_at=time.time(),
+        pid=os.getpid(),
     )
+    rt.store.mark_running(job, running)
     agent = agent_for(
         rt.settings.agent,
         stage_role,
@@ -50,29 +48,41 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     )
     log.info("stage started", agent=agent.label, job=job)
     started = time.monotonic()
-    result: dict[str, Any] = {"agent": agent.label, "worker": rt.identity, "job": job}
+    who = {"agent": agent.label, "worker": rt.identity, "job": job}
     try:
         output = agent.run(_stage_input(rt, record, stage_role))
-        result |= {"ok": True, "output": output.model_dump(mode="json")}
-    except HoldStory as exc:
-        result |= {"ok": False, "hold": True, "error": str(exc)}
+        result = StageResult(ok=True, output=output.model_dump(mode="json"), **who)
     except StageError as exc:
-        result |= {"ok": False, "error": str(exc)}
+        result = _failed(exc, who)
     except RedisError:
         raise  # the fleet's Redis is unwell: let recovery run the stage again
     except Exception as exc:  # an agent bug must fail the story visibly, not loop forever
         log.error("agent crashed", error=repr(exc), traceback=traceback.format_exc(limit=5))
-        result |= {"ok": False, "error": f"{agent.label} {role} agent crashed: {exc!r}"}
-    result["duration_s"] = round(time.monotonic() - started, 3)
+        result = StageResult(ok=False, error=f"{agent.label} {role} agent crashed: {exc!r}", **who)
+    result = result.model_copy(update={"duration_s": round(time.monotonic() - started, 3)})
     rt.store.record_result(story_id, round_, stage_role, attempt, job=job, result=result)
     log.info(
         "stage finished",
         agent=agent.label,
-        ok=result["ok"],
-        duration_s=result["duration_s"],
-        error=result.get("error"),
+        ok=result.ok,
+        transient=result.transient,
+        duration_s=result.duration_s,
+        error=result.error or None,
     )
     return job
+
+
+def _failed(exc: StageError, who: dict[str, str]) -> StageResult:
+    """A stage's failure: held for a human, transient (retried after a backoff: not the story's
+    fault), or the story's own (it fails)."""
+    if isinstance(exc, HoldStory):
+        return StageResult(ok=False, hold=True, error=str(exc), **who)
+    transient = as_transient(exc)
+    if transient is not None:
+        return StageResult(
+            ok=False, transient=True, error=str(transient), retry_after_s=transient.retry_after_s, **who
+        )
+    return StageResult(ok=False, error=str(exc), **who)
 
 
 def is_current(record: StoryRecord, role: Role, round_: int, attempt: int) -> bool:
@@ -91,6 +101,6 @@ def _stage_input(rt: runtime.Runtime, record: StoryRecord, role: Role) -> StageI
         attempt=record.attempts.get(role, 0),
         worker=rt.identity,
         data_dir=rt.settings.data_dir,
-        plan=Plan.model_validate(plan_raw["output"]) if plan_raw and plan_raw.get("ok") else None,
-        last_qa=QAReport.model_validate(qa_raw["output"]) if qa_raw and qa_raw.get("ok") else None,
+        plan=Plan.model_validate(plan_raw.output) if plan_raw and plan_raw.ok else None,
+        last_qa=QAReport.model_validate(qa_raw.output) if qa_raw and qa_raw.ok else None,
     )

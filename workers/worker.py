@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -28,6 +27,7 @@ from wavefleet.connection import connect
 from wavefleet.domains import Domain
 from wavefleet.halt import HaltListener, HaltState, read_halt, record_ack
 from wavefleet.lifecycle import Role
+from wavefleet.messages import MisroutedMessage, StageJob, WorkerLogEntry, intake_fields
 from wavefleet.processes import die_with_parent
 from wavefleet.sandbox import UNSANDBOXED, Sandbox, sandbox_for
 from wavefleet.sandbox import fleet as fleet_sandbox
@@ -70,13 +70,14 @@ class WaveWorker(Worker):
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        if not self._belongs_here(job):
+        wanted = self._belongs_here(job)
+        if wanted is None:
             return
         with self.gate.lock:  # a halt either sees this horse, or this check sees the halt
             if self.gate.halted.is_set():
                 self._put_back(job, queue)
                 return
-            self._record_run(job)
+            self._record_run(job, wanted)
             execution = self.prepare_execution(job)
             self.fork_work_horse(job, queue)
             self.current_job = job
@@ -156,52 +157,54 @@ class WaveWorker(Worker):
             _requeue_front(queue, job.id, pipe)
             pipe.execute()
 
-    def _record_run(self, job: Job) -> None:
+    def _record_run(self, job: Job, wanted: StageJob) -> None:
         key = self.rt.store.keys.worker_log(self.rt.name)
-        entry = {
-            "job": job.id,
-            "story": job.kwargs.get("story_id"),
-            "domain": job.kwargs.get("domain"),
-            "role": job.kwargs.get("role"),
-            "identity": self.rt.identity,
-        }
+        entry = WorkerLogEntry(
+            job=job.id,
+            story=wanted.story_id,
+            domain=wanted.domain,
+            role=wanted.role,
+            identity=self.rt.identity,
+        )
         with self.rt.redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(key, json.dumps(entry))
+            pipe.lpush(key, entry.model_dump_json())
             pipe.ltrim(key, 0, WORKER_LOG_LENGTH - 1)
             pipe.execute()
 
-    def _belongs_here(self, job: Job) -> bool:
+    def _belongs_here(self, job: Job) -> StageJob | None:
         """The second line of domain isolation: routing put it here, but check before running.
 
-        The story's domain is its id's prefix, so this needs no Redis read."""
-        story_id = str(job.kwargs.get("story_id", ""))
+        The story's domain is its id's prefix, so this needs no Redis read. Returns the job's stage."""
         domain = self.rt.domain
+        try:
+            found: StageJob | None = StageJob.from_kwargs(job.kwargs)
+        except ValueError:
+            found = None  # not a stage job at all: refused, and nothing to send back
         if (
-            story_id.split("-", 1)[0] == domain.prefix
-            and job.kwargs.get("domain") == domain.name
-            and job.kwargs.get("role") == self.rt.role.value
+            found is not None
+            and found.story_id.split("-", 1)[0] == domain.prefix
+            and found.domain == domain.name
+            and found.role is self.rt.role
         ):
-            return True
+            return found
         self.wlog.error(
             "misrouted job refused",
-            story=story_id,
             job=job.id,
-            job_domain=job.kwargs.get("domain"),
-            job_role=job.kwargs.get("role"),
+            story=found.story_id if found else None,
+            job_domain=found.domain if found else None,
+            job_role=found.role.value if found else None,
         )
         job.delete()
-        self.rt.redis.xadd(
-            self.rt.store.keys.intake(),
-            {
-                "kind": "misrouted",
-                "story": story_id,
-                "role": str(job.kwargs.get("role")),
-                "round": str(job.kwargs.get("round_")),
-                "attempt": str(job.kwargs.get("attempt")),
-                "worker": self.rt.identity,
-            },
-        )
-        return False
+        if found is not None:
+            message = MisroutedMessage(
+                story=found.story_id,
+                role=found.role,
+                round=found.round,
+                attempt=found.attempt,
+                worker=self.rt.identity,
+            )
+            self.rt.redis.xadd(self.rt.store.keys.intake(), intake_fields(message))
+        return None
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         # If this worker dies (even by SIGKILL) its horse must die too, or the stage would run twice.

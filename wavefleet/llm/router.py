@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..config import Settings
-from ..errors import ConfigError, NoProviderError
+from ..errors import ConfigError, NoProviderError, ProvidersFailingError
 from .breaker import Breakers, BreakerState
 from .registry import Registration, check_known, registered
 from .types import ProviderName, TaskKind, provider_name
@@ -109,16 +109,16 @@ class Router:
         if breaker is not BreakerState.OPEN:
             return [Route(primary, probe=breaker is BreakerState.PROBE), *others]
         if not others:
-            raise NoProviderError(
+            raise ProvidersFailingError(
                 f"{primary} is failing (fallback for {left_s:.0f} s more) and no other provider has a key"
             )
         return others
 
-    def exhausted(self, primary: str, state: tuple[BreakerState, float]) -> NoProviderError:
+    def exhausted(self, primary: str, state: tuple[BreakerState, float]) -> ProvidersFailingError:
         """The error of a call that no provider could take: the primary's breaker is open and so is
-        every fallback's."""
+        every fallback's (not the story's fault: the stage is retried later)."""
         others = ", ".join(r.provider for r in self.fallbacks(primary))
-        return NoProviderError(
+        return ProvidersFailingError(
             f"every provider is failing ({primary} for {state[1]:.0f} s more, and {others}); "
             "the call was not sent"
         )
