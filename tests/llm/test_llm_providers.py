@@ -21,7 +21,7 @@ from servers.xai_server import XaiServer
 from test_llm_endpoints import assert_one_line_refusal, wave
 
 from wavefleet.config import Settings
-from wavefleet.errors import ExitCode, NoProviderError, ProviderError
+from wavefleet.errors import ExitCode, ProviderError, ProvidersFailingError
 from wavefleet.llm.breaker import Breakers
 from wavefleet.llm.client import LLMClient
 from wavefleet.llm.registry import Registration, register, unregister
@@ -140,10 +140,10 @@ def test_a_call_passes_every_open_breaker_in_the_order_and_is_refused_when_all_a
     # Then neither open provider was sent anything and the third answered
     assert reply.provider == "third" and reply.fallback_from is ProviderName.ANTHROPIC
     assert (len(anthropic_server.requests), len(xai_server.requests), len(third.requests)) == (0, 0, 1)
-    # And once the third's breaker is open too, the call is refused without being sent
+    # And once the third's breaker is open too, the call is refused unsent (transient: retried later)
     client.breakers.failure("third")
     client.breakers.failure("third")
-    with pytest.raises(NoProviderError, match="every provider is failing"):
+    with pytest.raises(ProvidersFailingError, match="every provider is failing"):
         client.call(LLMRequest(task=TaskKind.PLANNING, messages=(Message.user("again"),)))
     assert len(third.requests) == 1
 
