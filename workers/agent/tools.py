@@ -257,7 +257,8 @@ def _search(tree: Path, a: SearchArgs) -> str:
     except re.error as exc:
         raise ToolError(f"search: not a valid Python regex: {exc}") from None
     parts = jail.parts_of(a.path)
-    jail.stat_path(tree, a.path)  # refuses a link or a missing path in the model's own words
+    if jail.stat_path(tree, a.path).kind not in ("file", "folder"):
+        raise ToolError(f"{a.path}: a symbolic link or not a regular file or folder: refusing to search it")
     job = {
         "root": str(tree),
         "parts": list(parts),
