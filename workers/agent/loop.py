@@ -74,7 +74,7 @@ class ToolLoop(Generic[M]):
                 continue
             results = []
             for call in response.tool_calls:
-                result = self._one(call)
+                result = self.call_tool(call)
                 if self._result is not None:
                     self._finished(started)
                     return self._result
@@ -124,8 +124,9 @@ class ToolLoop(Generic[M]):
             seconds=round(time.monotonic() - started, 3),
         )
 
-    def _one(self, call: ToolCall) -> ToolResult:
-        """One tool call through the middleware: gated, run, its error turned into a result."""
+    def call_tool(self, call: ToolCall) -> ToolResult:
+        """One tool call through the middleware: gated, run, its error turned into a result (a
+        `finish` call with valid arguments sets the loop's result)."""
         return self.ctx.middleware.around_tool(self.ctx.stage, call, lambda: self._gated(call))
 
     def _gated(self, call: ToolCall) -> ToolResult:
