@@ -67,7 +67,9 @@ class ToolLoop(Generic[M]):
             self._check_caps(started)
             response = self._ask(system, messages)
             self.iterations += 1
-            messages.append(Message.assistant(response.text or "(no text)", response.tool_calls))
+            # an assistant turn needs some content: a reply with neither text nor a call gets a placeholder
+            said = response.text or ("" if response.tool_calls else "(no reply)")
+            messages.append(Message.assistant(said, response.tool_calls))
             if not response.tool_calls:
                 messages.append(Message.user(NUDGE))
                 self._check_stuck(stuck.observe_silence(NUDGE))
