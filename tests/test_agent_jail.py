@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from wavefleet.errors import ToolError
+from wavefleet.errors import StageError, ToolError
 from wavefleet.sandbox import BwrapSandbox
 from workers.agent import tools as tools_module
 from workers.agent.context import LoopLimits
@@ -187,3 +187,47 @@ def test_a_hostile_regex_is_stopped_and_a_bad_one_is_an_error(
     with pytest.raises(ToolError, match=r"the pattern took over 0\.5 s"):
         search({"pattern": "(a+)+$"})
     assert time.monotonic() - started < 5
+
+
+FSMONITOR_ATTACK = (
+    "git init -q --bare evil && "
+    "printf '[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = \"touch {flag}; false\"\\n' "
+    "> evil/config && "
+    'echo "gitdir: $PWD/evil" > .git'
+)
+
+
+def test_a_run_command_that_rewrites_a_worktrees_git_file_is_undone_before_git_reads_it(
+    tmp_path: Path,
+) -> None:
+    # Given a real worktree of a real clone (its .git is a file naming the git dir outside it)
+    repo, tree, flag = tmp_path / "repo", tmp_path / "tree", tmp_path / "PWNED"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    ident = ["-c", "user.name=t", "-c", "user.email=t@x"]
+    subprocess.run(["git", *ident, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "-q", str(tree), "-b", "t"], check=True)
+    original = (tree / ".git").read_text()
+    run = run_tool(BwrapSandbox(), tree, LoopLimits())
+
+    # When a sandboxed command points .git at a git dir whose config runs a command (core.fsmonitor)
+    with pytest.raises(ToolError, match=r"changed the worktree's \.git"):
+        run({"command": FSMONITOR_ATTACK.format(flag=flag)})
+
+    # Then the .git file was put back, and the fleet's git (on the host) runs nothing of the command's
+    assert (tree / ".git").read_text() == original
+    subprocess.run(
+        ["git", "-c", "core.hooksPath=/dev/null", "status"], cwd=tree, check=True, capture_output=True
+    )
+    assert not flag.exists()
+    # and a command that leaves .git alone is a plain result
+    assert run({"command": "echo fine > notes.txt"}).startswith("exit code 0")
+
+
+def test_a_run_command_that_changes_a_git_folders_config_ends_the_stage(
+    world: tuple[Path, Path, dict[str, Tool]],
+) -> None:
+    tree, _, _ = world
+    run = run_tool(BwrapSandbox(), tree, LoopLimits())
+    with pytest.raises(StageError, match=r"changed the worktree's \.git folder") as ended:
+        run({"command": "echo '[core]' >> .git/config"})
+    assert not isinstance(ended.value, ToolError)
