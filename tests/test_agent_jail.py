@@ -76,6 +76,7 @@ ATTEMPTS: list[tuple[str, Setup, str, tuple[str, ...]]] = [
     ("fifo", _fifo, "leak.txt", FILES),
     ("hard link out (write)", _hard_link, "leak.txt", ("write_file", "edit_file")),
     ("NUL byte", _nothing, "app.py\x00.txt", ALL),
+    ("lone surrogate", _nothing, "app\ud800.py", ALL),
     ("5000-character path", _nothing, "a/" * 2500 + "x.txt", ALL),
     ("git hooks", _nothing, ".git/hooks/pre-commit", ALL),
     ("git config", _nothing, ".git/config", ALL),

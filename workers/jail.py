@@ -63,8 +63,12 @@ def parts_of(relative: str) -> tuple[str, ...]:
         raise ToolError(f"{shown!r}: not a path inside the worktree (absolute); give a relative path")
     if ".." in path.parts:
         raise ToolError(f"{shown!r}: not a path inside the worktree ('..' is not allowed)")
+    try:
+        relative.encode()
+    except UnicodeEncodeError:
+        raise ToolError(f"{shown!r}: not a path inside the worktree (not valid Unicode)") from None
     for name in path.parts:
-        if len(name.encode(errors="surrogateescape")) > MAX_NAME_BYTES:
+        if len(name.encode()) > MAX_NAME_BYTES:
             raise ToolError(f"{shown!r}: a file or folder name may be at most {MAX_NAME_BYTES} bytes")
         if name.casefold() == GIT_DIR:
             raise ToolError(f"{shown!r}: the .git folder is not the agent's to read or change")

@@ -155,5 +155,7 @@ class ToolLoop(Generic[M]):
             return tool(call.arguments)
         except OSError as exc:  # a disk error, a permission: the model may choose another way
             raise ToolError(f"{call.name}: {exc.strerror or exc}") from None
+        except UnicodeError:  # a lone surrogate ("\ud800") decoded from the model's JSON
+            raise ToolError(f"{call.name}: the arguments are not valid Unicode text") from None
         except ValidationError as exc:  # a tool validating deeper structures itself
             raise ToolError(f"invalid arguments for {call.name}: {exc.error_count()} errors") from None
