@@ -299,4 +299,3 @@ def test_function_calling_round_trips_through_xai_for_the_cto_review(
     assert second["tools"] == xai_server.requests[0]["body"]["tools"]
     assert second["messages"][-1]["role"] == "ROLE_TOOL"
     assert second["messages"][-1]["content"][0]["text"] == APP
-
