@@ -299,3 +299,30 @@ def test_function_calling_round_trips_through_xai_for_the_cto_review(
     assert second["tools"] == xai_server.requests[0]["body"]["tools"]
     assert second["messages"][-1]["role"] == "ROLE_TOOL"
     assert second["messages"][-1]["content"][0]["text"] == APP
+
+
+def test_tool_arguments_grok_could_not_parse_are_an_error_result_the_model_sees(
+    live: Settings,
+    client: LLMClient,
+    store: StoryStore,
+    domains: Domains,
+    tree: Path,
+    xai_server: XaiServer,
+) -> None:
+    # Given Grok whose first tool call has arguments cut short (not a JSON object), then finishes
+    def grok(body: dict[str, Any]) -> XaiReply:
+        if assistant_turns(body) == 0:
+            return XaiReply(text="", tool_calls=[("write_file", '{"path": "app.py", "content": "x')])
+        return XaiReply(text="", tool_calls=[("finish", json.dumps({"summary": "GO", "files": []}))])
+
+    xai_server.respond_with(grok)
+    ctx = stage_context(live, client, store, domains, tree)
+
+    # When the loop runs
+    done = ToolLoop(ctx, file_tools(tree, ctx.limits), Done, TaskKind.CTO_REVIEW).run(SYSTEM, "Review.")
+
+    # Then the broken call ran nothing, and Grok was told why in a tool result
+    assert done == Done(summary="GO", files=[])
+    assert (tree / "app.py").read_text() == APP
+    result = xai_server.requests[1]["body"]["messages"][-1]
+    assert result["role"] == "ROLE_TOOL" and "not a JSON object" in result["content"][0]["text"]

@@ -145,6 +145,10 @@ class ToolLoop(Generic[M]):
             return ToolResult(tool_call_id=call.id, content=str(exc), is_error=True)
 
     def _execute(self, call: ToolCall) -> str:
+        if call.invalid_arguments:  # the provider could not parse them: the model's slip, told to it
+            raise ToolError(
+                f"the arguments of {call.name} are not a JSON object: {call.invalid_arguments[:200]!r}"
+            )
         if call.name == FINISH:
             self._result = parse_arguments(self.finish, call.arguments, FINISH)
             return "finished"
