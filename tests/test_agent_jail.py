@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from wavefleet.errors import StageError, ToolError
-from wavefleet.sandbox import BwrapSandbox
+from wavefleet.sandbox import BwrapSandbox, NoSandbox
 from workers.agent import tools as tools_module
 from workers.agent.context import LoopLimits
 from workers.agent.tools import Tool, file_tools, run_tool
@@ -201,6 +201,8 @@ FSMONITOR_ATTACK = (
 def test_a_run_command_that_rewrites_a_worktrees_git_file_is_undone_before_git_reads_it(
     tmp_path: Path,
 ) -> None:
+    # (bwrap binds .git read-only, tests/test_sandbox.py; this is the tool's own check behind it,
+    # the only one left when the operator turned the sandbox off)
     # Given a real worktree of a real clone (its .git is a file naming the git dir outside it)
     repo, tree, flag = tmp_path / "repo", tmp_path / "tree", tmp_path / "PWNED"
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
@@ -208,7 +210,7 @@ def test_a_run_command_that_rewrites_a_worktrees_git_file_is_undone_before_git_r
     subprocess.run(["git", *ident, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
     subprocess.run(["git", "-C", str(repo), "worktree", "add", "-q", str(tree), "-b", "t"], check=True)
     original = (tree / ".git").read_text()
-    run = run_tool(BwrapSandbox(), tree, LoopLimits())
+    run = run_tool(NoSandbox(), tree, LoopLimits())
 
     # When a sandboxed command points .git at a git dir whose config runs a command (core.fsmonitor)
     with pytest.raises(ToolError, match=r"changed the worktree's \.git"):
@@ -228,7 +230,7 @@ def test_a_run_command_that_changes_a_git_folders_config_ends_the_stage(
     world: tuple[Path, Path, dict[str, Tool]],
 ) -> None:
     tree, _, _ = world
-    run = run_tool(BwrapSandbox(), tree, LoopLimits())
+    run = run_tool(NoSandbox(), tree, LoopLimits())  # under bwrap .git is read-only (test_sandbox.py)
     with pytest.raises(StageError, match=r"changed the worktree's \.git folder") as ended:
         run({"command": "echo '[core]' >> .git/config"})
     assert not isinstance(ended.value, ToolError)

@@ -28,6 +28,7 @@ from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.testing import Processes, env_of, fast_settings, processes_with, wait_until
 from workers import commands
+from workers.git import git
 
 API_KEY = "sk-ant-test-key-that-must-never-leak"  # a marker, not a credential
 # What a hostile test command tries: every line it prints is checked by the tests below.
@@ -353,3 +354,54 @@ def test_wave_up_and_demo_refuse_before_starting_anything_where_bwrap_is_missing
         "or set WAVE_SANDBOX=none to run work unsandboxed"
     ]
     assert not (tmp_path / "data").exists()
+
+
+def _worktree(tmp_path: Path) -> Path:
+    """A real worktree of a real clone: its `.git` is a file naming the git dir outside it."""
+    repo, tree = tmp_path / "repo", tmp_path / "tree"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    ident = ["-c", "user.name=t", "-c", "user.email=t@x"]
+    subprocess.run(["git", *ident, "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "-q", str(tree), "-b", "t"], check=True)
+    return tree
+
+
+# Points the worktree's .git at a git dir the command made, whose config runs a command of its
+# choice whenever git reads the index there (core.fsmonitor): on the host, where the fleet's git runs.
+SWAP_GIT_DIR = (
+    "git init -q --bare evil && "
+    "printf '[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = \"touch {flag}; false\"\\n' "
+    "> evil/config && "
+    'echo "gitdir: $PWD/evil" > .git'
+)
+
+
+def test_a_sandboxed_command_cannot_swap_the_worktrees_git_dir_for_one_that_runs_on_the_host(
+    tmp_path: Path,
+) -> None:
+    # Given a worktree, and a test command (QA's runs as this one does) that rewrites its .git
+    tree, flag = _worktree(tmp_path), tmp_path / "PWNED"
+    original = (tree / ".git").read_text()
+    argv = ["sh", "-c", SWAP_GIT_DIR.format(flag=flag) + " ; rm -f .git ; mv .git moved"]
+
+    # When it runs in the sandbox, and then the fleet's git works in the worktree (commit, diff)
+    outcome = commands.run_in(BwrapSandbox(), argv, tree, timeout_s=60, max_output_bytes=10_000)
+    git(tree, "status")
+    git(tree, "add", "-A")
+
+    # Then .git was read-only to it (not rewritten, removed or moved), and nothing ran on the host
+    assert "Read-only file system" in outcome.output or "Device or resource busy" in outcome.output
+    assert (tree / ".git").read_text() == original
+    assert not flag.exists()
+
+
+def test_the_fleets_git_runs_no_fsmonitor_command_even_from_a_swapped_git_dir(tmp_path: Path) -> None:
+    # Given a worktree whose .git was swapped unsandboxed (WAVE_SANDBOX=none runs commands as is)
+    tree, flag = _worktree(tmp_path), tmp_path / "PWNED"
+    subprocess.run(["sh", "-c", SWAP_GIT_DIR.format(flag=flag)], cwd=tree, check=True)
+
+    # When the fleet's git reads the worktree
+    git(tree, "status")
+
+    # Then the swapped config's fsmonitor command never ran
+    assert not flag.exists()

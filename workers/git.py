@@ -17,8 +17,9 @@ from . import commands
 
 GIT_TIMEOUT_S = 120
 # git is the fleet's own tooling and runs on the host: never a hook, whoever wrote one into the clone
-# (hooks are not cloned, but a command run unsandboxed could write one through a worktree's gitdir).
-NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
+# (hooks are not cloned, but a command run unsandboxed could write one through a worktree's gitdir),
+# and never an fsmonitor command (a `.git` swapped for one naming a hostile git dir would set one).
+NO_HOOKS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 # Agents commit as WAVE; set here so a machine without a global git identity still commits.
 IDENTITY = {
     "GIT_AUTHOR_NAME": "WAVE",

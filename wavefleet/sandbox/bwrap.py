@@ -94,7 +94,14 @@ class BwrapSandbox:
         args += _system_binds()
         for prefix in python_prefixes():
             args += ["--ro-bind", str(prefix), str(prefix)]
-        args += ["--bind", str(worktree), str(worktree), "--chdir", str(worktree), "--clearenv"]
+        args += ["--bind", str(worktree), str(worktree)]
+        # The worktree's `.git` names the git dir the fleet's own git (on the host, unsandboxed)
+        # reads: rewritten to name a git dir the command made, with `core.fsmonitor` set, it would run
+        # the command's choice on the host. Read-only, it cannot be changed, removed or replaced.
+        dot_git = worktree / ".git"
+        if dot_git.exists() and not dot_git.is_symlink():
+            args += ["--ro-bind", str(dot_git), str(dot_git)]
+        args += ["--chdir", str(worktree), "--clearenv"]
         for name, value in env.items():
             args += ["--setenv", name, value]
         return Invocation([*args, "--", *argv], {"PATH": env["PATH"]}, worktree)
