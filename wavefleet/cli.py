@@ -170,19 +170,34 @@ def cmd_events(app: App, args: argparse.Namespace) -> int:
         if event["event"] == "llm_call":
             _show(format_call(event))
             continue
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(event["at"])))
-        change = f"{event.get('from', '')} -> {event['to']}" if event.get("from") else f"-> {event['to']}"
-        detail = "  ".join(
-            x
-            for x in (
-                event.get("role") and f"role={event['role']}",
-                event.get("round") and f"round={event['round']}",
-                event.get("reason"),
-            )
-            if x
-        )
-        _show(f"{stamp}  {event['event']:<12} {change:<28} {detail}")
+        _show(_format_event(event))
     return ExitCode.OK
+
+
+# Fields every history entry may carry, shown in their own places; any other field (an agent
+# event's guard, tool or iterations) is shown as name=value before the reason.
+_EVENT_FIELDS = frozenset(
+    {"event", "from", "to", "role", "round", "reason", "story", "at", "attempt", "worker"}
+)
+
+
+def _format_event(event: dict[str, str]) -> str:
+    """One history line: a transition shows from -> to; an agent or budget note has no `to`."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(event["at"])))
+    to = event.get("to", "")
+    change = f"{event.get('from', '')} -> {to}" if event.get("from") else (f"-> {to}" if to else "")
+    extra = [f"{k}={v}" for k, v in sorted(event.items()) if k not in _EVENT_FIELDS and v != ""]
+    detail = "  ".join(
+        x
+        for x in (
+            event.get("role") and f"role={event['role']}",
+            event.get("round") and f"round={event['round']}",
+            *extra,
+            event.get("reason"),
+        )
+        if x
+    )
+    return f"{stamp}  {event.get('event', '?'):<12} {change:<28} {detail}"
 
 
 def _transition(kind: EventKind, verb: str) -> Callable[[App, argparse.Namespace], int]:

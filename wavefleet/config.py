@@ -118,6 +118,17 @@ class PipelineSettings(_Section):
     max_rounds: int = Field(default=3, ge=1, le=20)
 
 
+class LoopSettings(_Section):
+    """The agents' tool loop: its guards and its tools' caps (see workers/agent/loop.py)."""
+
+    max_iterations: int = Field(default=40, ge=1, le=1000)  # model calls per stage
+    wall_clock_s: float = Field(default=1200.0, gt=0, le=86_400)  # per stage
+    repeats_to_stop: int = Field(default=3, ge=2, le=20)  # same call and result, or same error
+    run_timeout_s: float = Field(default=300.0, gt=0, le=86_400)  # one `run` command
+    run_output_bytes: int = Field(default=64_000, ge=1_000, le=10_000_000)  # its output's end shown
+    read_window_bytes: int = Field(default=64_000, ge=1_000, le=10_000_000)  # a read of a larger file
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` (a name or an IP address, IPv6 with or without brackets) is this machine."""
     host = host.removeprefix("[").removesuffix("]")
@@ -239,6 +250,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    loop: LoopSettings = LoopSettings()
     anthropic: AnthropicSettings = AnthropicSettings()
     xai: XaiSettings = XaiSettings()
     llm: LLMSettings = LLMSettings()

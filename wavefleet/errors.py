@@ -119,3 +119,16 @@ class BudgetExceededError(HoldStory):
     def __init__(self, message: str, *, scope: str = "") -> None:
         super().__init__(message)
         self.scope = scope
+
+
+class ToolError(StageError):
+    """An agent's tool call cannot be done (a path out of the worktree, a missing file, an ambiguous
+    edit). In the tool loop the model sees the message and goes on; elsewhere it fails the stage."""
+
+
+class LoopStopped(StageError):
+    """A tool loop's guard stopped it (iteration or wall-clock cap, a stuck model); the message is why."""
+
+    def __init__(self, message: str, *, guard: str) -> None:
+        super().__init__(message)
+        self.guard = guard

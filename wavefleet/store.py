@@ -400,6 +400,16 @@ return {}
         }
         self._record(pipe, story_id, fields, time.time())
 
+    def record_agent_event(
+        self, story_id: str, event: str, reason: str, fields: dict[str, str | int | float | bool]
+    ) -> None:
+        """Note in the story's history what an agent reports (a guard stopped its loop, a tool call
+        was blocked). Not a transition: `to` is empty, as for budget alerts."""
+        entry = {**fields, "event": event, "to": "", "reason": reason}
+        with self.redis.pipeline(transaction=False) as pipe:
+            self._record(pipe, story_id, entry, time.time())
+            pipe.execute()
+
     def mark_running(self, job: str, info: dict[str, Any]) -> None:
         self.redis.hset(self.keys.running(), job, json.dumps(info))
 

@@ -5,7 +5,9 @@ anthropic 2.x sends it, ``authorization: Bearer``) and the ``anthropic-version``
 a Message (text and ``tool_use`` blocks, usage), and simulates prompt caching: a prefix that ends at
 a ``cache_control`` breakpoint (tools, then system, in render order) and is long enough is written
 once (``cache_creation_input_tokens``) and read afterwards (``cache_read_input_tokens``). Tests
-script replies (429, 529, 5xx, delays past the client's timeout, malformed bodies) in order.
+script replies (429, 529, 5xx, delays past the client's timeout, malformed bodies) in order, or
+answer by the request's content with `respond_with(fn)` (a scripted model: tool calls chosen from
+the system prompt and the turns so far, which works when several processes call at once).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,6 +46,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+Responder = Callable[[dict[str, Any]], Reply | None]
+
+
 def tokens_of(value: Any) -> int:
     """The server's token count: one token per 4 characters of the JSON text, as a stand-in tokenizer."""
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -58,6 +64,7 @@ class AnthropicServer:
         self.reply_chars = reply_chars  # pad default replies to this length (realistic output sizes)
         self.requests: list[dict[str, Any]] = []
         self._script: deque[Reply] = deque()
+        self._responder: Responder | None = None
         self._cache: set[str] = set()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -84,15 +91,26 @@ class AnthropicServer:
         with self._lock:
             self._script.extend(replies)
 
+    def respond_with(self, fn: Responder | None) -> None:
+        """Answer each request with `fn(body)` (the request's JSON body); None from it: a normal reply.
+        Queued `script` replies still come first. `fn` runs on the server's threads: keep it pure."""
+        with self._lock:
+            self._responder = fn
+
     def reset(self) -> None:
         with self._lock:
             self._script.clear()
+            self._responder = None
             self.requests.clear()
             self._cache.clear()
 
-    def next_reply(self) -> Reply:
+    def next_reply(self, body: dict[str, Any] | None = None) -> Reply:
         with self._lock:
-            return self._script.popleft() if self._script else Reply()
+            if self._script:
+                return self._script.popleft()
+            responder = self._responder
+        reply = responder(body) if responder is not None and body is not None else None
+        return reply if reply is not None else Reply()
 
     # The Messages API ----------------------------------------------------------------------------
     def authorised(self, headers: dict[str, str]) -> bool:
@@ -206,7 +224,7 @@ def _handler_for(server: AnthropicServer) -> type[BaseHTTPRequestHandler]:
                 self._send(400, _error(400, "request body is not JSON"))
                 return
             server.requests.append({"headers": headers, "body": body, "at": time.time()})
-            self._answer(body, server.next_reply())
+            self._answer(body, server.next_reply(body))
 
         def _answer(self, body: dict[str, Any], reply: Reply) -> None:
             if reply.delay_s:

@@ -6,7 +6,8 @@ its `add_ChatServicer_to_server`, so requests and replies are the service's real
 `GetCompletion` checks the bearer key in the call metadata, answers with the assistant's text or tool
 calls and a `SamplingUsage` (prompt, completion and cached prompt tokens, cost in USD ticks), and
 simulates xAI's automatic prompt caching: a request whose leading messages repeat an earlier
-request's reports that prefix as cached. Tests script gRPC status codes and delays in order.
+request's reports that prefix as cached. Tests script gRPC status codes and delays in order, or
+answer by the request's content with `respond_with(fn)` (fn gets the request as a JSON dict).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,9 @@ class Reply:
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, JSON arguments text)
     delay_s: float = 0.0
     trailers: tuple[tuple[str, str], ...] = ()
+
+
+Responder = Callable[[dict[str, Any]], Reply | None]
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class XaiServer(chat_pb2_grpc.ChatServicer):
         self.min_cache_tokens = min_cache_tokens
         self.requests: list[dict[str, Any]] = []
         self._script: deque[Reply] = deque()
+        self._responder: Responder | None = None
         self._prefixes: set[str] = set()
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -89,15 +95,26 @@ class XaiServer(chat_pb2_grpc.ChatServicer):
         with self._lock:
             self._script.extend(replies)
 
+    def respond_with(self, fn: Responder | None) -> None:
+        """Answer each request with `fn(body)` (the request as a dict, proto field names); None from
+        it: a normal reply. Queued `script` replies still come first."""
+        with self._lock:
+            self._responder = fn
+
     def reset(self) -> None:
         with self._lock:
             self._script.clear()
+            self._responder = None
             self.requests.clear()
             self._prefixes.clear()
 
-    def _next(self) -> Reply:
+    def _next(self, body: dict[str, Any]) -> Reply:
         with self._lock:
-            return self._script.popleft() if self._script else Reply()
+            if self._script:
+                return self._script.popleft()
+            responder = self._responder
+        reply = responder(body) if responder is not None else None
+        return reply if reply is not None else Reply()
 
     # The Chat service ----------------------------------------------------------------------------
     def GetCompletion(  # noqa: N802 - the gRPC service's method name
@@ -110,7 +127,7 @@ class XaiServer(chat_pb2_grpc.ChatServicer):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid api key")
         body = MessageToDict(request, preserving_proto_field_name=True)
         self.requests.append({"metadata": metadata, "body": body, "at": time.time()})
-        reply = self._next()
+        reply = self._next(body)
         if reply.delay_s:
             time.sleep(reply.delay_s)
         if reply.code is not grpc.StatusCode.OK:
