@@ -27,6 +27,7 @@ STORY = {
     "description": "Too many wrong passwords in a row must lock the account.",
     "acceptance_criteria": ["an account locks after 3 failed logins", "a success resets the count"],
 }
+LOCKOUT = "auth_service/lockout.py"
 FIX_MARK = "FIX-LOCKOUT-OFF-BY-ONE"
 PID_MARK = "pid-in-sandbox"
 FAILING_TEST = "test_locks_after_the_limit"
@@ -48,7 +49,7 @@ class Lockout:
     def locked(self, user: str) -> bool:
         return self.failures.get(user, 0) > self.limit
 '''
-LOCKOUT_TEST = f'''from auth_service.lockout import Lockout
+LOCKOUT_TEST = f"""from auth_service.lockout import Lockout
 
 
 def {FAILING_TEST}():
@@ -63,14 +64,14 @@ def test_a_success_resets_the_count():
     lockout.failed("ada")
     lockout.succeeded("ada")
     assert not lockout.locked("ada")
-'''
+"""
 DOCS = "# Account lockout\n\nAfter 3 failed logins in a row the account is locked.\n"
-DOCS_TEST = '''from pathlib import Path
+DOCS_TEST = """from pathlib import Path
 
 
 def test_the_lockout_is_documented():
     assert "3 failed logins" in (Path(__file__).parent.parent / "docs" / "lockout.md").read_text()
-'''
+"""
 
 
 def run_command(*pytest_args: str) -> list[str]:
@@ -107,7 +108,10 @@ def be(round_: int, step: int, opening: dict[str, Any]) -> Call:
     if FIX_MARK not in report:  # the QA report did not reach the developer: nothing to act on
         return ("finish", {"summary": "no QA report: nothing to fix"})
     script = [
-        ("edit_file", {"path": "auth_service/lockout.py", "old_text": "> self.limit", "new_text": ">= self.limit"}),
+        (
+            "edit_file",
+            {"path": "auth_service/lockout.py", "old_text": "> self.limit", "new_text": ">= self.limit"},
+        ),
         ("run", {"command": run_command()}),
         ("finish", {"summary": f"fixed as QA asked ({FIX_MARK})"}),
     ]
@@ -142,7 +146,10 @@ def qa(round_: int, step: int, opening: dict[str, Any]) -> Call:
 def cto(round_: int, step: int, opening: dict[str, Any]) -> Call:
     if step == 0:
         return ("read_file", {"path": "auth_service/lockout.py"})
-    return ("finish", {"decision": "GO", "reasons": ["tested lockout, QA passed", "no credential or test removed"]})
+    return (
+        "finish",
+        {"decision": "GO", "reasons": ["tested lockout, QA passed", "no credential or test removed"]},
+    )
 
 
 ROLES = {"pm": pm, "be": be, "fe": fe, "qa": qa, "cto": cto}
@@ -152,7 +159,9 @@ ROLES = {"pm": pm, "be": be, "fe": fe, "qa": qa, "cto": cto}
 class Seen:
     """What the servers were asked, for the test's assertions (appended from the servers' threads)."""
 
-    calls: list[tuple[str, str, int, int, str]] = field(default_factory=list)  # provider, role, round, step, tool
+    calls: list[tuple[str, str, int, int, str]] = field(
+        default_factory=list
+    )  # provider, role, round, step, tool
     openings: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     run_outputs: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)

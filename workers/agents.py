@@ -12,6 +12,7 @@ from wavefleet.lifecycle import Decision, Role
 
 from .agent.context import AgentContext
 from .agent.prompts import load_prompt
+from .agent.team import LLMAgent
 from .offline import OfflineAgent
 from .roles import Agent, DevResult, Plan, QAReport, Review, StageInput, StageOutput, Task
 
@@ -64,7 +65,5 @@ def agent_for(kind: AgentKind, role: Role, *, command_timeout_s: float = 300.0) 
     if kind == "noop":
         return NoopAgent(role)
     if kind == "llm":
-        from .agent.team import llm_agent  # noqa: PLC0415 - offline and noop fleets never load it
-
-        return llm_agent(role)
+        return LLMAgent(role, command_timeout_s)
     return OfflineAgent(role, command_timeout_s)

@@ -19,6 +19,8 @@ from wavefleet.store import StoryRecord, job_id
 from . import runtime
 from .agent.assemble import context_for
 from .agent.context import AgentContext
+from .agent.events import StoryEventSink
+from .agent.loop import limits_from
 from .agents import agent_for
 from .roles import Plan, QAReport, StageInput
 
@@ -83,7 +85,8 @@ def is_current(record: StoryRecord, role: Role, round_: int, attempt: int) -> bo
 def _context(rt: runtime.Runtime, stage: StageInput) -> AgentContext:
     llm = rt.llm or LLMClient(rt.settings, rt.redis)
     sandbox = rt.sandbox or sandbox_for(rt.settings.sandbox, network=rt.domain.sandbox.network)
-    return context_for(stage, llm, sandbox)
+    events = StoryEventSink(rt.store, stage)
+    return context_for(stage, llm, sandbox, events=events, limits=limits_from(rt.settings.loop))
 
 
 def _stage_input(rt: runtime.Runtime, record: StoryRecord, role: Role) -> StageInput:

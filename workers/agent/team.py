@@ -110,11 +110,19 @@ class LLMAgent:
         if run.passed:
             return run.report(LABEL, f"llm qa: {run.outcome()}")
         if run.conflicts:  # nothing ran: the report names the files, no model needed
-            failures = [Failure(file=f, fix="fe and be changed this file incompatibly") for f in run.conflicts]
+            failures = [
+                Failure(file=f, fix="fe and be changed this file incompatibly") for f in run.conflicts
+            ]
             return run.report(LABEL, f"llm qa: {run.outcome()}").model_copy(update={"failures": failures})
-        tools = [*file_tools(run.tree, ctx.limits, writable=False), run_tool(ctx.sandbox, run.tree, ctx.limits)]
-        extra = {"test_command": list(run.command[1:]), "exit_code": run.exit_code}
-        extra["test_output"] = run.output[-MAX_TEST_OUTPUT_CHARS:]
+        tools = [
+            *file_tools(run.tree, ctx.limits, writable=False),
+            run_tool(ctx.sandbox, run.tree, ctx.limits),
+        ]
+        extra: dict[str, Any] = {
+            "test_command": list(run.command[1:]),
+            "exit_code": run.exit_code,
+            "test_output": run.output[-MAX_TEST_OUTPUT_CHARS:],
+        }
         analysis = _loop(ctx, tools, FailureAnalysis, TaskKind.QA_ANALYSIS, extra)
         summary = f"{run.outcome()}: {analysis.summary}"
         report = run.report(seen.label(), summary)  # passed: the exit code's, never the model's
@@ -139,10 +147,6 @@ _RUNNERS: dict[Role, Callable[[LLMAgent, StageInput, AgentContext, ModelsSeen], 
     Role.QA: LLMAgent.test,
     Role.CTO: LLMAgent.review,
 }
-
-
-def llm_agent(role: Role, command_timeout_s: float = 300.0) -> LLMAgent:
-    return LLMAgent(role, command_timeout_s)
 
 
 class ModelsSeen(Middleware):
