@@ -57,6 +57,7 @@ def keyed(settings: Settings, anthropic: AnthropicServer, xai: XaiServer) -> Set
     )
 
 
+@pytest.mark.timeout(300)  # seven processes and two model servers on a shared 2-core CI machine
 def test_a_story_goes_through_the_llm_team_fails_qa_once_is_fixed_and_gets_a_go_from_grok(
     settings: Settings,
     anthropic: AnthropicServer,
@@ -84,7 +85,7 @@ def test_a_story_goes_through_the_llm_team_fails_qa_once_is_fixed_and_gets_a_go_
 
         wait_until(
             lambda: store.get(STORY_ID).state in (StoryState.DONE, StoryState.FAILED, StoryState.HELD),
-            timeout_s=240,
+            timeout_s=200,
             interval_s=0.2,
             message=f"{STORY_ID} to finish",
             diagnose=diagnose,
