@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,8 +63,12 @@ def parts_of(relative: str) -> tuple[str, ...]:
         raise ToolError(f"{shown!r}: not a path inside the worktree (absolute); give a relative path")
     if ".." in path.parts:
         raise ToolError(f"{shown!r}: not a path inside the worktree ('..' is not allowed)")
+    try:
+        relative.encode()
+    except UnicodeEncodeError:
+        raise ToolError(f"{shown!r}: not a path inside the worktree (not valid Unicode)") from None
     for name in path.parts:
-        if len(name.encode(errors="surrogateescape")) > MAX_NAME_BYTES:
+        if len(name.encode()) > MAX_NAME_BYTES:
             raise ToolError(f"{shown!r}: a file or folder name may be at most {MAX_NAME_BYTES} bytes")
         if name.casefold() == GIT_DIR:
             raise ToolError(f"{shown!r}: the .git folder is not the agent's to read or change")
@@ -185,6 +190,52 @@ def stat_path(tree: Path, relative: str) -> Entry:
         except FileNotFoundError:
             raise ToolError(f"{relative}: no such file or folder in the worktree") from None
     return Entry(parts[-1], _kind(info.st_mode), info.st_size)
+
+
+@dataclass(frozen=True)
+class GitMark:
+    """What a command may not change about the worktree's `.git` (see `git_mark`)."""
+
+    fingerprint: tuple[object, ...]
+    text: bytes | None  # a worktree's `.git` file: the line naming its git dir, to put back
+
+
+def git_mark(tree: Path) -> GitMark:
+    """The `.git` entry's kind, inode, size and time, and its text when it is a file (a worktree's
+    `.git` names the git dir), or for a folder its config and hooks. git runs on the worker, outside
+    the sandbox: a `.git` rewritten to name a git dir with `core.fsmonitor` set would run any command
+    there, so a sandboxed command must not change it."""
+    parts: list[object] = []
+    for name in (GIT_DIR, f"{GIT_DIR}/config", f"{GIT_DIR}/hooks"):
+        try:
+            info = os.lstat(tree / name)
+        except (FileNotFoundError, NotADirectoryError):
+            parts.append(None)
+            continue
+        parts.append((info.st_mode, info.st_ino, info.st_size, info.st_mtime_ns))
+        if stat.S_ISDIR(info.st_mode) and name.endswith("hooks"):
+            parts.append(tuple(sorted(p.name for p in (tree / name).iterdir())))
+    first = parts[0]
+    is_file = isinstance(first, tuple) and stat.S_ISREG(first[0])
+    return GitMark(tuple(parts), (tree / GIT_DIR).read_bytes() if is_file else None)
+
+
+def restore_git(tree: Path, mark: GitMark) -> bool:
+    """Put a worktree's `.git` file back as `mark` saw it, whatever is there now; False if `mark`
+    saw no `.git` file (a whole `.git` folder cannot be put back)."""
+    if mark.text is None:
+        return False
+    target = tree / GIT_DIR
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
+    fd = os.open(tree / GIT_DIR, _WRITE_FLAGS | os.O_EXCL)  # O_EXCL: nothing planted in between
+    try:
+        os.write(fd, mark.text)
+    finally:
+        os.close(fd)
+    return True
 
 
 def write_text(tree: Path, relative: str, text: str, *, keep_existing: bool = False) -> None:

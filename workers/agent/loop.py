@@ -67,14 +67,16 @@ class ToolLoop(Generic[M]):
             self._check_caps(started)
             response = self._ask(system, messages)
             self.iterations += 1
-            messages.append(Message.assistant(response.text or "(no text)", response.tool_calls))
+            # an assistant turn needs some content: a reply with neither text nor a call gets a placeholder
+            said = response.text or ("" if response.tool_calls else "(no reply)")
+            messages.append(Message.assistant(said, response.tool_calls))
             if not response.tool_calls:
                 messages.append(Message.user(NUDGE))
                 self._check_stuck(stuck.observe_silence(NUDGE))
                 continue
             results = []
             for call in response.tool_calls:
-                result = self._one(call)
+                result = self.call_tool(call)
                 if self._result is not None:
                     self._finished(started)
                     return self._result
@@ -124,8 +126,9 @@ class ToolLoop(Generic[M]):
             seconds=round(time.monotonic() - started, 3),
         )
 
-    def _one(self, call: ToolCall) -> ToolResult:
-        """One tool call through the middleware: gated, run, its error turned into a result."""
+    def call_tool(self, call: ToolCall) -> ToolResult:
+        """One tool call through the middleware: gated, run, its error turned into a result (a
+        `finish` call with valid arguments sets the loop's result)."""
         return self.ctx.middleware.around_tool(self.ctx.stage, call, lambda: self._gated(call))
 
     def _gated(self, call: ToolCall) -> ToolResult:
@@ -152,5 +155,7 @@ class ToolLoop(Generic[M]):
             return tool(call.arguments)
         except OSError as exc:  # a disk error, a permission: the model may choose another way
             raise ToolError(f"{call.name}: {exc.strerror or exc}") from None
+        except UnicodeError:  # a lone surrogate ("\ud800") decoded from the model's JSON
+            raise ToolError(f"{call.name}: the arguments are not valid Unicode text") from None
         except ValidationError as exc:  # a tool validating deeper structures itself
             raise ToolError(f"invalid arguments for {call.name}: {exc.error_count()} errors") from None

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from wavefleet.errors import ToolError
+from wavefleet.errors import StageError, ToolError
 from wavefleet.llm.types import ToolSpec
 from wavefleet.sandbox import Sandbox
 
@@ -186,6 +186,7 @@ def run_tool(sandbox: Sandbox, tree: Path, limits: LoopLimits) -> Tool:
             raise ToolError("run: the command is empty")
         if any("\0" in arg for arg in argv):
             raise ToolError("run: a command may not contain a NUL byte")
+        before = jail.git_mark(tree)
         try:
             outcome = commands.run_in(
                 sandbox,
@@ -195,9 +196,13 @@ def run_tool(sandbox: Sandbox, tree: Path, limits: LoopLimits) -> Tool:
                 max_output_bytes=limits.run_output_bytes,
             )
         except subprocess.TimeoutExpired:
-            return f"timed out after {limits.run_timeout_s:g} s: the command was killed"
+            outcome = None
         except FileNotFoundError as exc:
             raise ToolError(f"run: {exc}") from None
+        finally:
+            _refuse_git_changes(tree, before, argv)
+        if outcome is None:
+            return f"timed out after {limits.run_timeout_s:g} s: the command was killed"
         cut = f" (only its last {limits.run_output_bytes} bytes)" if outcome.truncated else ""
         return f"exit code {outcome.exit_code}\noutput{cut}:\n{outcome.output}"
 
@@ -207,6 +212,20 @@ def run_tool(sandbox: Sandbox, tree: Path, limits: LoopLimits) -> Tool:
         f"{limits.run_timeout_s:g} s). The reply has its exit code and the end of its output.",
         RunArgs,
         run,
+    )
+
+
+def _refuse_git_changes(tree: Path, before: jail.GitMark, argv: list[str]) -> None:
+    """A command that changed the worktree's `.git`: the `.git` file is put back and the model told;
+    a changed `.git` folder (not put back) ends the stage, before the fleet's git (outside the
+    sandbox) reads what the command wrote."""
+    if jail.git_mark(tree).fingerprint == before.fingerprint:
+        return
+    if not jail.restore_git(tree, before):
+        raise StageError(f"a command changed the worktree's .git folder: {argv[-1][:200]!r}")
+    raise ToolError(
+        "the command changed the worktree's .git, which is git's, not the agent's: it was put back "
+        "(use the files of the worktree only)"
     )
 
 
@@ -257,7 +276,8 @@ def _search(tree: Path, a: SearchArgs) -> str:
     except re.error as exc:
         raise ToolError(f"search: not a valid Python regex: {exc}") from None
     parts = jail.parts_of(a.path)
-    jail.stat_path(tree, a.path)  # refuses a link or a missing path in the model's own words
+    if jail.stat_path(tree, a.path).kind not in ("file", "folder"):
+        raise ToolError(f"{a.path}: a symbolic link or not a regular file or folder: refusing to search it")
     job = {
         "root": str(tree),
         "parts": list(parts),
