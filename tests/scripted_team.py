@@ -164,6 +164,7 @@ class Seen:
     )  # provider, role, round, step, tool
     openings: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     run_outputs: list[str] = field(default_factory=list)
+    systems: set[str] = field(default_factory=set)  # every system prompt the servers received
     unexpected: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -201,6 +202,7 @@ class ScriptedTeam:
         role = role_match[1] if role_match else "?"
         round_ = int(opening.get("round", 0))
         with self.seen.lock:
+            self.seen.systems.add(system)
             if role not in ROLES or not opening:
                 self.seen.unexpected.append(f"{provider}: role {role}, opening {first_user[:200]!r}")
                 return None

@@ -118,6 +118,10 @@ def test_a_story_goes_through_the_llm_team_fails_qa_once_is_fixed_and_gets_a_go_
     assert review is not None and review["output"]["decision"] == "GO"
     assert review["agent"] == "llm" and "xai" in review["output"]["agent"]
 
+    # The story is data in the opening message, never in a (cacheable) system prompt
+    assert len(team.seen.systems) == 5 and not any(STORY["title"] in s for s in team.seen.systems)
+    assert all(o["story"]["title"] == STORY["title"] for o in team.seen.openings.values())
+
     # Commits on the developers' branches name their role and worker
     for role in ("fe", "be"):
         authors = set(git(clone, "log", "--format=%an", f"main..wave/{STORY_ID}-{role}").splitlines())
