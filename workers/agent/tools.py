@@ -208,8 +208,8 @@ def run_tool(sandbox: Sandbox, tree: Path, limits: LoopLimits) -> Tool:
 
     return _tool(
         "run",
-        f"Run a command in a sandbox, in the worktree (no network; killed after "
-        f"{limits.run_timeout_s:g} s). The reply has its exit code and the end of its output.",
+        f"Run a command in a sandbox, in the worktree (killed after {limits.run_timeout_s:g} s; no "
+        "network unless the domain allows it). The reply has its exit code and the end of its output.",
         RunArgs,
         run,
     )
