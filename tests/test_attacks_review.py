@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from contexts import bare_context
 
 from wavefleet.cli import EMBEDDED_DIR
 from wavefleet.config import Settings
@@ -88,7 +89,7 @@ def test_attack_a_committed_symlink_does_not_make_an_agent_write_outside_its_wor
     )
 
     with contextlib.suppress(StageError):  # refusing the stage is a fine outcome; writing out is not
-        OfflineAgent(Role.FE, BwrapSandbox()).run(stage)
+        OfflineAgent(Role.FE).run(stage, bare_context(stage, BwrapSandbox()))
 
     assert list(outside.iterdir()) == []
 
@@ -374,7 +375,7 @@ def test_attack_a_domain_file_cannot_seed_its_repository_from_the_fleets_data_di
     )
 
     with contextlib.suppress(StageError):  # refusing the stage is a fine outcome
-        OfflineAgent(Role.FE, BwrapSandbox()).run(stage)
+        OfflineAgent(Role.FE).run(stage, bare_context(stage, BwrapSandbox()))
 
     repos = settings.data_dir / "repos"
     copied = [p for p in repos.rglob("*") if p.is_file() and secret in p.read_text(errors="replace")]

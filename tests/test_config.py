@@ -38,7 +38,8 @@ def test_with_no_variables_every_setting_has_its_documented_default() -> None:
     assert (settings.data_dir, settings.domains_dir) == (Path(".wave"), Path("domains"))
     assert (settings.worker.heartbeat_interval_s, settings.worker.heartbeat_ttl_s) == (1.0, 5.0)
     assert (settings.supervisor.block_ms, settings.embedded_redis.port) == (500, 6399)
-    assert (settings.log_format, settings.log_level, settings.agent) == ("auto", "info", "offline")
+    assert (settings.log_format, settings.log_level, settings.agent) == ("auto", "info", "auto")
+    assert settings.agent_kind == "offline"  # no provider key: the offline agents
 
 
 NESTED = [

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from contexts import bare_context
 
 from wavefleet.domains import Domains
 from wavefleet.errors import StageError
 from wavefleet.lifecycle import Role
-from wavefleet.sandbox import NoSandbox
+from wavefleet.sandbox import NoSandbox, Sandbox
 from wavefleet.stories import Story
 from workers import jail
 from workers.git import git
@@ -32,6 +33,10 @@ def hostile_repository(tmp_path: Path, links: dict[str, Path]) -> Path:
     return repo
 
 
+def run_offline(role: Role, stage: StageInput, sandbox: Sandbox) -> None:
+    OfflineAgent(role).run(stage, bare_context(stage, sandbox))
+
+
 def stage(domains: Domains, repo: Path, role: Role, data_dir: Path) -> StageInput:
     domain = domains.get("auth").model_copy(update={"repo": repo})
     story = Story(id="AUTH-001", title="lock accounts", acceptance_criteria=("locks",))
@@ -50,7 +55,7 @@ def test_a_committed_folder_link_cannot_redirect_the_backend_agents_writes(
 
     # When the BE agent does its work in a worktree of it
     with pytest.raises(StageError, match="symbolic link"):
-        OfflineAgent(Role.BE, NoSandbox()).run(stage(domains, repo, Role.BE, tmp_path / "data"))
+        run_offline(Role.BE, stage(domains, repo, Role.BE, tmp_path / "data"), NoSandbox())
 
     # Then nothing was written outside the worktree
     assert list(outside.iterdir()) == []
@@ -64,7 +69,7 @@ def test_a_committed_file_link_cannot_redirect_the_frontend_agents_page(
     repo = hostile_repository(tmp_path, {"ui/auth_001.html": victim})
 
     with pytest.raises(StageError, match="symbolic link"):
-        OfflineAgent(Role.FE, NoSandbox()).run(stage(domains, repo, Role.FE, tmp_path / "data"))
+        run_offline(Role.FE, stage(domains, repo, Role.FE, tmp_path / "data"), NoSandbox())
 
     assert victim.read_text() == "ssh-ed25519 AAAA the owner's key\n"
 

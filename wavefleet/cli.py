@@ -380,7 +380,8 @@ def _print_story(app: App, record: StoryRecord) -> None:
         summary = output.get("summary") or "; ".join(output.get("reasons", [])) or result.get("error", "")
         decision = f" {output['decision']}" if "decision" in output else ""
         status = "ok" if result.get("ok") else "FAILED"
-        who = f"[{result.get('agent')}] {result.get('worker', '')}"
+        # The agent kind (llm, offline, noop) and, for llm, the models that answered the stage.
+        who = f"[{output.get('agent') or result.get('agent')}] {result.get('worker', '')}"
         _show(f"  {name:<12} {status:<6} {who}{decision}: {summary}")
     llm = data["llm"]
     _show(

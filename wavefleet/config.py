@@ -290,7 +290,10 @@ class Settings(BaseSettings):
     domains_dir: Path = Path("domains")
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    agent: Literal["offline", "noop"] = "offline"
+    # Who plays the roles: "llm" (models through the tool loop), "offline" (deterministic stand-ins,
+    # no model), "noop" (benchmarks); "auto" is llm when a provider has a key and `llm.offline` is
+    # not "always", else offline (workers/agents.py resolves it once, at worker start).
+    agent: Literal["auto", "llm", "offline", "noop"] = "auto"
     # Where commands that run work (QA's tests) run: bubblewrap, or `none` (the operator's explicit
     # opt-out, said in every log line and `wave status`). A worker where bwrap cannot run refuses.
     sandbox: Literal["bwrap", "none"] = "bwrap"
@@ -302,6 +305,15 @@ class Settings(BaseSettings):
     @property
     def halt_file_on_host(self) -> Path:
         return self.halt_host_dir / HALT_FILE_NAME if self.halt_host_dir else self.halt_file
+
+    @property
+    def agent_kind(self) -> Literal["llm", "offline", "noop"]:
+        """The `agent` setting with `auto` resolved: llm when a provider has a key and offline
+        replies are not forced (`llm.offline = always`), else offline."""
+        if self.agent != "auto":
+            return self.agent
+        keyed = self.anthropic.api_key is not None or self.xai.api_key is not None
+        return "llm" if keyed and self.llm.offline != "always" else "offline"
 
     @cached_property
     def keys(self) -> Keys:

@@ -222,8 +222,8 @@ def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
         dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
         _say(
             console,
-            f"fleet starting: {len(fleet.children)} processes, agent={settings.agent}"
-            + (" (offline: deterministic, no LLM)" if settings.agent == "offline" else ""),
+            f"fleet starting: {len(fleet.children)} processes, agent={settings.agent_kind}"
+            + (" (offline: deterministic, no LLM)" if settings.agent_kind == "offline" else ""),
         )
         if not stopping:
             fleet.start()
@@ -315,7 +315,9 @@ def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_
     stories = stories_from_file(stories_file)
     demo_dir = (settings.data_dir / "demo").resolve()
     shutil.rmtree(demo_dir, ignore_errors=True)
-    settings = settings.model_copy(update={"data_dir": demo_dir})
+    # The demo spends nothing unless asked to: `auto` means the offline agents here, keys or not.
+    agent = "offline" if settings.agent == "auto" else settings.agent
+    settings = settings.model_copy(update={"data_dir": demo_dir, "agent": agent})
     stopping = stop_on_signals()
     embedded, settings = start_redis(settings, demo_dir / "redis", free_port())
     fleet = Fleet(settings, domains, demo_dir / "logs", embedded)
@@ -326,7 +328,8 @@ def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_
     try:
         console.print(
             f"[bold]WAVE demo[/bold]: {len(stories)} stories, domains {escape(', '.join(domains.names()))}, "
-            f"agent [yellow]{settings.agent}[/yellow] (deterministic, no LLM, no API key)"
+            f"agent [yellow]{settings.agent_kind}[/yellow]"
+            + (" (deterministic, no LLM, no API key)" if settings.agent_kind == "offline" else "")
         )
         console.print(
             f"embedded Redis {mask_url(settings.redis.url)}, AOF and logs in {demo_dir}", markup=False

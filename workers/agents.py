@@ -1,12 +1,22 @@
-"""Which agent plays a role: chosen by the `agent` setting (offline, or noop for benchmarks)."""
+"""Which agent plays a role: the `agent` setting (llm, offline, or noop for benchmarks), checked
+once when a worker starts so a misconfigured fleet refuses in one line instead of failing stories."""
 
 from __future__ import annotations
 
-from wavefleet.lifecycle import Decision, Role
-from wavefleet.sandbox import Sandbox
+from typing import Literal
 
+from wavefleet.config import Settings
+from wavefleet.domains import Domain
+from wavefleet.errors import ConfigError
+from wavefleet.lifecycle import Decision, Role
+
+from .agent.context import AgentContext
+from .agent.prompts import load_prompt
+from .agent.team import LLMAgent
 from .offline import OfflineAgent
 from .roles import Agent, DevResult, Plan, QAReport, Review, StageInput, StageOutput, Task
+
+AgentKind = Literal["llm", "offline", "noop"]
 
 
 class NoopAgent:
@@ -17,7 +27,7 @@ class NoopAgent:
     def __init__(self, role: Role) -> None:
         self.role = role
 
-    def run(self, stage: StageInput) -> StageOutput:
+    def run(self, stage: StageInput, ctx: AgentContext) -> StageOutput:
         sid = stage.story.id
         if self.role is Role.PM:
             return Plan(
@@ -32,7 +42,28 @@ class NoopAgent:
         return Review(agent=self.label, decision=Decision.GO, reasons=["noop"])
 
 
-def agent_for(kind: str, role: Role, *, sandbox: Sandbox, command_timeout_s: float = 300.0) -> Agent:
+def checked_kind(settings: Settings, domain: Domain, role: Role) -> AgentKind:
+    """The agent kind this worker runs, `auto` resolved; ConfigError if it cannot run here."""
+    kind = settings.agent_kind
+    if kind != "llm":
+        return kind
+    if settings.anthropic.api_key is None and settings.xai.api_key is None:
+        raise ConfigError(
+            "WAVE_AGENT=llm needs a model provider: set WAVE_ANTHROPIC__API_KEY or WAVE_XAI__API_KEY "
+            "(or use WAVE_AGENT=offline)"
+        )
+    if settings.llm.offline == "always":
+        raise ConfigError(
+            "WAVE_AGENT=llm cannot run with WAVE_LLM__OFFLINE=always (every call answered offline): "
+            "set WAVE_LLM__OFFLINE=auto, or WAVE_AGENT=offline"
+        )
+    load_prompt(domain, role)  # a missing prompt refuses the start, not every story
+    return kind
+
+
+def agent_for(kind: AgentKind, role: Role, *, command_timeout_s: float = 300.0) -> Agent:
     if kind == "noop":
         return NoopAgent(role)
-    return OfflineAgent(role, sandbox, command_timeout_s)
+    if kind == "llm":
+        return LLMAgent(role, command_timeout_s)
+    return OfflineAgent(role, command_timeout_s)

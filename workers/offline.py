@@ -18,23 +18,25 @@ from __future__ import annotations
 import html
 import json
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wavefleet.errors import StageError
 from wavefleet.lifecycle import Decision, Role
-from wavefleet.sandbox import Sandbox
 from wavefleet.stories import offline_labels
 
 from . import commands, jail
-from .git import Workspace, branch_name
+from .git import branch_name
+from .qa import merge_and_test
 from .roles import DevResult, Plan, QAReport, Review, StageInput, StageOutput, Task
+
+if TYPE_CHECKING:
+    from .agent.context import AgentContext
 
 LABEL = "offline"
 MAX_REVIEW_LINES = 1500
-MAX_OUTPUT = 1_000_000  # bytes of a test command's output kept (its end)
 SECRET_PATTERNS = (
     re.compile(r"AKIA[0-9A-Z]{16}"),
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
@@ -64,16 +66,15 @@ class OfflineAgent:
 
     label = LABEL
 
-    def __init__(self, role: Role, sandbox: Sandbox, command_timeout_s: float = 300.0) -> None:
+    def __init__(self, role: Role, command_timeout_s: float = 300.0) -> None:
         self.role = role
-        self.sandbox = sandbox
         self.command_timeout_s = command_timeout_s
 
-    def run(self, stage: StageInput) -> StageOutput:
+    def run(self, stage: StageInput, ctx: AgentContext) -> StageOutput:
         if label_value(stage, "give-up") == self.role.value:
             raise StageError(f"offline {self.role.value} agent gave up (label offline:give-up)")
         started = time.monotonic()
-        output = _ROLE_RUNNERS[self.role](self, stage)
+        output = _ROLE_RUNNERS[self.role](self, stage, ctx)
         remaining = self._slow_seconds(stage) - (time.monotonic() - started)
         if remaining > 0:
             commands.run(["sleep", f"{remaining:.3f}"])
@@ -83,7 +84,7 @@ class OfflineAgent:
         return offline_labels(stage.story.labels).slow_s(self.role)  # at most MAX_SLOW_S
 
     # PM --------------------------------------------------------------------------------------
-    def plan(self, stage: StageInput) -> Plan:
+    def plan(self, stage: StageInput, ctx: AgentContext) -> Plan:
         story = stage.story
         criteria = list(story.acceptance_criteria) or [story.title]
         tasks = [
@@ -97,8 +98,8 @@ class OfflineAgent:
         )
 
     # FE and BE ---------------------------------------------------------------------------------
-    def develop(self, stage: StageInput) -> DevResult:
-        workspace = Workspace(stage.domain, stage.data_dir)
+    def develop(self, stage: StageInput, ctx: AgentContext) -> DevResult:
+        workspace = ctx.workspace
         branch = branch_name(stage.story.id, stage.role.value)
         tree = workspace.worktree(branch)
         files = _write_frontend(tree, stage) if stage.role is Role.FE else _write_backend(tree, stage)
@@ -114,40 +115,13 @@ class OfflineAgent:
         )
 
     # QA --------------------------------------------------------------------------------------
-    def test(self, stage: StageInput) -> QAReport:
-        workspace = Workspace(stage.domain, stage.data_dir)
-        story_id = stage.story.id
-        branch = branch_name(story_id, "qa")
-        tree = workspace.worktree(branch, start=stage.domain.base_branch)
-        workspace.merge(tree, branch_name(story_id, "fe"), branch_name(story_id, "be"))
-        command = stage.domain.resolved_test_command()
-        try:
-            outcome = commands.run_in(
-                self.sandbox,
-                command,
-                tree,
-                timeout_s=self.command_timeout_s,
-                max_output_bytes=MAX_OUTPUT,
-            )
-        except subprocess.TimeoutExpired:
-            raise StageError(f"tests timed out after {self.command_timeout_s}s") from None
-        output = outcome.output
-        passed, failed = _counts(output)
-        ok = outcome.exit_code == 0
-        return QAReport(
-            agent=LABEL,
-            passed=ok,
-            branch=branch,
-            tests_passed=passed,
-            tests_failed=failed,
-            summary=f"offline qa: {' '.join(command[1:])} exited {outcome.exit_code}: "
-            f"{passed} passed, {failed} failed",
-            output_tail=output[-4000:],
-        )
+    def test(self, stage: StageInput, ctx: AgentContext) -> QAReport:
+        run = merge_and_test(stage, ctx.workspace, ctx.sandbox, self.command_timeout_s)
+        return run.report(LABEL, f"offline qa: {run.outcome()}")
 
     # CTO -------------------------------------------------------------------------------------
-    def review(self, stage: StageInput) -> Review:
-        diff = Workspace(stage.domain, stage.data_dir).diff(branch_name(stage.story.id, "qa"))
+    def review(self, stage: StageInput, ctx: AgentContext) -> Review:
+        diff = ctx.workspace.diff(branch_name(stage.story.id, "qa"))
         added = [
             line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")
         ]
@@ -169,7 +143,7 @@ class OfflineAgent:
         )
 
 
-_ROLE_RUNNERS: dict[Role, Callable[[OfflineAgent, StageInput], StageOutput]] = {
+_ROLE_RUNNERS: dict[Role, Callable[[OfflineAgent, StageInput, AgentContext], StageOutput]] = {
     Role.PM: OfflineAgent.plan,
     Role.FE: OfflineAgent.develop,
     Role.BE: OfflineAgent.develop,
@@ -226,9 +200,3 @@ def _write_frontend(tree: Path, stage: StageInput) -> list[str]:
     )
     jail.write_text(tree, f"ui/{slug(story.id)}.html", page)
     return [f"ui/{slug(story.id)}.html"]
-
-
-def _counts(output: str) -> tuple[int, int]:
-    passed = re.search(r"(\d+) passed", output)
-    failed = re.search(r"(\d+) failed", output)
-    return (int(passed[1]) if passed else 0, int(failed[1]) if failed else 0)

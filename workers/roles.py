@@ -1,6 +1,6 @@
 """The role interface: what a stage receives, the typed output each role returns, the Agent protocol.
 
-Every agent kind (offline, noop, and the LLM agents to come) implements `Agent` for each role and
+Every agent kind (llm, offline, noop) implements `Agent` for each role and
 returns these models, so the pipeline never changes when a new kind plugs in.
 """
 
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
 from wavefleet.domains import Domain
 from wavefleet.lifecycle import Decision, Role
 from wavefleet.stories import Story
+
+if TYPE_CHECKING:
+    from .agent.context import AgentContext
 
 
 class Task(BaseModel):
@@ -40,6 +43,14 @@ class DevResult(BaseModel):
     summary: str
 
 
+class Failure(BaseModel):
+    """One thing QA found broken, as the developers should act on it."""
+
+    file: str = Field(max_length=500, description="the file to change (or the failing test's file)")
+    test: str = Field(default="", max_length=500, description="the failing test, if one")
+    fix: str = Field(max_length=4000, description="what is wrong and what to change")
+
+
 class QAReport(BaseModel):
     kind: Literal["qa"] = "qa"
     agent: str
@@ -49,6 +60,7 @@ class QAReport(BaseModel):
     tests_failed: int = 0
     summary: str
     output_tail: str = ""
+    failures: list[Failure] = Field(default_factory=list)
 
 
 class Review(BaseModel):
@@ -77,8 +89,11 @@ class StageInput:
 
 
 class Agent(Protocol):
-    """One role's behaviour: turn a stage input into that role's output, or raise StageError."""
+    """One role's behaviour: turn a stage input into that role's output, or raise StageError.
+
+    `label` names the agent kind (llm, offline, noop): what `wave status` shows for the stage. The
+    agent uses the context's services (model, workspace, sandbox) and builds none of its own."""
 
     label: str
 
-    def run(self, stage: StageInput) -> StageOutput: ...
+    def run(self, stage: StageInput, ctx: AgentContext) -> StageOutput: ...

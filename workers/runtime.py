@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from redis import Redis
 
 from wavefleet.config import Settings
 from wavefleet.domains import Domain
 from wavefleet.lifecycle import Role
+from wavefleet.llm.client import LLMClient
+from wavefleet.sandbox import Sandbox
 from wavefleet.store import StoryStore
 
 
@@ -21,6 +24,10 @@ class Runtime:
     role: Role
     identity: str  # the log prefix, AUTH-FE-2
     name: str  # unique per process: the heartbeat and RQ worker name
+    # Built once per worker process (SDKs imported before the fork), bound per stage to the story.
+    llm: LLMClient | None = None
+    sandbox: Sandbox | None = None  # probed at worker start
+    agent: Literal["llm", "offline", "noop"] = "offline"  # the `agent` setting, `auto` resolved
 
 
 _current: Runtime | None = None

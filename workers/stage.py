@@ -11,11 +11,16 @@ from redis.exceptions import RedisError
 from wavefleet import logs
 from wavefleet.errors import HoldStory, StageError, as_transient
 from wavefleet.lifecycle import Role
+from wavefleet.llm.client import LLMClient
 from wavefleet.messages import RunningStage, StageResult, job_id
 from wavefleet.sandbox import sandbox_for
 from wavefleet.store import StoryRecord
 
 from . import runtime
+from .agent.assemble import context_for
+from .agent.context import AgentContext
+from .agent.events import StoryEventSink
+from .agent.loop import limits_from
 from .agents import agent_for
 from .roles import Plan, QAReport, StageInput
 
@@ -40,17 +45,14 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
         pid=os.getpid(),
     )
     rt.store.mark_running(job, running)
-    agent = agent_for(
-        rt.settings.agent,
-        stage_role,
-        sandbox=sandbox_for(rt.settings.sandbox, network=rt.domain.sandbox.network),
-        command_timeout_s=rt.settings.worker.command_timeout_s,
-    )
+    agent = agent_for(rt.agent, stage_role, command_timeout_s=rt.settings.worker.command_timeout_s)
     log.info("stage started", agent=agent.label, job=job)
     started = time.monotonic()
     who = {"agent": agent.label, "worker": rt.identity, "job": job}
     try:
-        output = agent.run(_stage_input(rt, record, stage_role))
+        stage = _stage_input(rt, record, stage_role)
+        ctx = _context(rt, stage)
+        output = ctx.middleware.around_stage(stage, lambda: agent.run(stage, ctx))
         result = StageResult(ok=True, output=output.model_dump(mode="json"), **who)
     except StageError as exc:
         result = _failed(exc, who)
@@ -88,6 +90,13 @@ def _failed(exc: StageError, who: dict[str, str]) -> StageResult:
 def is_current(record: StoryRecord, role: Role, round_: int, attempt: int) -> bool:
     """Whether this attempt is the one the story waits for (a cancelled story waits for none)."""
     return role in record.pending and record.round == round_ and record.attempts.get(role) == attempt
+
+
+def _context(rt: runtime.Runtime, stage: StageInput) -> AgentContext:
+    llm = rt.llm or LLMClient(rt.settings, rt.redis)
+    sandbox = rt.sandbox or sandbox_for(rt.settings.sandbox, network=rt.domain.sandbox.network)
+    events = StoryEventSink(rt.store, stage)
+    return context_for(stage, llm, sandbox, events=events, limits=limits_from(rt.settings.loop))
 
 
 def _stage_input(rt: runtime.Runtime, record: StoryRecord, role: Role) -> StageInput:

@@ -27,6 +27,7 @@ from wavefleet.connection import connect
 from wavefleet.domains import Domain
 from wavefleet.halt import HaltListener, HaltState, read_halt, record_ack
 from wavefleet.lifecycle import Role
+from wavefleet.llm.client import LLMClient
 from wavefleet.messages import MisroutedMessage, StageJob, WorkerLogEntry, intake_fields
 from wavefleet.processes import die_with_parent
 from wavefleet.sandbox import UNSANDBOXED, Sandbox, sandbox_for
@@ -35,7 +36,7 @@ from wavefleet.store import StoryStore
 
 # Imported here, in the worker, so every forked work horse inherits the module instead of importing
 # it again for each job (12-22 ms of CPU per job, measured by benchmarks/pipeline_overhead.py).
-from . import cancel, commands, runtime, stage  # noqa: F401
+from . import agents, cancel, commands, runtime, stage  # noqa: F401
 
 GROUP_WAIT_S = 0.5
 WORKER_LOG_LENGTH = 1000
@@ -338,12 +339,15 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     """Serve one domain-role queue until stopped; reconnects by itself if Redis goes away."""
     identity = logs.identity(domain.name, role.value, index)
     sandbox = _checked_sandbox(settings, domain)
+    kind = agents.checked_kind(settings, domain, role)  # a config error refuses the start in one line
     # Unique per start: in a restarted container the pid repeats, and RQ refuses a live name.
     name = f"{identity.lower()}.{secrets.token_hex(3)}.{os.getpid()}"
     name_file(os.getpid()).write_text(name)
     redis = connect(settings)
     store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
-    runtime.install(runtime.Runtime(settings, redis, store, domain, role, identity, name))
+    llm = LLMClient(settings, redis)
+    llm.preload()  # the SDK imports, once, before any work horse is forked
+    runtime.install(runtime.Runtime(settings, redis, store, domain, role, identity, name, llm, sandbox, kind))
     log = logs.get()
     heartbeat = Heartbeat(
         redis,
@@ -361,7 +365,7 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     listener.subscribed.wait(timeout=10)
     _lower_work_priority(settings.worker.work_niceness)
     queue_name = settings.keys.queue(domain.name, role.value)
-    log.info("worker started", queue=queue_name, agent=settings.agent, sandbox=sandbox.label, pid=os.getpid())
+    log.info("worker started", queue=queue_name, agent=kind, sandbox=sandbox.label, pid=os.getpid())
     try:
         for delay in _restarts():
             worker = _rq_worker(settings, queue_name, gate)
