@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from wavefleet.config import Settings
 from wavefleet.domains import load_domains
 from wavefleet.lifecycle import Event, EventKind, Role
+from wavefleet.messages import StageResult
 from wavefleet.sandbox import BwrapSandbox
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
@@ -104,7 +105,7 @@ def test_status_shows_the_agent_kind_and_models_of_each_stage(
     store.enqueue([Story(id="AUTH-903", title="x")], domains)
     store.apply("AUTH-903", Event(EventKind.ROUTE))
     output = {"kind": "plan", "agent": "llm anthropic claude-x", "tasks": [], "summary": "planned"}
-    result = {"ok": True, "agent": "llm", "worker": "AUTH-PM-1", "output": output}
+    result = StageResult(ok=True, agent="llm", worker="AUTH-PM-1", job="AUTH-903_r0_pm_a1", output=output)
     store.record_result("AUTH-903", 0, Role.PM, 1, job="AUTH-903_r0_pm_a1", result=result)
 
     text = run_wave(settings, "status", "AUTH-903")

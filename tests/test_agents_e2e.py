@@ -101,22 +101,22 @@ def test_a_story_goes_through_the_llm_team_fails_qa_once_is_fixed_and_gets_a_go_
 
     # QA failed round 1 on a real pytest failure of the test BE wrote, and said what to fix
     first = store.latest_result(record, Role.QA, round_=1)
-    assert first is not None and first["ok"] and not first["output"]["passed"]
-    assert first["output"]["tests_failed"] >= 1 and FAILING_TEST in first["output"]["output_tail"]
-    assert FIX_MARK in first["output"]["failures"][0]["fix"]
+    assert first is not None and first.ok and not first.output["passed"]
+    assert first.output["tests_failed"] >= 1 and FAILING_TEST in first.output["output_tail"]
+    assert FIX_MARK in first.output["failures"][0]["fix"]
     assert "1 failed" in team.seen.openings[("qa", 1)]["test_output"]
     # ... the report reached BE in round 2, and QA passed on the fixed merge without a model call
     assert FIX_MARK in json.dumps(team.seen.openings[("be", 2)]["previous_qa_report"])
     second = store.latest_result(record, Role.QA, round_=2)
-    assert second is not None and second["output"]["passed"]
+    assert second is not None and second.output["passed"]
     assert not [c for c in team.seen.calls if c[1] == "qa" and c[2] == 2]
 
     # The CTO's calls went to the xAI server (and only the CTO's), and it said GO
     assert {c[1] for c in team.seen.calls if c[0] == "xai"} == {"cto"}
     assert {c[0] for c in team.seen.calls if c[1] == "cto"} == {"xai"}
     review = store.latest_result(record, Role.CTO, round_=2)
-    assert review is not None and review["output"]["decision"] == "GO"
-    assert review["agent"] == "llm" and "xai" in review["output"]["agent"]
+    assert review is not None and review.output["decision"] == "GO"
+    assert review.agent == "llm" and "xai" in review.output["agent"]
 
     # The story is data in the opening message, never in a (cacheable) system prompt
     assert len(team.seen.systems) == 5 and not any(STORY["title"] in s for s in team.seen.systems)
