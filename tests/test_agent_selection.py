@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,26 @@ def test_status_shows_the_agent_kind_and_models_of_each_stage(
 
     assert text.returncode == 0, text.stderr
     assert "[llm anthropic claude-x] AUTH-PM-1" in text.stdout
+
+
+@pytest.mark.parametrize("link", ["file", "folder", "hard"])
+def test_a_prompt_linked_to_a_secret_is_refused_and_never_read(
+    settings: Settings, domains_dir: Path, tmp_path: Path, link: str
+) -> None:
+    # Given a domain whose BE prompt leads to a secret of the fleet (the prompt goes to the provider)
+    secret = tmp_path / "passwords.json"
+    secret.write_text('{"admin": "SECRET-PASSWORD"}')
+    prompts = domains_dir / "auth" / "prompts"
+    if link == "folder":
+        secret_dir = tmp_path / "secrets"
+        secret_dir.mkdir()
+        (secret_dir / "be.md").write_text("SECRET-PASSWORD")
+        shutil.rmtree(prompts)
+        prompts.symlink_to(secret_dir)
+    else:
+        (prompts / "be.md").unlink()
+        (prompts / "be.md").symlink_to(secret) if link == "file" else os.link(secret, prompts / "be.md")
+
+    # When a worker starts with the LLM agents, then Then it refuses in one line, showing none of it
+    line = refusal(with_key(settings, agent="llm"))
+    assert "be prompt" in line and "SECRET" not in line

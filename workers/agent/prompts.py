@@ -6,6 +6,11 @@ the opening user message (so the system prompt is the same on every call, and ca
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+from pathlib import Path
+
 from wavefleet.domains import Domain
 from wavefleet.errors import ConfigError
 from wavefleet.lifecycle import Role
@@ -14,10 +19,14 @@ MAX_PROMPT_BYTES = 64_000
 
 
 def load_prompt(domain: Domain, role: Role) -> str:
-    """The role's prompt; a missing, empty or oversized file is a ConfigError naming the file."""
+    """The role's prompt; a missing, empty, oversized or non-UTF-8 file is a ConfigError naming it.
+
+    Domain files may be hostile, and the prompt is sent to the model provider: a `prompts/pm.md`
+    linked to the fleet's password file would hand it over. So neither the folder nor the file may
+    be a symbolic link, and the file must be a regular file with one name (no hard link)."""
     path = domain.folder / "prompts" / f"{role.value}.md"
     try:
-        raw = path.read_bytes()
+        raw = _read_plain(path)
     except OSError as exc:
         raise ConfigError(
             f"domain {domain.name}: the {role.value} prompt {path} cannot be read ({exc.strerror}); "
@@ -33,3 +42,19 @@ def load_prompt(domain: Domain, role: Role) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"domain {domain.name}: the {role.value} prompt {path} is not UTF-8") from None
+
+
+def _read_plain(path: Path) -> bytes:
+    """At most MAX_PROMPT_BYTES + 1 bytes of a regular, singly linked file reached through no link."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    finally:
+        os.close(folder)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise OSError(errno.EPERM, "not a regular file with one name (a link or a special file)")
+        return os.read(fd, MAX_PROMPT_BYTES + 1)
+    finally:
+        os.close(fd)
