@@ -15,7 +15,7 @@ from wavefleet.lifecycle import Role
 from wavefleet.sandbox import sandbox_for
 from wavefleet.store import StoryRecord, job_id
 
-from . import runtime
+from . import delivery, runtime
 from .agents import agent_for
 from .roles import Plan, QAReport, StageInput
 
@@ -52,7 +52,8 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     started = time.monotonic()
     result: dict[str, Any] = {"agent": agent.label, "worker": rt.identity, "job": job}
     try:
-        output = agent.run(_stage_input(rt, record, stage_role))
+        stage_input = _stage_input(rt, record, stage_role)
+        output = delivery.after_review(stage_input, agent.run(stage_input))  # on GO: push, tidy up
         result |= {"ok": True, "output": output.model_dump(mode="json")}
     except HoldStory as exc:
         result |= {"ok": False, "hold": True, "error": str(exc)}
