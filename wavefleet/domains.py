@@ -139,7 +139,14 @@ class Domain(BaseModel):
         return "origin" if self.delivery.remote is None else self.delivery.remote
 
     def is_git_repo(self) -> bool:
-        return (self.repo / ".git").exists()
+        """A working repository, or a bare one (as a server keeps it): git's own test of a git dir."""
+        if (self.repo / ".git").exists():
+            return True
+        return (
+            (self.repo / "HEAD").is_file()
+            and (self.repo / "objects").is_dir()
+            and (self.repo / "refs").is_dir()
+        )
 
     def resolved_test_command(self) -> list[str]:
         return [part.replace("{python}", sys.executable) for part in self.test_command]

@@ -103,7 +103,7 @@ class Workspace:
             raise GitError(
                 f"domain {self.domain.name}: repository {repo} does not exist (fix `repo` in domain.toml)"
             )
-        if (repo / ".git").exists():
+        if self.domain.is_git_repo():
             return repo
         # A sample service shipped as a folder: seed a repository from it, once. Only from inside the
         # domain's own folder: seeding commits all of it into every worktree, and a domain file naming
