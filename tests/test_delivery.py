@@ -166,6 +166,7 @@ def test_status_lists_the_stages_in_pipeline_order_round_by_round(
 
     listed = [line.split()[0] for line in shown.splitlines() if line.startswith("  r")]
     assert listed == [f"r{n}.{r.value}.a1" for n, r in stages]
+    assert "llm:       0 calls (0 cache hits)" in shown  # a count, not the list of calls
 
 
 # Delivery itself, on a workspace without the pipeline ---------------------------------------------

@@ -378,7 +378,7 @@ def _delivery_line(delivery: dict[str, Any]) -> str:
     if where:
         return f"{'delivered:':<10} {branch} at {commit} on {where}"
     why = f" ({delivery['note']})" if delivery.get("note") else ""
-    return f"kept in {delivery.get('clone')} as {branch} at {commit}{why}"
+    return f"{'delivery:':<10} kept in {delivery.get('clone')} as {branch} at {commit}{why}"
 
 
 def _print_story(app: App, record: StoryRecord) -> None:
@@ -397,7 +397,7 @@ def _print_story(app: App, record: StoryRecord) -> None:
         _show(_delivery_line(data["delivery"]))
     llm = data["llm"]
     _show(
-        f"{'llm:':<10} {llm['calls']} calls ({llm['cache_hits']} cache hits), {llm['tokens']} tokens, "
+        f"{'llm:':<10} {len(llm['calls'])} calls ({llm['cache_hits']} cache hits), {llm['tokens']} tokens, "
         f"${llm['cost_usd']:.6f}"
     )
     for call in llm["calls"][-LAST_CALLS_SHOWN:]:
