@@ -205,6 +205,35 @@ def test_a_remote_the_clone_does_not_have_holds_the_story_naming_it(
         deliver(workspace, "AUTH-506")
 
 
+def test_the_remote_default_branch_is_never_pushed_even_when_named_wave_id(
+    settings: Settings, origin: Path
+) -> None:
+    git(origin, "branch", "wave/AUTH-508", "main")
+    git(origin, "symbolic-ref", "HEAD", "refs/heads/wave/AUTH-508")  # a remote whose default is ours
+    workspace = Workspace(load_domains(settings.domains_dir).get("auth"), settings.data_dir)
+    reviewed_story(workspace, "AUTH-508")
+    before = refs(origin)
+
+    with pytest.raises(HoldStory, match="wave/AUTH-508 is the default branch of origin"):
+        deliver(workspace, "AUTH-508")
+
+    assert refs(origin) == before
+
+
+def test_an_unreachable_remote_holds_the_story_with_gits_reason_and_keeps_the_worktrees(
+    settings: Settings, origin: Path
+) -> None:
+    workspace = Workspace(load_domains(settings.domains_dir).get("auth"), settings.data_dir)
+    reviewed_story(workspace, "AUTH-509")
+    shutil.rmtree(origin)  # the server went away after the clone was made
+
+    with pytest.raises(HoldStory, match=r"delivery of wave/AUTH-509 to origin failed .*fix it") as held:
+        deliver(workspace, "AUTH-509")
+
+    assert "\n" not in str(held.value)
+    assert len(worktrees(workspace.clone)) == 4  # the clone and the story's three, for a look
+
+
 def test_the_shipped_sample_folder_keeps_its_result_in_the_clone(
     settings: Settings, domains: Domains
 ) -> None:

@@ -86,7 +86,7 @@ class DomainDelivery(BaseModel):
     `remote` names a remote of the fleet's clone (its `origin` is the domain's repository); `""` pushes
     nowhere (the branch stays in the clone). Absent means `origin`: a user who points `repo` at their
     repository expects the result there. A folder the fleet seeded a repository from (the samples)
-    is never pushed to (see `Domain.delivery_remote`)."""
+    is never pushed to: the clone's `origin` is then the seed under the data dir, read by no one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     remote: str | None = None
@@ -130,12 +130,8 @@ class Domain(BaseModel):
         return path.read_text(encoding="utf-8") if path.is_file() else ""
 
     def delivery_remote(self) -> str:
-        """The remote a GO'd story is pushed to; "" for none (see DomainDelivery).
-
-        A seeded folder delivers nowhere whatever the setting: the clone's `origin` is then the
-        fleet's own seed repository under the data dir, which no one else reads."""
-        if not self.is_git_repo():
-            return ""
+        """The remote a GO'd story is pushed to; "" for none. A folder the fleet seeded a repository
+        from is never pushed to, whatever this says (workers/delivery.py)."""
         return "origin" if self.delivery.remote is None else self.delivery.remote
 
     def is_git_repo(self) -> bool:

@@ -44,14 +44,16 @@ def deliver(workspace: Workspace, story_id: str) -> Delivery:
         raise GitError(
             f"delivery: the reviewed branch {reviewed} is missing from the fleet's clone"
         ) from None
-    remote = workspace.domain.delivery_remote()
+    # Decided by the clone, not by the domain's folder now: a repository that went missing must fail
+    # the push, not pass for a plain folder.
+    remote = "" if workspace.is_seeded() else workspace.domain.delivery_remote()
     clone = str(workspace.clone)
     if remote:
         target = delivered_branch(story_id)
         _push(workspace, remote, commit, target)
         delivery = Delivery(branch=target, commit=commit, remote=remote, clone=clone)
     else:
-        delivery = Delivery(branch=reviewed, commit=commit, clone=clone, note=_why_kept(workspace.domain))
+        delivery = Delivery(branch=reviewed, commit=commit, clone=clone, note=_why_kept(workspace))
     workspace.remove_worktrees([branch_name(story_id, role.value) for role in STORY_ROLES])
     return delivery
 
@@ -88,10 +90,10 @@ def _push(workspace: Workspace, remote: str, commit: str, branch: str) -> None:
         )
 
 
-def _why_kept(domain: Domain) -> str:
-    if not domain.is_git_repo():
-        return f"the domain's repo {domain.repo} is a folder, not a git repository"
-    return f'[delivery] remote = "" in {_domain_file(domain)}'
+def _why_kept(workspace: Workspace) -> str:
+    if workspace.is_seeded():
+        return f"the domain's repo {workspace.domain.repo} is a folder, not a git repository"
+    return f'[delivery] remote = "" in {_domain_file(workspace.domain)}'
 
 
 def _domain_file(domain: Domain) -> str:

@@ -206,6 +206,11 @@ class Workspace:
         self.ensure_clone()
         return git(self.clone, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
 
+    def is_seeded(self) -> bool:
+        """Whether the clone's origin is the repository the fleet seeded from a plain folder."""
+        self.ensure_clone()
+        return git(self.clone, "config", "--get", "remote.origin.url", check=False) == str(self.root / "seed")
+
     def has_remote(self, remote: str) -> bool:
         self.ensure_clone()
         return remote in git(self.clone, "remote").splitlines()
