@@ -15,12 +15,14 @@ import pytest
 from wavefleet.config import Settings
 from wavefleet.domains import DOMAIN_FILE, Domains, load_domains
 from wavefleet.errors import ConfigError, HoldStory
-from wavefleet.lifecycle import Role, StoryState
+from wavefleet.lifecycle import Decision, Role, StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.testing import Processes, run_wave, wait_until
-from workers.delivery import deliver
+from workers.agents import NoopAgent
+from workers.delivery import after_review, deliver
 from workers.git import Workspace, branch_name, git
+from workers.roles import Review, StageInput
 
 DOMAINS = Path(__file__).resolve().parent.parent / "domains"
 
@@ -245,6 +247,24 @@ def test_the_shipped_sample_folder_keeps_its_result_in_the_clone(
     assert (delivery.remote, delivery.branch, delivery.commit) == ("", "wave/AUTH-507-qa", head)
     assert "is a folder, not a git repository" in delivery.note
     assert worktrees(workspace.clone) == [str(workspace.clone)]
+
+
+def test_the_noop_agent_of_the_benchmarks_delivers_nothing_and_touches_no_git(
+    settings: Settings, domains: Domains
+) -> None:
+    stage = StageInput(
+        story=Story(id="AUTH-510", title="x"),
+        domain=domains.get("auth"),
+        role=Role.CTO,
+        round=1,
+        attempt=1,
+        worker="t",
+        data_dir=settings.data_dir,
+    )
+    review = Review(agent="noop", decision=Decision.GO, reasons=["noop"])
+
+    assert after_review(stage, review, NoopAgent.label) == review
+    assert not (settings.data_dir / "repos").exists()
 
 
 # The setting --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from wavefleet.domains import DOMAIN_FILE, Domain
 from wavefleet.errors import GitError, HoldStory
 from wavefleet.lifecycle import Decision, Role
 
+from .agents import NoopAgent
 from .git import Workspace, branch_name
 from .roles import Delivery, Review, StageInput, StageOutput
 
@@ -23,9 +24,10 @@ def delivered_branch(story_id: str) -> str:
     return f"wave/{story_id}"
 
 
-def after_review(stage: StageInput, output: StageOutput) -> StageOutput:
-    """The CTO stage's output with its delivery: made on GO, none for anything else."""
-    if not isinstance(output, Review):
+def after_review(stage: StageInput, output: StageOutput, agent: str) -> StageOutput:
+    """The CTO stage's output with its delivery: made on GO, none for anything else. `agent` is the
+    label of the agent that ran (the code's, not the output's: a model writes the output)."""
+    if not isinstance(output, Review) or agent == NoopAgent.label:  # noop: no git, nothing to deliver
         return output
     if output.decision is not Decision.GO:
         return output.model_copy(update={"delivery": None})

@@ -155,16 +155,11 @@ class Workspace:
     def worktree(self, branch: str, *, start: str | None = None) -> Path:
         """Check out `branch` in its own worktree, creating it from `start` (default: base) if new."""
         self.ensure_clone()
-        path = self.trees / branch.replace("/", "_")
+        path = self._tree_path(branch)
         with self._locked():
-            # A `git worktree add` killed by a halt or a cancel leaves its "initializing" lock, which
-            # `prune` respects: unlock it, or every later attempt of the stage fails.
-            git(self.clone, "worktree", "unlock", str(path), check=False)
-            # Likewise the branch's ref lock of a killed ref update: the branch is this stage's alone.
+            # The branch's ref lock of a killed ref update: the branch is this stage's alone.
             (self.clone / ".git" / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
-            if path.exists():
-                git(self.clone, "worktree", "remove", "--force", str(path), check=False)
-                shutil.rmtree(path, ignore_errors=True)
+            self._drop_tree(path)
             git(self.clone, "worktree", "prune")
             exists = git(self.clone, "branch", "--list", branch) != ""
             if exists and start is None:
@@ -181,6 +176,18 @@ class Workspace:
                     start or self.domain.base_branch,
                 )
         return path
+
+    def _tree_path(self, branch: str) -> Path:
+        return self.trees / branch.replace("/", "_")
+
+    def _drop_tree(self, path: Path) -> None:
+        """Remove a worktree, whatever state a killed command left it in (call with the lock held)."""
+        # A `git worktree add` killed by a halt or a cancel leaves its "initializing" lock, which
+        # `prune` respects: unlock it, or every later attempt of the stage fails.
+        git(self.clone, "worktree", "unlock", str(path), check=False)
+        if path.exists():
+            git(self.clone, "worktree", "remove", "--force", str(path), check=False)
+            shutil.rmtree(path, ignore_errors=True)
 
     def commit_all(self, tree: Path, message: str) -> str:
         """Commit everything in the worktree; no change means no new commit. Returns HEAD."""
@@ -256,8 +263,5 @@ class Workspace:
         self.ensure_clone()
         with self._locked():
             for branch in branches:
-                path = self.trees / branch.replace("/", "_")
-                git(self.clone, "worktree", "unlock", str(path), check=False)
-                git(self.clone, "worktree", "remove", "--force", str(path), check=False)
-                shutil.rmtree(path, ignore_errors=True)
+                self._drop_tree(self._tree_path(branch))
             git(self.clone, "worktree", "prune")

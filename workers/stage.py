@@ -53,7 +53,7 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     result: dict[str, Any] = {"agent": agent.label, "worker": rt.identity, "job": job}
     try:
         stage_input = _stage_input(rt, record, stage_role)
-        output = delivery.after_review(stage_input, agent.run(stage_input))  # on GO: push, tidy up
+        output = delivery.after_review(stage_input, agent.run(stage_input), agent.label)  # GO: push
         result |= {"ok": True, "output": output.model_dump(mode="json")}
     except HoldStory as exc:
         result |= {"ok": False, "hold": True, "error": str(exc)}
