@@ -103,13 +103,15 @@ def test_a_go_pushes_the_reviewed_merge_as_wave_id_and_nothing_else_and_removes_
     assert f"delivered: wave/AUTH-501 at {reviewed} on origin" in shown.stdout.replace("  ", " ")
     cto = store.latest_result(store.get("AUTH-501"), Role.CTO)
     assert cto is not None
-    assert cto["output"]["delivery"] == {
+    delivered = {
         "branch": "wave/AUTH-501",
         "commit": reviewed,
         "remote": "origin",
         "clone": str(clone.resolve()),
         "note": "",
     }
+    assert cto["output"]["delivery"] == delivered
+    assert json.loads(run_wave(settings, "status", "AUTH-501", "--json").stdout)["delivery"] == delivered
 
 
 def test_a_wave_branch_someone_else_made_is_never_overwritten_and_the_story_is_held_naming_it(
