@@ -198,6 +198,32 @@ def test_a_retried_delivery_finds_its_branch_at_the_same_commit_and_succeeds(
     assert refs(origin)["refs/heads/wave/AUTH-505"] == head
 
 
+class StaleView(Workspace):
+    """A workspace whose first look at the remote branch predates someone else's push of it."""
+
+    looked = False
+
+    def remote_branch(self, remote: str, branch: str) -> str | None:
+        if not self.looked:
+            self.looked = True
+            return None
+        return super().remote_branch(remote, branch)
+
+
+def test_a_branch_made_between_the_look_and_the_push_is_not_moved_even_by_a_fast_forward(
+    settings: Settings, origin: Path
+) -> None:
+    workspace = StaleView(load_domains(settings.domains_dir).get("auth"), settings.data_dir)
+    reviewed_story(workspace, "AUTH-511")
+    git(origin, "branch", "wave/AUTH-511", "main")  # an ancestor: a plain push would fast-forward it
+    before = refs(origin)
+
+    with pytest.raises(HoldStory, match="wave/AUTH-511 already exists on origin"):
+        deliver(workspace, "AUTH-511")
+
+    assert refs(origin) == before
+
+
 def test_a_remote_the_clone_does_not_have_holds_the_story_naming_it(
     settings: Settings, tmp_path: Path, domains_dir: Path
 ) -> None:
