@@ -360,12 +360,41 @@ def _print_records(records: Sequence[StoryRecord], *, as_json: bool) -> None:
 def _with_results(app: App, record: StoryRecord) -> dict[str, Any]:
     raw = app.store.redis.hgetall(app.settings.keys.story_results(record.id))
     calls = story_calls(app.store.redis, app.settings.keys, record.id)
+    results = {k: json.loads(v) for k, v in sorted(raw.items(), key=lambda item: _stage_order(item[0]))}
     return {
         **record.to_dict(),
         "story": record.story.model_dump(mode="json"),
-        "results": {k: json.loads(v) for k, v in sorted(raw.items())},
+        "results": results,
+        "delivery": _delivery(results),
         "llm": {**asdict(CallTotals.of(calls)), "calls": calls},
     }
+
+
+_ROLE_ORDER = {role.value: index for index, role in enumerate(Role)}  # the pipeline's: pm fe be qa cto
+
+
+def _stage_order(field: str) -> tuple[int, int, int, str]:
+    """A result field `r<round>.<role>.a<attempt>` in pipeline order (as text, cto came before fe)."""
+    round_, _, rest = field.partition(".")
+    role, _, attempt = rest.partition(".")
+    try:
+        return int(round_[1:]), _ROLE_ORDER.get(role, len(_ROLE_ORDER)), int(attempt[1:]), field
+    except ValueError:  # not a field this version writes: last, as it is
+        return sys.maxsize, 0, 0, field
+
+
+def _delivery(results: dict[str, Any]) -> dict[str, Any] | None:
+    """What the last GO delivered (workers/delivery.py writes it into the CTO's output)."""
+    delivered = [r["output"]["delivery"] for r in results.values() if (r.get("output") or {}).get("delivery")]
+    return delivered[-1] if delivered else None
+
+
+def _delivery_line(delivery: dict[str, Any]) -> str:
+    where, branch, commit = delivery.get("remote"), delivery.get("branch"), delivery.get("commit")
+    if where:
+        return f"{'delivered:':<10} {branch} at {commit} on {where}"
+    why = f" ({delivery['note']})" if delivery.get("note") else ""
+    return f"{'delivery:':<10} kept in {delivery.get('clone')} as {branch} at {commit}{why}"
 
 
 def _print_story(app: App, record: StoryRecord) -> None:
@@ -383,9 +412,11 @@ def _print_story(app: App, record: StoryRecord) -> None:
         # The agent kind (llm, offline, noop) and, for llm, the models that answered the stage.
         who = f"[{output.get('agent') or result.get('agent')}] {result.get('worker', '')}"
         _show(f"  {name:<12} {status:<6} {who}{decision}: {summary}")
+    if data["delivery"]:
+        _show(_delivery_line(data["delivery"]))
     llm = data["llm"]
     _show(
-        f"{'llm:':<10} {llm['calls']} calls ({llm['cache_hits']} cache hits), {llm['tokens']} tokens, "
+        f"{'llm:':<10} {len(llm['calls'])} calls ({llm['cache_hits']} cache hits), {llm['tokens']} tokens, "
         f"${llm['cost_usd']:.6f}"
     )
     for call in llm["calls"][-LAST_CALLS_SHOWN:]:

@@ -76,6 +76,32 @@ class DomainSandbox(BaseModel):
     network: bool = False
 
 
+# A remote's name as `git remote` accepts it, never an option (a leading `-`) nor a URL.
+REMOTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
+
+
+class DomainDelivery(BaseModel):
+    """`[delivery]`: where a story's reviewed branch goes on GO, as `wave/<ID>`.
+
+    `remote` names a remote of the fleet's clone (its `origin` is the domain's repository); `""` pushes
+    nowhere (the branch stays in the clone). Absent means `origin`: a user who points `repo` at their
+    repository expects the result there. A folder the fleet seeded a repository from (the samples)
+    is never pushed to: the clone's `origin` is then the seed under the data dir, read by no one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    remote: str | None = None
+
+    @field_validator("remote")
+    @classmethod
+    def _remote_name(cls, remote: str | None) -> str | None:
+        if remote and not REMOTE_NAME.fullmatch(remote):
+            raise ValueError(
+                f"{remote[:60]!r} is not a remote name: name a remote of the fleet's clone, "
+                'e.g. "origin", or "" to keep the branch in the clone'
+            )
+        return remote
+
+
 class Domain(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -89,6 +115,7 @@ class Domain(BaseModel):
     budgets: Budgets = Budgets()
     models: DomainModels = DomainModels()
     sandbox: DomainSandbox = DomainSandbox()
+    delivery: DomainDelivery = DomainDelivery()
     folder: Path
 
     @field_validator("test_command")
@@ -101,6 +128,21 @@ class Domain(BaseModel):
     def prompt(self, role: Role) -> str:
         path = self.folder / "prompts" / f"{role.value}.md"
         return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+    def delivery_remote(self) -> str:
+        """The remote a GO'd story is pushed to; "" for none. A folder the fleet seeded a repository
+        from is never pushed to, whatever this says (workers/delivery.py)."""
+        return "origin" if self.delivery.remote is None else self.delivery.remote
+
+    def is_git_repo(self) -> bool:
+        """A working repository, or a bare one (as a server keeps it): git's own test of a git dir."""
+        if (self.repo / ".git").exists():
+            return True
+        return (
+            (self.repo / "HEAD").is_file()
+            and (self.repo / "objects").is_dir()
+            and (self.repo / "refs").is_dir()
+        )
 
     def resolved_test_command(self) -> list[str]:
         return [part.replace("{python}", sys.executable) for part in self.test_command]

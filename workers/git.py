@@ -6,7 +6,7 @@ import fcntl
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,8 +29,19 @@ IDENTITY = {
 }
 
 
+# Talking to a remote never waits for a person: git's and ssh's prompts go to `true`, which answers
+# nothing, so a missing credential fails the push at once (a credential helper, key or agent works).
+# ssh's own command is left alone: a user's core.sshCommand may be what reaches their host.
+NO_PROMPTS = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "true",
+    "SSH_ASKPASS": "true",
+    "SSH_ASKPASS_REQUIRE": "force",
+}
+
+
 def git(cwd: Path, *args: str, check: bool = True) -> str:
-    env = {**os.environ, **IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
+    env = {**os.environ, **IDENTITY, **NO_PROMPTS}
     try:
         proc = commands.run(["git", *NO_HOOKS, *args], cwd=cwd, env=env, timeout_s=GIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -93,7 +104,7 @@ class Workspace:
             raise GitError(
                 f"domain {self.domain.name}: repository {repo} does not exist (fix `repo` in domain.toml)"
             )
-        if (repo / ".git").exists():
+        if self.domain.is_git_repo():
             return repo
         # A sample service shipped as a folder: seed a repository from it, once. Only from inside the
         # domain's own folder: seeding commits all of it into every worktree, and a domain file naming
@@ -145,16 +156,11 @@ class Workspace:
     def worktree(self, branch: str, *, start: str | None = None) -> Path:
         """Check out `branch` in its own worktree, creating it from `start` (default: base) if new."""
         self.ensure_clone()
-        path = self.trees / branch.replace("/", "_")
+        path = self._tree_path(branch)
         with self._locked():
-            # A `git worktree add` killed by a halt or a cancel leaves its "initializing" lock, which
-            # `prune` respects: unlock it, or every later attempt of the stage fails.
-            git(self.clone, "worktree", "unlock", str(path), check=False)
-            # Likewise the branch's ref lock of a killed ref update: the branch is this stage's alone.
+            # The branch's ref lock of a killed ref update: the branch is this stage's alone.
             (self.clone / ".git" / "refs" / "heads" / f"{branch}.lock").unlink(missing_ok=True)
-            if path.exists():
-                git(self.clone, "worktree", "remove", "--force", str(path), check=False)
-                shutil.rmtree(path, ignore_errors=True)
+            self._drop_tree(path)
             git(self.clone, "worktree", "prune")
             exists = git(self.clone, "branch", "--list", branch) != ""
             if exists and start is None:
@@ -171,6 +177,18 @@ class Workspace:
                     start or self.domain.base_branch,
                 )
         return path
+
+    def _tree_path(self, branch: str) -> Path:
+        return self.trees / branch.replace("/", "_")
+
+    def _drop_tree(self, path: Path) -> None:
+        """Remove a worktree, whatever state a killed command left it in (call with the lock held)."""
+        # A `git worktree add` killed by a halt or a cancel leaves its "initializing" lock, which
+        # `prune` respects: unlock it, or every later attempt of the stage fails.
+        git(self.clone, "worktree", "unlock", str(path), check=False)
+        if path.exists():
+            git(self.clone, "worktree", "remove", "--force", str(path), check=False)
+            shutil.rmtree(path, ignore_errors=True)
 
     def commit_all(self, tree: Path, message: str) -> str:
         """Commit everything in the worktree; no change means no new commit. Returns HEAD."""
@@ -190,3 +208,61 @@ class Workspace:
     def has_branch(self, branch: str) -> bool:
         self.ensure_clone()
         return git(self.clone, "branch", "--list", branch) != ""
+
+    # Delivery ------------------------------------------------------------------------------
+    def commit_of(self, branch: str) -> str:
+        self.ensure_clone()
+        return git(self.clone, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
+
+    def is_seeded(self) -> bool:
+        """Whether the clone's origin is the repository the fleet seeded from a plain folder."""
+        self.ensure_clone()
+        return git(self.clone, "config", "--get", "remote.origin.url", check=False) == str(self.root / "seed")
+
+    def has_remote(self, remote: str) -> bool:
+        self.ensure_clone()
+        return remote in git(self.clone, "remote").splitlines()
+
+    def remote_branch(self, remote: str, branch: str) -> str | None:
+        """The commit `branch` has on `remote` now (asked of the remote, not a stale tracking ref)."""
+        self.ensure_clone()
+        ref = f"refs/heads/{branch}"
+        for line in git(self.clone, "ls-remote", "--refs", remote, ref).splitlines():
+            sha, _, name = line.partition("\t")
+            if name == ref:
+                return sha
+        return None
+
+    def remote_default(self, remote: str) -> str | None:
+        """The branch the remote's HEAD names (its default branch), if it says."""
+        self.ensure_clone()
+        for line in git(self.clone, "ls-remote", "--symref", remote, "HEAD").splitlines():
+            if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
+                return line[len("ref: refs/heads/") : -len("\tHEAD")]
+        return None
+
+    def push_new_branch(self, remote: str, commit: str, branch: str) -> None:
+        """Create `branch` on `remote` at `commit`; GitError if it exists there already (or any failure).
+
+        Not a force: the empty lease is git's compare-and-swap for "the ref must not exist", checked
+        by the remote as it updates. A plain push would fast-forward a branch someone created
+        meanwhile, and that branch is not ours to move. `--no-verify`: no pre-push hook either."""
+        self.ensure_clone()
+        ref = f"refs/heads/{branch}"
+        git(
+            self.clone,
+            "push",
+            "--quiet",
+            "--no-verify",
+            f"--force-with-lease={ref}:",
+            remote,
+            f"{commit}:{ref}",
+        )
+
+    def remove_worktrees(self, branches: Sequence[str]) -> None:
+        """Remove the worktrees of these branches (the branches stay in the clone)."""
+        self.ensure_clone()
+        with self._locked():
+            for branch in branches:
+                self._drop_tree(self._tree_path(branch))
+            git(self.clone, "worktree", "prune")

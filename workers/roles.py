@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from wavefleet.domains import Domain
 from wavefleet.lifecycle import Decision, Role
@@ -63,11 +64,25 @@ class QAReport(BaseModel):
     failures: list[Failure] = Field(default_factory=list)
 
 
+class Delivery(BaseModel):
+    """Where a GO'd story's reviewed merge went: `branch` at `commit` on `remote`, or (remote "")
+    kept in the fleet's `clone` as `branch`, `note` saying why."""
+
+    branch: str
+    commit: str
+    remote: str = ""
+    clone: str
+    note: str = ""
+
+
 class Review(BaseModel):
     kind: Literal["review"] = "review"
     agent: str
     decision: Decision
     reasons: list[str]
+    # Set by workers/delivery.py alone, after the review: hidden from the schema the reviewing model
+    # answers in, and overwritten whatever an agent put there, so no model can claim a delivery.
+    delivery: SkipJsonSchema[Delivery | None] = None
 
 
 StageOutput = Plan | DevResult | QAReport | Review

@@ -16,7 +16,7 @@ from wavefleet.messages import RunningStage, StageResult, job_id
 from wavefleet.sandbox import sandbox_for
 from wavefleet.store import StoryRecord
 
-from . import runtime
+from . import delivery, runtime
 from .agent.assemble import context_for
 from .agent.context import AgentContext
 from .agent.events import StoryEventSink
@@ -52,7 +52,10 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     try:
         stage = _stage_input(rt, record, stage_role)
         ctx = _context(rt, stage)
-        output = ctx.middleware.around_stage(stage, lambda: agent.run(stage, ctx))
+        output = ctx.middleware.around_stage(
+            stage,
+            lambda: delivery.after_review(stage, agent.run(stage, ctx), agent.label),  # GO: push
+        )
         result = StageResult(ok=True, output=output.model_dump(mode="json"), **who)
     except StageError as exc:
         result = _failed(exc, who)
