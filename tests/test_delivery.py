@@ -16,6 +16,7 @@ from wavefleet.config import Settings
 from wavefleet.domains import DOMAIN_FILE, Domains, load_domains
 from wavefleet.errors import ConfigError, HoldStory
 from wavefleet.lifecycle import Decision, Role, StoryState
+from wavefleet.messages import StageResult
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.testing import Processes, run_wave, wait_until
@@ -110,7 +111,7 @@ def test_a_go_pushes_the_reviewed_merge_as_wave_id_and_nothing_else_and_removes_
         "clone": str(clone.resolve()),
         "note": "",
     }
-    assert cto["output"]["delivery"] == delivered
+    assert cto.output["delivery"] == delivered
     assert json.loads(run_wave(settings, "status", "AUTH-501", "--json").stdout)["delivery"] == delivered
 
 
@@ -163,7 +164,10 @@ def test_status_lists_the_stages_in_pipeline_order_round_by_round(
         (10, Role.CTO),
     ]
     for round_, role in stages:
-        result = {"ok": True, "agent": "offline", "output": {"summary": f"{role.value} of {round_}"}}
+        output = {"summary": f"{role.value} of {round_}"}
+        result = StageResult(
+            ok=True, agent="offline", worker="w", job=f"j{round_}{role.value}", output=output
+        )
         store.record_result("AUTH-504", round_, role, 1, job=f"j{round_}{role.value}", result=result)
 
     shown = run_wave(settings, "status", "AUTH-504").stdout
