@@ -4,6 +4,8 @@ real SDKs: tests/llm/test_llm_transient.py.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from redis import Redis
 from rq.job import Job
@@ -25,9 +27,11 @@ from wavefleet.errors import (
 from wavefleet.lifecycle import Event, EventKind, Rejected, Role, Snapshot, StoryState, advance
 from wavefleet.messages import ResultMessage, StageResult, intake_fields, parse_job_id
 from wavefleet.retries import RetrySchedule, backoff_s
+from wavefleet.sandbox import BwrapSandbox
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.supervisor import Supervisor
+from workers import commands
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,3 +132,24 @@ def test_the_supervisor_schedules_one_retry_per_failure_runs_it_when_due_and_fai
 def test_job_ids_parse_back_even_when_the_story_id_has_underscores() -> None:
     assert parse_job_id("AUTH_X-001_r2_fe_a3") == ("AUTH_X-001", 2, Role.FE, 3)
     assert parse_job_id("not-a-stage-job") is None
+
+
+def test_a_bwrap_sandbox_that_cannot_start_says_why(tmp_path: Path) -> None:
+    # A real bwrap that fails to set up (a bind source is gone), after a command reported the same
+    gone = tmp_path / "worktree-removed-meanwhile"
+    said = "bwrap: Can't find source path"
+
+    why = BwrapSandbox().unavailable(1, said, gone)
+
+    assert why is not None and why.startswith(f"the bwrap sandbox cannot start: {said}"), why
+    assert BwrapSandbox().unavailable(1, said, tmp_path) is None  # there it starts: the command failed
+    assert BwrapSandbox().unavailable(2, said, gone) is None  # bwrap's own failures exit 1
+
+
+def test_a_command_that_only_pretends_the_sandbox_failed_is_its_own_failure(tmp_path: Path) -> None:
+    # A repository's tests print what bwrap prints and exit as bwrap does: still the story's fault
+    argv = ["sh", "-c", "echo 'bwrap: Creating new namespace failed: No space left on device'; exit 1"]
+
+    outcome = commands.run_in(BwrapSandbox(), argv, tmp_path, timeout_s=30, max_output_bytes=1000)
+
+    assert outcome.exit_code == 1 and "bwrap: Creating" in outcome.output
