@@ -31,6 +31,7 @@ from wavefleet.sandbox import BwrapSandbox
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.supervisor import Supervisor
+from wavefleet.testing import wait_until
 from workers import commands
 
 pytestmark = pytest.mark.timeout(60)
@@ -153,3 +154,23 @@ def test_a_command_that_only_pretends_the_sandbox_failed_is_its_own_failure(tmp_
     outcome = commands.run_in(BwrapSandbox(), argv, tmp_path, timeout_s=30, max_output_bytes=1000)
 
     assert outcome.exit_code == 1 and "bwrap: Creating" in outcome.output
+
+
+def test_a_retry_due_while_its_story_is_halted_is_kept_until_the_story_resumes(
+    supervisor: Supervisor, store: StoryStore, domains: Domains
+) -> None:
+    # Given a stage waiting for its retry (due at once) in a story halted on its own (a fleet halt
+    # lifted while no supervisor ran leaves stories halted until the next reconcile)
+    store.enqueue([Story(id="AUTH-002", title="t")], domains)
+    supervisor.run_once()
+    supervisor.handle(fail_transiently(store, "AUTH-002", 1))
+    store.apply("AUTH-002", Event(EventKind.HALT, reason="test"))
+
+    # When the supervisor drains the due retries
+    assert supervisor.retry_due() == 0
+
+    # Then the retry is kept, and runs once the story resumed
+    assert supervisor.retries.pending() == 1
+    store.apply("AUTH-002", Event(EventKind.RESUME, reason="test"))
+    wait_until(supervisor.retry_due, timeout_s=5, message="the postponed retry")
+    assert store.get("AUTH-002").attempts[Role.PM] == 2
