@@ -174,3 +174,17 @@ def test_a_retry_due_while_its_story_is_halted_is_kept_until_the_story_resumes(
     store.apply("AUTH-002", Event(EventKind.RESUME, reason="test"))
     wait_until(supervisor.retry_due, timeout_s=5, message="the postponed retry")
     assert store.get("AUTH-002").attempts[Role.PM] == 2
+
+
+def test_the_audit_retries_a_waiting_stage_whose_schedule_entry_is_gone(
+    supervisor: Supervisor, store: StoryStore, domains: Domains, redis: Redis, settings: Settings
+) -> None:
+    store.enqueue([Story(id="AUTH-003", title="t")], domains)
+    supervisor.run_once()
+    supervisor.handle(fail_transiently(store, "AUTH-003", 1))
+    redis.delete(settings.keys.stage_retries())  # lost, however: nothing would ever retry the stage
+
+    assert supervisor.audit() == 1
+
+    assert store.get("AUTH-003").attempts[Role.PM] == 2
+    assert Job.exists("AUTH-003_r0_pm_a2", connection=supervisor.dispatcher.raw)

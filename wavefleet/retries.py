@@ -120,6 +120,14 @@ class RetrySchedule:
     def postpone(self, entry: WaitingStage, delay_s: float) -> None:
         self.redis.zadd(self.key, {entry.model_dump_json(): self.clock() + delay_s}, xx=True)
 
+    def scheduled(self) -> dict[str, set[Role]]:
+        """Story -> its stages that have a retry scheduled (the whole set: an audit's read)."""
+        found: dict[str, set[Role]] = {}
+        for member in self.redis.zrange(self.key, 0, -1):
+            story, _round, role, _attempt = WaitingStage.model_validate_json(member).stage
+            found.setdefault(story, set()).add(role)
+        return found
+
     def pending(self) -> int:
         return int(self.redis.zcard(self.key))
 

@@ -348,7 +348,31 @@ class Supervisor:
                 )
                 with self._one_story(story_id, "audit"):
                     dispatched += len(self._dispatch(story_id))
+            dispatched += self._unscheduled_waits(working)
         return dispatched
+
+    def _unscheduled_waits(self, working: list[StoryRecord]) -> int:
+        """Retry at once a stage that waits for a retry no schedule entry will ever run."""
+        waiting = [r for r in working if r.waiting]
+        scheduled = self.retries.scheduled() if waiting else {}
+        retried = 0
+        for record in waiting:
+            for role in sorted(record.waiting - scheduled.get(record.id, set())):
+                self.log.warning(
+                    "stage waits for a retry that is not scheduled; retrying it",
+                    story=record.id,
+                    stage=role.value,
+                )
+                with self._one_story(record.id, "audit"), contextlib.suppress(Rejected):
+                    attempt = record.attempts.get(role, 0)
+                    self._apply(
+                        record.id,
+                        Event(
+                            EventKind.STAGE_RETRY, role, record.round, attempt, reason="retry (unscheduled)"
+                        ),
+                    )
+                    retried += 1
+        return retried
 
     @contextlib.contextmanager
     def _one_story(self, story_id: str, doing: str) -> Iterator[None]:
