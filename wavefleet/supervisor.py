@@ -40,6 +40,7 @@ CONSUMER = "supervisor"
 BATCH = 200
 LOST_JOB_STATUSES = {"failed", "stopped", "canceled"}
 HALT_SWEEP_DELAY_S = 0.5
+RETRY_CHECK_S = 0.1  # how often the retry schedule is read: a busy loop must not pay a round trip a batch
 COMPLAIN_EVERY_S = 60.0
 RECONNECT_GRACE_S = 5.0  # a worker's heartbeat thread reconnects within this after Redis returns
 # Extend the leader lock if this supervisor holds it, else take it if free: one round trip a loop.
@@ -67,6 +68,7 @@ class Supervisor:
         self.token = f"{os.uname().nodename}.{os.getpid()}"
         self.log = logs.get()
         self._last_recovery = 0.0
+        self._last_retry_check = 0.0
         self._last_audit = time.monotonic()  # `reconcile` runs first and checks the same
         self._complained: dict[str, float] = {}  # story -> when its trouble was last logged as an error
         self._info_refused_said = False
@@ -114,8 +116,10 @@ class Supervisor:
         self._ensure_group()
         handled = self._consume("0", block_ms=None)  # redelivered after a crash
         handled += self._consume(">", block_ms=block_ms or None)
-        handled += self.retry_due()
         now = time.monotonic()
+        if now - self._last_retry_check >= RETRY_CHECK_S:
+            handled += self.retry_due()
+            self._last_retry_check = now
         if now - self._last_recovery >= self.settings.supervisor.recovery_interval_s:
             self.recover()
             self._last_recovery = now
