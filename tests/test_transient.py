@@ -18,6 +18,7 @@ from wavefleet.errors import (
     GitError,
     NoProviderError,
     ProviderError,
+    ProviderRateLimitedError,
     ProvidersFailingError,
     RateLimitedError,
     SandboxUnavailableError,
@@ -42,6 +43,7 @@ pytestmark = pytest.mark.timeout(60)
     [
         (ProviderError("anthropic", "overloaded (529): busy"), True),
         (ProviderError("anthropic", "request refused (400): bad", counts=False), False),
+        (ProviderRateLimitedError("xai", "RESOURCE_EXHAUSTED: slow down", retry_after_s=12.0), True),
         (ProvidersFailingError("both providers are failing"), True),
         (NoProviderError("no model provider has an API key"), False),  # configuration
         (RateLimitedError("anthropic: would wait 90 s"), True),
@@ -56,6 +58,7 @@ def test_only_failures_that_are_not_the_storys_are_transient(error: StageError, 
     assert (found is not None) is transient
     if found is not None:
         assert str(found) == str(error)
+        assert found.retry_after_s == getattr(error, "retry_after_s", None)  # the provider's Retry-After
 
 
 def test_the_backoff_doubles_with_jitter_up_to_its_cap_and_honours_retry_after() -> None:
