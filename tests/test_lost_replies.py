@@ -17,6 +17,7 @@ from rq import Queue
 from rq.job import Job
 from servers.redis_proxy import ReplyLosingProxy
 
+from wavefleet.batch import Batch
 from wavefleet.budget import Budget, Scope
 from wavefleet.config import BudgetSettings, Settings
 from wavefleet.connection import connect
@@ -24,10 +25,9 @@ from wavefleet.domains import Domains
 from wavefleet.embedded import EmbeddedRedis
 from wavefleet.lifecycle import Event, EventKind, Role, StoryState
 from wavefleet.llm.accounting import call_entry, record_call, story_calls
-from wavefleet.llm.batch import Batch
 from wavefleet.llm.breaker import Breakers, BreakerState
-from wavefleet.llm.pricing import NANO
 from wavefleet.llm.types import LLMResponse, ProviderName, TaskKind, Usage
+from wavefleet.money import NANO
 from wavefleet.queues import Dispatcher
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story

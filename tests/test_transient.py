@@ -4,6 +4,8 @@ real SDKs: tests/llm/test_llm_transient.py.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from redis import Redis
 from rq.job import Job
@@ -16,6 +18,7 @@ from wavefleet.errors import (
     GitError,
     NoProviderError,
     ProviderError,
+    ProviderRateLimitedError,
     ProvidersFailingError,
     RateLimitedError,
     SandboxUnavailableError,
@@ -25,9 +28,12 @@ from wavefleet.errors import (
 from wavefleet.lifecycle import Event, EventKind, Rejected, Role, Snapshot, StoryState, advance
 from wavefleet.messages import ResultMessage, StageResult, intake_fields, parse_job_id
 from wavefleet.retries import RetrySchedule, backoff_s
+from wavefleet.sandbox import BwrapSandbox
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.supervisor import Supervisor
+from wavefleet.testing import wait_until
+from workers import commands
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,6 +43,7 @@ pytestmark = pytest.mark.timeout(60)
     [
         (ProviderError("anthropic", "overloaded (529): busy"), True),
         (ProviderError("anthropic", "request refused (400): bad", counts=False), False),
+        (ProviderRateLimitedError("xai", "RESOURCE_EXHAUSTED: slow down", retry_after_s=12.0), True),
         (ProvidersFailingError("both providers are failing"), True),
         (NoProviderError("no model provider has an API key"), False),  # configuration
         (RateLimitedError("anthropic: would wait 90 s"), True),
@@ -51,6 +58,7 @@ def test_only_failures_that_are_not_the_storys_are_transient(error: StageError, 
     assert (found is not None) is transient
     if found is not None:
         assert str(found) == str(error)
+        assert found.retry_after_s == getattr(error, "retry_after_s", None)  # the provider's Retry-After
 
 
 def test_the_backoff_doubles_with_jitter_up_to_its_cap_and_honours_retry_after() -> None:
@@ -128,3 +136,58 @@ def test_the_supervisor_schedules_one_retry_per_failure_runs_it_when_due_and_fai
 def test_job_ids_parse_back_even_when_the_story_id_has_underscores() -> None:
     assert parse_job_id("AUTH_X-001_r2_fe_a3") == ("AUTH_X-001", 2, Role.FE, 3)
     assert parse_job_id("not-a-stage-job") is None
+
+
+def test_a_bwrap_sandbox_that_cannot_start_says_why(tmp_path: Path) -> None:
+    # A real bwrap that fails to set up (a bind source is gone), after a command reported the same
+    gone = tmp_path / "worktree-removed-meanwhile"
+    said = "bwrap: Can't find source path"
+
+    why = BwrapSandbox().unavailable(1, said, gone)
+
+    assert why is not None and why.startswith(f"the bwrap sandbox cannot start: {said}"), why
+    assert BwrapSandbox().unavailable(1, said, tmp_path) is None  # there it starts: the command failed
+    assert BwrapSandbox().unavailable(2, said, gone) is None  # bwrap's own failures exit 1
+
+
+def test_a_command_that_only_pretends_the_sandbox_failed_is_its_own_failure(tmp_path: Path) -> None:
+    # A repository's tests print what bwrap prints and exit as bwrap does: still the story's fault
+    argv = ["sh", "-c", "echo 'bwrap: Creating new namespace failed: No space left on device'; exit 1"]
+
+    outcome = commands.run_in(BwrapSandbox(), argv, tmp_path, timeout_s=30, max_output_bytes=1000)
+
+    assert outcome.exit_code == 1 and "bwrap: Creating" in outcome.output
+
+
+def test_a_retry_due_while_its_story_is_halted_is_kept_until_the_story_resumes(
+    supervisor: Supervisor, store: StoryStore, domains: Domains
+) -> None:
+    # Given a stage waiting for its retry (due at once) in a story halted on its own (a fleet halt
+    # lifted while no supervisor ran leaves stories halted until the next reconcile)
+    store.enqueue([Story(id="AUTH-002", title="t")], domains)
+    supervisor.run_once()
+    supervisor.handle(fail_transiently(store, "AUTH-002", 1))
+    store.apply("AUTH-002", Event(EventKind.HALT, reason="test"))
+
+    # When the supervisor drains the due retries
+    assert supervisor.retry_due() == 0
+
+    # Then the retry is kept, and runs once the story resumed
+    assert supervisor.retries.pending() == 1
+    store.apply("AUTH-002", Event(EventKind.RESUME, reason="test"))
+    wait_until(supervisor.retry_due, timeout_s=5, message="the postponed retry")
+    assert store.get("AUTH-002").attempts[Role.PM] == 2
+
+
+def test_the_audit_retries_a_waiting_stage_whose_schedule_entry_is_gone(
+    supervisor: Supervisor, store: StoryStore, domains: Domains, redis: Redis, settings: Settings
+) -> None:
+    store.enqueue([Story(id="AUTH-003", title="t")], domains)
+    supervisor.run_once()
+    supervisor.handle(fail_transiently(store, "AUTH-003", 1))
+    redis.delete(settings.keys.stage_retries())  # lost, however: nothing would ever retry the stage
+
+    assert supervisor.audit() == 1
+
+    assert store.get("AUTH-003").attempts[Role.PM] == 2
+    assert Job.exists("AUTH-003_r0_pm_a2", connection=supervisor.dispatcher.raw)

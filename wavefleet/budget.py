@@ -19,13 +19,15 @@ from typing import Any, cast
 
 from redis import Redis
 
+from .batch import Batch
 from .config import BudgetSettings
 from .domains import Domain
 from .errors import BudgetExceededError, InvalidInputError
+from .history import History
 from .keys import ONCE_TTL_S, Keys
-from .llm.batch import Batch
-from .llm.pricing import NANO, to_nusd, to_usd
 from .logs import get as get_log
+from .money import NANO, to_nusd, to_usd
+from .store import COST_FIELDS
 
 DAILY_TTL_S = 8 * 86_400  # a day's scopes stay readable for a week
 SWEEP_BATCH = 20
@@ -69,7 +71,8 @@ return {1}
 """
 
 # KEYS: reservations zset, reservation hash, story hash, scope 1..n. ARGV: id, nusd, tokens, cost usd,
-# warn fraction, critical fraction, n, then per scope: limit nusd, limit tokens.
+# warn fraction, critical fraction, n, then per scope: limit nusd, limit tokens, then the story hash's
+# cost, tokens and calls field names (store.COST_FIELDS).
 # Returns the alerts crossed: {scope index, level, fraction}... The reservation hash stays an hour as
 # a "settled" mark: redis-py resends a script whose reply was lost, and the spend must count once.
 _SETTLE = """
@@ -101,10 +104,11 @@ for i = 1, n do
     end
   end
 end
+local f = 8 + n * 2  -- the story hash's field names follow the scopes' limits
 if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('HINCRBYFLOAT', KEYS[3], 'cost_usd', ARGV[4])
-  redis.call('HINCRBY', KEYS[3], 'llm_tokens', ARGV[3])
-  redis.call('HINCRBY', KEYS[3], 'llm_calls', 1)
+  redis.call('HINCRBYFLOAT', KEYS[3], ARGV[f], ARGV[4])
+  redis.call('HINCRBY', KEYS[3], ARGV[f + 1], ARGV[3])
+  redis.call('HINCRBY', KEYS[3], ARGV[f + 2], 1)
 end
 redis.call('HSET', KEYS[2], 'settled', cjson.encode(alerts))
 redis.call('EXPIRE', KEYS[2], 3600)
@@ -232,6 +236,7 @@ class Budget:
         self._release = redis.register_script(_RELEASE)
         self._grant = redis.register_script(_GRANT)
         self._next_sweep = 0.0
+        self.history = History(keys)
 
     def reserve(
         self, scopes: list[Scope], nusd: int, tokens: int, *, story: str | None = None
@@ -310,6 +315,7 @@ class Budget:
         ]
         for scope in res.scopes:
             args += [scope.limit_nusd, scope.limit_tokens]
+        args += COST_FIELDS
         story_key = self.keys.story(story) if story else self.keys.story("-")
         keys = [
             self.keys.budget_reservations(),
@@ -400,19 +406,15 @@ class Budget:
                     f"budget {alert.level}: {alert.scope.label} at {alert.fraction:.0%} of "
                     f"${to_usd(alert.scope.limit_nusd):.2f} / {alert.scope.limit_tokens:,} tokens"
                 )
-                entry: dict[Any, Any] = {
+                entry = {
                     "event": ALERT_EVENTS[alert.level],
                     "to": "",
                     "scope": alert.scope.name,
                     "level": alert.level,
                     "fraction": f"{alert.fraction:.4f}",
                     "reason": reason,
-                    "story": story or "",
-                    "at": f"{now:.6f}",
                 }
-                pipe.xadd(self.keys.events(), entry, maxlen=100_000, approximate=True)
-                if story:
-                    pipe.xadd(self.keys.story_events(story), entry)
+                self.history.add(pipe, story, entry, now)
                 log.warning(reason, scope=alert.scope.name, level=alert.level)
             pipe.execute()
 

@@ -367,6 +367,17 @@ def _with_results(app: App, record: StoryRecord) -> dict[str, Any]:
         "results": results,
         "delivery": _delivery(results),
         "llm": {**asdict(CallTotals.of(calls)), "calls": calls},
+        "waiting": [  # stages waiting out a backoff after a failure that was not the story's
+            {
+                "role": e.stage[2].value,
+                "retry": e.retry,
+                "of": e.of,
+                "due_in_s": round(due, 1),
+                "reason": e.reason,
+                "status": e.describe(due),
+            }
+            for e, due in RetrySchedule(app.store.redis, app.settings.keys).waiting(record.id)
+        ],
     }
 
 
@@ -402,8 +413,8 @@ def _print_story(app: App, record: StoryRecord) -> None:
     for key in ("id", "domain", "title", "state", "round", "stage", "reason", "cost_usd"):
         _show(f"{key + ':':<10} {data[key]}")
     _show(f"{'age:':<10} {_age(time.time() - record.created_at)}")
-    for entry, due_in_s in RetrySchedule(app.store.redis, app.settings.keys).waiting(record.id):
-        _show(f"{'waiting:':<10} {entry.stage[2]} {entry.describe(due_in_s)}")
+    for waiting in data["waiting"]:
+        _show(f"{'waiting:':<10} {waiting['role']} {waiting['status']}")
     for name, result in data["results"].items():
         output = result.get("output", {})
         summary = output.get("summary") or "; ".join(output.get("reasons", [])) or result.get("error", "")

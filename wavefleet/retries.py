@@ -15,8 +15,10 @@ from redis import Redis
 
 from .config import PipelineSettings
 from .keys import Keys
-from .lifecycle import Role
-from .messages import parse_job_id
+from .lifecycle import Event, EventKind, Rejected, Role
+from .logs import get as get_log
+from .messages import ResultMessage, StageResult, parse_job_id
+from .store import StoryRecord
 
 DRAIN_BATCH = 100
 
@@ -42,6 +44,10 @@ class WaitingStage(BaseModel):
         """``retry 2/5 in 8 s: anthropic: overloaded (529)``: what `wave status` shows."""
         return f"retry {self.retry}/{self.of} in {max(due_in_s, 0):.0f} s: {self.reason}"
 
+    def retry_event(self) -> Event:
+        _story, round_, role, attempt = self.stage
+        return Event(EventKind.STAGE_RETRY, role, round_, attempt, reason=f"retry {self.retry}/{self.of}")
+
 
 def backoff_s(
     retry: int,
@@ -58,10 +64,45 @@ def backoff_s(
 
 
 class RetrySchedule:
-    def __init__(self, redis: Redis, keys: Keys, clock: Callable[[], float] = time.time) -> None:
+    """The bound and backoff of transient retries, and their schedule."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        settings: PipelineSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.redis = redis
         self.key = keys.stage_retries()
+        self.settings = settings or PipelineSettings()
         self.clock = clock
+
+    def on_failure(self, record: StoryRecord, message: ResultMessage, result: StageResult) -> Event:
+        """The event a transient failure of `message`'s stage makes: the stage waits for its retry
+        (scheduled here), or, its retries spent, fails with the last reason."""
+        role, round_, attempt = message.role, message.round, message.attempt
+        if role in record.waiting:  # this message again, after a crash: already scheduled
+            raise Rejected(f"{role} already waits for its retry")
+        limit, done = self.settings.transient_retries, record.retries.get(role, 0)
+        if done >= limit:
+            reason = f"{role} stage failed after {limit} retries: {result.error}"
+            return Event(EventKind.STAGE_FAILED, role, round_, attempt, reason=reason)
+        entry = WaitingStage(job=message.job_id, retry=done + 1, of=limit, reason=result.error)
+        delay = backoff_s(entry.retry, self.settings, result.retry_after_s)
+        # Scheduled before the story records the wait: cut off in between, the re-read message
+        # schedules the same entry (kept once) and records the wait; a stale entry's retry is refused.
+        due_at = self.add(entry, delay)
+        get_log(story=record.id).warning(
+            "stage failed transiently; retrying later",
+            job=entry.job,
+            retry=entry.retry,
+            of=limit,
+            in_s=round(delay, 1),
+            why=result.error,
+        )
+        reason = entry.describe(due_at - self.clock())
+        return Event(EventKind.STAGE_WAITING, role, round_, attempt, reason=reason)
 
     def add(self, entry: WaitingStage, delay_s: float) -> float:
         """Schedule the retry; a copy of the same entry (a re-read intake message) keeps the first
@@ -78,6 +119,14 @@ class RetrySchedule:
 
     def postpone(self, entry: WaitingStage, delay_s: float) -> None:
         self.redis.zadd(self.key, {entry.model_dump_json(): self.clock() + delay_s}, xx=True)
+
+    def scheduled(self) -> dict[str, set[Role]]:
+        """Story -> its stages that have a retry scheduled (the whole set: an audit's read)."""
+        found: dict[str, set[Role]] = {}
+        for member in self.redis.zrange(self.key, 0, -1):
+            story, _round, role, _attempt = WaitingStage.model_validate_json(member).stage
+            found.setdefault(story, set()).add(role)
+        return found
 
     def pending(self) -> int:
         return int(self.redis.zcard(self.key))

@@ -16,6 +16,7 @@ from redis.exceptions import WatchError
 
 from .domains import Domains
 from .errors import ConflictError, CorruptStoryError, InvalidInputError, NotFoundError
+from .history import EVENTS_MAXLEN, History
 from .keys import ONCE_TTL_S, Keys
 from .lifecycle import TERMINAL, Event, EventKind, Outcome, Rejected, Role, Snapshot, StoryState, advance
 from .messages import (
@@ -33,7 +34,9 @@ from .text import terminal_safe
 
 STAGE_CANCELLED = "stage_cancelled"  # a history entry, not a lifecycle event: the cancel was that
 
-EVENTS_MAXLEN = 100_000  # fleet-wide event stream is capped (approximately); per-story streams are not
+# The story hash's spend fields, added to by the budget's settle script in the same step that moves
+# the spend (so the two never disagree); named here, where the hash is read.
+COST_FIELDS = ("cost_usd", "llm_tokens", "llm_calls")
 WATCH_TRIES = 50
 
 
@@ -96,6 +99,7 @@ class StoryStore:
         self.redis = redis
         self.keys = keys
         self.max_rounds = max_rounds
+        self.history = History(keys)
 
     # Enqueue ---------------------------------------------------------------------------------
     # KEYS: the stories zset, the active set, the events stream, the intake stream, then four per story
@@ -376,19 +380,8 @@ return {}
             )
             pipe.xadd(self.keys.intake(), intake_fields(message))
 
-    def record_note(self, pipe: Pipeline, story_id: str | None, fields: dict[str, Any], now: float) -> None:
-        """Add to `pipe` a history entry that is not a transition (a budget alert, a cancelled
-        stage): on the fleet's stream, and on the story's when there is one."""
-        if story_id:
-            self._record(pipe, story_id, fields, now)
-        else:
-            entry = {**{k: str(v) for k, v in fields.items()}, "story": "", "at": f"{now:.6f}"}
-            pipe.xadd(self.keys.events(), entry, maxlen=EVENTS_MAXLEN, approximate=True)
-
     def _record(self, pipe: Pipeline, story_id: str, fields: dict[str, Any], now: float) -> None:
-        entry = {**{k: str(v) for k, v in fields.items()}, "story": story_id, "at": f"{now:.6f}"}
-        pipe.xadd(self.keys.story_events(story_id), entry)
-        pipe.xadd(self.keys.events(), entry, maxlen=EVENTS_MAXLEN, approximate=True)
+        self.history.add(pipe, story_id, fields, now)
 
     # Stage bookkeeping (written by workers) --------------------------------------------------
     def record_stage_cancelled(

@@ -29,18 +29,18 @@ from .messages import (
     ResultMessage,
     ReviewOutcome,
     RouteMessage,
-    StageResult,
     parse_intake,
     parse_job_id,
 )
 from .queues import Dispatcher
-from .retries import RetrySchedule, WaitingStage, backoff_s
+from .retries import RetrySchedule
 from .store import StoryRecord, StoryStore
 
 CONSUMER = "supervisor"
 BATCH = 200
 LOST_JOB_STATUSES = {"failed", "stopped", "canceled"}
 HALT_SWEEP_DELAY_S = 0.5
+RETRY_CHECK_S = 0.1  # how often the retry schedule is read: a busy loop must not pay a round trip a batch
 COMPLAIN_EVERY_S = 60.0
 RECONNECT_GRACE_S = 5.0  # a worker's heartbeat thread reconnects within this after Redis returns
 # Extend the leader lock if this supervisor holds it, else take it if free: one round trip a loop.
@@ -63,11 +63,12 @@ class Supervisor:
         self.domains = domains
         self.store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
         self.dispatcher = Dispatcher(settings, raw, self.store)
-        self.retries = RetrySchedule(redis, settings.keys)
+        self.retries = RetrySchedule(redis, settings.keys, settings.pipeline)
         self.stopping = threading.Event()
         self.token = f"{os.uname().nodename}.{os.getpid()}"
         self.log = logs.get()
         self._last_recovery = 0.0
+        self._last_retry_check = 0.0
         self._last_audit = time.monotonic()  # `reconcile` runs first and checks the same
         self._complained: dict[str, float] = {}  # story -> when its trouble was last logged as an error
         self._info_refused_said = False
@@ -115,8 +116,10 @@ class Supervisor:
         self._ensure_group()
         handled = self._consume("0", block_ms=None)  # redelivered after a crash
         handled += self._consume(">", block_ms=block_ms or None)
-        handled += self.retry_due()
         now = time.monotonic()
+        if now - self._last_retry_check >= RETRY_CHECK_S:
+            handled += self.retry_due()
+            self._last_retry_check = now
         if now - self._last_recovery >= self.settings.supervisor.recovery_interval_s:
             self.recover()
             self._last_recovery = now
@@ -234,8 +237,8 @@ class Supervisor:
         result = self.store.result(message.story, round_, role, attempt)
         if result is None:
             raise Rejected("result message without a stored result")
-        if result.transient:
-            return self._transient(message, result)
+        if result.transient:  # not the story's fault: its retry scheduled, or given up past the bound
+            return self.retries.on_failure(self.store.get(message.story), message, result)
         if not result.ok:
             kind = EventKind.STAGE_HELD if result.hold else EventKind.STAGE_FAILED
             return Event(kind, role, round_, attempt, reason=result.error)
@@ -251,48 +254,13 @@ class Supervisor:
         return Event(EventKind.STAGE_DONE, role, round_, attempt)
 
     # Transient failures ----------------------------------------------------------------------
-    def _transient(self, message: ResultMessage, result: StageResult) -> Event:
-        """A failure that is not the story's: schedule the stage's retry (a new attempt, after a
-        backoff), or fail the story with the last reason once the retries are spent."""
-        role, round_, attempt = message.role, message.round, message.attempt
-        record = self.store.get(message.story)
-        limit = self.settings.pipeline.transient_retries
-        done = record.retries.get(role, 0)
-        if role in record.waiting:
-            raise Rejected(f"{role} already waits for its retry")
-        if done >= limit:
-            reason = f"{role} stage failed after {limit} retries: {result.error}"
-            return Event(EventKind.STAGE_FAILED, role, round_, attempt, reason=reason)
-        entry = WaitingStage(job=message.job_id, retry=done + 1, of=limit, reason=result.error)
-        delay = backoff_s(entry.retry, self.settings.pipeline, result.retry_after_s)
-        # Scheduled first: cut off before the story records the wait, the re-read message redoes
-        # both; cut off after, the schedule is there (a retry of a stale attempt is refused).
-        due_at = self.retries.add(entry, delay)
-        self.log.warning(
-            "stage failed transiently; retrying later",
-            story=message.story,
-            job=entry.job,
-            retry=entry.retry,
-            of=limit,
-            in_s=round(delay, 1),
-            why=result.error,
-        )
-        return Event(
-            EventKind.STAGE_WAITING, role, round_, attempt, reason=entry.describe(due_at - time.time())
-        )
-
     def retry_due(self) -> int:
         """Run again every waiting stage whose backoff is over; how many it handled."""
         handled = 0
         for entry in self.retries.due():
-            story, round_, role, attempt = entry.stage
+            story, _round, role, _attempt = entry.stage
             try:
-                self._apply(
-                    story,
-                    Event(
-                        EventKind.STAGE_RETRY, role, round_, attempt, reason=f"retry {entry.retry}/{entry.of}"
-                    ),
-                )
+                self._apply(story, entry.retry_event())
             except Rejected as exc:
                 record = self.store.find(story)
                 if record is not None and record.state is StoryState.HALTED and role in record.waiting:
@@ -384,7 +352,31 @@ class Supervisor:
                 )
                 with self._one_story(story_id, "audit"):
                     dispatched += len(self._dispatch(story_id))
+            dispatched += self._unscheduled_waits(working)
         return dispatched
+
+    def _unscheduled_waits(self, working: list[StoryRecord]) -> int:
+        """Retry at once a stage that waits for a retry no schedule entry will ever run."""
+        waiting = [r for r in working if r.waiting]
+        scheduled = self.retries.scheduled() if waiting else {}
+        retried = 0
+        for record in waiting:
+            for role in sorted(record.waiting - scheduled.get(record.id, set())):
+                self.log.warning(
+                    "stage waits for a retry that is not scheduled; retrying it",
+                    story=record.id,
+                    stage=role.value,
+                )
+                with self._one_story(record.id, "audit"), contextlib.suppress(Rejected):
+                    attempt = record.attempts.get(role, 0)
+                    self._apply(
+                        record.id,
+                        Event(
+                            EventKind.STAGE_RETRY, role, record.round, attempt, reason="retry (unscheduled)"
+                        ),
+                    )
+                    retried += 1
+        return retried
 
     @contextlib.contextmanager
     def _one_story(self, story_id: str, doing: str) -> Iterator[None]:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from wavefleet.errors import SandboxUnavailableError
 from wavefleet.sandbox import Sandbox
 
 SETPRIV = shutil.which("setpriv")  # util-linux, on every Debian and Ubuntu; elsewhere run plainly
@@ -62,15 +63,19 @@ class Outcome:
 def run_in(
     sandbox: Sandbox, argv: Sequence[str], worktree: Path, *, timeout_s: float, max_output_bytes: int
 ) -> Outcome:
-    """Run a command that does work (a test command, an agent's command) inside `sandbox`."""
+    """Run a command that does work (a test command, an agent's command) inside `sandbox`; raises
+    SandboxUnavailableError if the sandbox itself could not start it."""
     invocation = sandbox.wrap(list(argv), worktree)
-    return run_capped(
+    outcome = run_capped(
         invocation.argv,
         cwd=invocation.cwd,
         env=invocation.env,
         timeout_s=timeout_s,
         max_output_bytes=max_output_bytes,
     )
+    if outcome.exit_code != 0 and (why := sandbox.unavailable(outcome.exit_code, outcome.output, worktree)):
+        raise SandboxUnavailableError(why)
+    return outcome
 
 
 def run_capped(

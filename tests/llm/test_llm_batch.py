@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from redis import Redis
 
+from wavefleet.batch import Batch
 from wavefleet.config import Settings
 from wavefleet.domains import Domains
 from wavefleet.llm.accounting import story_calls
-from wavefleet.llm.batch import Batch
 from wavefleet.llm.client import LLMClient
 from wavefleet.llm.types import LLMRequest, Message, TaskKind
 from wavefleet.store import StoryStore

@@ -18,8 +18,8 @@ from wavefleet.config import BudgetSettings, Settings
 from wavefleet.domains import Domains
 from wavefleet.errors import BudgetExceededError, HoldStory
 from wavefleet.llm.client import LLMClient
-from wavefleet.llm.pricing import NANO
 from wavefleet.llm.types import LLMRequest, Message, TaskKind
+from wavefleet.money import NANO
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 

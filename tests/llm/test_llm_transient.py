@@ -161,6 +161,8 @@ def test_a_supervisor_killed_while_a_stage_waits_retries_it_after_its_restart(
     # Then the story says why it waits, the schedule outlives the supervisor...
     status = run_wave(fleet.settings, "status", "AUTH-603")
     assert "waiting:" in status.stdout and "pm retry 1/5 in " in status.stdout, status.stdout
+    events = run_wave(fleet.settings, "events", "AUTH-603")
+    assert "stage_waiting" in events.stdout and "retry 1/5 in " in events.stdout, events.stdout
     schedule = RetrySchedule(fleet.store.redis, fleet.settings.keys)
     [(_entry, due_in_s)] = schedule.waiting("AUTH-603")
     deadline = time.time() + due_in_s

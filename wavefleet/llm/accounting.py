@@ -14,8 +14,8 @@ from typing import Any, cast
 
 from redis import Redis
 
+from ..batch import Batch
 from ..keys import Keys
-from .batch import Batch
 from .types import LLMResponse
 
 CALLS_MAXLEN = 10_000  # per story; a story making more calls than this has other problems

@@ -14,8 +14,8 @@ from typing import Any, cast
 
 from redis import Redis
 
+from ..batch import Batch
 from ..keys import ONCE_TTL_S, Keys
-from .batch import Batch
 
 # KEYS: breaker, probe lock. ARGV: probe lock ttl ms, probe token.
 _STATE = """

@@ -14,8 +14,8 @@ from typing import Any, cast
 
 from redis import Redis
 
+from ..batch import Batch
 from ..keys import Keys
-from .batch import Batch
 from .types import Completion, LLMRequest
 
 CLEAR_BATCH = 500

@@ -13,12 +13,12 @@ from ..budget import MAX_GRANT_TOKENS, MAX_GRANT_USD, Budget, Scope, day_of, sco
 from ..config import Settings
 from ..domains import Domain, Domains
 from ..errors import ExitCode, InvalidInputError
+from ..money import to_nusd, to_usd
 from ..store import StoryStore
 from ..text import terminal_safe
 from .accounting import CallTotals, format_call, story_calls
 from .cache import ResponseCache
 from .client import LLMClient
-from .pricing import to_nusd, to_usd
 from .router import DEFAULT_ROUTES
 from .types import MAX_TOKENS_PER_CALL, LLMRequest, LLMResponse, Message, TaskKind
 

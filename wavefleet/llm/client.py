@@ -25,17 +25,18 @@ from typing import Any
 
 from redis import Redis
 
+from ..batch import Batch
 from ..budget import Budget, Reservation, scopes_for
 from ..config import Settings
 from ..domains import Domain, Domains, load_domains
 from ..errors import BudgetExceededError, InvalidInputError, ProviderError, ProviderRateLimitedError
 from ..logs import get as get_log
+from ..money import to_nusd
 from .accounting import call_entry, record_call
-from .batch import Batch
 from .breaker import Breakers, BreakerState, parse_state
 from .cache import ResponseCache, canonical_json, request_digest
 from .offline import OfflineProvider
-from .pricing import Estimate, Prices, estimate, to_nusd
+from .pricing import Estimate, Prices, estimate
 from .ratelimit import Limit, RateLimiter
 from .registry import ProviderSection, Registration, registered
 from .router import Route, Router, parse_routes

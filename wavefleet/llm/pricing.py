@@ -1,7 +1,6 @@
 """Prices of model calls: what a completed call cost, and what an upcoming one may cost at most.
 
-Money is kept in integer nano-USD (1e-9 USD) wherever it is added up in Redis, so budgets compare
-exactly; floats are for display only.
+Money is counted in integer nano-USD (wavefleet/money.py).
 """
 
 from __future__ import annotations
@@ -10,12 +9,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..money import to_nusd
 from .types import Usage
 
 if TYPE_CHECKING:
     from .registry import ProviderSection
 
-NANO = 1_000_000_000
 PER_MILLION = 1_000_000
 REQUEST_OVERHEAD_TOKENS = 32  # role markers and message framing the provider adds
 TOOLS_OVERHEAD_TOKENS = 512  # the tool-use system prompt a provider adds when tools are given
@@ -78,12 +77,3 @@ def estimate(
     dearest_input = max(prices.input, prices.cache_write)
     cost = (input_tokens * dearest_input + max_tokens * prices.output) / PER_MILLION
     return Estimate(input_tokens, max_tokens, to_nusd(cost))
-
-
-def to_nusd(usd: float) -> int:
-    """USD to nano-USD, rounded up: a cost is never under-counted."""
-    return math.ceil(round(usd * NANO, 3))
-
-
-def to_usd(nusd: int | float) -> float:
-    return float(nusd) / NANO

@@ -16,9 +16,9 @@ from typing import cast
 
 from redis import Redis
 
+from ..batch import Batch
 from ..errors import RateLimitedError
 from ..keys import Keys
-from .batch import Batch
 
 MAX_ROUNDS = 1_000  # a bound on the wait loop besides the time bound
 BUCKET_TTL_MS = 120_000  # an idle bucket is full again after a minute; drop it after two

@@ -38,6 +38,12 @@ class Sandbox(Protocol):
 
     def wrap(self, argv: list[str], worktree: Path) -> Invocation: ...
 
+    def unavailable(self, exit_code: int, output: str, worktree: Path) -> str | None:
+        """After a command failed: why the sandbox could not start it, or None if it ran (and its
+        failure is its own). A sandbox that cannot start is not the story's fault: the stage is
+        retried later (`SandboxUnavailableError`)."""
+        ...
+
 
 def allowed_env(worktree: Path) -> dict[str, str]:
     """A command's whole environment: PATH (the fleet's Python first), HOME in the worktree, locale,
@@ -66,3 +72,6 @@ class NoSandbox:
 
     def wrap(self, argv: list[str], worktree: Path) -> Invocation:
         return Invocation(list(argv), allowed_env(worktree), worktree)
+
+    def unavailable(self, exit_code: int, output: str, worktree: Path) -> str | None:
+        return None  # nothing to start

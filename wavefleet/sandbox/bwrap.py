@@ -27,6 +27,7 @@ MASKED = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/
 
 
 PROC_PROBE_TIMEOUT_S = 10
+SETUP_FAILED = 1  # bwrap's exit code when it could not set the sandbox up (its message: `bwrap: ...`)
 
 
 def bwrap_binary() -> str | None:
@@ -105,6 +106,29 @@ class BwrapSandbox:
         for name, value in env.items():
             args += ["--setenv", name, value]
         return Invocation([*args, "--", *argv], {"PATH": env["PATH"]}, worktree)
+
+    def unavailable(self, exit_code: int, output: str, worktree: Path) -> str | None:
+        """bwrap reports its own setup failures as exit 1 and a `bwrap: ...` line, which a command
+        can print too: so only when a fresh bwrap, set up the same way around `true`, fails as
+        well is the sandbox taken to be down (the command cannot make its own failure transient)."""
+        if exit_code != SETUP_FAILED or "bwrap: " not in output:
+            return None
+        probe = self.wrap(["true"], worktree)
+        try:
+            ran = subprocess.run(
+                probe.argv,
+                env=probe.env,
+                capture_output=True,
+                text=True,
+                timeout=PROC_PROBE_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"the bwrap sandbox cannot start: {exc}"
+        if ran.returncode == 0:
+            return None
+        lines = (ran.stderr or ran.stdout).strip().splitlines()
+        return f"the bwrap sandbox cannot start: {lines[-1] if lines else f'exit {ran.returncode}'}"
 
 
 def _system_binds() -> list[str]:
