@@ -9,6 +9,7 @@ import pytest
 from wavefleet.domains import DOMAIN_FILE, Domains, Team, load_domain, load_domains
 from wavefleet.errors import ConfigError, InvalidInputError
 from wavefleet.lifecycle import Role
+from workers.agent.prompts import load_prompt
 
 MINIMAL = 'prefix = "BILLING"\nrepo = "sample"\n'
 
@@ -42,7 +43,19 @@ def test_a_shipped_domain_loads_with_its_prefix_the_seven_agent_team_and_its_sam
     assert domain.repo == (domains_dir / name / "sample").resolve()
     assert domain.repo.is_absolute() and domain.repo.is_dir()
     assert domain.folder == domains_dir / name
-    assert all(domain.prompt(role) for role in Role), "every role has its prompt"
+
+
+def test_every_shipped_domain_has_a_prompt_for_every_role_that_the_strict_loader_reads(
+    domains_dir: Path,
+) -> None:
+    # Given every shipped domain (a private copy)
+    # When each role's prompt is read the way an LLM worker reads it (no links, UTF-8, not empty)
+    prompts = {(d.name, role): load_prompt(d, role) for d in load_domains(domains_dir) for role in Role}
+
+    # Then each is there and names its role first (the scripted test models read the role from it)
+    assert prompts
+    for (name, role), text in prompts.items():
+        assert text.startswith(f"# Role: {role.value}\n"), (name, role)
 
 
 def test_loading_finds_exactly_the_shipped_domains_sorted_by_name(domains_dir: Path) -> None:

@@ -125,10 +125,6 @@ class Domain(BaseModel):
             raise ValueError("must name a program to run")
         return command
 
-    def prompt(self, role: Role) -> str:
-        path = self.folder / "prompts" / f"{role.value}.md"
-        return path.read_text(encoding="utf-8") if path.is_file() else ""
-
     def delivery_remote(self) -> str:
         """The remote a GO'd story is pushed to; "" for none. A folder the fleet seeded a repository
         from is never pushed to, whatever this says (workers/delivery.py)."""
