@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import HERE, live_settings, llm_env
+from conftest import live_settings
 from redis import Redis
+from scripted_team import ScriptedTeam
 from servers.anthropic_server import AnthropicServer
 from servers.anthropic_server import Reply as HttpReply
 from servers.xai_server import Reply as GrpcReply
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class Fleet:
-    """A PM worker whose agent calls the model first, and a supervisor: real processes."""
+    """A PM worker running the LLM agent (a plain `wave worker`, WAVE_AGENT=llm) and a supervisor."""
 
     def __init__(self, settings: Settings, logs: Path) -> None:
         self.settings, self.logs = settings, logs
@@ -42,15 +42,7 @@ class Fleet:
         self.supervisor: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Fleet:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with (self.logs / "auth-pm-model.log").open("ab") as log:
-            worker = subprocess.Popen(
-                [sys.executable, str(HERE / "stage_worker.py"), "auth", "pm"],
-                env=llm_env(self.settings),
-                stdout=log,
-                stderr=log,
-            )
-        self.procs.started.append(worker)
+        self.procs.worker("auth", "pm")
         self.supervisor = self.procs.supervisor()
         return self
 
@@ -88,11 +80,16 @@ def fleet_for(
     started: list[Fleet] = []
 
     def make(retries: int = 5, backoff_s: float = 0.2, backoff_max_s: float = 1.0) -> Fleet:
+        # The PM's model (once the servers answer again): a look at the repository, then a plan.
+        team = ScriptedTeam()
+        anthropic_server.respond_with(team.anthropic)
+        xai_server.respond_with(team.xai)
         pipeline = PipelineSettings(
             transient_retries=retries, transient_backoff_s=backoff_s, transient_backoff_max_s=backoff_max_s
         )
         live = live_settings(settings, anthropic_server, xai_server, cooldown_s=0.3)
-        fleet = Fleet(live.model_copy(update={"pipeline": pipeline}), tmp_path / "logs").start()
+        live = live.model_copy(update={"pipeline": pipeline, "agent": "llm"})
+        fleet = Fleet(live, tmp_path / "logs").start()
         started.append(fleet)
         return fleet
 
@@ -124,7 +121,7 @@ def test_a_stage_whose_providers_are_both_down_is_retried_with_backoff_and_goes_
     record = fleet.store.get("AUTH-601")
     assert record.attempts[Role.PM] == len(waits) + 1  # each retry is a new attempt
     plan = fleet.store.result("AUTH-601", 0, Role.PM, record.attempts[Role.PM])
-    assert plan is not None and plan.ok
+    assert plan is not None and plan.ok and plan.agent == "llm"  # the PM's model made the plan
     assert fleet.events("AUTH-601", "stage_failed") == []
 
 
