@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,10 +27,10 @@ from .embedded import endpoint_of, operator_credentials
 from .errors import ConflictError, ExitCode, InvalidInputError, RedisUnavailableError, WaveError
 from .halt import acks, read_halt, send_cancel, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
-from .llm.accounting import CallTotals, format_call, story_calls
+from .llm.accounting import format_call, story_calls
 from .llm.cli import add_commands as add_llm_commands
-from .retries import RetrySchedule
 from .sandbox.fleet import summary as sandbox_summary
+from .status_view import age, print_story, show
 from .store import StoryRecord, StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
 from .text import terminal_safe
@@ -39,7 +38,6 @@ from .watcher import FILE_SOURCE, MAX_REASON_CHARS, HaltFileWatcher, stop_file_p
 
 EMBEDDED_DIR = "redis"
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # writing stdout failed
-LAST_CALLS_SHOWN = 10
 # Bounds of the numeric options: far above any real use, low enough for Redis and the clock.
 MAX_RECENT = 100_000
 MAX_WORKER_INDEX = 1_000
@@ -89,7 +87,7 @@ def cmd_enqueue(app: App, args: argparse.Namespace) -> int:
     stories = _stories_from_args(args)
     app.store.enqueue(stories, app.domains)
     for story in stories:
-        _show(f"enqueued {story.id} -> {app.domains.for_story(story.id).name}")
+        show(f"enqueued {story.id} -> {app.domains.for_story(story.id).name}")
     return ExitCode.OK
 
 
@@ -116,11 +114,7 @@ def _stories_from_args(args: argparse.Namespace) -> list[Story]:
 
 def cmd_status(app: App, args: argparse.Namespace) -> int:
     if args.id:
-        record = app.store.get(args.id)
-        if args.json:
-            print(json.dumps(_with_results(app, record), indent=2))
-        else:
-            _print_story(app, record)
+        print_story(app.store, app.store.get(args.id), as_json=args.json)
         return ExitCode.OK
     if args.all:
         records, left_out = app.store.list(), 0
@@ -128,16 +122,16 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
         records, left_out = app.store.overview(recent=args.recent)
     banner = halt_banner(app)
     if banner and not args.json:
-        _show(banner)
+        show(banner)
     sandboxes = sandbox_summary(app.store.redis, app.settings.keys)
     if sandboxes and not args.json:
-        _show(sandboxes)
+        show(sandboxes)
     if left_out and not args.json:
         if not records:
-            _show(f"no active stories; {left_out} finished (wave status --all, or --recent N)")
+            show(f"no active stories; {left_out} finished (wave status --all, or --recent N)")
             return ExitCode.OK
         _print_records(records, as_json=False)
-        _show(f"({left_out} stories finished earlier not shown: wave status --all, or wave list)")
+        show(f"({left_out} stories finished earlier not shown: wave status --all, or wave list)")
         return ExitCode.OK
     _print_records(records, as_json=args.json)
     return ExitCode.OK
@@ -169,9 +163,9 @@ def cmd_events(app: App, args: argparse.Namespace) -> int:
         return ExitCode.OK
     for event in merged:
         if event["event"] == "llm_call":
-            _show(format_call(event))
+            show(format_call(event))
             continue
-        _show(_format_event(event))
+        show(_format_event(event))
     return ExitCode.OK
 
 
@@ -210,7 +204,7 @@ def _transition(kind: EventKind, verb: str) -> Callable[[App, argparse.Namespace
             raise ConflictError(f"{args.id}: {exc}") from None
         if kind is EventKind.CANCEL:  # committed: now the worker running its stage kills it
             send_cancel(app.store.redis, app.settings.keys, args.id)
-        _show(f"{args.id}: {outcome.before.state} -> {outcome.after.state}")
+        show(f"{args.id}: {outcome.before.state} -> {outcome.after.state}")
         return ExitCode.OK
 
     return command
@@ -227,20 +221,20 @@ def cmd_stop(app: App, args: argparse.Namespace) -> int:
     if len(args.reason) > MAX_REASON_CHARS:
         raise InvalidInputError(f"--reason is {len(args.reason)} characters: at most {MAX_REASON_CHARS}")
     state = send_halt(app.store.redis, app.settings.keys, args.reason.strip(), _operator())
-    _show(f"fleet HALTED: {state.reason} (by {state.by}); `wave resume` or `wave status` to follow")
+    show(f"fleet HALTED: {state.reason} (by {state.by}); `wave resume` or `wave status` to follow")
     return ExitCode.OK
 
 
 def cmd_resume(app: App, args: argparse.Namespace) -> int:
     state = read_halt(app.store.redis, app.settings.keys)
     if state is None:
-        _show("fleet is not halted")
+        show("fleet is not halted")
         return ExitCode.OK
     if state.by.startswith(FILE_SOURCE) and stop_file_present(app.settings.halt_file):
         where = app.settings.halt_file_on_host
         raise ConflictError(f"halted by {where} (the watcher's halt folder): remove that file to resume")
     send_resume(app.store.redis, app.settings.keys, _operator())
-    _show("fleet resumed: halted stories continue from their stage")
+    show("fleet resumed: halted stories continue from their stage")
     return ExitCode.OK
 
 
@@ -326,112 +320,21 @@ def cmd_demo(app: App, args: argparse.Namespace) -> int:
 
 
 # Output --------------------------------------------------------------------------------------
-def _show(line: str) -> None:
-    """Print a line for a human: story fields, reasons and results in it came from users or agents,
-    so control characters and escape sequences are made harmless (`--json` prints data as it is)."""
-    print(terminal_safe(line))
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 def _print_records(records: Sequence[StoryRecord], *, as_json: bool) -> None:
     if as_json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return
     if not records:
-        _show("no stories")
+        show("no stories")
         return
     now = time.time()
     header = f"{'ID':<16} {'DOMAIN':<10} {'STATE':<11} {'ROUND':>5} {'STAGE':<7} {'AGE':>5} {'COST':>9}"
-    _show(header)
+    show(header)
     for r in records:
-        _show(
+        show(
             f"{r.id:<16} {r.domain:<10} {r.state.value:<11} {r.round:>5} {r.stage:<7} "
-            f"{_age(now - r.created_at):>5} {f'${r.cost_usd:.4f}':>9}"
+            f"{age(now - r.created_at):>5} {f'${r.cost_usd:.4f}':>9}"
         )
-
-
-def _with_results(app: App, record: StoryRecord) -> dict[str, Any]:
-    raw = app.store.redis.hgetall(app.settings.keys.story_results(record.id))
-    calls = story_calls(app.store.redis, app.settings.keys, record.id)
-    results = {k: json.loads(v) for k, v in sorted(raw.items(), key=lambda item: _stage_order(item[0]))}
-    return {
-        **record.to_dict(),
-        "story": record.story.model_dump(mode="json"),
-        "results": results,
-        "delivery": _delivery(results),
-        "llm": {**asdict(CallTotals.of(calls)), "calls": calls},
-        "waiting": [  # stages waiting out a backoff after a failure that was not the story's
-            {
-                "role": e.stage[2].value,
-                "retry": e.retry,
-                "of": e.of,
-                "due_in_s": round(due, 1),
-                "reason": e.reason,
-                "status": e.describe(due),
-            }
-            for e, due in RetrySchedule(app.store.redis, app.settings.keys).waiting(record.id)
-        ],
-    }
-
-
-_ROLE_ORDER = {role.value: index for index, role in enumerate(Role)}  # the pipeline's: pm fe be qa cto
-
-
-def _stage_order(field: str) -> tuple[int, int, int, str]:
-    """A result field `r<round>.<role>.a<attempt>` in pipeline order (as text, cto came before fe)."""
-    round_, _, rest = field.partition(".")
-    role, _, attempt = rest.partition(".")
-    try:
-        return int(round_[1:]), _ROLE_ORDER.get(role, len(_ROLE_ORDER)), int(attempt[1:]), field
-    except ValueError:  # not a field this version writes: last, as it is
-        return sys.maxsize, 0, 0, field
-
-
-def _delivery(results: dict[str, Any]) -> dict[str, Any] | None:
-    """What the last GO delivered (workers/delivery.py writes it into the CTO's output)."""
-    delivered = [r["output"]["delivery"] for r in results.values() if (r.get("output") or {}).get("delivery")]
-    return delivered[-1] if delivered else None
-
-
-def _delivery_line(delivery: dict[str, Any]) -> str:
-    where, branch, commit = delivery.get("remote"), delivery.get("branch"), delivery.get("commit")
-    if where:
-        return f"{'delivered:':<10} {branch} at {commit} on {where}"
-    why = f" ({delivery['note']})" if delivery.get("note") else ""
-    return f"{'delivery:':<10} kept in {delivery.get('clone')} as {branch} at {commit}{why}"
-
-
-def _print_story(app: App, record: StoryRecord) -> None:
-    data = _with_results(app, record)
-    for key in ("id", "domain", "title", "state", "round", "stage", "reason", "cost_usd"):
-        _show(f"{key + ':':<10} {data[key]}")
-    _show(f"{'age:':<10} {_age(time.time() - record.created_at)}")
-    for waiting in data["waiting"]:
-        _show(f"{'waiting:':<10} {waiting['role']} {waiting['status']}")
-    for name, result in data["results"].items():
-        output = result.get("output", {})
-        summary = output.get("summary") or "; ".join(output.get("reasons", [])) or result.get("error", "")
-        decision = f" {output['decision']}" if "decision" in output else ""
-        status = "ok" if result.get("ok") else "FAILED"
-        # The agent kind (llm, offline, noop) and, for llm, the models that answered the stage.
-        who = f"[{output.get('agent') or result.get('agent')}] {result.get('worker', '')}"
-        _show(f"  {name:<12} {status:<6} {who}{decision}: {summary}")
-    if data["delivery"]:
-        _show(_delivery_line(data["delivery"]))
-    llm = data["llm"]
-    _show(
-        f"{'llm:':<10} {len(llm['calls'])} calls ({llm['cache_hits']} cache hits), {llm['tokens']} tokens, "
-        f"${llm['cost_usd']:.6f}"
-    )
-    for call in llm["calls"][-LAST_CALLS_SHOWN:]:
-        _show(f"  {format_call(call)}")
 
 
 # Parser --------------------------------------------------------------------------------------

@@ -95,6 +95,17 @@ class QAOutcome(_Message):
     summary: str = ""
 
 
+class Delivery(_Message):
+    """Where a GO'd story's reviewed merge went: `branch` at `commit` on `remote`, or (remote "")
+    kept in the fleet's `clone` as `branch`, `note` saying why. Part of the CTO stage's output."""
+
+    branch: str
+    commit: str
+    remote: str = ""
+    clone: str
+    note: str = ""
+
+
 class ReviewOutcome(_Message):
     """The part of a CTO review the pipeline acts on."""
 
@@ -184,6 +195,7 @@ def parse_intake(fields: dict[str, str]) -> IntakeMessage:
 
 
 __all__ = [
+    "Delivery",
     "IntakeMessage",
     "MisroutedMessage",
     "NudgeMessage",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import secrets
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -306,6 +307,21 @@ return {}
                 return found
         return None
 
+    def results(self, story_id: str) -> builtins.list[tuple[str, StageResult]]:
+        """Every stage result of the story with its field (`r<round>.<role>.a<attempt>`), in pipeline
+        order: round by round, pm fe be qa cto, attempt by attempt (as text, cto came before fe)."""
+        raw = self.redis.hgetall(self.keys.story_results(story_id))
+        found = []
+        for field in sorted(raw, key=_pipeline_order):
+            try:
+                found.append((field, StageResult.model_validate_json(raw[field])))
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                raise CorruptStoryError(
+                    f"story {story_id}: its result {field} in Redis cannot be read "
+                    f"({str(exc).splitlines()[0]}); repair or delete that field of its results hash"
+                ) from None
+        return found
+
     # Transitions -----------------------------------------------------------------------------
     def apply(self, story_id: str, event: Event) -> Outcome:
         """Apply `event` atomically; raises Rejected (nothing written) if it does not fit.
@@ -438,6 +454,18 @@ return {}
 
 def _result_field(round_: int, role: Role, attempt: int) -> str:
     return f"r{round_}.{role.value}.a{attempt}"
+
+
+_ROLE_ORDER = {role.value: index for index, role in enumerate(Role)}  # the pipeline's: pm fe be qa cto
+
+
+def _pipeline_order(field: str) -> tuple[int, int, int, str]:
+    round_, _, rest = field.partition(".")
+    role, _, attempt = rest.partition(".")
+    try:
+        return int(round_[1:]), _ROLE_ORDER.get(role, len(_ROLE_ORDER)), int(attempt[1:]), field
+    except ValueError:  # not a field this version writes: last, as it is
+        return sys.maxsize, 0, 0, field
 
 
 def _record_from(data: dict[str, str]) -> StoryRecord:

@@ -15,6 +15,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from wavefleet.domains import Domain
 from wavefleet.lifecycle import Decision, Role
+from wavefleet.messages import Delivery as Delivery  # noqa: PLC0414 - re-exported (lives by StageResult)
 from wavefleet.stories import Story
 
 if TYPE_CHECKING:
@@ -62,17 +63,6 @@ class QAReport(BaseModel):
     summary: str
     output_tail: str = ""
     failures: list[Failure] = Field(default_factory=list)
-
-
-class Delivery(BaseModel):
-    """Where a GO'd story's reviewed merge went: `branch` at `commit` on `remote`, or (remote "")
-    kept in the fleet's `clone` as `branch`, `note` saying why."""
-
-    branch: str
-    commit: str
-    remote: str = ""
-    clone: str
-    note: str = ""
 
 
 class Review(BaseModel):
