@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,13 +23,12 @@ from .connection import check, connect
 from .domains import Domains, load_domains
 from .embedded import endpoint_of, operator_credentials
 from .errors import ConflictError, ExitCode, InvalidInputError, RedisUnavailableError, WaveError
-from .halt import acks, read_halt, send_cancel, send_halt, send_resume
+from .halt import read_halt, send_cancel, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
-from .llm.accounting import format_call, story_calls
 from .llm.cli import add_commands as add_llm_commands
 from .sandbox.fleet import summary as sandbox_summary
-from .status_view import age, print_story, show
-from .store import StoryRecord, StoryStore
+from .status_view import halt_banner, print_history, print_records, print_story, show
+from .store import StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
 from .text import terminal_safe
 from .watcher import FILE_SOURCE, MAX_REASON_CHARS, HaltFileWatcher, stop_file_present
@@ -120,7 +117,7 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
         records, left_out = app.store.list(), 0
     else:
         records, left_out = app.store.overview(recent=args.recent)
-    banner = halt_banner(app)
+    banner = halt_banner(app.store)
     if banner and not args.json:
         show(banner)
     sandboxes = sandbox_summary(app.store.redis, app.settings.keys)
@@ -130,10 +127,10 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
         if not records:
             show(f"no active stories; {left_out} finished (wave status --all, or --recent N)")
             return ExitCode.OK
-        _print_records(records, as_json=False)
+        print_records(records, as_json=False)
         show(f"({left_out} stories finished earlier not shown: wave status --all, or wave list)")
         return ExitCode.OK
-    _print_records(records, as_json=args.json)
+    print_records(records, as_json=args.json)
     return ExitCode.OK
 
 
@@ -141,7 +138,7 @@ def cmd_list(app: App, args: argparse.Namespace) -> int:
     if args.domain:
         app.domains.get(args.domain)
     state = _parse_state(args.state) if args.state else None
-    _print_records(app.store.list(domain=args.domain, state=state), as_json=args.json)
+    print_records(app.store.list(domain=args.domain, state=state), as_json=args.json)
     return ExitCode.OK
 
 
@@ -155,44 +152,8 @@ def _parse_state(value: str) -> StoryState:
 
 
 def cmd_events(app: App, args: argparse.Namespace) -> int:
-    events = app.store.events(args.id)
-    calls = [{"event": "llm_call", **c} for c in story_calls(app.store.redis, app.settings.keys, args.id)]
-    merged = sorted(events + calls, key=lambda e: float(e["at"]))
-    if args.json:
-        print(json.dumps(merged, indent=2))
-        return ExitCode.OK
-    for event in merged:
-        if event["event"] == "llm_call":
-            show(format_call(event))
-            continue
-        show(_format_event(event))
+    print_history(app.store, args.id, as_json=args.json)
     return ExitCode.OK
-
-
-# Fields every history entry may carry, shown in their own places; any other field (an agent
-# event's guard, tool or iterations) is shown as name=value before the reason.
-_EVENT_FIELDS = frozenset(
-    {"event", "from", "to", "role", "round", "reason", "story", "at", "attempt", "worker"}
-)
-
-
-def _format_event(event: dict[str, str]) -> str:
-    """One history line: a transition shows from -> to; an agent or budget note has no `to`."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(event["at"])))
-    to = event.get("to", "")
-    change = f"{event.get('from', '')} -> {to}" if event.get("from") else (f"-> {to}" if to else "")
-    extra = [f"{k}={v}" for k, v in sorted(event.items()) if k not in _EVENT_FIELDS and v != ""]
-    detail = "  ".join(
-        x
-        for x in (
-            event.get("role") and f"role={event['role']}",
-            event.get("round") and f"round={event['round']}",
-            *extra,
-            event.get("reason"),
-        )
-        if x
-    )
-    return f"{stamp}  {event.get('event', '?'):<12} {change:<28} {detail}"
 
 
 def _transition(kind: EventKind, verb: str) -> Callable[[App, argparse.Namespace], int]:
@@ -266,20 +227,6 @@ def cmd_docker_proxy(app: App, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def halt_banner(app: App) -> str | None:
-    redis, keys = app.store.redis, app.settings.keys
-    state = read_halt(redis, keys)
-    if state is None:
-        return None
-    alive = [w for w in redis.smembers(keys.workers()) if redis.exists(keys.worker_heartbeat(w))]
-    acked = acks(redis, keys)
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.at))
-    return (
-        f"FLEET HALTED since {since} by {state.by}: {state.reason} "
-        f"({sum(1 for w in alive if w in acked)}/{len(alive)} live workers acked)"
-    )
-
-
 # Processes -----------------------------------------------------------------------------------
 def cmd_worker(app: App, args: argparse.Namespace) -> int:
     from workers.worker import run_worker  # noqa: PLC0415 - the CLI's other commands do not need RQ workers
@@ -317,24 +264,6 @@ def cmd_demo(app: App, args: argparse.Namespace) -> int:
     from .fleet import run_demo  # noqa: PLC0415
 
     return run_demo(app.settings, app.domains, timeout_s=args.timeout, stories_file=Path(args.stories))
-
-
-# Output --------------------------------------------------------------------------------------
-def _print_records(records: Sequence[StoryRecord], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps([r.to_dict() for r in records], indent=2))
-        return
-    if not records:
-        show("no stories")
-        return
-    now = time.time()
-    header = f"{'ID':<16} {'DOMAIN':<10} {'STATE':<11} {'ROUND':>5} {'STAGE':<7} {'AGE':>5} {'COST':>9}"
-    show(header)
-    for r in records:
-        show(
-            f"{r.id:<16} {r.domain:<10} {r.state.value:<11} {r.round:>5} {r.stage:<7} "
-            f"{age(now - r.created_at):>5} {f'${r.cost_usd:.4f}':>9}"
-        )
 
 
 # Parser --------------------------------------------------------------------------------------

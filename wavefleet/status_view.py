@@ -1,13 +1,15 @@
-"""The detail view of one story (`wave status ID`, as text or `--json`): its record, stage results in
-pipeline order, delivery, waits and model calls."""
+"""What `wave status`, `wave list` and `wave events` print: the story lines, the halt banner, one story
+in detail (record, stage results in pipeline order, delivery, waits, model calls) and its history."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from .halt import acks, read_halt
 from .llm.accounting import CallTotals, format_call, story_calls
 from .messages import Delivery, StageResult
 from .retries import RetrySchedule
@@ -30,6 +32,24 @@ def age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def print_records(records: Sequence[StoryRecord], *, as_json: bool) -> None:
+    """The stories one line each (`wave status`, `wave list`), or as JSON."""
+    if as_json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+        return
+    if not records:
+        show("no stories")
+        return
+    now = time.time()
+    header = f"{'ID':<16} {'DOMAIN':<10} {'STATE':<11} {'ROUND':>5} {'STAGE':<7} {'AGE':>5} {'COST':>9}"
+    show(header)
+    for r in records:
+        show(
+            f"{r.id:<16} {r.domain:<10} {r.state.value:<11} {r.round:>5} {r.stage:<7} "
+            f"{age(now - r.created_at):>5} {f'${r.cost_usd:.4f}':>9}"
+        )
 
 
 def print_story(store: StoryStore, record: StoryRecord, *, as_json: bool) -> None:
@@ -104,3 +124,56 @@ def _delivery_line(delivery: Delivery) -> str:
         return f"{'delivered:':<10} {delivery.branch} at {delivery.commit} on {delivery.remote}"
     why = f" ({delivery.note})" if delivery.note else ""
     return f"{'delivery:':<10} kept in {delivery.clone} as {delivery.branch} at {delivery.commit}{why}"
+
+
+def halt_banner(store: StoryStore) -> str | None:
+    """The line `wave status` opens with while the fleet is halted."""
+    redis, keys = store.redis, store.keys
+    state = read_halt(redis, keys)
+    if state is None:
+        return None
+    alive = [w for w in redis.smembers(keys.workers()) if redis.exists(keys.worker_heartbeat(w))]
+    acked = acks(redis, keys)
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.at))
+    return (
+        f"FLEET HALTED since {since} by {state.by}: {state.reason} "
+        f"({sum(1 for w in alive if w in acked)}/{len(alive)} live workers acked)"
+    )
+
+
+def print_history(store: StoryStore, story_id: str, *, as_json: bool) -> None:
+    """The story's events and model calls, oldest first."""
+    events = store.events(story_id)
+    calls = [{"event": "llm_call", **c} for c in story_calls(store.redis, store.keys, story_id)]
+    merged = sorted(events + calls, key=lambda e: float(e["at"]))
+    if as_json:
+        print(json.dumps(merged, indent=2))
+        return
+    for event in merged:
+        show(format_call(event) if event["event"] == "llm_call" else format_event(event))
+
+
+# Fields every history entry may carry, shown in their own places; any other field (an agent
+# event's guard, tool or iterations) is shown as name=value before the reason.
+EVENT_FIELDS = frozenset(
+    {"event", "from", "to", "role", "round", "reason", "story", "at", "attempt", "worker"}
+)
+
+
+def format_event(event: dict[str, str]) -> str:
+    """One history line: a transition shows from -> to; an agent or budget note has no `to`."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(event["at"])))
+    to = event.get("to", "")
+    change = f"{event.get('from', '')} -> {to}" if event.get("from") else (f"-> {to}" if to else "")
+    extra = [f"{k}={v}" for k, v in sorted(event.items()) if k not in EVENT_FIELDS and v != ""]
+    detail = "  ".join(
+        x
+        for x in (
+            event.get("role") and f"role={event['role']}",
+            event.get("round") and f"round={event['round']}",
+            *extra,
+            event.get("reason"),
+        )
+        if x
+    )
+    return f"{stamp}  {event.get('event', '?'):<12} {change:<28} {detail}"
