@@ -48,12 +48,12 @@ from wavefleet.sandbox import BwrapSandbox  # noqa: E402
 from wavefleet.store import StoryStore  # noqa: E402
 from wavefleet.stories import Story  # noqa: E402
 from wavefleet.testing import fast_settings, redis_server  # noqa: E402
-from workers.agent.context import AgentContext, AllowAll, LoopLimits  # noqa: E402
+from workers.agent.assemble import context_for  # noqa: E402
+from workers.agent.context import AgentContext, LoopLimits  # noqa: E402
 from workers.agent.events import StoryEventSink  # noqa: E402
 from workers.agent.loop import ToolLoop  # noqa: E402
-from workers.agent.middleware import Middleware, Middlewares  # noqa: E402
+from workers.agent.middleware import Middleware  # noqa: E402
 from workers.agent.tools import file_tools, run_tool  # noqa: E402
-from workers.git import Workspace  # noqa: E402
 from workers.roles import StageInput  # noqa: E402
 
 RUN_TARGET_MS = 25.0
@@ -197,15 +197,9 @@ def context(settings: Any, client: LLMClient, store: StoryStore, story: str, clo
         worker="bench",
         data_dir=settings.data_dir,
     )
-    return AgentContext(
-        stage=stage,
-        llm=client.for_story(story, "auth", "be"),
-        workspace=Workspace(domains.get("auth"), settings.data_dir),
-        sandbox=BwrapSandbox(),
-        gate=AllowAll(),
-        events=StoryEventSink(store, stage),
-        middleware=Middlewares([clock]),
-        limits=LoopLimits(max_iterations=TURNS),
+    limits = LoopLimits(max_iterations=TURNS)
+    return context_for(
+        stage, client, BwrapSandbox(), events=StoryEventSink(store, stage), limits=limits, middleware=[clock]
     )
 
 

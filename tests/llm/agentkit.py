@@ -24,10 +24,10 @@ from wavefleet.llm.client import LLMClient
 from wavefleet.sandbox import BwrapSandbox
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from workers.agent.context import AgentContext, AllowAll, LoopLimits, ToolGate
+from workers.agent.assemble import context_for
+from workers.agent.context import AgentContext, LoopLimits, ToolGate
 from workers.agent.events import StoryEventSink
-from workers.agent.middleware import Middleware, Middlewares
-from workers.git import Workspace
+from workers.agent.middleware import Middleware
 from workers.roles import StageInput
 
 STORY = "AUTH-001"
@@ -79,15 +79,14 @@ def stage_context(
         worker="worker-test",
         data_dir=settings.data_dir,
     )
-    return AgentContext(
-        stage=stage,
-        llm=client.for_story(STORY, "auth", role.value),
-        workspace=Workspace(domain, settings.data_dir),
-        sandbox=BwrapSandbox(),
-        gate=gate or AllowAll(),
+    return context_for(
+        stage,
+        client,
+        BwrapSandbox(),
         events=StoryEventSink(store, stage),
-        middleware=Middlewares(middleware),
-        limits=limits or LoopLimits(),
+        limits=limits,
+        gate=gate,
+        middleware=middleware,
     )
 
 

@@ -6,20 +6,23 @@ gate here; agents and the tool loop never change for them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from wavefleet import logs
 from wavefleet.llm.client import LLMClient
 from wavefleet.sandbox import Sandbox
 
 from ..git import Workspace
 from ..roles import StageInput
-from .context import AgentContext, AllowAll, EventSink, LoopLimits
+from .context import AgentContext, AllowAll, EventSink, LoopLimits, ToolGate
 from .middleware import Middleware, Middlewares
 
 
-def middlewares() -> Middlewares:
-    """The middleware chain every stage runs under (empty until tracing, metrics, Slack, safety)."""
+def middlewares(extra: Sequence[Middleware] = ()) -> Middlewares:
+    """The middleware chain every stage runs under (empty until tracing, metrics, Slack, safety),
+    then `extra` (a test's recorder, a benchmark's clock)."""
     chain: list[Middleware] = []
-    return Middlewares(chain)
+    return Middlewares([*chain, *extra])
 
 
 class LogEvents:
@@ -36,14 +39,16 @@ def context_for(
     *,
     events: EventSink | None = None,
     limits: LoopLimits | None = None,
+    gate: ToolGate | None = None,
+    middleware: Sequence[Middleware] = (),
 ) -> AgentContext:
     return AgentContext(
         stage=stage,
         llm=llm.for_story(stage.story.id, stage.domain.name, stage.role.value),
         workspace=Workspace(stage.domain, stage.data_dir),
         sandbox=sandbox,
-        gate=AllowAll(),
+        gate=gate or AllowAll(),
         events=events or LogEvents(),
-        middleware=middlewares(),
+        middleware=middlewares(middleware),
         limits=limits or LoopLimits(),
     )
