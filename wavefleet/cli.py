@@ -412,6 +412,8 @@ def _print_story(app: App, record: StoryRecord) -> None:
     data = _with_results(app, record)
     for key in ("id", "domain", "title", "state", "round", "stage", "reason", "cost_usd"):
         _show(f"{key + ':':<10} {data[key]}")
+    if record.approved:  # the CTO stage after it shows the same GO as agent [human]
+        _show(f"{'approved:':<10} {record.approved} (a human's GO after the CTO's HOLD)")
     _show(f"{'age:':<10} {_age(time.time() - record.created_at)}")
     for waiting in data["waiting"]:
         _show(f"{'waiting:':<10} {waiting['role']} {waiting['status']}")
@@ -497,7 +499,7 @@ def _add_story_commands(sub: Any) -> None:
             "approve",
             EventKind.APPROVE,
             "approved",
-            "approve a held story: GO after a CTO HOLD, else resume it",
+            "approve a held story: GO after a CTO HOLD (then delivered), else resume it",
         ),
         ("reject", EventKind.REJECT, "rejected", "reject a held story (it is killed)"),
     ):
