@@ -424,7 +424,7 @@ def test_a_command_on_a_story_in_the_wrong_state_is_a_conflict_and_changes_nothi
 
 
 @pytest.mark.parametrize(
-    ("command", "after"), [("approve", "done"), ("reject", "killed"), ("cancel", "cancelled")]
+    ("command", "after"), [("approve", "reviewing"), ("reject", "killed"), ("cancel", "cancelled")]
 )
 def test_a_command_on_a_held_story_moves_it_and_says_so(
     settings: Settings, store: StoryStore, domains: Domains, tmp_path: Path, command: str, after: str

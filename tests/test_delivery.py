@@ -67,12 +67,17 @@ def origin(tmp_path: Path, domains_dir: Path) -> Path:
 
 
 def run_story(
-    procs: Processes, store: StoryStore, settings: Settings, story_id: str, state: StoryState
+    procs: Processes,
+    store: StoryStore,
+    settings: Settings,
+    story_id: str,
+    state: StoryState,
+    labels: tuple[str, ...] = (),
 ) -> None:
     procs.team("auth")
     procs.supervisor()
     store.enqueue(
-        [Story(id=story_id, title="Sign in", acceptance_criteria=("it works",))],
+        [Story(id=story_id, title="Sign in", acceptance_criteria=("it works",), labels=labels)],
         load_domains(settings.domains_dir),
     )
     wait_until(
@@ -134,6 +139,114 @@ def test_a_wave_branch_someone_else_made_is_never_overwritten_and_the_story_is_h
     wait_until(lambda: store.get("AUTH-502").state is StoryState.DONE, message="AUTH-502 done")
     reviewed = git(clone_of(settings), "rev-parse", "wave/AUTH-502-qa")
     assert refs(origin) == {**before, "refs/heads/wave/AUTH-502": reviewed}
+
+
+def cto_results(store: StoryStore, story_id: str) -> list[tuple[str, str, str]]:
+    """(agent, decision or hold, first reason or error) of each CTO attempt, in order."""
+    record = store.get(story_id)
+    found = []
+    for attempt in range(1, record.attempts[Role.CTO] + 1):
+        result = store.result(story_id, record.round, Role.CTO, attempt)
+        assert result is not None, f"no result for CTO attempt {attempt}"
+        out = result.output or {}
+        first = (out.get("reasons") or [result.error])[0]
+        found.append((out.get("agent") or result.agent, out.get("decision", "held"), first))
+    return found
+
+
+def test_a_story_the_cto_held_is_delivered_when_a_human_approves_it_without_asking_the_cto_again(
+    procs: Processes, store: StoryStore, settings: Settings, origin: Path
+) -> None:
+    # Given a story whose diff is too big for the CTO to pass: held, nothing pushed, worktrees kept
+    before = refs(origin)
+    run_story(procs, store, settings, "AUTH-512", StoryState.HELD, labels=("offline:oversize",))
+    clone = clone_of(settings)
+    assert refs(origin) == before
+    assert len(worktrees(clone)) == 4
+
+    # When a human approves it
+    approved = run_wave(settings, "approve", "AUTH-512", "--reason", "read it: generated rows")
+
+    # Then the review runs again as the human's GO and delivers it as a model's GO would
+    assert (approved.returncode, approved.stdout) == (0, "AUTH-512: held -> reviewing\n")
+    wait_until(
+        lambda: store.get("AUTH-512").state is StoryState.DONE,
+        message="AUTH-512 done after the approval",
+        diagnose=lambda: f"{store.get('AUTH-512')}\n{procs.logs()[-4000:]}",
+    )
+    reviewed = git(clone, "rev-parse", "wave/AUTH-512-qa")
+    assert refs(origin) == {**before, "refs/heads/wave/AUTH-512": reviewed}
+    assert worktrees(clone) == [str(clone)]
+    assert [r[:2] for r in cto_results(store, "AUTH-512")] == [("offline", "HOLD"), ("human", "GO")]
+    assert cto_results(store, "AUTH-512")[1][2] == "read it: generated rows"
+    shown = run_wave(settings, "status", "AUTH-512").stdout.replace("  ", " ")
+    assert "approved: read it: generated rows (a human's GO after the CTO's HOLD)" in shown
+    assert "[human]" in shown and "GO: read it: generated rows" in shown
+    assert f"delivered: wave/AUTH-512 at {reviewed} on origin" in shown
+    data = json.loads(run_wave(settings, "status", "AUTH-512", "--json").stdout)
+    assert (data["approved"], data["delivery"]["commit"]) == ("read it: generated rows", reviewed)
+
+
+def test_an_approved_story_whose_delivery_is_refused_is_held_again_and_a_second_approve_delivers(
+    procs: Processes, store: StoryStore, settings: Settings, origin: Path
+) -> None:
+    # Given a held story whose wave/<ID> someone else already made on the origin
+    git(origin, "branch", "wave/AUTH-513", "main")
+    run_story(procs, store, settings, "AUTH-513", StoryState.HELD, labels=("offline:oversize",))
+    before = refs(origin)
+
+    # When a human approves it, the delivery is refused and the story held again, approval kept
+    assert run_wave(settings, "approve", "AUTH-513", "--reason", "fine by me").returncode == 0
+    wait_until(
+        lambda: "already exists on origin" in store.get("AUTH-513").reason,
+        message="AUTH-513 held by its delivery",
+        diagnose=lambda: f"{store.get('AUTH-513')}\n{procs.logs()[-4000:]}",
+    )
+    record = store.get("AUTH-513")
+    assert (record.state, record.approved) == (StoryState.HELD, "fine by me")
+    assert refs(origin) == before
+
+    # When the operator removes the branch and approves again
+    git(origin, "branch", "-D", "wave/AUTH-513")
+    assert run_wave(settings, "approve", "AUTH-513", "--reason", "branch removed").returncode == 0
+
+    # Then the delivery is made under the first approval, still without the CTO agent
+    wait_until(lambda: store.get("AUTH-513").state is StoryState.DONE, message="AUTH-513 done")
+    reviewed = git(clone_of(settings), "rev-parse", "wave/AUTH-513-qa")
+    del before["refs/heads/wave/AUTH-513"]
+    assert refs(origin) == {**before, "refs/heads/wave/AUTH-513": reviewed}
+    assert [r[:2] for r in cto_results(store, "AUTH-513")] == [
+        ("offline", "HOLD"),
+        ("human", "held"),
+        ("human", "GO"),
+    ]
+    assert cto_results(store, "AUTH-513")[2][2] == "fine by me"
+
+
+def test_approving_a_hold_inside_the_review_asks_the_cto_agent_again_as_before(
+    procs: Processes, store: StoryStore, settings: Settings, origin: Path
+) -> None:
+    # Given a story held inside its CTO stage, as a budget stop holds it (the stage's result says hold)
+    for role in ("pm", "fe", "be", "qa"):
+        procs.worker("auth", role)
+    procs.supervisor()
+    store.enqueue([Story(id="AUTH-514", title="Sign in")], load_domains(settings.domains_dir))
+    wait_until(lambda: store.get("AUTH-514").state is StoryState.REVIEWING, message="AUTH-514 reviewing")
+    budget = "budget: story AUTH-514 would exceed $0.50 (wave budget grant, then wave approve)"
+    held = StageResult(ok=False, hold=True, error=budget, agent="llm", worker="w", job="j")
+    store.record_result("AUTH-514", 1, Role.CTO, 1, job="j", result=held)
+    wait_until(lambda: store.get("AUTH-514").state is StoryState.HELD, message="AUTH-514 held")
+
+    # When a human approves it and a CTO worker runs
+    assert run_wave(settings, "approve", "AUTH-514").returncode == 0
+    procs.worker("auth", "cto")
+
+    # Then the CTO agent reviews again (no human GO) and its GO delivers as always
+    wait_until(lambda: store.get("AUTH-514").state is StoryState.DONE, message="AUTH-514 done")
+    assert store.get("AUTH-514").approved == ""
+    assert [r[:2] for r in cto_results(store, "AUTH-514")] == [("llm", "held"), ("offline", "GO")]
+    assert "refs/heads/wave/AUTH-514" in refs(origin)
+    assert "approved:" not in run_wave(settings, "status", "AUTH-514").stdout
 
 
 def test_with_no_remote_the_branch_stays_in_the_clone_and_status_says_where(

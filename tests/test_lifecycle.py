@@ -39,8 +39,17 @@ def snap(
     attempts: dict[Role, int] | None = None,
     held_from: StoryState | None = None,
     lost: dict[Role, int] | None = None,
+    approved: str = "",
 ) -> Snapshot:
-    return Snapshot(state, round_, frozenset(pending), dict(attempts or {}), held_from, dict(lost or {}))
+    return Snapshot(
+        state,
+        round_,
+        frozenset(pending),
+        dict(attempts or {}),
+        held_from,
+        dict(lost or {}),
+        approved=approved,
+    )
 
 
 def done(role: Role, round_: int, attempt: int = 1, **outcome: Any) -> Event:
@@ -58,6 +67,8 @@ DEVELOPING = snap(S.DEVELOPING, 1, (FE, BE), {PM: 1, FE: 1, BE: 1})
 TESTING = snap(S.TESTING, 1, (QA,), {PM: 1, FE: 1, BE: 1, QA: 1})
 REVIEWING = snap(S.REVIEWING, 1, (CTO,), {PM: 1, FE: 1, BE: 1, QA: 1, CTO: 1})
 HELD_BY_CTO = snap(S.HELD, 1, (), REVIEWING.attempts, held_from=S.REVIEWING)
+AFTER_REVIEW = {**REVIEWING.attempts, CTO: 2}  # the CTO stage's second attempt: the human's GO
+APPROVED = snap(S.REVIEWING, 1, (CTO,), AFTER_REVIEW, approved="looked at it")
 
 # (name, before, event, after, dispatched roles)
 PATHS = [
@@ -122,10 +133,52 @@ PATHS = [
         (),
     ),
     (
-        "approve after a CTO HOLD finishes the story",
+        "approve after a CTO HOLD runs the review again as the human's GO, remembering the approval",
+        HELD_BY_CTO,
+        ev(EventKind.APPROVE, reason="looked at it"),
+        APPROVED,
+        (CTO,),
+    ),
+    (
+        "approve without a reason still remembers that a human approved",
         HELD_BY_CTO,
         ev(EventKind.APPROVE),
-        snap(S.DONE, 1, (), REVIEWING.attempts),
+        replace(APPROVED, approved="approved by a human"),
+        (CTO,),
+    ),
+    (
+        "the approved review's GO finishes the story, still saying who approved it",
+        APPROVED,
+        done(CTO, 1, 2, decision=Decision.GO),
+        snap(S.DONE, 1, (), AFTER_REVIEW, approved="looked at it"),
+        (),
+    ),
+    (
+        "a delivery that fails after an approval holds the stage, keeping the approval",
+        APPROVED,
+        ev(EventKind.STAGE_HELD, CTO, 1, 2, "wave/X already exists on origin"),
+        snap(S.HELD, 1, (CTO,), AFTER_REVIEW, held_from=S.REVIEWING, approved="looked at it"),
+        (),
+    ),
+    (
+        "a second approve tries the delivery again under the first approval",
+        snap(S.HELD, 1, (CTO,), AFTER_REVIEW, held_from=S.REVIEWING, approved="looked at it"),
+        ev(EventKind.APPROVE, reason="deleted the old branch"),
+        snap(S.REVIEWING, 1, (CTO,), {**AFTER_REVIEW, CTO: 3}, approved="looked at it"),
+        (CTO,),
+    ),
+    (
+        "approve of a hold inside the review (budget) asks the CTO agent again: no approval",
+        snap(S.HELD, 1, (CTO,), REVIEWING.attempts, held_from=S.REVIEWING),
+        ev(EventKind.APPROVE, reason="budget granted"),
+        snap(S.REVIEWING, 1, (CTO,), AFTER_REVIEW),
+        (CTO,),
+    ),
+    (
+        "retry of an approved story that failed forgets the approval",
+        replace(APPROVED, state=S.FAILED, pending=frozenset()),
+        ev(EventKind.RETRY),
+        snap(S.QUEUED, 0, (), AFTER_REVIEW),
         (),
     ),
     (
@@ -460,6 +513,9 @@ def assert_consistent(current: Snapshot) -> None:
     else:
         assert not current.pending
     assert 0 <= current.round <= MAX_ROUNDS
+    if current.approved:  # only a human's approval of a CTO HOLD, remembered until the story is retried
+        assert current.state not in (S.QUEUED, S.PLANNING, S.DEVELOPING, S.TESTING)
+        assert current.state not in (S.HELD, S.HALTED) or current.held_from is S.REVIEWING
 
 
 WALK = settings(max_examples=150, deadline=None)
@@ -488,7 +544,7 @@ def test_no_sequence_of_events_leaves_the_transition_table_or_repeats_a_change(
         (S.TESTING, S.FAILED),
         (S.REVIEWING, S.DONE),
         (S.REVIEWING, S.HELD),
-        (S.HELD, S.DONE),
+        (S.HELD, S.REVIEWING),
         (S.HELD, S.DEVELOPING),
         (S.HALTED, S.TESTING),
         (S.PLANNING, S.FAILED),

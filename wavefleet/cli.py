@@ -329,7 +329,7 @@ def _add_story_commands(sub: Any) -> None:
             "approve",
             EventKind.APPROVE,
             "approved",
-            "approve a held story: GO after a CTO HOLD, else resume it",
+            "approve a held story: GO after a CTO HOLD (then delivered), else resume it",
         ),
         ("reject", EventKind.REJECT, "rejected", "reject a held story (it is killed)"),
     ):

@@ -68,7 +68,9 @@ TRANSITIONS: frozenset[tuple[StoryState, StoryState]] = frozenset(
         *((StoryState.HALTED, s) for s in WORKING),  # resume: back to the stage it was in
         *((s, StoryState.HELD) for s in WORKING),  # a stage needs a human (budget, safety review)
         *((StoryState.HELD, s) for s in WORKING),  # approved: resume the stage it was held in
-        (StoryState.HELD, StoryState.DONE),  # approved after a CTO HOLD
+        # Approved after a CTO HOLD: the review runs again as the human's GO, so it is delivered as a
+        # model's GO is (never straight to done: that would skip the push and the worktrees' removal).
+        (StoryState.HELD, StoryState.REVIEWING),  # (also above; named for its reason)
         (StoryState.HELD, StoryState.KILLED),  # rejected
         *((s, StoryState.FAILED) for s in WORKING),  # an agent gave up
         *(
@@ -112,6 +114,9 @@ class Snapshot:
     lost: dict[Role, int] = field(default_factory=dict)  # losses of the current stage run only
     retries: dict[Role, int] = field(default_factory=dict)  # transient retries of the current stage run
     waiting: frozenset[Role] = frozenset()  # stages waiting out a backoff before their retry
+    # Who approved a CTO HOLD and why (the approve's reason): the CTO stage then delivers without
+    # asking the agent again. Kept until the story is retried.
+    approved: str = ""
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,7 @@ def _after_review(snap: Snapshot, event: Event) -> Outcome:
     cleared = replace(snap, pending=frozenset())
     if event.decision is Decision.GO:
         return Outcome(snap, replace(cleared, state=StoryState.DONE), reason=event.reason)
-    if event.decision is Decision.HOLD:  # approving it later means GO
+    if event.decision is Decision.HOLD:  # approving it later means GO, delivered by the CTO stage
         held = replace(cleared, state=StoryState.HELD, held_from=StoryState.REVIEWING)
         return Outcome(snap, held, reason=event.reason)
     if event.decision is Decision.KILL:
@@ -292,7 +297,12 @@ def _approve(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
         raise Rejected(f"only a held story can be approved; this one is {snap.state}")
     if snap.pending and snap.held_from in WORKING:  # held mid-stage: run the unfinished stages again
         return _reenter(snap, snap.held_from, event.reason)
-    return Outcome(snap, replace(snap, state=StoryState.DONE, held_from=None), reason=event.reason)
+    if snap.held_from is not StoryState.REVIEWING:
+        raise Rejected(f"a held story with nothing to resume must come from review, not {snap.held_from}")
+    # A CTO HOLD: the human's approval is the review. The CTO stage runs again, without the agent,
+    # to deliver it (a mid-stage hold above keeps an earlier approval, so a failed delivery is retried).
+    approved = replace(snap, pending=frozenset({Role.CTO}), approved=event.reason or "approved by a human")
+    return replace(_reenter(approved, StoryState.REVIEWING, event.reason), before=snap)
 
 
 def _reenter(snap: Snapshot, state: StoryState, reason: str) -> Outcome:
@@ -314,7 +324,7 @@ def _reject(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
 def _retry(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     if snap.state not in (StoryState.FAILED, StoryState.KILLED, StoryState.CANCELLED):
         raise Rejected(f"only a failed, killed or cancelled story can be retried; this one is {snap.state}")
-    fresh = replace(snap, state=StoryState.QUEUED, round=0, pending=frozenset(), held_from=None)
+    fresh = replace(snap, state=StoryState.QUEUED, round=0, pending=frozenset(), held_from=None, approved="")
     return Outcome(snap, fresh, reason=event.reason)
 
 

@@ -60,6 +60,8 @@ def print_story(store: StoryStore, record: StoryRecord, *, as_json: bool) -> Non
         return
     for key in ("id", "domain", "title", "state", "round", "stage", "reason", "cost_usd"):
         show(f"{key + ':':<10} {data[key]}")
+    if record.approved:  # the CTO stage after it shows the same GO as agent [human]
+        show(f"{'approved:':<10} {record.approved} (a human's GO after the CTO's HOLD)")
     show(f"{'age:':<10} {age(time.time() - record.created_at)}")
     for waiting in data["waiting"]:
         show(f"{'waiting:':<10} {waiting['role']} {waiting['status']}")

@@ -54,6 +54,7 @@ class StoryRecord:
     retries: dict[Role, int]
     waiting: frozenset[Role]
     held_from: StoryState | None
+    approved: str  # who approved a CTO HOLD and why; "" if no human did
     reason: str
     created_at: float
     updated_at: float
@@ -71,6 +72,7 @@ class StoryRecord:
             retries=dict(self.retries),
             waiting=self.waiting,
             held_from=self.held_from,
+            approved=self.approved,
         )
 
     @property
@@ -89,6 +91,7 @@ class StoryRecord:
             "round": self.round,
             "stage": self.stage,
             "reason": self.reason,
+            "approved": self.approved,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "cost_usd": self.cost_usd,
@@ -209,6 +212,7 @@ return {}
             # the script keeps a finished story's attempts instead, so job ids never repeat an old job's id
             "attempts": "{}",
             "held_from": "",
+            "approved": "",
             "reason": "",
             "created_at": stamp,
             "updated_at": stamp,
@@ -367,6 +371,7 @@ return {}
             "retries": json.dumps({r.value: n for r, n in after.retries.items()}),
             "waiting": ",".join(sorted(r.value for r in after.waiting)),
             "held_from": after.held_from.value if after.held_from else "",
+            "approved": after.approved,
             "updated_at": now,
         }
         if outcome.changed_state:
@@ -496,6 +501,7 @@ def _parse_record(data: dict[str, str]) -> StoryRecord:
         retries=retries,
         waiting=frozenset(Role(p) for p in data.get("waiting", "").split(",") if p),
         held_from=StoryState(data["held_from"]) if data.get("held_from") else None,
+        approved=data.get("approved", ""),
         reason=data.get("reason", ""),
         created_at=float(data.get("created_at", 0)),
         updated_at=float(data.get("updated_at", 0)),

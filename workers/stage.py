@@ -16,7 +16,7 @@ from wavefleet.messages import RunningStage, StageResult, job_id
 from wavefleet.sandbox import sandbox_for
 from wavefleet.store import StoryRecord
 
-from . import delivery, runtime
+from . import approval, delivery, runtime
 from .agent.assemble import context_for
 from .agent.context import AgentContext
 from .agent.events import StoryEventSink
@@ -45,7 +45,9 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
         pid=os.getpid(),
     )
     rt.store.mark_running(job, running)
-    agent = agent_for(rt.agent, stage_role, command_timeout_s=rt.settings.worker.command_timeout_s)
+    agent = approval.approved_review(record, stage_role) or agent_for(
+        rt.agent, stage_role, command_timeout_s=rt.settings.worker.command_timeout_s
+    )
     log.info("stage started", agent=agent.label, job=job)
     started = time.monotonic()
     who = {"agent": agent.label, "worker": rt.identity, "job": job}
