@@ -52,6 +52,28 @@ def git(cwd: Path, *args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
+def drop_nested_repos(tree: Path) -> list[str]:
+    """Remove every `.git` below `tree`'s top (a folder, a file naming a git dir, or a link); returns
+    their paths. A sandboxed command can make a nested repository (`git init sub`) with its own
+    config: the fleet's `git add` and `status` on the host would enter it as an embedded repository
+    and run its `filter.*.clean` command there, outside every sandbox. Its files stay, committed as
+    plain files. Links are never followed."""
+    removed = []
+    for folder, dirs, files in os.walk(tree):  # followlinks=False: a linked folder is not entered
+        here = Path(folder)
+        for name in [*dirs, *files]:
+            if name.casefold() != ".git" or here == tree:
+                continue
+            path = here / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)  # never follows a link inside
+            else:
+                path.unlink()
+            removed.append(str(path.relative_to(tree)))
+        dirs[:] = [d for d in dirs if d.casefold() != ".git"]
+    return removed
+
+
 def branch_name(story_id: str, role: str) -> str:
     return f"wave/{story_id}-{role}"
 
@@ -192,6 +214,7 @@ class Workspace:
 
     def commit_all(self, tree: Path, message: str) -> str:
         """Commit everything in the worktree; no change means no new commit. Returns HEAD."""
+        drop_nested_repos(tree)
         git(tree, "add", "-A")
         if git(tree, "status", "--porcelain"):
             git(tree, "commit", "--quiet", "-m", message)

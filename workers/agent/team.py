@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from wavefleet.lifecycle import Decision, Role
 from wavefleet.llm.types import LLMRequest, LLMResponse, TaskKind
 
-from ..git import branch_name, git
+from ..git import branch_name, drop_nested_repos, git
 from ..qa import merge_and_test
 from ..roles import DevResult, Failure, Plan, QAReport, Review, StageInput, StageOutput, Task
 from .context import AgentContext
@@ -209,6 +209,7 @@ def commit_as(tree: Path, author: str, message: str) -> tuple[str, list[str]]:
     """Commit everything in the worktree under `author`; returns HEAD and the files of the new
     commit (none when nothing changed)."""
     _exclude_build_output(tree)
+    drop_nested_repos(tree)  # the model's commands may have made one; git must not enter it
     git(tree, "add", "-A")
     if not git(tree, "status", "--porcelain"):
         return git(tree, "rev-parse", "HEAD"), []
