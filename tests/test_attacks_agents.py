@@ -50,3 +50,24 @@ def test_attack_a_nested_repository_a_run_command_made_runs_nothing_on_the_host_
     # And the model's files are committed as files, not as an opaque gitlink to a repository
     assert "sub/f" in files and "sub" not in files
     assert git(tree, "show", f"{commit}:sub/f") == "two"
+
+
+def test_attack_folders_nested_thousands_deep_by_a_run_command_neither_crash_the_commit_nor_stay(
+    domains: Domains, tmp_path: Path
+) -> None:
+    # ATTACK: Python 3.11's os.walk and shutil.rmtree recurse; a tree 1200 folders deep (a
+    # shell can make) raised RecursionError in the host-side commit and worktree removal
+    ws = Workspace(domains.get("auth"), tmp_path / "data")
+    branch = branch_name("AUTH-001", "be")
+    tree = ws.worktree(branch)
+    run = run_tool(BwrapSandbox(), tree, LoopLimits())
+    deep = "i=0; while [ $i -lt 1200 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; "
+    deep += "git init -q s; echo x > f"
+    assert run({"command": deep}).startswith("exit code 0")
+
+    _, files = commit_as(tree, "WAVE be (w1) <wave-be@localhost>", "AUTH-001 round 1: be")
+
+    assert len(files) == 1 and files[0].endswith("/d/f")
+    # And the next round's fresh worktree of the branch replaces it, leaving nothing of the old one
+    again = ws.worktree(branch, start="main")
+    assert again == tree and not (tree / "d").exists()

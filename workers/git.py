@@ -16,6 +16,8 @@ from wavefleet.errors import GitError
 from . import commands
 
 GIT_TIMEOUT_S = 120
+GIT_DIR = ".git"
+SYSTEM_ONLY = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}  # find's -execdir refuses a relative PATH entry
 # git is the fleet's own tooling and runs on the host: never a hook, whoever wrote one into the clone
 # (hooks are not cloned, but a command run unsandboxed could write one through a worktree's gitdir),
 # and never an fsmonitor command (a `.git` swapped for one naming a hostile git dir would set one).
@@ -57,21 +59,36 @@ def drop_nested_repos(tree: Path) -> list[str]:
     their paths. A sandboxed command can make a nested repository (`git init sub`) with its own
     config: the fleet's `git add` and `status` on the host would enter it as an embedded repository
     and run its `filter.*.clean` command there, outside every sandbox. Its files stay, committed as
-    plain files. Links are never followed."""
-    removed = []
-    for folder, dirs, files in os.walk(tree):  # followlinks=False: a linked folder is not entered
-        here = Path(folder)
-        for name in [*dirs, *files]:
-            if name.casefold() != ".git" or here == tree:
-                continue
-            path = here / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)  # never follows a link inside
-            else:
-                path.unlink()
-            removed.append(str(path.relative_to(tree)))
-        dirs[:] = [d for d in dirs if d.casefold() != ".git"]
-    return removed
+    plain files. `find` and `rm`: they never follow a link, and a command may nest folders thousands
+    deep, past Python's recursion limit and PATH_MAX (`-execdir` works relative to each folder)."""
+    found = commands.run(
+        [
+            "find",
+            str(tree),
+            "-mindepth",
+            "2",
+            "-iname",
+            GIT_DIR,
+            "-prune",
+            "-print0",
+            "-execdir",
+            "rm",
+            "-rf",
+            "--",
+            "{}",
+            "+",
+        ],
+        env=SYSTEM_ONLY,
+        timeout_s=GIT_TIMEOUT_S,
+    )
+    if found.returncode != 0:
+        raise GitError(f"could not clear nested repositories from {tree}: {found.stderr.strip()[-300:]}")
+    return [p.removeprefix(f"{tree}/") for p in found.stdout.split("\0") if p]
+
+
+def remove_tree(path: Path) -> None:
+    """`rm -rf` a folder a command may have nested deeper than shutil.rmtree can recurse."""
+    commands.run(["rm", "-rf", "--", str(path)], env=SYSTEM_ONLY, timeout_s=GIT_TIMEOUT_S)
 
 
 def branch_name(story_id: str, role: str) -> str:
@@ -210,7 +227,7 @@ class Workspace:
         git(self.clone, "worktree", "unlock", str(path), check=False)
         if path.exists():
             git(self.clone, "worktree", "remove", "--force", str(path), check=False)
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
 
     def commit_all(self, tree: Path, message: str) -> str:
         """Commit everything in the worktree; no change means no new commit. Returns HEAD."""
