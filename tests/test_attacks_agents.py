@@ -6,15 +6,19 @@ ATTACK tests: each fails while its hole is open and passes once it is closed.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from wavefleet.domains import Domains
+from wavefleet.errors import ToolError
 from wavefleet.sandbox import BwrapSandbox
 from workers.agent.context import LoopLimits
 from workers.agent.team import commit_as
-from workers.agent.tools import run_tool
+from workers.agent.tools import file_tools, run_tool
 from workers.git import Workspace, branch_name, git
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,3 +75,50 @@ def test_attack_folders_nested_thousands_deep_by_a_run_command_neither_crash_the
     # And the next round's fresh worktree of the branch replaces it, leaving nothing of the old one
     again = ws.worktree(branch, start="main")
     assert again == tree and not (tree / "d").exists()
+
+
+SEARCH_IN_A_CHILD = """
+import json, resource, sys
+from pathlib import Path
+from wavefleet.errors import ToolError
+from workers.agent.context import LoopLimits
+from workers.agent.tools import file_tools
+tree, pattern = Path(sys.argv[1]), sys.argv[2]
+search = {t.spec.name: t for t in file_tools(tree, LoopLimits())}["search"]
+try:
+    said = search({"pattern": pattern, "path": "long.txt"})
+except ToolError as exc:
+    said = f"error: {exc}"
+print(json.dumps({"said": said, "peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def test_attack_a_search_pattern_that_saves_many_groups_per_step_cannot_eat_the_hosts_memory(
+    tmp_path: Path,
+) -> None:
+    # ATTACK: 200 groups in a repetition over a 1 MB line: sre saves every group on every step, over
+    # 2 GB within seconds, in the (unsandboxed) search process. Run in a child capped at 4 GB so
+    # that the attack, while it works, cannot hurt the machine running the tests.
+    (tmp_path / "long.txt").write_text("a" * 1_000_000 + "\n")
+    pattern = "(?:" + "|".join(["(b)"] * 200) + "|(a)|(aa))*c"
+    done = subprocess.run(
+        ["prlimit", "--as=4000000000", "--", sys.executable, "-c", SEARCH_IN_A_CHILD, str(tmp_path), pattern],
+        capture_output=True,
+        text=True,
+        timeout=40,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    result = json.loads(done.stdout)
+    assert result["peak_kib"] < 1_200_000, f"the search grew to {result['peak_kib'] // 1024} MiB"
+    assert "memory; make it simpler" in result["said"]
+
+
+@pytest.mark.parametrize("pattern", ["(" * 1000 + ")" * 1000, "x{4294967295}"])
+def test_attack_a_search_pattern_python_cannot_compile_is_an_error_the_model_sees(
+    tmp_path: Path, pattern: str
+) -> None:
+    # ATTACK: RecursionError and OverflowError from re.compile are no re.error: the stage crashed
+    search = {t.spec.name: t for t in file_tools(tmp_path, LoopLimits())}["search"]
+    with pytest.raises(ToolError, match="not a valid Python regex"):
+        search({"pattern": pattern})
