@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import live_settings
 from redis import Redis
 from servers.anthropic_server import AnthropicServer
 from servers.anthropic_server import Reply as HttpReply
@@ -16,6 +17,7 @@ from servers.xai_server import Reply as GrpcReply
 from servers.xai_server import XaiServer
 
 from wavefleet.config import Settings
+from wavefleet.errors import LLMError
 from wavefleet.llm.accounting import story_calls
 from wavefleet.llm.client import LLMClient
 from wavefleet.llm.types import LLMRequest, Message, TaskKind
@@ -62,3 +64,50 @@ def test_attack_a_lone_surrogate_in_grok_tool_arguments_is_made_safe_not_a_crash
     request = LLMRequest(task=TaskKind.CTO_REVIEW, system="sys", messages=(Message.user("go"),))
     response = client.for_story("AUTH-001", "auth", "cto").call(request)
     assert response.tool_calls[0].arguments == {"path": "a\ufffd.py"}
+
+
+def _nested(depth: int) -> str:
+    return '{"path": ' + "[" * depth + "]" * depth + "}"
+
+
+@pytest.mark.parametrize("depth", [500, 100_000])
+def test_attack_grok_tool_arguments_nested_deep_are_an_invalid_call_not_a_crash(
+    client: LLMClient, xai_server: XaiServer, depth: int
+) -> None:
+    # ATTACK: json.loads raises RecursionError (no ValueError) past ~1000 levels; under it, every
+    # later walk of the arguments (the next request's JSON, the cache key) may
+    xai_server.script(GrpcReply(text="", tool_calls=[("read_file", _nested(depth))]))
+    request = LLMRequest(task=TaskKind.CTO_REVIEW, system="sys", messages=(Message.user("go"),))
+    response = client.for_story("AUTH-001", "auth", "cto").call(request)
+    assert response.tool_calls[0].arguments == {}
+    assert response.tool_calls[0].invalid_arguments.startswith('{"path": [[[')
+
+
+def test_attack_claude_tool_arguments_nested_deep_are_an_invalid_call_not_a_crash(
+    client: LLMClient, anthropic_server: AnthropicServer
+) -> None:
+    body = _message("", []).replace(b'"content": [', b'"content": [' + _tool_use(500) + b", ")
+    anthropic_server.script(HttpReply(raw=body))
+    request = LLMRequest(task=TaskKind.CODE_GENERATION, system="sys", messages=(Message.user("go"),))
+    response = client.for_story("AUTH-001", "auth", "be").call(request)
+    assert response.tool_calls[0].arguments == {}
+    assert "nested deeper than" in response.tool_calls[0].invalid_arguments
+
+
+def test_attack_a_claude_reply_nested_past_the_json_decoder_is_a_malformed_reply_not_a_crash(
+    settings: Settings, anthropic_server: AnthropicServer, redis: Redis
+) -> None:
+    client = LLMClient(live_settings(settings, anthropic_server, None), redis)
+    body = _message("", []).replace(b'"content": [', b'"content": [' + _tool_use(100_000) + b", ")
+    anthropic_server.script(HttpReply(raw=body))
+    request = LLMRequest(task=TaskKind.CODE_GENERATION, system="sys", messages=(Message.user("go"),))
+    with pytest.raises(LLMError, match="malformed reply"):
+        client.for_story("AUTH-001", "auth", "be").call(request)
+
+
+def _tool_use(depth: int) -> bytes:
+    return (
+        b'{"type": "tool_use", "id": "toolu_d", "name": "read_file", "input": '
+        + _nested(depth).encode()
+        + b"}"
+    )

@@ -48,20 +48,26 @@ class TaskKind(StrEnum):
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_NESTING = 64  # of a tool call's arguments: no tool's schema is deeper; every walk of them recurses
 
 
-def valid_unicode(value: Any) -> Any:
-    """`value` with every lone surrogate (in strings, keys and items) replaced by U+FFFD.
+def valid_unicode(value: Any, depth: int = 0) -> Any:
+    """`value` with every lone surrogate (in strings, keys and items) replaced by U+FFFD; a ValueError
+    when it is nested deeper than MAX_NESTING.
 
     A model's JSON may escape half a surrogate pair (`"\\ud800"`); the SDK decodes it into a str
     that no UTF-8 encoder takes, so the reply would crash the cache, the story's record and every
-    tool that encodes it. Replies are made valid text where they enter the fleet."""
+    tool that encodes it. And arguments nested a thousand deep make every later walk of them (this
+    one, json.dumps of the next request, the cache key) raise RecursionError. Replies are made valid
+    text where they enter the fleet."""
+    if depth > MAX_NESTING:
+        raise ValueError(f"nested deeper than {MAX_NESTING} levels")
     if isinstance(value, str):
         return _LONE_SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
-        return {valid_unicode(k): valid_unicode(v) for k, v in value.items()}
+        return {valid_unicode(k): valid_unicode(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [valid_unicode(v) for v in value]
+        return [valid_unicode(v, depth + 1) for v in value]
     return value
 
 
