@@ -122,3 +122,11 @@ def test_attack_a_search_pattern_python_cannot_compile_is_an_error_the_model_see
     search = {t.spec.name: t for t in file_tools(tmp_path, LoopLimits())}["search"]
     with pytest.raises(ToolError, match="not a valid Python regex"):
         search({"pattern": pattern})
+
+
+def test_attack_a_read_offset_past_what_pread_takes_is_an_error_the_model_sees(tmp_path: Path) -> None:
+    # ATTACK: an offset of 2**63 raised OverflowError from os.pread, which crashed the stage
+    (tmp_path / "a.txt").write_text("a\n")
+    read = {t.spec.name: t for t in file_tools(tmp_path, LoopLimits())}["read_file"]
+    with pytest.raises(ToolError, match="offset"):
+        read({"path": "a.txt", "offset": 2**63})

@@ -99,7 +99,8 @@ Path_ = Annotated[str, Field(min_length=1, description="A path relative to the w
 
 class ReadArgs(_Args):
     path: Path_
-    offset: int = Field(default=0, ge=0, description="Byte offset to start at (for large files)")
+    # le: a larger offset overflows pread's off_t (an OverflowError, not a result the model sees)
+    offset: int = Field(default=0, ge=0, le=2**62, description="Byte offset to start at (for large files)")
     limit: int | None = Field(default=None, ge=1, description="Bytes to read (default and maximum: a window)")
 
 
