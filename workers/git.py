@@ -43,15 +43,38 @@ NO_PROMPTS = {
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:
-    env = {**os.environ, **IDENTITY, **NO_PROMPTS}
     try:
-        proc = commands.run(["git", *NO_HOOKS, *args], cwd=cwd, env=env, timeout_s=GIT_TIMEOUT_S)
+        proc = commands.run(["git", *NO_HOOKS, *args], cwd=cwd, env=_env(), timeout_s=GIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise GitError(f"git {' '.join(args)} timed out after {GIT_TIMEOUT_S}s in {cwd}") from None
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise GitError(f"git {' '.join(args)} failed in {cwd}: {detail[-1] if detail else proc.returncode}")
     return proc.stdout.strip()
+
+
+def git_head(cwd: Path, max_bytes: int, *args: str) -> tuple[str, bool]:
+    """The first `max_bytes` of a git command's output (stdout and stderr), and whether there was
+    more: for output a model sized (a diff of files it wrote), read whole into the worker otherwise."""
+    try:
+        outcome = commands.run_capped(
+            ["git", *NO_HOOKS, *args],
+            cwd=cwd,
+            env=_env(),
+            timeout_s=GIT_TIMEOUT_S,
+            max_output_bytes=max_bytes,
+            head=True,
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {' '.join(args)} timed out after {GIT_TIMEOUT_S}s in {cwd}") from None
+    if outcome.exit_code != 0 and not outcome.truncated:
+        detail = outcome.output.strip().splitlines()
+        raise GitError(f"git {' '.join(args)} failed in {cwd}: {detail[-1] if detail else outcome.exit_code}")
+    return outcome.output, outcome.truncated
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, **IDENTITY, **NO_PROMPTS}
 
 
 def drop_nested_repos(tree: Path) -> list[str]:
@@ -244,6 +267,11 @@ class Workspace:
     def diff(self, branch: str) -> str:
         self.ensure_clone()
         return git(self.clone, "diff", f"{self.domain.base_branch}...{branch}")
+
+    def diff_head(self, branch: str, max_bytes: int) -> tuple[str, bool]:
+        """The diff's first `max_bytes`, and whether there is more: never the whole of it in memory."""
+        self.ensure_clone()
+        return git_head(self.clone, max_bytes, "diff", f"{self.domain.base_branch}...{branch}")
 
     def has_branch(self, branch: str) -> bool:
         self.ensure_clone()
