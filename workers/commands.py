@@ -79,12 +79,19 @@ def run_in(
 
 
 def run_capped(
-    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout_s: float, max_output_bytes: int
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout_s: float,
+    max_output_bytes: int,
+    head: bool = False,
 ) -> Outcome:
     """Like `run`, for commands whose output the stage does not control: keeps only the last
     `max_output_bytes` of it (the end is where test runners summarise), so a command printing
-    without end cannot fill the worker's memory. Raises `subprocess.TimeoutExpired` after
-    `timeout_s`, the command killed."""
+    without end cannot fill the worker's memory; with `head`, the first ones, and the command is
+    killed once it has printed them (its exit code is then the kill's). Raises
+    `subprocess.TimeoutExpired` after `timeout_s`, the command killed."""
     if os.sep not in argv[0] and shutil.which(argv[0], path=env.get("PATH")) is None:
         raise FileNotFoundError(f"{argv[0]}: not found on PATH")
     prefix = [SETPRIV, "--pdeathsig", "KILL", "--"] if SETPRIV else []
@@ -101,7 +108,9 @@ def run_capped(
     deadline = time.monotonic() + timeout_s
     with proc:
         try:
-            kept, truncated = _read_tail(proc, deadline, max_output_bytes)
+            kept, truncated = _read_tail(proc, deadline, max_output_bytes, head)
+            if truncated and head:
+                proc.kill()
             exit_code = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             proc.kill()
@@ -109,8 +118,11 @@ def run_capped(
     return Outcome(exit_code, kept.decode(errors="replace"), truncated)
 
 
-def _read_tail(proc: subprocess.Popen[bytes], deadline: float, cap: int) -> tuple[bytearray, bool]:
-    """Read `proc`'s output until it closes, keeping the last `cap` bytes; TimeoutExpired at `deadline`."""
+def _read_tail(
+    proc: subprocess.Popen[bytes], deadline: float, cap: int, head: bool = False
+) -> tuple[bytearray, bool]:
+    """Read `proc`'s output until it closes, keeping the last `cap` bytes (with `head`: the first
+    `cap`, and stop reading there); TimeoutExpired at `deadline`."""
     assert proc.stdout is not None  # started with stdout=PIPE
     kept, truncated = bytearray(), False
     with selectors.DefaultSelector() as selector:
@@ -125,6 +137,9 @@ def _read_tail(proc: subprocess.Popen[bytes], deadline: float, cap: int) -> tupl
             if not chunk:
                 return kept, truncated
             kept += chunk
+            if head and len(kept) > cap:
+                del kept[cap:]
+                return kept, True
             if len(kept) > cap:
                 del kept[: len(kept) - cap]
                 truncated = True

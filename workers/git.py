@@ -16,6 +16,8 @@ from wavefleet.errors import GitError
 from . import commands
 
 GIT_TIMEOUT_S = 120
+GIT_DIR = ".git"
+SYSTEM_ONLY = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}  # find's -execdir refuses a relative PATH entry
 # git is the fleet's own tooling and runs on the host: never a hook, whoever wrote one into the clone
 # (hooks are not cloned, but a command run unsandboxed could write one through a worktree's gitdir),
 # and never an fsmonitor command (a `.git` swapped for one naming a hostile git dir would set one).
@@ -41,15 +43,75 @@ NO_PROMPTS = {
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:
-    env = {**os.environ, **IDENTITY, **NO_PROMPTS}
     try:
-        proc = commands.run(["git", *NO_HOOKS, *args], cwd=cwd, env=env, timeout_s=GIT_TIMEOUT_S)
+        proc = commands.run(["git", *NO_HOOKS, *args], cwd=cwd, env=_env(), timeout_s=GIT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise GitError(f"git {' '.join(args)} timed out after {GIT_TIMEOUT_S}s in {cwd}") from None
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise GitError(f"git {' '.join(args)} failed in {cwd}: {detail[-1] if detail else proc.returncode}")
     return proc.stdout.strip()
+
+
+def git_head(cwd: Path, max_bytes: int, *args: str) -> tuple[str, bool]:
+    """The first `max_bytes` of a git command's output (stdout and stderr), and whether there was
+    more: for output a model sized (a diff of files it wrote), read whole into the worker otherwise."""
+    try:
+        outcome = commands.run_capped(
+            ["git", *NO_HOOKS, *args],
+            cwd=cwd,
+            env=_env(),
+            timeout_s=GIT_TIMEOUT_S,
+            max_output_bytes=max_bytes,
+            head=True,
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {' '.join(args)} timed out after {GIT_TIMEOUT_S}s in {cwd}") from None
+    if outcome.exit_code != 0 and not outcome.truncated:
+        detail = outcome.output.strip().splitlines()
+        raise GitError(f"git {' '.join(args)} failed in {cwd}: {detail[-1] if detail else outcome.exit_code}")
+    return outcome.output, outcome.truncated
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, **IDENTITY, **NO_PROMPTS}
+
+
+def drop_nested_repos(tree: Path) -> list[str]:
+    """Remove every `.git` below `tree`'s top (a folder, a file naming a git dir, or a link); returns
+    their paths. A sandboxed command can make a nested repository (`git init sub`) with its own
+    config: the fleet's `git add` and `status` on the host would enter it as an embedded repository
+    and run its `filter.*.clean` command there, outside every sandbox. Its files stay, committed as
+    plain files. `find` and `rm`: they never follow a link, and a command may nest folders thousands
+    deep, past Python's recursion limit and PATH_MAX (`-execdir` works relative to each folder)."""
+    found = commands.run(
+        [
+            "find",
+            str(tree),
+            "-mindepth",
+            "2",
+            "-iname",
+            GIT_DIR,
+            "-prune",
+            "-print0",
+            "-execdir",
+            "rm",
+            "-rf",
+            "--",
+            "{}",
+            "+",
+        ],
+        env=SYSTEM_ONLY,
+        timeout_s=GIT_TIMEOUT_S,
+    )
+    if found.returncode != 0:
+        raise GitError(f"could not clear nested repositories from {tree}: {found.stderr.strip()[-300:]}")
+    return [p.removeprefix(f"{tree}/") for p in found.stdout.split("\0") if p]
+
+
+def remove_tree(path: Path) -> None:
+    """`rm -rf` a folder a command may have nested deeper than shutil.rmtree can recurse."""
+    commands.run(["rm", "-rf", "--", str(path)], env=SYSTEM_ONLY, timeout_s=GIT_TIMEOUT_S)
 
 
 def branch_name(story_id: str, role: str) -> str:
@@ -188,10 +250,11 @@ class Workspace:
         git(self.clone, "worktree", "unlock", str(path), check=False)
         if path.exists():
             git(self.clone, "worktree", "remove", "--force", str(path), check=False)
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
 
     def commit_all(self, tree: Path, message: str) -> str:
         """Commit everything in the worktree; no change means no new commit. Returns HEAD."""
+        drop_nested_repos(tree)
         git(tree, "add", "-A")
         if git(tree, "status", "--porcelain"):
             git(tree, "commit", "--quiet", "-m", message)
@@ -204,6 +267,11 @@ class Workspace:
     def diff(self, branch: str) -> str:
         self.ensure_clone()
         return git(self.clone, "diff", f"{self.domain.base_branch}...{branch}")
+
+    def diff_head(self, branch: str, max_bytes: int) -> tuple[str, bool]:
+        """The diff's first `max_bytes`, and whether there is more: never the whole of it in memory."""
+        self.ensure_clone()
+        return git_head(self.clone, max_bytes, "diff", f"{self.domain.base_branch}...{branch}")
 
     def has_branch(self, branch: str) -> bool:
         self.ensure_clone()

@@ -41,7 +41,8 @@ class AnthropicProvider:
             raise ProviderError(self.name, "timed out") from None
         except anthropic.APIConnectionError as exc:
             raise ProviderError(self.name, f"connection failed: {exc}") from None
-        except (ValueError, anthropic.APIResponseValidationError) as exc:  # a body that is not JSON
+        except (ValueError, RecursionError, anthropic.APIResponseValidationError) as exc:
+            # a body that is not JSON, or JSON nested deeper than the decoder goes
             raise ProviderError(self.name, f"malformed reply: {exc}") from None
         return _completion(message)
 
@@ -94,9 +95,7 @@ def _completion(message: Any) -> Completion:
         content = list(message.content)
         usage = message.usage
         texts = [block.text for block in content if block.type == "text"]
-        calls = tuple(
-            ToolCall(id=b.id, name=b.name, arguments=dict(b.input)) for b in content if b.type == "tool_use"
-        )
+        calls = tuple(_tool_call(b) for b in content if b.type == "tool_use")
         ours = Usage(
             input_tokens=int(usage.input_tokens),
             output_tokens=int(usage.output_tokens),
@@ -108,6 +107,16 @@ def _completion(message: Any) -> Completion:
     return Completion(
         text="".join(texts), tool_calls=calls, stop_reason=str(message.stop_reason or ""), usage=ours
     )
+
+
+def _tool_call(block: Any) -> ToolCall:
+    """A tool_use block; arguments nested too deep are the model's slip, shown to it (see ToolCall)."""
+    try:
+        return ToolCall(id=block.id, name=block.name, arguments=dict(block.input))
+    except ValidationError as exc:
+        if not any(e["loc"] == ("arguments",) for e in exc.errors()):
+            raise
+        return ToolCall(id=block.id, name=block.name, invalid_arguments=f"arguments {exc.errors()[0]['msg']}")
 
 
 def _status_error(exc: anthropic.APIStatusError) -> ProviderError:

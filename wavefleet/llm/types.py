@@ -6,10 +6,11 @@ Agents build an `LLMRequest` (system prompt, messages, tools, max tokens) and ge
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class ProviderName(StrEnum):
@@ -46,6 +47,34 @@ class TaskKind(StrEnum):
     DOCUMENTATION = "documentation"
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_NESTING = 64  # of a tool call's arguments: no tool's schema is deeper; every walk of them recurses
+
+
+def valid_unicode(value: Any, depth: int = 0) -> Any:
+    """`value` with every lone surrogate (in strings, keys and items) replaced by U+FFFD; a ValueError
+    when it is nested deeper than MAX_NESTING.
+
+    A model's JSON may escape half a surrogate pair (`"\\ud800"`); the SDK decodes it into a str
+    that no UTF-8 encoder takes, so the reply would crash the cache, the story's record and every
+    tool that encodes it. And arguments nested a thousand deep make every later walk of them (this
+    one, json.dumps of the next request, the cache key) raise RecursionError. Replies are made valid
+    text where they enter the fleet."""
+    if depth > MAX_NESTING:
+        raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {valid_unicode(k): valid_unicode(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [valid_unicode(v, depth + 1) for v in value]
+    return value
+
+
+# Text that came from a provider's reply (see valid_unicode).
+ReplyText = Annotated[str, BeforeValidator(valid_unicode)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,13 +88,13 @@ class ToolSpec(_Model):
 
 
 class ToolCall(_Model):
-    id: str
-    name: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    id: ReplyText
+    name: ReplyText
+    arguments: Annotated[dict[str, Any], BeforeValidator(valid_unicode)] = Field(default_factory=dict)
     # The model's argument text when it is not a JSON object (cut short at the token limit, or
     # malformed), `arguments` then empty: the model's mistake, for the loop to answer with an error
     # result, never a provider failure. (Claude's API always parses them; Grok's passes them through.)
-    invalid_arguments: str = ""
+    invalid_arguments: ReplyText = ""
 
 
 class ToolResult(_Model):
@@ -131,9 +160,9 @@ class Usage(_Model):
 class Completion(_Model):
     """What a provider returns for one request, before the fleet prices and records it."""
 
-    text: str
+    text: ReplyText
     tool_calls: tuple[ToolCall, ...] = ()
-    stop_reason: str = ""
+    stop_reason: ReplyText = ""
     usage: Usage = Usage()
     reported_cost_usd: float | None = None  # when the provider reports the bill itself (xAI does)
 

@@ -8,6 +8,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import grpc
+from pydantic import ValidationError
 from xai_sdk import Client
 from xai_sdk.chat import system, tool, tool_result, user
 from xai_sdk.proto import chat_pb2
@@ -170,12 +171,17 @@ def _tool_call(call: chat_pb2.ToolCall) -> ToolCall:
     text = call.function.arguments or "{}"
     try:
         arguments = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder goes
         arguments = None
+    invalid = ToolCall(
+        id=call.id, name=call.function.name, invalid_arguments=text[:MAX_INVALID_ARGUMENTS_CHARS]
+    )
     if not isinstance(arguments, dict):
-        invalid = text[:MAX_INVALID_ARGUMENTS_CHARS]
-        return ToolCall(id=call.id, name=call.function.name, invalid_arguments=invalid)
-    return ToolCall(id=call.id, name=call.function.name, arguments=arguments)
+        return invalid
+    try:
+        return ToolCall(id=call.id, name=call.function.name, arguments=arguments)
+    except ValidationError:  # nested deeper than MAX_NESTING
+        return invalid
 
 
 def _status_error(exc: grpc.RpcError) -> ProviderError:

@@ -4,7 +4,9 @@ A separate process because a hostile pattern (`(a+)+$`) can backtrack for hours 
 `re.search` call, which no thread can interrupt: the parent kills this process at its deadline.
 Standard library only (run with `python -I`). The walk keeps the jail's rules: folders are opened
 relative to their parent without following links, `.git` is skipped, only regular files are read,
-binary files (a NUL byte in their first 8 KiB) are skipped.
+binary files (a NUL byte in their first 8 KiB) are skipped. Its memory is capped (RLIMIT_AS): a
+pattern with many groups in a repetition saves them on every step of a long line, gigabytes within
+the time limit, on the host (this process is not sandboxed).
 Input: one JSON object as the only argument; output: one JSON object per match, then a summary line.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import stat
 import sys
 import time
@@ -70,6 +73,16 @@ def _emit(item: dict[str, Any]) -> None:
 
 def main() -> None:
     job = json.loads(sys.argv[1])
+    cap = int(job["max_memory_bytes"])
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    try:
+        run(job)
+    except MemoryError:
+        sys.stderr.write(f"the pattern needs over {cap // 2**20} MiB of memory; make it simpler\n")
+        sys.exit(2)
+
+
+def run(job: dict[str, Any]) -> None:
     search = Search(job)
     parts: list[str] = job["parts"]
     fd = os.open(job["root"], DIR_FLAGS)

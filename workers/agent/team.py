@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from wavefleet.lifecycle import Decision, Role
 from wavefleet.llm.types import LLMRequest, LLMResponse, TaskKind
 
-from ..git import branch_name, git
+from ..git import branch_name, drop_nested_repos, git
 from ..qa import merge_and_test
 from ..roles import DevResult, Failure, Plan, QAReport, Review, StageInput, StageOutput, Task
 from .context import AgentContext
@@ -30,7 +30,7 @@ from .tools import Tool, file_tools, run_tool
 
 M = TypeVar("M", bound=BaseModel)
 LABEL = "llm"
-MAX_DIFF_CHARS = 200_000  # of the diff the CTO reads in its opening message; the rest with its tools
+MAX_DIFF_BYTES = 200_000  # of the diff the CTO reads in its opening message; the rest with its tools
 MAX_TEST_OUTPUT_CHARS = 20_000  # of a failing test run's output QA's model gets (its end)
 # Written by the developers' `run` commands, never part of the work (kept out of every commit).
 NEVER_COMMITTED = ("__pycache__/", "*.pyc", ".pytest_cache/")
@@ -130,11 +130,12 @@ class LLMAgent:
 
     def review(self, stage: StageInput, ctx: AgentContext, seen: ModelsSeen) -> Review:
         branch = branch_name(stage.story.id, "qa")
-        diff = ctx.workspace.diff(branch)
+        # The head only: the models wrote the files, a diff of gigabytes would be read whole
+        diff, cut = ctx.workspace.diff_head(branch, MAX_DIFF_BYTES)
         tree = ctx.workspace.worktree(branch)
-        extra: dict[str, Any] = {"diff": diff[:MAX_DIFF_CHARS]}
-        if len(diff) > MAX_DIFF_CHARS:
-            extra["diff_truncated"] = f"{len(diff)} characters; read the files for the rest"
+        extra: dict[str, Any] = {"diff": diff}
+        if cut:
+            extra["diff_truncated"] = f"only its first {MAX_DIFF_BYTES} bytes; read the files for the rest"
         tools = file_tools(tree, ctx.limits, writable=False)
         verdict = _loop(ctx, tools, Verdict, TaskKind.CTO_REVIEW, extra)
         return Review(agent=seen.label(), decision=verdict.decision, reasons=verdict.reasons)
@@ -209,6 +210,7 @@ def commit_as(tree: Path, author: str, message: str) -> tuple[str, list[str]]:
     """Commit everything in the worktree under `author`; returns HEAD and the files of the new
     commit (none when nothing changed)."""
     _exclude_build_output(tree)
+    drop_nested_repos(tree)  # the model's commands may have made one; git must not enter it
     git(tree, "add", "-A")
     if not git(tree, "status", "--porcelain"):
         return git(tree, "rev-parse", "HEAD"), []

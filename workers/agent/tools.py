@@ -34,6 +34,8 @@ MAX_LIST_ENTRIES = 500
 MAX_SEARCH_MATCHES = 100
 SEARCH_TIME_S = 10.0
 SEARCH_FILE_BYTES = 2_000_000  # of each file searched
+SEARCH_MEMORY_BYTES = 1 << 30  # the search process's address space (see grep.py)
+MAX_PATTERN_CHARS = 2000
 GREP = Path(__file__).with_name("grep.py")
 
 A = TypeVar("A", bound=BaseModel)
@@ -97,7 +99,8 @@ Path_ = Annotated[str, Field(min_length=1, description="A path relative to the w
 
 class ReadArgs(_Args):
     path: Path_
-    offset: int = Field(default=0, ge=0, description="Byte offset to start at (for large files)")
+    # le: a larger offset overflows pread's off_t (an OverflowError, not a result the model sees)
+    offset: int = Field(default=0, ge=0, le=2**62, description="Byte offset to start at (for large files)")
     limit: int | None = Field(default=None, ge=1, description="Bytes to read (default and maximum: a window)")
 
 
@@ -117,7 +120,11 @@ class ListArgs(_Args):
 
 
 class SearchArgs(_Args):
-    pattern: str = Field(min_length=1, description="A Python regular expression, matched per line")
+    pattern: str = Field(
+        min_length=1,
+        max_length=MAX_PATTERN_CHARS,
+        description="A Python regular expression, matched per line",
+    )
     path: str = Field(default=".", description="A folder or file relative to the worktree root")
 
 
@@ -273,7 +280,7 @@ def _list(tree: Path, relative: str) -> str:
 def _search(tree: Path, a: SearchArgs) -> str:
     try:
         re.compile(a.pattern)
-    except re.error as exc:
+    except (re.error, RecursionError, OverflowError) as exc:  # nested too deep, a repeat count too big
         raise ToolError(f"search: not a valid Python regex: {exc}") from None
     parts = jail.parts_of(a.path)
     if jail.stat_path(tree, a.path).kind not in ("file", "folder"):
@@ -285,6 +292,7 @@ def _search(tree: Path, a: SearchArgs) -> str:
         "time_s": SEARCH_TIME_S,
         "max_matches": MAX_SEARCH_MATCHES,
         "max_file_bytes": SEARCH_FILE_BYTES,
+        "max_memory_bytes": SEARCH_MEMORY_BYTES,
     }
     try:
         # commands.run: the worker's process group and parent-death signal (a halt kills it too)
