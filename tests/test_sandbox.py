@@ -96,8 +96,14 @@ def attack_report(store: StoryStore, story_id: str) -> dict[str, Any]:
 @pytest.fixture
 def secret_settings(redis_proc: EmbeddedRedis, tmp_path: Path, domains_dir: Path) -> Settings:
     redis_proc.client().flushall()
+    # A key in the worker's environment is the prize; the offline agents run the stages (with a key,
+    # `auto` would pick the LLM agents, and no model answers here).
     return fast_settings(
-        redis_proc, tmp_path / "data", domains_dir, anthropic={"api_key": SecretStr(API_KEY)}
+        redis_proc,
+        tmp_path / "data",
+        domains_dir,
+        anthropic={"api_key": SecretStr(API_KEY)},
+        agent="offline",
     )
 
 
