@@ -4,6 +4,7 @@ worktree and the sandbox, results go back to the model, `finish` returns the typ
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,17 @@ def test_a_run_command_that_plants_a_link_out_cannot_be_followed_by_the_file_too
     assert (outside / "secret.txt").read_text() == "SECRET\n"
 
 
+def grok_calling(tool: str, arguments: str) -> Callable[[dict[str, Any]], XaiReply]:
+    """Grok scripted to make one tool call (its argument text as given), then finish with a GO."""
+
+    def grok(body: dict[str, Any]) -> XaiReply:
+        if assistant_turns(body) == 0:
+            return XaiReply(text="", tool_calls=[(tool, arguments)])
+        return XaiReply(text="", tool_calls=[("finish", json.dumps({"summary": "GO", "files": []}))])
+
+    return grok
+
+
 def test_function_calling_round_trips_through_xai_for_the_cto_review(
     live: Settings,
     client: LLMClient,
@@ -278,12 +290,7 @@ def test_function_calling_round_trips_through_xai_for_the_cto_review(
     xai_server: XaiServer,
 ) -> None:
     # Given Grok (CTO_REVIEW routes to xAI) scripted to read a file, then finish
-    def grok(body: dict[str, Any]) -> XaiReply:
-        if assistant_turns(body) == 0:
-            return XaiReply(text="", tool_calls=[("read_file", json.dumps({"path": "app.py"}))])
-        return XaiReply(text="", tool_calls=[("finish", json.dumps({"summary": "GO", "files": []}))])
-
-    xai_server.respond_with(grok)
+    xai_server.respond_with(grok_calling("read_file", json.dumps({"path": "app.py"})))
     ctx = stage_context(live, client, store, domains, tree)
 
     # When the loop runs with the CTO's task kind
@@ -310,12 +317,7 @@ def test_tool_arguments_grok_could_not_parse_are_an_error_result_the_model_sees(
     xai_server: XaiServer,
 ) -> None:
     # Given Grok whose first tool call has arguments cut short (not a JSON object), then finishes
-    def grok(body: dict[str, Any]) -> XaiReply:
-        if assistant_turns(body) == 0:
-            return XaiReply(text="", tool_calls=[("write_file", '{"path": "app.py", "content": "x')])
-        return XaiReply(text="", tool_calls=[("finish", json.dumps({"summary": "GO", "files": []}))])
-
-    xai_server.respond_with(grok)
+    xai_server.respond_with(grok_calling("write_file", '{"path": "app.py", "content": "x'))
     ctx = stage_context(live, client, store, domains, tree)
 
     # When the loop runs
