@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,21 @@ def test_a_worktree_left_locked_by_a_killed_git_is_made_again(domains: Domains, 
     # Then it gets a whole worktree of its branch
     assert (again / "auth_service" / "tokens.py").is_file()
     assert git(again, "rev-parse", "--abbrev-ref", "HEAD") == branch
+
+
+def test_the_fleets_git_runs_without_the_workers_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker holding the Redis password and a model key in its environment
+    monkeypatch.setenv("WAVE_REDIS__PASSWORD", "REDIS-SECRET")
+    monkeypatch.setenv("WAVE_ANTHROPIC__API_KEY", "MODEL-SECRET")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "SDK-SECRET")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+
+    # When the fleet's git runs a command of a repository's choosing (here an alias printing its env,
+    # as a filter or pager git were tricked into running would see it)
+    shown = git(tmp_path, "-c", "alias.showenv=!env", "showenv")
+
+    # Then none of the secrets is there, and what git needs is
+    assert "SECRET" not in shown
+    assert "PATH=" in shown and "GIT_TERMINAL_PROMPT=0" in shown

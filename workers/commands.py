@@ -25,6 +25,20 @@ from wavefleet.sandbox import Sandbox
 
 SETPRIV = shutil.which("setpriv")  # util-linux, on every Debian and Ubuntu; elsewhere run plainly
 READ_CHUNK = 65536
+# What the fleet's own host tools (git, the search process) never need and must not hold: a filter or
+# pager git is tricked into running would otherwise read the Redis password and the model keys.
+SECRET_PREFIXES = ("WAVE_", "REDIS_")
+SECRET_NAMES = frozenset({"ANTHROPIC_API_KEY", "XAI_API_KEY", "DOZZLE_PASSWORD"})
+
+
+def host_env() -> dict[str, str]:
+    """The worker's environment without its secrets: for the fleet's own tools that run unsandboxed
+    (git keeps HOME, PATH, SSH_AUTH_SOCK and the like, which a push may need)."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(SECRET_PREFIXES) and name not in SECRET_NAMES
+    }
 
 
 def run(
@@ -34,10 +48,11 @@ def run(
     timeout_s: float | None = None,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run to completion and capture text output; raises `subprocess.TimeoutExpired` (the command
-    killed) after `timeout_s`, and FileNotFoundError if the program is not on PATH. The return code
-    is the caller's to judge."""
-    path = (env if env is not None else os.environ).get("PATH")
+    """Run to completion and capture text output, with `host_env()` unless `env` is given; raises
+    `subprocess.TimeoutExpired` (the command killed) after `timeout_s`, and FileNotFoundError if the
+    program is not on PATH. The return code is the caller's to judge."""
+    env = host_env() if env is None else env
+    path = env.get("PATH")
     if os.sep not in argv[0] and shutil.which(argv[0], path=path) is None:  # setpriv would exit 127
         raise FileNotFoundError(f"{argv[0]}: not found on PATH")
     prefix = [SETPRIV, "--pdeathsig", "KILL", "--"] if SETPRIV else []
@@ -46,7 +61,7 @@ def run(
         check=False,
         cwd=cwd,
         stdin=subprocess.DEVNULL,  # never the operator's terminal (see run_capped)
-        env=dict(env) if env is not None else None,
+        env=dict(env),
         capture_output=True,
         text=True,
         timeout=timeout_s,

@@ -74,7 +74,7 @@ def git_head(cwd: Path, max_bytes: int, *args: str) -> tuple[str, bool]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, **IDENTITY, **NO_PROMPTS}
+    return {**commands.host_env(), **IDENTITY, **NO_PROMPTS}
 
 
 def drop_nested_repos(tree: Path) -> list[str]:
