@@ -186,15 +186,22 @@ class XaiServer(chat_pb2_grpc.ChatServicer):
         )
 
     def _cached_tokens(self, body: dict[str, Any]) -> int:
-        """The longest earlier-seen prefix (tools and all messages but the last) counts as cached."""
+        """The longest prefix (tools and leading messages) an earlier request also began with counts
+        as cached, as the service caches the common prefix of consecutive calls of a conversation."""
         messages = body.get("messages", [])
-        prefix = [body.get("model"), body.get("tools", []), messages[:-1]]
-        tokens = tokens_of(prefix[1:])
-        digest = hashlib.sha256(json.dumps(prefix, sort_keys=True).encode()).hexdigest()
+        digests = [
+            hashlib.sha256(
+                json.dumps([body.get("model"), body.get("tools", []), messages[:k]], sort_keys=True).encode()
+            ).hexdigest()
+            for k in range(1, len(messages) + 1)
+        ]
         with self._lock:
-            hit = digest in self._prefixes
-            self._prefixes.add(digest)
-        return tokens if hit and tokens >= self.min_cache_tokens else 0
+            seen = [k for k, digest in enumerate(digests, start=1) if digest in self._prefixes]
+            self._prefixes.update(digests)
+        if not seen:
+            return 0
+        tokens = tokens_of([body.get("tools", []), messages[: max(seen)]])
+        return tokens if tokens >= self.min_cache_tokens else 0
 
 
 def _last_user_text(request: chat_pb2.GetCompletionsRequest) -> str:
