@@ -17,7 +17,7 @@ from wavefleet.domains import Domains
 from wavefleet.errors import ToolError
 from wavefleet.sandbox import BwrapSandbox
 from workers.agent.context import LoopLimits
-from workers.agent.team import commit_as
+from workers.agent.team import MAX_FILE_LIST_BYTES, commit_as
 from workers.agent.tools import file_tools, run_tool
 from workers.git import Workspace, branch_name, git
 
@@ -75,6 +75,24 @@ def test_attack_folders_nested_thousands_deep_by_a_run_command_neither_crash_the
     # And the next round's fresh worktree of the branch replaces it, leaving nothing of the old one
     again = ws.worktree(branch, start="main")
     assert again == tree and not (tree / "d").exists()
+
+
+def test_attack_a_commit_of_a_hundred_thousand_files_lists_a_bounded_head_of_them(
+    domains: Domains, tmp_path: Path
+) -> None:
+    # ATTACK: the model's command makes 100,000 files with long names; the stage result (kept in
+    # Redis, shown by `wave status`) listed every name of the commit
+    ws = Workspace(domains.get("auth"), tmp_path / "data")
+    tree = ws.worktree(branch_name("AUTH-001", "be"))
+    run = run_tool(BwrapSandbox(), tree, LoopLimits())
+    many = "mkdir m && cd m && seq -f 'file-%06g-" + "x" * 60 + "' 100000 | xargs touch"
+    assert run({"command": many}).startswith("exit code 0")
+
+    _, files = commit_as(tree, "WAVE be (w1) <wave-be@localhost>", "AUTH-001 round 1: be")
+
+    # Then the result lists a head of whole names, under the cap
+    assert 0 < len(files) < 2_000 and sum(len(f) + 1 for f in files) <= MAX_FILE_LIST_BYTES
+    assert all(f.startswith("m/file-") and f.endswith("x" * 60) for f in files)
 
 
 SEARCH_IN_A_CHILD = """

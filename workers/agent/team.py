@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from wavefleet.lifecycle import Decision, Role
 from wavefleet.llm.types import LLMRequest, LLMResponse, TaskKind
 
-from ..git import branch_name, drop_nested_repos, git
+from ..git import branch_name, drop_nested_repos, git, git_head
 from ..qa import merge_and_test
 from ..roles import DevResult, Failure, Plan, QAReport, Review, StageInput, StageOutput, Task
 from .context import AgentContext
@@ -31,6 +31,7 @@ from .tools import Tool, file_tools, run_tool
 M = TypeVar("M", bound=BaseModel)
 LABEL = "llm"
 MAX_DIFF_BYTES = 200_000  # of the diff the CTO reads in its opening message; the rest with its tools
+MAX_FILE_LIST_BYTES = 64_000  # of a commit's file names a DevResult lists
 MAX_TEST_OUTPUT_CHARS = 20_000  # of a failing test run's output QA's model gets (its end)
 # Written by the developers' `run` commands, never part of the work (kept out of every commit).
 NEVER_COMMITTED = ("__pycache__/", "*.pyc", ".pytest_cache/")
@@ -215,7 +216,10 @@ def commit_as(tree: Path, author: str, message: str) -> tuple[str, list[str]]:
     if not git(tree, "status", "--porcelain"):
         return git(tree, "rev-parse", "HEAD"), []
     git(tree, "commit", "--quiet", "--author", author, "-m", message)
-    files = git(tree, "show", "--name-only", "--format=", "HEAD").splitlines()
+    # The head of the list only: a model's command can make a million files, the stage result
+    # (in Redis, read by `wave status`) keeps the first few thousand names.
+    listed, more = git_head(tree, MAX_FILE_LIST_BYTES, "show", "--name-only", "--format=", "HEAD")
+    files = listed.splitlines()[:-1] if more else listed.splitlines()  # the last line may be cut
     return git(tree, "rev-parse", "HEAD"), [f for f in files if f]
 
 
