@@ -363,7 +363,9 @@ def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_
         )
         return 1
     console.print(
-        f"branches and worktrees: {demo_dir / 'repos'}; worker logs: {demo_dir / 'logs'}", markup=False
+        f"branches (a GO's reviewed merge: wave/<ID>-qa): {demo_dir / 'repos'}; "
+        f"worker logs: {demo_dir / 'logs'}",
+        markup=False,
     )
     return 0
 
