@@ -11,11 +11,12 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scripted_team import FAILING_TEST, FIX_MARK, PID_MARK, STORY, STORY_ID, ScriptedTeam
+from scripted_team import FAILING_TEST, FIX_MARK, PID_MARK, STORY, STORY_ID, Call, ScriptedTeam
 from servers.anthropic_server import AnthropicServer
 from servers.xai_server import XaiServer
 
@@ -24,7 +25,7 @@ from wavefleet.domains import Domains
 from wavefleet.lifecycle import Role, StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, run_wave, wait_until
+from wavefleet.testing import Processes, processes_with, run_wave, wait_until
 from workers.git import git
 
 pytestmark = pytest.mark.slow
@@ -150,3 +151,67 @@ def test_a_story_goes_through_the_llm_team_fails_qa_once_is_fixed_and_gets_a_go_
     assert status.returncode == 0, status.stderr
     results = json.loads(status.stdout)["results"]
     assert results and {r["agent"] for r in results.values()} == {"llm"}
+
+
+class HaltedOnce(ScriptedTeam):
+    """The scripted team, but BE's first test run in round 1 is a long command with a detached
+    child: the moment to pull the emergency stop. Asked again (after the resume), BE runs as scripted."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+        self.stalled = False
+
+    def _decide(self, provider: str, system: str, turns: list[tuple[str, str]]) -> Call | None:
+        call = super()._decide(provider, system, turns)
+        if call is not None and call[0] == "run" and "# Role: be" in system and not self.stalled:
+            self.stalled = True
+            long = f"setsid sleep {self.token} & sleep {self.token}"
+            return ("run", {"command": long})
+        return call
+
+
+@pytest.mark.timeout(300)
+def test_a_halt_kills_the_models_sandboxed_command_and_the_story_resumes_to_a_go(
+    settings: Settings,
+    anthropic: AnthropicServer,
+    xai: XaiServer,
+    store: StoryStore,
+    domains: Domains,
+    tmp_path: Path,
+) -> None:
+    # Given the LLM team, BE's model running a long command with a detached child in the sandbox
+    token = f"1000.{uuid.uuid4().int % 10**9}"  # a sleep of ~1000 s, unique on this machine
+    team = HaltedOnce(token)
+    anthropic.respond_with(team.anthropic)
+    xai.respond_with(team.xai)
+    live = keyed(settings, anthropic, xai)
+    procs = Processes(live, tmp_path / "logs")
+    try:
+        procs.team("auth")
+        procs.supervisor()
+        store.enqueue([Story.model_validate(STORY)], domains)
+        wait_until(lambda: processes_with(token), timeout_s=120, message="BE's command", diagnose=procs.logs)
+
+        # When the operator pulls the emergency stop
+        assert run_wave(live, "stop", "--reason", "drill").returncode == 0
+
+        # Then the command and its child are gone at once (else they would sleep 1000 s) and the
+        # story is halted, nothing failed
+        wait_until(lambda: not processes_with(token), timeout_s=5, message="BE's command to be gone")
+        wait_until(lambda: store.get(STORY_ID).state is StoryState.HALTED, timeout_s=10, message="halted")
+
+        # And after the resume the story carries on from its stage to a GO
+        assert run_wave(live, "resume").returncode == 0
+        wait_until(
+            lambda: store.get(STORY_ID).state in (StoryState.DONE, StoryState.FAILED, StoryState.HELD),
+            timeout_s=200,
+            interval_s=0.2,
+            message=f"{STORY_ID} to finish",
+            diagnose=lambda: f"{store.get(STORY_ID)}\n{procs.logs()[-4000:]}",
+        )
+    finally:
+        procs.stop_all()
+    record = store.get(STORY_ID)
+    assert record.state is StoryState.DONE and record.round == 2, record.reason
+    assert not team.seen.unexpected
