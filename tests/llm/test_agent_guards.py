@@ -68,6 +68,13 @@ GUARDS = {
         "wall_clock",
         r"wall-clock cap: 1\.\d s without finishing \(loop.wall_clock_s = 1\)",
     ),
+    # one command far longer than the cap: it is cut at the cap, not at its own 300 s timeout
+    "wall-clock cap during a run": (
+        lambda n: [("run", {"command": "sleep 60"})],
+        LoopLimits(wall_clock_s=1.0),
+        "wall_clock",
+        r"wall-clock cap: 1\.\d s without finishing \(loop.wall_clock_s = 1\)",
+    ),
 }
 
 

@@ -7,6 +7,8 @@ here: as a `Middleware` (observers of stages, model calls and tool calls) or as 
 
 from __future__ import annotations
 
+import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -52,6 +54,17 @@ class EventSink(Protocol):
     """Where an agent reports what the story should show (`wave events`): guard stops, waits."""
 
     def emit(self, event: str, reason: str, **fields: str | int | float | bool) -> None: ...
+
+
+# When the running tool loop must end (time.monotonic(); its wall-clock cap): a tool that waits (a
+# `run`) is cut at it too, so one long command cannot carry the stage past the cap. Set by ToolLoop.run.
+LOOP_DEADLINE: ContextVar[float | None] = ContextVar("wave_loop_deadline", default=None)
+
+
+def time_left_s(cap_s: float) -> float:
+    """`cap_s`, or less if the running loop's wall-clock cap comes sooner (0: it has passed)."""
+    deadline = LOOP_DEADLINE.get()
+    return cap_s if deadline is None else max(0.0, min(cap_s, deadline - time.monotonic()))
 
 
 @dataclass(frozen=True)

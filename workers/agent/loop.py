@@ -22,7 +22,7 @@ from wavefleet.config import LoopSettings
 from wavefleet.errors import BudgetExceededError, HoldStory, LoopStopped, ToolError
 from wavefleet.llm.types import LLMRequest, LLMResponse, Message, TaskKind, ToolCall, ToolResult, ToolSpec
 
-from .context import AgentContext, LoopLimits, Verdict
+from .context import LOOP_DEADLINE, AgentContext, LoopLimits, Verdict
 from .stuck import StuckDetector
 from .tools import Tool, parse_arguments, schema_of
 
@@ -60,9 +60,16 @@ class ToolLoop(Generic[M]):
 
     def run(self, system: str, opening: str) -> M:
         """Loop until the model finishes; LoopStopped (a guard) or HoldStory (budget, escalation)."""
+        started = time.monotonic()
+        deadline = LOOP_DEADLINE.set(started + self.limits.wall_clock_s)
+        try:
+            return self._loop(system, opening, started)
+        finally:
+            LOOP_DEADLINE.reset(deadline)
+
+    def _loop(self, system: str, opening: str, started: float) -> M:
         messages: list[Message] = [Message.user(opening)]
         stuck = StuckDetector(self.limits.repeats_to_stop)
-        started = time.monotonic()
         while True:
             self._check_caps(started)
             response = self._ask(system, messages)

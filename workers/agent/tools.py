@@ -25,7 +25,7 @@ from wavefleet.llm.types import ToolSpec
 from wavefleet.sandbox import Sandbox
 
 from .. import commands, jail
-from .context import LoopLimits
+from .context import LoopLimits, time_left_s
 
 __all__ = ["Tool", "ToolError", "file_tools", "parse_arguments", "run_tool", "schema_of"]
 
@@ -193,13 +193,16 @@ def run_tool(sandbox: Sandbox, tree: Path, limits: LoopLimits) -> Tool:
             raise ToolError("run: the command is empty")
         if any("\0" in arg for arg in argv):
             raise ToolError("run: a command may not contain a NUL byte")
+        timeout_s = time_left_s(limits.run_timeout_s)
+        if timeout_s <= 0:
+            raise ToolError("run: the stage's wall-clock cap has passed; nothing was run")
         before = jail.git_mark(tree)
         try:
             outcome = commands.run_in(
                 sandbox,
                 argv,
                 tree,
-                timeout_s=limits.run_timeout_s,
+                timeout_s=timeout_s,
                 max_output_bytes=limits.run_output_bytes,
             )
         except subprocess.TimeoutExpired:
@@ -209,7 +212,7 @@ def run_tool(sandbox: Sandbox, tree: Path, limits: LoopLimits) -> Tool:
         finally:
             _refuse_git_changes(tree, before, argv)
         if outcome is None:
-            return f"timed out after {limits.run_timeout_s:g} s: the command was killed"
+            return f"timed out after {timeout_s:.3g} s: the command was killed"
         cut = f" (only its last {limits.run_output_bytes} bytes)" if outcome.truncated else ""
         return f"exit code {outcome.exit_code}\noutput{cut}:\n{outcome.output}"
 
