@@ -265,3 +265,13 @@ def test_any_offline_label_text_is_parsed_within_bounds_or_refused_with_a_value_
     else:
         assert 0 <= labels.qa_fails <= MAX_QA_FAILS
         assert all(0 <= labels.slow_s(role) <= MAX_SLOW_S for role in Role)
+
+
+def test_a_refused_amount_of_astral_characters_is_shown_cut_short_after_quoting() -> None:
+    # Given an amount of characters that each quote as ten (found by hypothesis: a 200-char line)
+    value = "0" * 23 + "\x1f" * 4 + "\U00012544" * 33
+
+    # When it is refused, Then the one-line error stays short
+    with pytest.raises(argparse.ArgumentTypeError) as refused:
+        amount(MAX_GRANT_USD)(value)
+    assert len(str(refused.value)) < 200 and "\n" not in str(refused.value)

@@ -57,5 +57,7 @@ def day(value: str) -> str:
 
 
 def _shown(value: str) -> str:
-    """The value quoted, cut short: a megabyte argument must not become a megabyte error line."""
-    return repr(value if len(value) <= 40 else value[:40] + "...")
+    """The value quoted, cut short: a megabyte argument must not become a megabyte error line. Cut
+    after quoting: one character may quote as ten (`\U0001b2fc`), so 40 characters could be 400."""
+    quoted = repr(value)
+    return quoted if len(quoted) <= 60 else quoted[:57] + "..."
