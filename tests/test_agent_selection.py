@@ -137,3 +137,15 @@ def test_a_prompt_linked_to_a_secret_is_refused_and_never_read(
     # When a worker starts with the LLM agents, then Then it refuses in one line, showing none of it
     line = refusal(with_key(settings, agent="llm"))
     assert "be prompt" in line and "SECRET" not in line
+
+
+def test_a_worker_refuses_a_domain_route_to_a_provider_no_one_registered(
+    settings: Settings, domains_dir: Path
+) -> None:
+    # Given the auth domain routing planning to a provider the fleet does not have
+    toml = domains_dir / "auth" / "domain.toml"
+    toml.write_text(toml.read_text() + '\n[models.routes]\nplanning = "mistral"\n')
+
+    # When a worker starts with the LLM agents, Then it refuses in one line naming the file and name
+    line = refusal(with_key(settings, agent="llm"))
+    assert "domain.toml [models.routes]" in line and "unknown provider 'mistral'" in line

@@ -6,9 +6,17 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from .config import MAX_LIMIT_TOKENS, MAX_LIMIT_USD, AnthropicSettings, XaiSettings
 from .errors import ConfigError, InvalidInputError
@@ -48,7 +56,9 @@ class DomainModels(BaseModel):
     `[xai]` setting but the key and the endpoint, e.g. ``anthropic = { model = "claude-haiku-4-5" }``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    routes: dict[str, Literal["anthropic", "xai"]] = {}
+    # Task kind -> a provider's name. Only the name's form is checked here (the providers are
+    # registered in the LLM layer, above this module): a worker refuses an unknown one at start.
+    routes: dict[str, Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]] = {}
     anthropic: dict[str, Any] = {}
     xai: dict[str, Any] = {}
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Literal
 
 from wavefleet.config import Settings
-from wavefleet.domains import Domain
+from wavefleet.domains import DOMAIN_FILE, Domain
 from wavefleet.errors import ConfigError
 from wavefleet.lifecycle import Decision, Role
+from wavefleet.llm.router import parse_routes
 
 from .agent.context import AgentContext
 from .agent.prompts import load_prompt
@@ -58,6 +59,8 @@ def checked_kind(settings: Settings, domain: Domain, role: Role) -> AgentKind:
             "set WAVE_LLM__OFFLINE=auto, or WAVE_AGENT=offline"
         )
     load_prompt(domain, role)  # a missing prompt refuses the start, not every story
+    # A route naming no registered provider (or no task kind) refuses the start too, in one line.
+    parse_routes(domain.models.routes, f"{domain.folder / DOMAIN_FILE} [models.routes]")
     return kind
 
 

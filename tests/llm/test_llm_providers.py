@@ -166,6 +166,27 @@ def test_a_route_can_name_a_registered_third_provider(
     assert (len(anthropic_server.requests), len(third.requests)) == (0, 1)
 
 
+def test_a_domain_file_can_route_a_task_kind_to_a_registered_third_provider(
+    settings: Settings,
+    redis: Redis,
+    anthropic_server: AnthropicServer,
+    xai_server: XaiServer,
+    third: AnthropicServer,
+) -> None:
+    # Given the auth domain's domain.toml sending planning to the third provider
+    toml = settings.domains_dir / "auth" / "domain.toml"
+    toml.write_text(toml.read_text() + '\n[models.routes]\nplanning = "third"\n')
+    client = LLMClient(live_settings(settings, anthropic_server, xai_server), redis)
+
+    # When auth and payments each make a planning call
+    auth = client.call(ask(), domain="auth")
+    payments = client.call(ask(), domain="payments")
+
+    # Then auth's went to the third provider by its route, payments' to Claude
+    assert (auth.provider, auth.fallback_from, payments.provider) == ("third", None, ProviderName.ANTHROPIC)
+    assert (len(anthropic_server.requests), len(third.requests)) == (1, 1)
+
+
 def test_a_keyed_provider_left_out_of_the_fallback_order_is_never_a_fallback(
     settings: Settings, redis: Redis, anthropic_server: AnthropicServer, xai_server: XaiServer
 ) -> None:
