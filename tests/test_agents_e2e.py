@@ -12,7 +12,8 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,34 @@ def keyed(settings: Settings, anthropic: AnthropicServer, xai: XaiServer) -> Set
     )
 
 
+@contextmanager
+def llm_fleet(
+    team: ScriptedTeam, settings: Settings, anthropic: AnthropicServer, xai: XaiServer, logs: Path
+) -> Iterator[tuple[Settings, Processes]]:
+    """The auth team and a supervisor as real processes, the scripted team answering both servers,
+    and the story enqueued; the processes stopped after."""
+    anthropic.respond_with(team.anthropic)
+    xai.respond_with(team.xai)
+    live = keyed(settings, anthropic, xai)
+    procs = Processes(live, logs)
+    try:
+        procs.team("auth")
+        procs.supervisor()
+        yield live, procs
+    finally:
+        procs.stop_all()
+
+
+def wait_finished(store: StoryStore, diagnose: Callable[[], str]) -> None:
+    wait_until(
+        lambda: store.get(STORY_ID).state in (StoryState.DONE, StoryState.FAILED, StoryState.HELD),
+        timeout_s=200,
+        interval_s=0.2,
+        message=f"{STORY_ID} to finish",
+        diagnose=diagnose,
+    )
+
+
 @pytest.mark.timeout(300)  # seven processes and two model servers on a shared 2-core CI machine
 def test_a_story_goes_through_the_llm_team_fails_qa_once_is_fixed_and_gets_a_go_from_grok(
     settings: Settings,
@@ -68,13 +97,7 @@ def test_a_story_goes_through_the_llm_team_fails_qa_once_is_fixed_and_gets_a_go_
     tmp_path: Path,
 ) -> None:
     team = ScriptedTeam()
-    anthropic.respond_with(team.anthropic)
-    xai.respond_with(team.xai)
-    live = keyed(settings, anthropic, xai)
-    procs = Processes(live, tmp_path / "logs")
-    try:
-        procs.team("auth")
-        procs.supervisor()
+    with llm_fleet(team, settings, anthropic, xai, tmp_path / "logs") as (live, procs):
         story = Story.model_validate(STORY)
         store.enqueue([story], domains)
 
@@ -84,17 +107,9 @@ def test_a_story_goes_through_the_llm_team_fails_qa_once_is_fixed_and_gets_a_go_
                 f"{team.seen.unexpected}\n{procs.logs()[-6000:]}"
             )
 
-        wait_until(
-            lambda: store.get(STORY_ID).state in (StoryState.DONE, StoryState.FAILED, StoryState.HELD),
-            timeout_s=200,
-            interval_s=0.2,
-            message=f"{STORY_ID} to finish",
-            diagnose=diagnose,
-        )
+        wait_finished(store, diagnose)
         assert store.get(STORY_ID).state is StoryState.DONE, diagnose()
         status = run_wave(live, "status", STORY_ID, "--json")
-    finally:
-        procs.stop_all()
 
     record = store.get(STORY_ID)
     assert record.round == 2 and not team.seen.unexpected
@@ -183,13 +198,7 @@ def test_a_halt_kills_the_models_sandboxed_command_and_the_story_resumes_to_a_go
     # Given the LLM team, BE's model running a long command with a detached child in the sandbox
     token = f"1000.{uuid.uuid4().int % 10**9}"  # a sleep of ~1000 s, unique on this machine
     team = HaltedOnce(token)
-    anthropic.respond_with(team.anthropic)
-    xai.respond_with(team.xai)
-    live = keyed(settings, anthropic, xai)
-    procs = Processes(live, tmp_path / "logs")
-    try:
-        procs.team("auth")
-        procs.supervisor()
+    with llm_fleet(team, settings, anthropic, xai, tmp_path / "logs") as (live, procs):
         store.enqueue([Story.model_validate(STORY)], domains)
         wait_until(lambda: processes_with(token), timeout_s=120, message="BE's command", diagnose=procs.logs)
 
@@ -203,15 +212,7 @@ def test_a_halt_kills_the_models_sandboxed_command_and_the_story_resumes_to_a_go
 
         # And after the resume the story carries on from its stage to a GO
         assert run_wave(live, "resume").returncode == 0
-        wait_until(
-            lambda: store.get(STORY_ID).state in (StoryState.DONE, StoryState.FAILED, StoryState.HELD),
-            timeout_s=200,
-            interval_s=0.2,
-            message=f"{STORY_ID} to finish",
-            diagnose=lambda: f"{store.get(STORY_ID)}\n{procs.logs()[-4000:]}",
-        )
-    finally:
-        procs.stop_all()
+        wait_finished(store, lambda: f"{store.get(STORY_ID)}\n{procs.logs()[-4000:]}")
     record = store.get(STORY_ID)
     assert record.state is StoryState.DONE and record.round == 2, record.reason
     assert not team.seen.unexpected
