@@ -97,6 +97,30 @@ class EmbeddedRedisSettings(_Section):
         return password
 
 
+class ContainerSandboxSettings(_Section):
+    """`WAVE_SANDBOX=container`: each stage's commands run in a hardened container of its own, made
+    by the `wave sandbox` runner (the one component with Docker access; workers ask it over Redis)."""
+
+    image: str = Field(default="wave-sandbox:latest", pattern=r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
+    memory_mb: int = Field(default=1024, ge=16, le=1_048_576)  # per stage container
+    cpus: float = Field(default=1.0, gt=0, le=256)
+    pids: int = Field(default=256, ge=16, le=1_000_000)
+    tmp_mb: int = Field(default=256, ge=1, le=65_536)  # the tmpfs /tmp
+    # Who runs the commands when the worker is root (a worktree owned by uid 0): never root itself.
+    fallback_uid: int = Field(default=10001, ge=1, le=2**31 - 1)
+    # The runner's side. docker_host: the Docker API (compose: the sandbox proxy); None: DOCKER_HOST
+    # or the local socket. data_volume: the named volume holding the workers' data dir, mounted
+    # at data_mount in their containers (compose); None: worktree paths are host paths (`wave up`).
+    docker_host: str | None = None
+    data_volume: str | None = None
+    data_mount: Path = Path("/data")
+    concurrency: int = Field(default=32, ge=1, le=1024)  # requests served at once
+    sweep_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    # A worker waits for a reply this long past the command's own timeout (a container start, a
+    # busy engine) before it takes the runner to be down: SandboxUnavailableError, retried later.
+    reply_grace_s: float = Field(default=30.0, gt=0, le=3600)
+
+
 class WorkerSettings(_Section):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
@@ -294,9 +318,11 @@ class Settings(BaseSettings):
     # no model), "noop" (benchmarks); "auto" is llm when a provider has a key and `llm.offline` is
     # not "always", else offline (workers/agents.py resolves it once, at worker start).
     agent: Literal["auto", "llm", "offline", "noop"] = "auto"
-    # Where commands that run work (QA's tests) run: bubblewrap, or `none` (the operator's explicit
-    # opt-out, said in every log line and `wave status`). A worker where bwrap cannot run refuses.
-    sandbox: Literal["bwrap", "none"] = "bwrap"
+    # Where commands that run work (QA's tests, agents' `run`) run: bubblewrap, a container per stage
+    # made by `wave sandbox` (compose), or `none` (the operator's explicit opt-out, said in every log
+    # line and `wave status`). A worker whose sandbox cannot run refuses to start.
+    sandbox: Literal["bwrap", "container", "none"] = "bwrap"
+    sandbox_container: ContainerSandboxSettings = ContainerSandboxSettings()
 
     @property
     def halt_file(self) -> Path:

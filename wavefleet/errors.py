@@ -135,6 +135,11 @@ class SandboxUnavailableError(TransientError):
     """The sandbox a command must run in cannot start on this machine right now."""
 
 
+class SandboxLimitError(StageError):
+    """A command hit its sandbox's memory or process limit (a memory hog, a fork bomb): it was killed
+    and the stage fails with that reason. Not transient: running it again would hit it again."""
+
+
 class ProvidersFailingError(NoProviderError):
     """Every provider that has a key is failing (their breakers are open): not the story's fault,
     unlike a NoProviderError for want of any key, which is configuration."""

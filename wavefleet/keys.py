@@ -109,6 +109,24 @@ class Keys:
         """Hash: worker name -> JSON {mode, label, domain, network} of the sandbox it runs work in."""
         return self._k("sandboxes")
 
+    # The container sandbox (wavefleet/sandbox/protocol.py)
+    def sandbox_requests(self) -> str:
+        """List: JSON requests from workers to the `wave sandbox` runner (LPUSH; the runner BLPOPs)."""
+        return self._k("sandbox", "requests")
+
+    def sandbox_reply(self, request_id: str) -> str:
+        """List with a TTL: the runner's JSON reply to one request; the asking worker BLPOPs it."""
+        return self._k("sandbox", "reply", request_id)
+
+    def fleet_id(self) -> str:
+        """String: this fleet's random id, made once (SET NX). Labels the fleet's sandbox containers,
+        so a runner's sweep or halt never touches another fleet's containers on the same engine."""
+        return self._k("fleet", "id")
+
+    def sandbox_runner(self) -> str:
+        """String with a TTL: present while a `wave sandbox` runner is alive, JSON {name, image, engine}."""
+        return self._k("sandbox", "runner")
+
     # Emergency stop
     def halt(self) -> str:
         """String: the durable halt flag, JSON {reason, by, at}; absent while the fleet runs."""
