@@ -56,6 +56,11 @@ def _empty(value: Any) -> bool:
     return value in (None, "", 0, False, [], {}) and value is not True
 
 
+def _flag(value: Any) -> bool:
+    """A JSON boolean or absent (Python's `1 == True` must not let a number through)."""
+    return value is None or isinstance(value, bool)
+
+
 def require(ok: bool, reason: str) -> None:
     """`Refused(403, reason)` unless `ok`."""
     if not ok:
@@ -125,7 +130,7 @@ def check_create(body: Any, policy: SandboxPolicy) -> None:
     workdir = config.get("WorkingDir")
     require(workdir in (None, "") or _absolute(workdir), "create WorkingDir must be an absolute path")
     for key in ("NetworkDisabled", "AttachStdout", "AttachStderr"):
-        require(config.get(key) in (None, True, False), f"create {key} must be a boolean")
+        require(_flag(config.get(key)), f"create {key} must be a boolean")
     labels = config.get("Labels")
     require(
         isinstance(labels, dict)
@@ -154,7 +159,7 @@ def _check_host_config(value: Any, policy: SandboxPolicy) -> None:
     _check_limit(host, "NanoCpus", policy.max_nano_cpus)
     _check_limit(host, "PidsLimit", policy.max_pids)
     for key in ("Init", "AutoRemove"):
-        require(host.get(key) in (None, True, False), f"HostConfig {key} must be a boolean")
+        require(_flag(host.get(key)), f"HostConfig {key} must be a boolean")
     restart = host.get("RestartPolicy")  # a restarting container would outlive the halt's kill
     require(
         _empty(restart) or (isinstance(restart, dict) and restart.get("Name") in ("", "no")),
@@ -198,7 +203,7 @@ def check_mounts(value: Any, policy: SandboxPolicy) -> None:
         require(mount.get("Type") == "bind", "Mounts: type bind only")
         require(_empty(mount.get("BindOptions")), "Mounts BindOptions are not allowed")
         require(mount.get("Consistency") in (None, "", "default"), "Mounts Consistency is not allowed")
-        require(mount.get("ReadOnly") in (None, True, False), "Mounts ReadOnly must be a boolean")
+        require(_flag(mount.get("ReadOnly")), "Mounts ReadOnly must be a boolean")
         target = mount.get("Target")
         require(target in (WORKSPACE, GIT_FILE) and target not in targets, "Mounts: one of each target")
         targets[target] = mount
@@ -248,7 +253,7 @@ def check_exec(body: Any, policy: SandboxPolicy) -> None:
     for key in ("Privileged", "Tty", "AttachStdin", "DetachKeys", "ConsoleSize"):
         require(_empty(spec.get(key)), f"exec {key} is not allowed")
     for key in ("AttachStdout", "AttachStderr"):
-        require(spec.get(key) in (None, True, False), f"exec {key} must be a boolean")
+        require(_flag(spec.get(key)), f"exec {key} must be a boolean")
     _check_argv(spec.get("Cmd"), "exec", required=True)
     _check_env(spec.get("Env"), "exec")
     workdir = spec.get("WorkingDir")
@@ -259,5 +264,5 @@ def check_exec(body: Any, policy: SandboxPolicy) -> None:
 def check_exec_start(body: Any) -> None:
     spec = _check_keys(body if body is not None else {}, {"Detach", "Tty", "ConsoleSize"}, "exec start")
     for key in ("Detach", "Tty"):
-        require(spec.get(key) in (None, True, False), f"exec start {key} must be a boolean")
+        require(_flag(spec.get(key)), f"exec start {key} must be a boolean")
     require(spec.get("ConsoleSize") is None, "exec start ConsoleSize is not allowed")
