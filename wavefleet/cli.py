@@ -251,6 +251,18 @@ def _proxy_profile(app: App, args: argparse.Namespace) -> Profile:
 
 
 # Processes -----------------------------------------------------------------------------------
+def cmd_sandbox(app: App, args: argparse.Namespace) -> int:
+    from .sandbox.runner import SandboxRunner  # noqa: PLC0415 - only this command needs the Docker SDK
+
+    logs.setup("SANDBOX", fmt=app.settings.log_format, level=app.settings.log_level)
+    runner = SandboxRunner(app.settings, app.store.redis)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: runner.stopping.set())
+    runner.start()
+    runner.run()
+    return ExitCode.OK
+
+
 def cmd_worker(app: App, args: argparse.Namespace) -> int:
     from workers.worker import run_worker  # noqa: PLC0415 - the CLI's other commands do not need RQ workers
 
@@ -381,6 +393,9 @@ def _add_process_commands(sub: Any) -> None:
     p.add_argument("--index", type=whole(1, MAX_WORKER_INDEX), default=1)
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("sandbox", help="run agent commands in hardened containers (the one Docker client)")
+    p.set_defaults(handler=cmd_sandbox)
 
     p = sub.add_parser("supervisor", help="route stories and advance the pipeline")
     p.add_argument("--burst", action="store_true", help="exit when nothing is waiting or running")
