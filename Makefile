@@ -6,10 +6,10 @@ STAMP   = $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo fleet test test-fast lint typecheck bench clean
-.PHONY: image wheelhouse up down ps logs wave
+.PHONY: image worker-image sandbox-image wheelhouse up down ps logs wave
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,9 +86,15 @@ DC_LOOK    = $(UNUSED) $(DC_ENV) $(COMPOSE) $(ENV_OR_NOT) -p $(COMPOSE_PROJECT_N
 DC_ALL     = $(UNUSED) $(DC_ENV) $(COMPOSE) $(ENV_OR_NOT) -p $(COMPOSE_PROJECT_NAME) \
              -f compose/base.yml $(addprefix -f ,$(DOMAIN_FILES))
 
-image: ## build the worker image (BASE_IMAGE=..., wheels from docker/wheelhouse if any)
+image: worker-image sandbox-image ## build both images (BASE_IMAGE=..., wheels from docker/wheelhouse if any)
+
+worker-image: ## build the worker image alone (docker/Dockerfile): FLEET_IMAGE
 	docker build -f docker/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		--build-arg WHEELHOUSE=$(WHEELHOUSE) -t $(FLEET_IMAGE) .
+
+sandbox-image: ## build the image agents' commands run in alone (docker/sandbox.Dockerfile): SANDBOX_IMAGE
+	docker build -f docker/sandbox.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg WHEELHOUSE=$(WHEELHOUSE) -t $(SANDBOX_IMAGE) .
 
 # async-timeout: redis-py needs it on Python < 3.11.3 (Debian 12's 3.11.2), whatever builds the wheels.
 wheelhouse: install ## wheels of WAVE and its dependencies for offline image builds
@@ -100,7 +106,7 @@ up: ## the fleet in Docker: make up DOMAIN=auth|payments|all (creates compose/.e
 	@docker/compose-secrets.sh env $(ENV_FILE)
 	@$(DC) config -q
 	@mkdir -p $(HALT_DIR)
-	@docker image inspect $(FLEET_IMAGE) >/dev/null 2>&1 || $(MAKE) --no-print-directory image
+	@docker image inspect $(FLEET_IMAGE) >/dev/null 2>&1 || $(MAKE) --no-print-directory worker-image
 	@docker image inspect $(SANDBOX_IMAGE) >/dev/null 2>&1 || $(MAKE) --no-print-directory sandbox-image
 	@case ",$(COMPOSE_PROFILES)," in *,dozzle,*) \
 		test -s $(DOZZLE_USERS_FILE) -a $(DOZZLE_USERS_FILE) -nt $(ENV_FILE) || \

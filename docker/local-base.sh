@@ -8,14 +8,15 @@
 #   docker/local-base.sh wave-base:bookworm     # one base for the worker image and the local Redis image
 #
 # Default packages: what the worker image needs (python3, python3-venv, ca-certificates, git and
-# bubblewrap, the sandbox of the agents' commands) plus redis-server for docker/redis-local.Dockerfile:
-# one debootstrap (~40 s) serves both images.
+# bubblewrap, the sandbox of the agents' commands), nodejs for the sandbox image
+# (docker/sandbox.Dockerfile) and redis-server for docker/redis-local.Dockerfile: one debootstrap
+# serves all three images.
 # Needs root, debootstrap and a running Docker engine. MIRROR overrides the Debian mirror (default:
 # the one the host's apt uses), SUITE the release (bookworm), CACHE_DIR keeps downloaded packages.
 set -euo pipefail
 
 image=${1:?usage: docker/local-base.sh IMAGE[:TAG] [PACKAGE,...]}
-packages=${2:-python3,python3-venv,ca-certificates,git,bubblewrap,redis-server}
+packages=${2:-python3,python3-venv,ca-certificates,git,bubblewrap,nodejs,redis-server}
 suite=${SUITE:-bookworm}
 
 # The mirror the host's apt already uses for $suite: deb822 files (Debian 12) or one-line lists.

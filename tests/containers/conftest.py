@@ -17,6 +17,7 @@ from docker_fleet import (
     BASE_PACKAGES,
     BUILD_TIMEOUT_S,
     REPO,
+    SANDBOX_INPUTS,
     TEAM,
     WORKER_INPUTS,
     Fleet,
@@ -60,24 +61,42 @@ def base_image(docker_engine: None) -> str:
 
 @pytest.fixture(scope="session")
 def worker_image(base_image: str) -> str:
-    """The worker image as `make image` builds it, from a wheelhouse (`make wheelhouse`)."""
+    """The worker image as `make worker-image` builds it, from a wheelhouse (`make wheelhouse`)."""
     tag = f"wave-test-worker:{content_hash(image_id(base_image) or '', *(REPO / p for p in WORKER_INPUTS))}"
     with build_lock():
         if image_id(tag) is None:
-            build_worker_image(base_image, tag)
+            build_with_wheelhouse("worker-image", f"FLEET_IMAGE={tag}", base_image)
             drop_stale_tags("wave-test-worker", tag)
     return tag
 
 
-def build_worker_image(base_image: str, tag: str) -> None:
+@pytest.fixture(scope="session")
+def sandbox_image(base_image: str) -> str:
+    """The stage containers' image as `make sandbox-image` builds it, pytest from a wheelhouse."""
+    tag = f"wave-test-sandbox:{content_hash(image_id(base_image) or '', *(REPO / p for p in SANDBOX_INPUTS))}"
+    with build_lock():
+        if image_id(tag) is None:
+            build_with_wheelhouse("sandbox-image", f"SANDBOX_IMAGE={tag}", base_image)
+            drop_stale_tags("wave-test-sandbox", tag)
+    return tag
+
+
+def build_with_wheelhouse(target: str, image_var: str, base_image: str) -> None:
+    """`make TARGET` on the local base, installing from a wheelhouse as an air-gapped site does."""
     # A private wheelhouse inside the build context, removed afterwards so that a later plain
     # `make image` is not silently switched to offline installs.
     wheelhouse = f"docker/wheelhouse/.test-{os.getpid()}"
     make = ("make", "--no-print-directory")
     try:
         run(*make, "wheelhouse", f"WHEELHOUSE={wheelhouse}", timeout_s=600)
-        image = (f"BASE_IMAGE={base_image}", f"FLEET_IMAGE={tag}", f"WHEELHOUSE={wheelhouse}")
-        run(*make, "image", *image, timeout_s=BUILD_TIMEOUT_S)
+        run(
+            *make,
+            target,
+            image_var,
+            f"BASE_IMAGE={base_image}",
+            f"WHEELHOUSE={wheelhouse}",
+            timeout_s=BUILD_TIMEOUT_S,
+        )
     finally:
         shutil.rmtree(REPO / wheelhouse, ignore_errors=True)
         # the classic builder keeps the build stage as an untagged image: prune ours (labelled) only
@@ -100,6 +119,7 @@ def redis_image(base_image: str) -> str:
 @pytest.fixture(scope="module")
 def auth_fleet(
     worker_image: str,
+    sandbox_image: str,
     redis_image: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Fleet]:
@@ -107,7 +127,9 @@ def auth_fleet(
     halt_dir = tmp_path_factory.mktemp("halt")
     halt_dir.chmod(0o755)  # the watcher runs as uid 10001 and reads it through a bind mount
     secrets = tmp_path_factory.mktemp("secrets") / "env"  # `make up` creates it
-    fleet = Fleet(worker_image, redis_image, halt_dir, tmp_path_factory.mktemp("host-data"), secrets)
+    fleet = Fleet(
+        worker_image, redis_image, halt_dir, tmp_path_factory.mktemp("host-data"), secrets, sandbox_image
+    )
     reap_abandoned_fleets()  # what killed earlier sessions left behind
     try:
         fleet.make("up", "DOMAIN=auth")

@@ -24,9 +24,9 @@ from wavefleet.testing import wait_until
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
-# One debootstrap serves both images: local-base.sh's defaults (the worker's packages, bubblewrap
-# and redis-server), named here so that the cache key changes with them.
-BASE_PACKAGES = "python3,python3-venv,ca-certificates,git,bubblewrap,redis-server"
+# One debootstrap serves every image: local-base.sh's defaults (the worker's packages, bubblewrap,
+# nodejs for the sandbox image and redis-server), named here so that the cache key changes with them.
+BASE_PACKAGES = "python3,python3-venv,ca-certificates,git,bubblewrap,nodejs,redis-server"
 WORKER_INPUTS = (
     "pyproject.toml",
     "README.md",
@@ -37,6 +37,8 @@ WORKER_INPUTS = (
     "workers",
     "domains",
 )
+# the sandbox image copies only the wheelhouse (built per session from pyproject.toml's pins)
+SANDBOX_INPUTS = ("pyproject.toml", ".dockerignore", "docker/sandbox.Dockerfile")
 IGNORED = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 # Compose project and container-name prefix, one per test session (never the user's own `wave`
 # fleet, nor another session's on the same engine); the pid lets a later session reap it.
@@ -171,6 +173,7 @@ class Fleet:
     halt_dir: Path
     data_dir: Path
     env_file: Path
+    sandbox_image: str
     project: str = field(default_factory=lambda: f"{PROJECT_PREFIX}{os.getpid()}")
     redis_port: int = field(default_factory=free_port)
 
@@ -187,6 +190,7 @@ class Fleet:
             "--no-print-directory",
             target,
             f"FLEET_IMAGE={self.worker_image}",
+            f"SANDBOX_IMAGE={self.sandbox_image}",
             f"COMPOSE_PROJECT_NAME={self.project}",
             "COMPOSE_PROFILES=",
             f"HALT_DIR={self.halt_dir}",
