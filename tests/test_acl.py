@@ -97,6 +97,32 @@ def test_the_watcher_and_the_operator_set_and_clear_the_halt_key(server: Embedde
     assert client.delete(HALT) == 1
 
 
+def test_the_sandbox_runner_reads_the_fleet_state_and_writes_only_its_own_keys(server: EmbeddedRedis) -> None:
+    """`wave sandbox` holds the Docker API: its Redis user reads the halt flag, the running hash and
+    the worker heartbeats, and writes nothing but its requests, replies, heartbeat and the fleet id."""
+    server.client().set(HALT, "{}")
+    client = server.client(acl.SANDBOX, decode_responses=True)
+    assert client.get(HALT) == "{}" and client.hgetall("wave:running") == {}
+    assert client.exists("wave:worker:AUTH-QA-1:hb") == 0
+    assert client.set("wave:fleet:id", "f00d", nx=True) and client.get("wave:fleet:id") == "f00d"
+    assert (
+        client.lpush("wave:sandbox:reply:" + "a" * 32, "{}")
+        and client.blpop(["wave:sandbox:requests"], 0.01) is None
+    )
+    for attack in [
+        ("DEL", HALT),
+        ("SET", HALT, "x"),
+        ("HSET", "wave:running", "job", "{}"),
+        ("SET", "wave:worker:AUTH-QA-1:hb", "1"),
+        ("GET", "wave:story:AUTH-001"),
+        ("LPUSH", "rq:queue:wave:auth:qa", "x"),
+        ("PUBLISH", "wave:halt", "{}"),
+        ("EVAL", "return 1", "0"),
+        ("SUBSCRIBE", "wave:events"),
+    ]:
+        assert refused(client, *attack), attack
+
+
 def test_no_client_gets_in_without_a_user_and_password(server: EmbeddedRedis) -> None:
     anonymous = Redis(host="127.0.0.1", port=server.port)
     with pytest.raises(AuthenticationError):
@@ -186,7 +212,7 @@ def test_the_compose_start_script_gives_each_role_its_user(tmp_path: Path) -> No
         for user in acl.FLEET_ROLES:
             client = Redis(host="127.0.0.1", port=port, username=user, password=passwords[user])
             assert refused(client, "FLUSHALL")
-            assert refused(client, "DEL", HALT) == (user in (acl.WORKER, acl.SUPERVISOR))
+            assert refused(client, "DEL", HALT) == (user in (acl.WORKER, acl.SUPERVISOR, acl.SANDBOX))
         assert all(p not in (tmp_path / "users.acl").read_text() for p in passwords.values())
     finally:
         started.kill()

@@ -19,7 +19,8 @@ WORKER = "worker"
 SUPERVISOR = "supervisor"
 WATCHER = "watcher"
 OPERATOR = "operator"
-FLEET_ROLES = (WORKER, SUPERVISOR, WATCHER, OPERATOR)
+SANDBOX = "sandbox"
+FLEET_ROLES = (WORKER, SUPERVISOR, WATCHER, OPERATOR, SANDBOX)
 USERS = (ADMIN, *FLEET_ROLES)
 RQ_PREFIX = "rq:"  # RQ's own keys and channels (fixed by RQ)
 # Printable ASCII without space: a password is one token in every file and command line it meets.
@@ -38,6 +39,14 @@ _FLEET_COMMANDS = (
 )
 # INFO (@dangerous for what it tells) is read by the supervisor for Redis's uptime, by RQ for its version.
 _EXTRA = {WORKER: " +info", SUPERVISOR: " +info", WATCHER: "", OPERATOR: " +info"}
+# `wave sandbox` (the runner) holds the Docker API, so its Redis user is the narrowest: the commands
+# it sends, by name (redis-py's connection set-up and health PING, its request loop, replies,
+# heartbeat, the fleet id made once, the sweep's reads, the halt and cancel subscription).
+_SANDBOX_COMMANDS = (
+    "-@all +ping +hello +auth +client|setname +client|getname +client|id "
+    "+get +set +exists +hget +hgetall +blpop +lpush +expire +del +multi +exec +discard "
+    "+subscribe +unsubscribe"
+)
 
 
 @dataclass(frozen=True)
@@ -50,17 +59,38 @@ class Rules:
     def keys_of(self, user: str) -> str:
         if user == ADMIN:
             return "~*"
+        if user == SANDBOX:
+            return self._sandbox_keys()
         ours = f"~{self.prefix}:*"
         if user in (WORKER, SUPERVISOR) and self.halt_read_only:
             halt = Keys(self.prefix).halt()
             ours = " ".join([f"%R~{halt}", *(f"~{p}" for p in all_but(halt, self.prefix + ":"))])
         return f"{ours} ~{RQ_PREFIX}*"
 
+    def _sandbox_keys(self) -> str:
+        """Read: the halt flag, the running hash, worker heartbeats (the sweep); write: the fleet id
+        (SET NX) and its own request list, replies and heartbeat. Nothing of RQ's or a story's."""
+        keys = Keys(self.prefix)
+        read = "%R~" if self.halt_read_only else "~"  # read-only key patterns need Redis 7
+        reads = (keys.halt(), keys.running(), keys.worker_heartbeat("*"))
+        writes = (keys.fleet_id(), keys.sandbox_requests(), keys.sandbox_reply("*"), keys.sandbox_runner())
+        return " ".join([*(f"{read}{k}" for k in reads), *(f"~{k}" for k in writes)])
+
     def line(self, user: str, secret: str) -> str:
         """`secret` is `#<sha256 hex>` (or a template placeholder)."""
-        commands = "+@all" if user == ADMIN else _FLEET_COMMANDS + _EXTRA[user]
+        if user == ADMIN:
+            commands = "+@all"
+        elif user == SANDBOX:
+            commands = _SANDBOX_COMMANDS
+        else:
+            commands = _FLEET_COMMANDS + _EXTRA[user]
         # resetchannels: Redis 6.2 starts a user with every channel (7 with none)
-        channels = "&*" if user == ADMIN else f"resetchannels &{self.prefix}:* &{RQ_PREFIX}*"
+        channels = f"resetchannels &{self.prefix}:* &{RQ_PREFIX}*"
+        if user == ADMIN:
+            channels = "&*"
+        elif user == SANDBOX:
+            keys = Keys(self.prefix)
+            channels = f"resetchannels &{keys.halt_channel()} &{keys.cancel_channel()}"
         return f"user {user} on {secret} {self.keys_of(user)} {channels} {commands}"
 
     def lines(self, secrets: dict[str, str]) -> list[str]:

@@ -67,6 +67,8 @@ class Fleet:
             Child("SUPERVISOR", ["supervisor"], user=acl.SUPERVISOR),
             Child("WATCHER", ["watch"], user=acl.WATCHER),
         ]
+        if settings.sandbox == "container":  # the one process with Docker access runs the stages' commands
+            self.children.append(Child("SANDBOX", ["sandbox"], user=acl.SANDBOX))
         for domain in domains:
             for role in Role:
                 for index in range(1, domain.team.size(role) + 1):
@@ -206,6 +208,10 @@ def _coloured(state: StoryState) -> str:
 # Commands ------------------------------------------------------------------------------------
 def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
     probe(sandbox_for(settings.sandbox))  # refuse here, in one line, not in every worker
+    if settings.sandbox == "container":  # no engine or no image: refused here, not in a restart loop
+        from .sandbox.docker_ops import DockerOps  # noqa: PLC0415 - only this mode needs the Docker SDK
+
+        DockerOps(settings.sandbox_container, "", settings.data_dir).check_ready()
     console = Console(stderr=True)
     stopping = stop_on_signals()
     embedded, fleet = None, None
