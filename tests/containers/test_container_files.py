@@ -62,7 +62,7 @@ def test_the_template_every_wave_container_extends_is_locked_down_and_holds_no_s
     assert hardened["environment"]["WAVE_LOG_FORMAT"] == "json"
     assert hardened["environment"]["WAVE_SANDBOX"] == "container"
     assert not [name for name in hardened["environment"] if "PASSWORD" in name or "API_KEY" in name]
-    assert "volumes" not in hardened  # the runner and the proxy get no /data, no /halt
+    assert "volumes" not in hardened  # the runner gets /data read-only, and no /halt
 
 
 def template_environment(name: str) -> dict[str, Any]:
@@ -111,7 +111,8 @@ def test_the_sandbox_runner_reaches_docker_only_through_its_proxy_on_a_network_o
     assert on_the_network == {"sandbox", "sandbox-proxy"}
     assert proxy["networks"] == ["sandbox-api"] and proxy["user"] == "10001:10001"
     assert runner["extends"] == {"file": "common.yml", "service": "hardened"}
-    assert runner["command"] == ["sandbox"] and "volumes" not in runner
+    assert runner["command"] == ["sandbox"] and runner["volumes"] == ["data:/data:ro"]
+    assert "data:/data:ro" in proxy["volumes"] and proxy["command"][-2:] == ["--volume-seen-at", "/data"]
     assert env["WAVE_SANDBOX_CONTAINER__DOCKER_HOST"] == "tcp://sandbox-proxy:2375"
     # the volume the runner maps worktrees into is the one the workers mount at /data
     assert env["WAVE_SANDBOX_CONTAINER__DATA_VOLUME"] == base["volumes"]["data"]["name"]
