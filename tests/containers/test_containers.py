@@ -128,6 +128,7 @@ def test_qa_runs_the_storys_tests_in_a_hardened_container_of_its_own_gone_once_d
         diagnose=auth_fleet.diagnose,
     )
 
+    assert container is not None  # (wait_for returns only a true value)
     host, config = container["HostConfig"], container["Config"]
     workspace = [m for m in container["Mounts"] if m["Destination"] == "/workspace"]
     volume = run("docker", "volume", "inspect", "--format", "{{.Mountpoint}}", f"{auth_fleet.project}_data")
@@ -152,12 +153,12 @@ def test_qa_runs_the_storys_tests_in_a_hardened_container_of_its_own_gone_once_d
     assert "Read-only file system" in seen.stderr
 
     record = wait_for(
-        lambda: (r := store.get(story)).state in (StoryState.DONE, StoryState.FAILED) and r,
+        lambda: store.get(story) if store.get(story).state in (StoryState.DONE, StoryState.FAILED) else None,
         timeout_s=180,
         what=f"{story} to finish",
         diagnose=auth_fleet.diagnose,
     )
-    assert record.state is StoryState.DONE, auth_fleet.wave("status", story).stdout
+    assert record is not None and record.state is StoryState.DONE, auth_fleet.wave("status", story).stdout
     # the stage released its container as it ended, before the CTO's review: none is left
     story_label = ("--filter", f"label=dev.wave.story={story}")
     assert not run("docker", "ps", "-aq", *story_label).stdout.split()
