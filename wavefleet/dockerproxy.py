@@ -3,7 +3,7 @@ requests of an allow-list profile (method and exact path) and answering every ot
 
 A read-only bind mount of the socket does not limit the API (a client can still create a privileged
 container), so a service that reads logs (Dozzle) gets this proxy instead of the socket, and so does
-the sandbox runner (`wavefleet.dockerpolicy`: create/exec/kill/remove of hardened containers, each
+the sandbox runner (`wavefleet.dockersandbox`: create/exec/kill/remove of hardened containers, each
 body checked). Every request is checked on its raw bytes, never after a decoding the daemon might do
 differently: a path with `%`, `//`, `.` segments, a backslash or a fragment is refused before any
 regex runs, and so is a body, `Transfer-Encoding` or `Upgrade` where the route takes none. Each

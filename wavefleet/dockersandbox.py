@@ -168,8 +168,13 @@ def policy_from(
         root, seen = _volume_mountpoint(volume, socket_path), volume_seen_at
     else:
         assert bind_root is not None
-        if not (Path(bind_root).is_absolute() and Path(bind_root).is_dir()):
-            raise InvalidInputError(f"--bind-root {bind_root[:200]!r}: give an existing absolute directory")
+        if (
+            not (Path(bind_root).is_absolute() and Path(bind_root).is_dir())
+            or os.path.normpath(bind_root) == "/"
+        ):
+            raise InvalidInputError(
+                f"--bind-root {bind_root[:200]!r}: give an existing absolute directory, not /"
+            )
         root = seen = os.path.normpath(bind_root)
     return SandboxPolicy(
         image=image,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -319,3 +321,24 @@ def test_a_raw_exec_start_upgrades_and_streams_through_the_proxy(sandbox: Sandbo
 
     assert data.startswith(b"HTTP/1.1 101"), data[:200]
     assert b"raw-stream\n" in data
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code", "says"),
+    [
+        ([], 65, "--volume NAME"),
+        (["--bind-root", "relative/dir"], 65, "existing absolute directory"),
+        (["--volume", "wavetest-no-such-volume"], 78, "docker volume create"),
+        (["--bind-root", "/", "--volume", "x"], 65, "one of them"),
+        (["--bind-root", "/"], 65, "not /"),
+    ],
+)
+def test_bad_sandbox_options_stop_the_proxy_in_one_line(arguments: list[str], code: int, says: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "wavefleet.cli", "docker-proxy", "--profile", "sandbox", *arguments],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("WAVE_")},
+    )  # fmt: skip
+
+    assert result.returncode == code, result.stderr
+    assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr
