@@ -66,20 +66,20 @@ WHEELHOUSE ?= docker/wheelhouse
 HALT_DIR   ?= $(CURDIR)/.wave/halt
 ENV_FILE   ?= $(CURDIR)/compose/.env
 DOZZLE_USERS_FILE ?= $(CURDIR)/.wave/dozzle/users.yml
-# the group that owns the Docker socket, added to the docker-proxy service (non-root) alone
+# the group that owns the Docker socket, added to the two Docker API proxies (non-root) alone
 DOCKER_GID ?= $(shell stat -c %g /var/run/docker.sock 2>/dev/null || echo 0)
-SECCOMP_PROFILE ?= $(CURDIR)/docker/seccomp-bwrap.json
 COMPOSE_PROJECT_NAME ?= wave
 COMPOSE_PROFILES     ?= dozzle
 COMPOSE    ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 DOMAIN_FILES = $(filter-out compose/base.yml compose/common.yml,$(wildcard compose/*.yml))
 DC_FILES   = -f compose/base.yml $(if $(filter all,$(DOMAIN)),$(addprefix -f ,$(DOMAIN_FILES)),-f compose/$(DOMAIN).yml)
 DC_ENV     = FLEET_IMAGE='$(FLEET_IMAGE)' HALT_DIR='$(HALT_DIR)' COMPOSE_PROJECT_NAME='$(COMPOSE_PROJECT_NAME)' \
-             COMPOSE_PROFILES='$(COMPOSE_PROFILES)' DOCKER_GID='$(DOCKER_GID)' SECCOMP_PROFILE='$(SECCOMP_PROFILE)' \
+             COMPOSE_PROFILES='$(COMPOSE_PROFILES)' DOCKER_GID='$(DOCKER_GID)' SANDBOX_IMAGE='$(SANDBOX_IMAGE)' \
              DOZZLE_USERS_FILE='$(DOZZLE_USERS_FILE)'
 DC         = $(DC_ENV) $(COMPOSE) --env-file $(ENV_FILE) -p $(COMPOSE_PROJECT_NAME) $(DC_FILES)
 # down, ps and logs create nothing: they must work without compose/.env too (checked when they run)
-SECRETS    = REDIS_ADMIN_PASSWORD REDIS_WORKER_PASSWORD REDIS_SUPERVISOR_PASSWORD REDIS_WATCHER_PASSWORD REDIS_OPERATOR_PASSWORD
+SECRETS    = REDIS_ADMIN_PASSWORD REDIS_WORKER_PASSWORD REDIS_SUPERVISOR_PASSWORD REDIS_WATCHER_PASSWORD \
+             REDIS_OPERATOR_PASSWORD REDIS_SANDBOX_PASSWORD
 ENV_OR_NOT = $(if $(wildcard $(ENV_FILE)),--env-file $(ENV_FILE),)
 UNUSED     = $(if $(wildcard $(ENV_FILE)),,$(foreach s,$(SECRETS),$(s)="$${$(s):-unused}"))
 DC_LOOK    = $(UNUSED) $(DC_ENV) $(COMPOSE) $(ENV_OR_NOT) -p $(COMPOSE_PROJECT_NAME) $(DC_FILES)
@@ -113,8 +113,15 @@ up: ## the fleet in Docker: make up DOMAIN=auth|payments|all (creates compose/.e
 		docker/compose-secrets.sh dozzle-users $(ENV_FILE) $(DOZZLE_USERS_FILE) $(FLEET_IMAGE) ;; esac
 	$(DC) up -d
 
-down: ## stop and remove the fleet's containers (VOLUMES=1: also Redis's AOF and the clones)
-	$(DC_ALL) down --remove-orphans $(if $(VOLUMES),--volumes)
+# The stage containers are the sandbox runner's, not compose's: after compose's own, `down` removes
+# those a stop cut short (docker/sandbox-leftovers.sh: the runner's label and a bind mount from this
+# project's data volume, whose path is read before VOLUMES=1 deletes it).
+DATA_VOLUME = $(COMPOSE_PROJECT_NAME)_data
+down: ## stop and remove the fleet's containers, its stages' too (VOLUMES=1: also Redis's AOF and the clones)
+	@data=$$(docker volume inspect --format '{{.Mountpoint}}' $(DATA_VOLUME) 2>/dev/null); \
+	echo "$(COMPOSE) -p $(COMPOSE_PROJECT_NAME) down --remove-orphans $(if $(VOLUMES),--volumes)"; \
+	$(DC_ALL) down --remove-orphans $(if $(VOLUMES),--volumes); status=$$?; \
+	test -z "$$data" || docker/sandbox-leftovers.sh "$$data" || status=1; exit $$status
 
 ps: ## the fleet's containers and their health
 	$(DC_LOOK) ps

@@ -7,6 +7,8 @@
 # `env` writes FILE only if it does not exist, mode 0600 from the start (umask, then a hard link, which
 # fails rather than replace a file that appeared meanwhile): a Redis password per ACL user, Dozzle's
 # password, and REDIS_IMAGE / DOZZLE_IMAGE when given, so a later plain `make up` uses them again.
+# An existing FILE is never rewritten: only the password of an ACL user it lacks (one added since it
+# was made, like `sandbox`) is appended.
 # `dozzle-users` hashes DOZZLE_PASSWORD with bcrypt (the users.yml format of Dozzle v8's simple auth)
 # inside IMAGE, the fleet's image, so the host needs nothing but Docker; the password goes through
 # stdin, never a command line. OUT's folder is 0700; OUT itself 0644, so Dozzle (uid 65534) can read
@@ -15,16 +17,18 @@ set -eu
 
 die() { echo "compose-secrets: $*" >&2; exit 1; }
 secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
+# one per Redis ACL user of wavefleet/acl.py (docker/redis-start.sh requires each)
+USERS="ADMIN WORKER SUPERVISOR WATCHER OPERATOR SANDBOX"
 value() { sed -n "s/^$1=//p" "$2" | tail -n 1; }
 
 make_env() {
     file=$1
-    [ -e "$file" ] && return 0
     umask 077
+    [ -e "$file" ] && { add_missing "$file"; return 0; }
     tmp=$(mktemp "$file.XXXXXX")
     {
         echo "# The fleet's secrets, made by \`make up\` (never overwritten; mode 0600). See .env.example."
-        for role in ADMIN WORKER SUPERVISOR WATCHER OPERATOR; do
+        for role in $USERS; do
             echo "REDIS_${role}_PASSWORD=$(secret)"
         done
         echo "DOZZLE_USER=admin"
@@ -35,6 +39,18 @@ make_env() {
     ln "$tmp" "$file" 2>/dev/null || { rm -f "$tmp"; [ -e "$file" ] || die "cannot create $file"; return 0; }
     rm -f "$tmp"
     echo "compose-secrets: made $file (mode 0600) with fresh passwords" >&2
+}
+
+add_missing() {
+    file=$1
+    for role in $USERS; do
+        grep -q "^REDIS_${role}_PASSWORD=" "$file" 2>/dev/null && continue
+        [ -r "$file" ] || die "cannot read $file"
+        # a last line without its newline would swallow the new one
+        [ -z "$(tail -c 1 "$file")" ] || echo >>"$file" || die "cannot add to $file"
+        echo "REDIS_${role}_PASSWORD=$(secret)" >>"$file" || die "cannot add REDIS_${role}_PASSWORD to $file"
+        echo "compose-secrets: added REDIS_${role}_PASSWORD to $file (a Redis user it did not have yet)" >&2
+    done
 }
 
 make_dozzle_users() {

@@ -1,8 +1,9 @@
 """The worker image's HEALTHCHECK: the container's `wave` process is alive and reaches Redis.
 
 A role worker is healthy only while its heartbeat key is fresh (the one the supervisor reads to
-detect dead workers), so a wedged worker turns unhealthy too; the Docker API proxy while it answers
-`/_ping` through to the daemon. Exit 0 healthy, 1 not; one line why.
+detect dead workers), so a wedged worker turns unhealthy too; the sandbox runner likewise while its
+own heartbeat (`keys.sandbox_runner()`) is there; a Docker API proxy while it answers `/_ping`
+through to the daemon. Exit 0 healthy, 1 not; one line why.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from wavefleet.config import load_settings
 from wavefleet.connection import connect
 from workers.worker import name_file
 
-ROLES = ("worker", "supervisor", "watch", "docker-proxy")
+ROLES = ("worker", "supervisor", "watch", "sandbox", "docker-proxy")
 
 
 def wave_process() -> tuple[int, list[str]] | None:
@@ -61,6 +62,10 @@ def redis_health(pid: int, args: list[str]) -> int:
         settings = load_settings()
         redis = connect(settings)
         redis.ping()
+        if args[0] == "sandbox":
+            alive = redis.exists(settings.keys.sandbox_runner())
+            say(f"sandbox runner (pid {pid}) " + ("heartbeats" if alive else "has no fresh heartbeat"))
+            return 0 if alive else 1
         if args[0] != "worker":
             say(f"{args[0]} (pid {pid}) reaches Redis")
             return 0

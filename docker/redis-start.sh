@@ -44,6 +44,8 @@ for user in ADMIN WORKER SUPERVISOR WATCHER OPERATOR SANDBOX; do
     script="$script -e s/@${user}_SHA256@/$hash/"
     unset "REDIS_${user}_PASSWORD"
 done
+# and any other password given (a user the template does not have): none reaches redis-server
+for name in $(env | sed -n 's/^\(REDIS_[A-Z]*_PASSWORD\)=.*/\1/p'); do unset "$name"; done
 # shellcheck disable=SC2086 # $script is a list of sed expressions, each one word
 sed -e '/^#/d' $script "$conf_dir/users.acl.template" >"$acl"
 

@@ -1,6 +1,8 @@
 """The container files themselves, no Docker engine needed: every shipped domain has a compose file
-with the team its domain.toml declares, every WAVE container is locked down, Redis's start script
-never runs without a password and never puts it on a command line."""
+with the team its domain.toml declares, every WAVE container is locked down, the sandbox runner
+reaches Docker only through its own proxy, no worker keeps a seccomp profile for bubblewrap, Redis's
+start script never runs without a password and never puts it on a command line, and `make up` adds a
+Redis user's missing password to an existing compose/.env without touching the rest."""
 
 from __future__ import annotations
 
@@ -38,42 +40,95 @@ def test_each_shipped_domain_has_a_compose_file_running_exactly_its_team(domain:
     assert set(services) == expected
     for name, service in services.items():
         _, role, index = name.split("-")
-        template = "sandboxed" if role in ("fe", "be", "qa") else "worker"  # who runs commands
-        assert service["extends"] == {"file": "common.yml", "service": template}
+        # every role alike: the commands a stage runs go to the sandbox service, none runs here
+        assert service["extends"] == {"file": "common.yml", "service": "worker"}
         assert service["container_name"] == f"${{COMPOSE_PROJECT_NAME:-wave}}-{name}"
         assert service["command"] == ["worker", "--domain", domain, "--role", role, "--index", index]
         assert service["labels"]["dev.dozzle.group"] == domain
-        assert service["depends_on"] == {"redis": {"condition": "service_healthy"}}
+        assert service["depends_on"] == {
+            "redis": {"condition": "service_healthy"},
+            "sandbox": {"condition": "service_started"},
+        }
 
 
 def test_the_template_every_wave_container_extends_is_locked_down_and_holds_no_secret() -> None:
-    wave = compose_file("common")["services"]["wave"]
+    hardened = compose_file("common")["services"]["hardened"]
 
-    assert wave["read_only"] is True
-    assert wave["cap_drop"] == ["ALL"]
-    assert wave["security_opt"] == ["no-new-privileges:true"]
-    assert not wave["user"].startswith("0")
-    assert any(t.startswith("/tmp") for t in wave["tmpfs"])
-    assert wave["environment"]["WAVE_LOG_FORMAT"] == "json"
-    assert not [name for name in wave["environment"] if "PASSWORD" in name or "API_KEY" in name]
+    assert hardened["read_only"] is True
+    assert hardened["cap_drop"] == ["ALL"]
+    assert hardened["security_opt"] == ["no-new-privileges:true"]
+    assert not hardened["user"].startswith("0")
+    assert any(t.startswith("/tmp") for t in hardened["tmpfs"])
+    assert hardened["environment"]["WAVE_LOG_FORMAT"] == "json"
+    assert hardened["environment"]["WAVE_SANDBOX"] == "container"
+    assert not [name for name in hardened["environment"] if "PASSWORD" in name or "API_KEY" in name]
+    assert "volumes" not in hardened  # the runner gets /data read-only, and no /halt
 
 
-def test_only_the_docker_proxy_sees_the_docker_socket() -> None:
-    files = [compose_file(p.stem) for p in sorted(COMPOSE.glob("*.yml"))]
+def template_environment(name: str) -> dict[str, Any]:
+    """A common.yml template's environment with what it inherits (`extends` within the file)."""
+    template = compose_file("common")["services"][name]
+    inherited = template_environment(template["extends"]["service"]) if "extends" in template else {}
+    return {**inherited, **template.get("environment", {})}
+
+
+def services_of_every_file() -> dict[str, dict[str, Any]]:
+    return {
+        name: service
+        for path in sorted(COMPOSE.glob("*.yml"))
+        if path.stem != "common"
+        for name, service in compose_file(path.stem)["services"].items()
+    }
+
+
+def test_only_the_two_docker_api_proxies_see_the_docker_socket() -> None:
     mounts = {
         name: volume
-        for f in files
-        for name, service in f["services"].items()
+        for name, service in services_of_every_file().items()
         for volume in service.get("volumes", [])
         if "docker.sock" in volume
     }
+    base = compose_file("base")["services"]
 
-    assert mounts == {"docker-proxy": "/var/run/docker.sock:/var/run/docker.sock:ro"}
-    assert compose_file("base")["services"]["docker-proxy"]["command"][:3] == [
-        "docker-proxy",
-        "--profile",
-        "read-only",
-    ]
+    assert mounts == {
+        "docker-proxy": "/var/run/docker.sock:/var/run/docker.sock:ro",
+        "sandbox-proxy": "/var/run/docker.sock:/var/run/docker.sock:ro",
+    }
+    assert base["docker-proxy"]["command"][:3] == ["docker-proxy", "--profile", "read-only"]
+    assert base["sandbox-proxy"]["command"][:3] == ["docker-proxy", "--profile", "sandbox"]
+    assert "profiles" not in base["sandbox-proxy"]  # always on, unlike Dozzle's
+
+
+def test_the_sandbox_runner_reaches_docker_only_through_its_proxy_on_a_network_of_their_own() -> None:
+    base = compose_file("base")
+    runner, proxy = base["services"]["sandbox"], base["services"]["sandbox-proxy"]
+    env = {**template_environment("hardened"), **runner["environment"]}
+    on_the_network = {
+        n for n, s in services_of_every_file().items() if "sandbox-api" in s.get("networks", [])
+    }
+
+    assert base["networks"]["sandbox-api"] == {"internal": True}
+    assert on_the_network == {"sandbox", "sandbox-proxy"}
+    assert proxy["networks"] == ["sandbox-api"] and proxy["user"] == "10001:10001"
+    assert runner["extends"] == {"file": "common.yml", "service": "hardened"}
+    assert runner["command"] == ["sandbox"] and runner["volumes"] == ["data:/data:ro"]
+    assert "data:/data:ro" in proxy["volumes"] and proxy["command"][-2:] == ["--volume-seen-at", "/data"]
+    assert env["WAVE_SANDBOX_CONTAINER__DOCKER_HOST"] == "tcp://sandbox-proxy:2375"
+    # the volume the runner maps worktrees into is the one the workers mount at /data
+    assert env["WAVE_SANDBOX_CONTAINER__DATA_VOLUME"] == base["volumes"]["data"]["name"]
+    assert env["WAVE_SANDBOX_CONTAINER__DATA_MOUNT"] == "/data"
+    assert "data:/data" in compose_file("common")["services"]["wave"]["volumes"]
+    assert env["WAVE_REDIS__USERNAME"] == "sandbox"
+    assert env["WAVE_REDIS__PASSWORD"].startswith("${REDIS_SANDBOX_PASSWORD:?")
+    assert not [name for name in env if "API_KEY" in name]
+
+
+def test_no_container_keeps_a_seccomp_profile_for_bubblewrap() -> None:
+    options = [o for s in services_of_every_file().values() for o in s.get("security_opt", [])]
+
+    assert not [o for o in options if "seccomp" in o]
+    assert not (REPO / "docker/seccomp-bwrap.json").exists()
+    assert "sandboxed" not in compose_file("common")["services"]
 
 
 def test_dozzle_is_pinned_non_root_and_asks_for_a_login() -> None:
@@ -86,11 +141,12 @@ def test_dozzle_is_pinned_non_root_and_asks_for_a_login() -> None:
     assert dozzle["ports"] == ["127.0.0.1:${DOZZLE_PORT:-8080}:8080"]
 
 
-@pytest.mark.parametrize("service", ["supervisor", "watcher"])
-def test_the_supervisor_and_the_watcher_get_their_own_redis_user_and_no_model_key(service: str) -> None:
+@pytest.mark.parametrize("service", ["supervisor", "watcher", "sandbox"])
+def test_the_supervisor_the_watcher_and_the_runner_get_their_own_redis_user_and_no_model_key(
+    service: str,
+) -> None:
     spec = compose_file("base")["services"][service]
-    template = compose_file("common")["services"][spec["extends"]["service"]]
-    env = {**template["environment"], **spec["environment"]}
+    env = {**template_environment(spec["extends"]["service"]), **spec["environment"]}
 
     assert env["WAVE_REDIS__USERNAME"] == service
     assert env["WAVE_REDIS__PASSWORD"].startswith(f"${{REDIS_{service.upper()}_PASSWORD:?")
@@ -166,3 +222,37 @@ def test_redis_start_refuses_an_unknown_fsync_policy(tmp_path: Path) -> None:
 
     assert result.returncode == 78
     assert "everysec or always" in result.stderr
+
+
+def make_env_file(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(REPO / "docker/compose-secrets.sh"), "env", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_make_up_adds_a_missing_users_password_to_an_existing_env_file_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    # Given a compose/.env made before the sandbox user existed, edited by hand (no final newline)
+    env_file = tmp_path / "env"
+    made = make_env_file(env_file)
+    assert made.returncode == 0, made.stderr
+    kept = [line for line in env_file.read_text().splitlines() if "SANDBOX" not in line]
+    env_file.write_text("\n".join([*kept, "REDIS_IMAGE=wave-redis:local"]))
+
+    added = make_env_file(env_file)
+
+    lines = env_file.read_text().splitlines()
+    assert added.returncode == 0, added.stderr
+    assert lines[: len(kept) + 1] == [*kept, "REDIS_IMAGE=wave-redis:local"]
+    new = [
+        line.split("=", 1)[1] for line in lines[len(kept) + 1 :] if line.startswith("REDIS_SANDBOX_PASSWORD=")
+    ]
+    assert len(lines) == len(kept) + 2 and len(new) == 1 and len(new[0]) >= 32
+    assert "added REDIS_SANDBOX_PASSWORD" in added.stderr
+    assert make_env_file(env_file).stderr == ""  # complete: nothing more to add, nothing said
+    assert env_file.read_text().splitlines() == lines

@@ -1,11 +1,13 @@
 """The fleet in Docker: `make up DOMAIN=auth` on a real engine runs a locked-down, domain-labelled
-team that takes a story to done, logs JSON, and obeys the EMERGENCY-STOP file in its halt folder."""
+team that takes a story to done, its QA's tests in a hardened stage container of their own that is
+gone afterwards, logs JSON, and obeys the EMERGENCY-STOP file in its halt folder."""
 
 from __future__ import annotations
 
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from docker_fleet import REPO, TEAM, Fleet, clean_env, compose_command, run, wait_for
@@ -15,8 +17,8 @@ from wavefleet.halt import read_halt
 from wavefleet.lifecycle import Role, StoryState
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
-WAVE_SERVICES = ("supervisor", "watcher", *(f"auth-{member}" for member in TEAM))
-ROLES = ("admin", "worker", "supervisor", "watcher", "operator")
+WAVE_SERVICES = ("supervisor", "watcher", "sandbox", *(f"auth-{member}" for member in TEAM))
+ROLES = ("admin", "worker", "supervisor", "watcher", "operator", "sandbox")
 
 
 def inspect(fleet: Fleet) -> dict[str, dict]:
@@ -26,7 +28,7 @@ def inspect(fleet: Fleet) -> dict[str, dict]:
 def test_make_up_runs_one_container_per_role_named_and_labelled_by_domain(auth_fleet: Fleet) -> None:
     containers = inspect(auth_fleet)
 
-    assert set(containers) == {auth_fleet.name(s) for s in ("redis", *WAVE_SERVICES)}
+    assert set(containers) == {auth_fleet.name(s) for s in ("redis", "sandbox-proxy", *WAVE_SERVICES)}
     for member in TEAM:
         labels = containers[auth_fleet.name(f"auth-{member}")]["Config"]["Labels"]
         assert labels["dev.dozzle.group"] == "auth"
@@ -41,7 +43,7 @@ def test_make_up_runs_one_container_per_role_named_and_labelled_by_domain(auth_f
     assert all(c["State"]["Running"] for c in containers.values())
 
 
-@pytest.mark.parametrize("service", ["redis", *WAVE_SERVICES])
+@pytest.mark.parametrize("service", ["redis", "sandbox-proxy", *WAVE_SERVICES])
 def test_every_container_is_non_root_read_only_without_capabilities_or_docker_socket(
     auth_fleet: Fleet, service: str
 ) -> None:
@@ -54,7 +56,8 @@ def test_every_container_is_non_root_read_only_without_capabilities_or_docker_so
     assert "no-new-privileges:true" in host["SecurityOpt"]
     assert "/tmp" in host["Tmpfs"]
     assert not host["Privileged"]
-    assert not any("docker.sock" in f"{m.get('Source')}{m['Destination']}" for m in container["Mounts"])
+    socket = any("docker.sock" in f"{m.get('Source')}{m['Destination']}" for m in container["Mounts"])
+    assert socket is (service == "sandbox-proxy")  # the sandbox runner's proxy, alone
     # and the kernel agrees: not root, and the root filesystem refuses a write
     assert auth_fleet.exec(service, "id", "-u").stdout.strip() != "0"
     assert "Read-only file system" in auth_fleet.exec(service, "touch", "/probe", check=False).stderr
@@ -100,6 +103,65 @@ def test_a_story_enqueued_inside_a_container_goes_through_the_team_to_done(auth_
     status = auth_fleet.wave("status", "AUTH-101").stdout
     for role in ("PM", "FE", "BE", "QA", "CTO"):
         assert f"AUTH-{role}-" in status  # every stage ran in a container of the auth team
+
+
+def stage_container(story: str, role: str) -> dict[str, Any] | None:
+    """The running sandbox container of a story's stage (the runner's labels), inspected."""
+    labels = ("--filter", f"label=dev.wave.story={story}", "--filter", f"label=dev.wave.role={role}")
+    ids = run("docker", "ps", "-q", *labels).stdout.split()
+    return dict(json.loads(run("docker", "inspect", ids[0]).stdout)[0]) if ids else None
+
+
+def test_qa_runs_the_storys_tests_in_a_hardened_container_of_its_own_gone_once_done(
+    auth_fleet: Fleet,
+) -> None:
+    # QA's stage is kept 20 s longer (after its tests) so that its container can be seen running
+    story = "AUTH-103"
+    auth_fleet.wave("enqueue", story, "--title", "Tests in a stage container", "-l", "offline:slow=qa:20")
+    store, settings = auth_fleet.store(), auth_fleet.settings()
+
+    container = wait_for(
+        lambda: stage_container(story, "qa"),
+        timeout_s=180,
+        interval_s=0.5,
+        what=f"{story}'s QA stage container",
+        diagnose=auth_fleet.diagnose,
+    )
+
+    assert container is not None  # (wait_for returns only a true value)
+    host, config = container["HostConfig"], container["Config"]
+    workspace = [m for m in container["Mounts"] if m["Destination"] == "/workspace"]
+    volume = run("docker", "volume", "inspect", "--format", "{{.Mountpoint}}", f"{auth_fleet.project}_data")
+    assert config["Image"] == auth_fleet.sandbox_image
+    assert config["User"] == "10001:10001"  # the compose workers' uid, never root
+    assert host["ReadonlyRootfs"] is True and host["NetworkMode"] == "none"
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"] and not host["Privileged"]
+    assert [o for o in host["SecurityOpt"] if o.startswith("no-new-privileges")]
+    assert host["Memory"] > 0 and host["MemorySwap"] == host["Memory"]
+    assert host["PidsLimit"] > 0 and host["NanoCpus"] > 0
+    assert not host["Binds"] and not host["Devices"] and "/tmp" in host["Tmpfs"]
+    assert workspace and workspace[0]["Type"] == "bind" and workspace[0]["RW"] is True
+    assert workspace[0]["Source"].startswith(volume.stdout.strip() + "/")  # the story's worktree
+    labels = config["Labels"]
+    assert labels["dev.wave.sandbox"] == store.redis.get(settings.keys.fleet_id())
+    assert (labels["dev.wave.domain"], labels["dev.wave.role"]) == ("auth", "qa")
+    # and the kernel agrees: QA's worktree is there, the user is not root, / refuses a write
+    seen = run(
+        "docker", "exec", container["Id"], "sh", "-c", "id -u; ls /workspace; touch /probe", check=False
+    )
+    assert seen.stdout.split()[0] == "10001" and "tests" in seen.stdout.split()
+    assert "Read-only file system" in seen.stderr
+
+    record = wait_for(
+        lambda: store.get(story) if store.get(story).state in (StoryState.DONE, StoryState.FAILED) else None,
+        timeout_s=180,
+        what=f"{story} to finish",
+        diagnose=auth_fleet.diagnose,
+    )
+    assert record is not None and record.state is StoryState.DONE, auth_fleet.wave("status", story).stdout
+    # the stage released its container as it ended, before the CTO's review: none is left
+    story_label = ("--filter", f"label=dev.wave.story={story}")
+    assert not run("docker", "ps", "-aq", *story_label).stdout.split()
 
 
 def test_workers_write_json_log_lines_carrying_their_identity(auth_fleet: Fleet) -> None:
@@ -196,4 +258,5 @@ def test_make_up_all_runs_every_domain_team_beside_the_shared_services(docker_en
     services = run(*compose_command(), *files, "config", "--services", env=env).stdout.split()
 
     teams = [f"{d}-{m}" for d in ("auth", "payments") for m in TEAM]
-    assert sorted(services) == sorted(["redis", "supervisor", "watcher", "docker-proxy", "dozzle", *teams])
+    shared = ["redis", "supervisor", "watcher", "sandbox", "sandbox-proxy", "docker-proxy", "dozzle"]
+    assert sorted(services) == sorted([*shared, *teams])

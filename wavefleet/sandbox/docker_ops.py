@@ -154,6 +154,7 @@ class DockerOps:
         # read-only at data_mount in the runner's container too).
         self.root = settings.data_mount if settings.data_volume else data_dir.resolve()
         self._volume_path: str | None = None
+        self.reader_problem = ""  # what the last counter reader said (for the log when it failed)
 
     # Start-up ----------------------------------------------------------------------------------
     def check_ready(self) -> str:
@@ -315,9 +316,11 @@ class DockerOps:
                 container, ["head", "-v", "-n", "20", *COUNTER_FILES],
                 user=user, env={}, timeout_s=10, max_output_bytes=8192,
             )  # fmt: skip
-        except (DockerException, OSError):
+        except (DockerException, OSError) as exc:
+            self.reader_problem = _short(exc)
             return None
         text = outcome.output.decode(errors="replace")
+        self.reader_problem = text[-300:]
         if "==> " not in text:
             return None
         return parse_counters(text)

@@ -19,7 +19,7 @@ from docker.errors import APIError, DockerException
 from wavefleet import logs
 
 from .base import PASSED_THROUGH
-from .docker_ops import JOB_LABEL, STORY_LABEL, Counters, DockerOps
+from .docker_ops import JOB_LABEL, MIB, STORY_LABEL, Counters, DockerOps
 from .protocol import (
     LABEL_VALUE,
     ContainerSpec,
@@ -34,6 +34,7 @@ from .protocol import (
 EXEC_ENV = frozenset({"PATH", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE", *PASSED_THROUGH})
 MAX_ENV_VALUE = 32 * 1024
 CANCELLED_MEMORY_S = 600.0  # how long a cancelled story's new containers are refused
+KILLED = 128 + 9  # the exit status of a SIGKILLed command (the OOM killer's signal)
 
 
 @dataclass
@@ -93,13 +94,19 @@ class StageContainers:
                 return ExecReply(error=f"refused: {exc}")
             except (DockerException, OSError) as exc:
                 self._forget_container(stage)
-                return ExecReply(error=f"the sandbox container failed: {_short(exc)}")
-            if self.halted.is_set() or self._is_cancelled(stage.spec.labels.story):
+                return ExecReply(error=self._stopped(stage) or f"the sandbox container failed: {_short(exc)}")
+            if stopped := self._stopped(stage):
                 self._forget_container(stage)  # the halt or cancel is killing it
-                return ExecReply(
-                    error="the fleet is halted" if self.halted.is_set() else "the story was cancelled"
-                )
+                return ExecReply(error=stopped)
             return reply.model_copy(update={"started_container": started})
+
+    def _stopped(self, stage: Stage) -> str | None:
+        """Why the stage's container was killed under its command, if a halt or cancel did it."""
+        if self.halted.is_set():
+            return "the fleet is halted"
+        if self._is_cancelled(stage.spec.labels.story):
+            return "the story was cancelled"
+        return None
 
     def release(self, request: ReleaseRequest) -> ReleaseReply:
         with self._lock:
@@ -168,7 +175,7 @@ class StageContainers:
             self.ops.remove(container)
             stage.container = None
         elif not self.halted.is_set():
-            limit = self._limit_hit(stage, container)
+            limit = self._limit_hit(stage, container, outcome.exit_code)
         return ExecReply(
             exit_code=outcome.exit_code,
             output=outcome.output.decode(errors="replace"),
@@ -185,16 +192,24 @@ class StageContainers:
         self._fold(stage, container)
         self.ops.kill(container)
 
-    def _limit_hit(self, stage: Stage, container: str) -> str | None:
-        """The limit the last command hit, from the container's counters (or, when it cannot even
-        start the reader, the engine's pids count at the limit)."""
+    def _limit_hit(self, stage: Stage, container: str, exit_code: int) -> str | None:
+        """The limit the last command hit, from the container's counters; when the reader cannot
+        start (every pid taken), from the engine: pids at the limit, or a SIGKILL with the memory
+        high-water mark at the limit (cgroup v1)."""
         s = self.ops.settings
         counters = self.ops.counters(container, stage.spec.user)
         hits = []
         if counters is None:
             usage = self.ops.usage(container)
+            self._log(stage).warning(
+                "sandbox counters unreadable; engine stats used",
+                pids=usage.pids_current,
+                reader=self.ops.reader_problem,
+            )
             if usage.pids_limit and usage.pids_current >= usage.pids_limit:
                 hits.append(f"pids limit ({s.pids})")
+            if exit_code == KILLED and (usage.max_memory_bytes or 0) >= s.memory_mb * MIB:
+                hits.append(f"memory limit ({s.memory_mb} MiB)")
         else:
             if counters.oom_kills > stage.seen.oom_kills:
                 hits.append(f"memory limit ({s.memory_mb} MiB)")
