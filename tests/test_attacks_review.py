@@ -249,7 +249,7 @@ def test_attack_a_domain_allowing_network_still_gives_its_tests_no_way_into_the_
     toml = domains_dir / "auth" / "domain.toml"
     toml.write_text(toml.read_text() + "\n[sandbox]\nnetwork = true\n")
     domain = load_domains(domains_dir).get("auth")
-    sandbox = sandbox_for(settings.sandbox, network=domain.sandbox.network)  # as the worker builds it
+    sandbox = sandbox_for(settings, network=domain.sandbox.network)  # as the worker builds it
     redis_proc.client().set(settings.keys.halt(), "halted by the operator")
     tree = tmp_path / "tree"
     tree.mkdir()

@@ -80,7 +80,14 @@ def test_a_minimal_domain_file_gets_the_default_team_budgets_branch_and_test_com
     assert domain.name == "billing"
     assert domain.team == Team(pm=1, cto=1, fe=2, be=2, qa=1)
     assert domain.base_branch == "main"
-    assert domain.resolved_test_command()[1:4] == ["-m", "pytest", "-q"]
+    assert domain.resolved_test_command("python3") == [
+        "python3",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
     assert domain.repo == (tmp_path / "billing" / "sample").resolve()
 
 

@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import SecretStr
 from redis.exceptions import RedisError
@@ -32,6 +32,9 @@ from .store import StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
 from .text import terminal_safe
 from .watcher import FILE_SOURCE, MAX_REASON_CHARS, HaltFileWatcher, stop_file_present
+
+if TYPE_CHECKING:
+    from .dockerproxy import Profile
 
 EMBEDDED_DIR = "redis"
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # writing stdout failed
@@ -219,12 +222,32 @@ def cmd_docker_proxy(app: App, args: argparse.Namespace) -> int:
     def report(event: str, detail: str, client: str) -> None:
         log.warning(event, detail=detail, client=client)
 
-    with dockerproxy.DockerProxy(listen, args.socket, dockerproxy.PROFILES[args.profile], report) as proxy:
+    with dockerproxy.DockerProxy(listen, args.socket, _proxy_profile(app, args), report) as proxy:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: threading.Thread(target=proxy.shutdown).start())
         log.info("docker proxy listening", listen=args.listen, profile=args.profile, socket=args.socket)
         proxy.serve_forever()
     return ExitCode.OK
+
+
+def _proxy_profile(app: App, args: argparse.Namespace) -> Profile:
+    from . import dockerproxy, dockersandbox  # noqa: PLC0415
+
+    if args.profile == "read-only":
+        return dockerproxy.READ_ONLY
+    policy = dockersandbox.policy_from(
+        app.settings.sandbox_container,
+        args.socket,
+        image=args.image,
+        volume=args.volume,
+        volume_seen_at=args.volume_seen_at,
+        bind_root=args.bind_root,
+        max_memory_mb=args.max_memory_mb,
+        max_pids=args.max_pids,
+        max_cpus=args.max_cpus,
+        allow_network=args.allow_network,
+    )
+    return dockersandbox.sandbox_profile(policy)
 
 
 # Processes -----------------------------------------------------------------------------------
@@ -378,10 +401,21 @@ def _add_process_commands(sub: Any) -> None:
     p.add_argument("--burst", action="store_true", help="exit when nothing is waiting or running")
     p.set_defaults(handler=cmd_supervisor)
 
-    p = sub.add_parser("docker-proxy", help="serve an allow-listed, read-only view of the Docker API")
-    p.add_argument("--profile", choices=["read-only"], default="read-only")
+    p = sub.add_parser(
+        "docker-proxy", help="serve an allow-listed view of the Docker API (Dozzle, the sandbox)"
+    )
+    p.add_argument("--profile", choices=["read-only", "sandbox"], default="read-only")
     p.add_argument("--listen", default="127.0.0.1:2375", help="HOST:PORT (default 127.0.0.1:2375)")
     p.add_argument("--socket", default="/var/run/docker.sock", help="the Docker daemon's socket")
+    # --profile sandbox: each defaults to the runner's WAVE_SANDBOX_CONTAINER__* setting
+    p.add_argument("--image", help="the one image sandbox containers may run")
+    p.add_argument("--volume", help="the data volume worktrees are bound from (compose)")
+    p.add_argument("--volume-seen-at", help="where this process has that volume mounted (symlink checks)")
+    p.add_argument("--bind-root", help="the host directory worktrees are bound from (no volume)")
+    p.add_argument("--max-memory-mb", type=whole(16, 1_048_576))
+    p.add_argument("--max-pids", type=whole(16, 1_000_000))
+    p.add_argument("--max-cpus", type=amount(256))
+    p.add_argument("--allow-network", action="store_true", help='allow NetworkMode "bridge" too')
     p.set_defaults(handler=cmd_docker_proxy)
 
     p = sub.add_parser("up", help="the whole fleet on an embedded Redis, no Docker needed")

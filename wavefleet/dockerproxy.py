@@ -2,55 +2,104 @@
 requests of an allow-list profile (method and exact path) and answering every other one with 403.
 
 A read-only bind mount of the socket does not limit the API (a client can still create a privileged
-container), so a service that reads logs (Dozzle) gets this proxy instead of the socket. Every
-request is checked on its raw bytes, never after a decoding the daemon might do differently: a path
-with `%`, `//`, `.` segments, a backslash or a fragment is refused before any regex runs, and so is a
-body, `Transfer-Encoding` or `Upgrade` where the profile takes none. Each connection carries one
-request: `Connection: close` is forced both ways, so a second (pipelined) request can never ride on
-an allowed one. Responses stream through unchanged, so `logs?follow=1` and `/events` work, except a
-container's inspect, whose `Config.Env` is emptied: compose hands secrets to containers through
-their environment, and whoever reads logs must not read those.
+container), so a service that reads logs (Dozzle) gets this proxy instead of the socket, and so does
+the sandbox runner (`wavefleet.dockersandbox`: create/exec/kill/remove of hardened containers, each
+body checked). Every request is checked on its raw bytes, never after a decoding the daemon might do
+differently: a path with `%`, `//`, `.` segments, a backslash or a fragment is refused before any
+regex runs, and so is a body, `Transfer-Encoding` or `Upgrade` where the route takes none. Each
+connection carries one request: `Connection: close` is forced both ways, and only the head and
+exactly `Content-Length` body bytes are passed on, so a second (pipelined) request can never ride on
+an allowed one. Responses stream through unchanged, so `logs?follow=1`, `/events` and an attached
+exec's hijacked stream work, except a container's inspect, whose `Config.Env` is emptied: compose
+hands secrets to containers through their environment, and the proxy's clients must not read those.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import selectors
 import socket
 import socketserver
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from .dockerwire import (
+    Daemon,
+    Refused,
+    decode_json,
+    pump,
+    read_all,
+    read_body,
+    read_head,
+    refusal,
+    without_environment,
+)
 from .errors import ConfigError, InvalidInputError
 
-MAX_HEAD_BYTES = 16 * 1024
-HEAD_TIMEOUT_S = 10.0  # a client that has not sent its request head by then is cut off
+__all__ = ["READ_ONLY", "Call", "DockerProxy", "Profile", "Refused", "Route", "check_request"]
+
+HEAD_TIMEOUT_S = 10.0  # a client that has not sent its request head (and body) by then is cut off
 MAX_CONNECTIONS = 256  # Dozzle holds a few streams per container; more is a runaway client
-CHUNK = 64 * 1024
 API_VERSION = r"(?:/v1\.[0-9]{1,2})?"  # clients pin the version they negotiated: /v1.41/containers/json
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"  # a container's id or name (".." is refused earlier)
 TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer"}
+QUERY_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")  # no `%` or `+`: a key means what it spells
+HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """An allowed request as a route's `admit` hook sees it: it may look things up on the daemon
+    and answer the path to pass on (the same, or with a name replaced by the id it checked)."""
+
+    method: str
+    path: str  # without the query
+    match: re.Match[str]  # the route's match: its named groups (`id`) name what is asked about
+    body: Any  # the decoded JSON body, or None without one
+    daemon: Daemon
+
+
+@dataclass(frozen=True)
+class Route:
+    """One allowed request: method and exact path (a regex after the optional /v1.NN prefix), the
+    query keys it may carry (None: any, for a read-only route), whether it takes a JSON body, and
+    whether it may upgrade to a raw stream (an attached exec)."""
+
+    method: str
+    path: str
+    query: frozenset[str] | None = None
+    body: bool = False
+    upgrade: bool = False
+    admit: Callable[[Call], str] | None = None
+    check_query: Callable[[dict[str, str]], None] | None = None
 
 
 @dataclass(frozen=True)
 class Profile:
-    """What one kind of client may ask the daemon: (method, path regex) pairs, and whether a request
-    may carry a body at all. A second profile (the sandbox runner's create/exec/kill/remove) must
-    also check the bodies it lets through; this one lets none through."""
+    """What one kind of client may ask the daemon: its routes, and how large a body may be."""
 
     name: str
-    routes: tuple[tuple[str, str], ...]
-    bodies: bool = False
+    routes: tuple[Route, ...]
+    max_body_bytes: int = 0
+    compiled: tuple[tuple[re.Pattern[str], Route], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        compiled = tuple((re.compile(API_VERSION + r.path), r) for r in self.routes)
+        object.__setattr__(self, "compiled", compiled)
+
+    def route(self, method: str, path: str) -> tuple[Route, re.Match[str]] | None:
+        for pattern, route in self.compiled:
+            if route.method == method and (match := pattern.fullmatch(path)):
+                return route, match
+        return None
 
     def allows(self, method: str, path: str) -> bool:
-        return any(method == m and re.fullmatch(API_VERSION + p, path) for m, p in self.routes)
+        return self.route(method, path) is not None
 
 
-def _reads(*paths: str) -> tuple[tuple[str, str], ...]:
-    return tuple((method, path) for path in paths for method in ("GET", "HEAD"))
+def _reads(*paths: str) -> tuple[Route, ...]:
+    return tuple(Route(method, path) for path in paths for method in ("GET", "HEAD"))
 
 
 # What Dozzle reads (its docs: the socket proxy needs CONTAINERS, INFO and EVENTS; PING and VERSION
@@ -68,24 +117,26 @@ READ_ONLY = Profile(
         f"/containers/{NAME}/stats",
     ),
 )
-PROFILES = {p.name: p for p in (READ_ONLY,)}
 INSPECT = re.compile(API_VERSION + f"/containers/{NAME}/json")
-MAX_INSPECT_BYTES = 4 * 1024 * 1024
-
-
-class Refused(Exception):
-    """A request the proxy answers itself (403 not allowed, 400 malformed) and never forwards."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
 class Request:
     method: str
-    target: str
-    head: bytes  # what is sent to the daemon: the request line and the kept headers, Connection: close
+    path: str
+    query: str  # the raw query, with its "?" when there is one
+    route: Route
+    match: re.Match[str]
+    headers: tuple[bytes, ...]  # the kept header lines, hop-by-hop ones dropped
+    length: int  # Content-Length, 0 without one
+    upgrade: bool  # an allowed `Upgrade: tcp` (an attached exec start)
+
+    def head(self, path: str) -> bytes:
+        """What is sent to the daemon: the request line for `path`, the kept headers, and the
+        connection handling (`close`, or the upgrade the route allows)."""
+        line = f"{self.method} {path}{self.query} HTTP/1.1".encode()
+        end = [b"Connection: Upgrade", b"Upgrade: tcp"] if self.upgrade else [b"Connection: close"]
+        return b"\r\n".join([line, *self.headers, *end]) + b"\r\n\r\n"
 
 
 def check_request(raw_head: bytes, profile: Profile) -> Request:
@@ -97,14 +148,19 @@ def check_request(raw_head: bytes, profile: Profile) -> Request:
     if len(parts) != 3 or not TOKEN.fullmatch(parts[0]) or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise Refused(400, "malformed request line")
     method, target = parts[0].decode(), parts[1].decode("ascii", "replace")
-    path, _, _query = target.partition("?")
+    path, mark, query = target.partition("?")
     if not _plain_path(path):
         raise Refused(403, f"path not allowed: {target[:200]!r}")
-    if not profile.allows(method, path):
+    found = profile.route(method, path)
+    if found is None:
         raise Refused(403, f"{method} {path[:200]} is not allowed by the {profile.name} profile")
-    kept = _checked_headers(header_lines, profile)
-    head = b"\r\n".join([line, *kept, b"Connection: close"]) + b"\r\n\r\n"
-    return Request(method, target, head)
+    route, match = found
+    if route.query is not None:
+        params = _checked_query(query, route.query)
+        if route.check_query is not None:
+            route.check_query(params)
+    kept, length, upgrade = _checked_headers(header_lines, route, profile)
+    return Request(method, path, mark + query, route, match, tuple(kept), length, upgrade)
 
 
 def _plain_path(path: str) -> bool:
@@ -118,106 +174,51 @@ def _plain_path(path: str) -> bool:
     )
 
 
-def _checked_headers(lines: list[bytes], profile: Profile) -> list[bytes]:
+def _checked_query(query: str, allowed: frozenset[str]) -> dict[str, str]:
+    """The query's raw values by key: each key on the route's list, once, spelled plainly (Go
+    decodes `%6Eame` as `name` and, in older versions, splits on `;` too)."""
+    params: dict[str, str] = {}
+    if not query:
+        return params
+    if ";" in query or "#" in query or not all(0x21 <= ord(c) < 0x7F for c in query):
+        raise Refused(403, "query not allowed")
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if not QUERY_KEY.fullmatch(key) or key not in allowed:
+            raise Refused(403, f"query parameter {key[:40]!r} is not allowed here")
+        if key in params:
+            raise Refused(403, f"query parameter {key!r} given twice")
+        params[key] = value
+    return params
+
+
+def _checked_headers(lines: list[bytes], route: Route, profile: Profile) -> tuple[list[bytes], int, bool]:
     kept: list[bytes] = []
     lengths: list[bytes] = []
+    upgrades: list[bytes] = []
     for header in lines:
         name, sep, value = header.partition(b":")
         if not sep or not TOKEN.fullmatch(name):  # also a folded line (leading whitespace)
             raise Refused(400, "malformed header line")
         key, value = name.lower(), value.strip()
-        if key in (b"transfer-encoding", b"upgrade", b"expect"):
+        if key in (b"transfer-encoding", b"expect") or (key == b"upgrade" and not route.upgrade):
             raise Refused(403, f"{name.decode()} is not allowed")
+        if key == b"upgrade":
+            upgrades.append(value)
         if key == b"content-length":
             lengths.append(value)
         if key not in HOP_BY_HOP:
             kept.append(header)
-    if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
+    if upgrades and upgrades != [b"tcp"]:
+        raise Refused(403, "only `Upgrade: tcp` is allowed (an attached exec)")
+    if len(lengths) > 1 or (lengths and not re.fullmatch(rb"[0-9]{1,12}", lengths[0])):
         raise Refused(400, "one numeric Content-Length at most")
-    if lengths and int(lengths[0]) > 0 and not profile.bodies:
-        raise Refused(403, f"the {profile.name} profile takes no request body")
-    return kept
-
-
-def refusal(status: int, message: str) -> bytes:
-    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}
-    body = ('{"message": "docker-proxy: ' + message.replace("\\", "\\\\").replace('"', '\\"') + '"}').encode()
-    head = f"HTTP/1.1 {status} {reason[status]}\r\nContent-Type: application/json\r\n"
-    return f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
-
-
-def read_head(conn: socket.socket) -> tuple[bytes, bytes]:
-    """The request head and whatever body bytes came with it; `Refused` if too long or cut off."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        if len(data) > MAX_HEAD_BYTES:
-            raise Refused(400, "request head too long")
-        chunk = conn.recv(CHUNK)
-        if not chunk:
-            raise Refused(400, "connection closed before the request head ended")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return head, rest
-
-
-def pump(client: socket.socket, upstream: socket.socket) -> None:
-    """Daemon bytes to the client until either side closes; more bytes from the client (a second
-    request on the same connection) end the exchange instead of reaching the daemon."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(client, selectors.EVENT_READ)
-        selector.register(upstream, selectors.EVENT_READ)
-        while True:
-            for key, _ in selector.select():
-                data = key.fileobj.recv(CHUNK)  # type: ignore[union-attr]
-                if key.fileobj is client or not data:
-                    return
-                client.sendall(data)
-
-
-def read_all(upstream: socket.socket) -> bytes:
-    """The daemon's whole reply (it closes the connection after it: `Connection: close`), bounded."""
-    data = b""
-    while chunk := upstream.recv(CHUNK):
-        data += chunk
-        if len(data) > MAX_INSPECT_BYTES:
-            return refusal(502, "the daemon's inspect reply is too large")
-    return data
-
-
-def without_environment(reply: bytes) -> bytes:
-    """An inspect reply with `Config.Env` emptied; one that cannot be read is not passed on at all."""
-    head, _, body = reply.partition(b"\r\n\r\n")
-    status, *header_lines = head.split(b"\r\n")
-    if status.split(b" ")[1:2] != [b"200"]:
-        return reply  # 404 and the like: an error message, no container to redact
-    headers = {k.strip().lower(): v.strip().lower() for k, _, v in (h.partition(b":") for h in header_lines)}
-    try:
-        if headers.get(b"transfer-encoding") == b"chunked":
-            body = _dechunked(body)
-        container = json.loads(body)
-        if isinstance(container.get("Config"), dict):
-            container["Config"]["Env"] = []
-    except (ValueError, AttributeError):
-        return refusal(502, "the daemon's inspect reply could not be read")
-    payload = json.dumps(container).encode()
-    return (
-        status
-        + (
-            f"\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        + payload
-    )
-
-
-def _dechunked(body: bytes) -> bytes:
-    out = b""
-    while True:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)  # ValueError when malformed
-        if size == 0:
-            return out
-        out, body = out + rest[:size], rest[size + 2 :]
+    length = int(lengths[0]) if lengths else 0
+    if length and not route.body:
+        raise Refused(403, f"{route.method} {route.path} takes no request body")
+    if length > profile.max_body_bytes:
+        raise Refused(403, f"a body of {length} bytes is over the {profile.max_body_bytes}-byte cap")
+    return kept, length, bool(upgrades)
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -237,10 +238,10 @@ class _Handler(socketserver.BaseRequestHandler):
     def _exchange(self, conn: socket.socket) -> None:
         conn.settimeout(HEAD_TIMEOUT_S)
         try:
-            head, body = read_head(conn)
+            head, rest = read_head(conn)
             request = check_request(head, self.server.profile)
-            if body and not self.server.profile.bodies:  # bytes after the head: a pipelined request
-                raise Refused(400, "one request per connection")
+            body = read_body(conn, rest, request.length)
+            path = self._admitted(request, body)
         except Refused as refused:
             self.server.log("refused", str(refused), self.client_address[0])
             conn.sendall(refusal(refused.status, str(refused)))
@@ -257,11 +258,19 @@ class _Handler(socketserver.BaseRequestHandler):
             upstream.close()
             return
         with upstream:
-            upstream.sendall(request.head + body)
-            if request.method == "GET" and INSPECT.fullmatch(request.target.partition("?")[0]):
+            upstream.sendall(request.head(path) + body)
+            if request.method == "GET" and INSPECT.fullmatch(path):
                 conn.sendall(without_environment(read_all(upstream)))
             else:
                 pump(conn, upstream)
+
+    def _admitted(self, request: Request, body: bytes) -> str:
+        """The path to pass on, after the route's own checks of what the request names."""
+        if request.route.admit is None:
+            return request.path
+        decoded = decode_json(body) if body else None
+        daemon = Daemon(self.server.socket_path)
+        return request.route.admit(Call(request.method, request.path, request.match, decoded, daemon))
 
 
 class DockerProxy(socketserver.ThreadingTCPServer):

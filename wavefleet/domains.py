@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -150,8 +149,10 @@ class Domain(BaseModel):
             and (self.repo / "refs").is_dir()
         )
 
-    def resolved_test_command(self) -> list[str]:
-        return [part.replace("{python}", sys.executable) for part in self.test_command]
+    def resolved_test_command(self, python: str) -> list[str]:
+        """The test command with `{python}` replaced by the sandbox's Python (`Sandbox.python`: the
+        worker's own locally, the image's `python3` in a container)."""
+        return [part.replace("{python}", python) for part in self.test_command]
 
 
 class Domains:

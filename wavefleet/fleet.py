@@ -30,8 +30,7 @@ from .embedded import EmbeddedRedis, free_port
 from .lifecycle import TERMINAL, Role, StoryState
 from .processes import term_with_parent
 from .queues import Dispatcher
-from .sandbox import sandbox_for
-from .sandbox.fleet import probe
+from .sandbox.fleet import probe_before_start
 from .store import StoryRecord, StoryStore
 from .stories import stories_from_file
 from .text import mask_url, shown
@@ -207,7 +206,7 @@ def _coloured(state: StoryState) -> str:
 
 # Commands ------------------------------------------------------------------------------------
 def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
-    probe(sandbox_for(settings.sandbox))  # refuse here, in one line, not in every worker
+    probe_before_start(settings)  # refuse here, in one line, not in every worker
     if settings.sandbox == "container":  # no engine or no image: refused here, not in a restart loop
         from .sandbox.docker_ops import DockerOps  # noqa: PLC0415 - only this mode needs the Docker SDK
 
@@ -316,7 +315,7 @@ class _Null:
 
 
 def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_file: Path) -> int:
-    probe(sandbox_for(settings.sandbox))
+    probe_before_start(settings)
     console = Console()
     stories = stories_from_file(stories_file)
     demo_dir = (settings.data_dir / "demo").resolve()

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .lifecycle import Decision, Role
+from .sandbox.protocol import SandboxUsage
 
 
 def job_id(story_id: str, round_: int, role: Role, attempt: int) -> str:
@@ -83,6 +84,7 @@ class StageResult(_Message):
     transient: bool = False
     retry_after_s: float | None = None  # what the provider asked for, if it said
     duration_s: float = 0.0
+    sandbox_usage: SandboxUsage | None = None  # what the stage's containers used (WAVE_SANDBOX=container)
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude_defaults=True)

@@ -13,6 +13,7 @@ from .halt import acks, read_halt
 from .llm.accounting import CallTotals, format_call, story_calls
 from .messages import Delivery, StageResult
 from .retries import RetrySchedule
+from .sandbox.protocol import SandboxUsage
 from .store import StoryRecord, StoryStore
 from .text import terminal_safe
 
@@ -67,6 +68,8 @@ def print_story(store: StoryStore, record: StoryRecord, *, as_json: bool) -> Non
         show(f"{'waiting:':<10} {waiting['role']} {waiting['status']}")
     for name, result in results:
         show(f"  {name:<12} {_result_line(result)}")
+        if result.sandbox_usage is not None:
+            show(f"  {'':<12} {usage_line(result.sandbox_usage)}")
     delivery = _delivery(results)
     if delivery is not None:
         show(_delivery_line(delivery))
@@ -113,6 +116,23 @@ def _result_line(result: StageResult) -> str:
     # The agent kind (llm, offline, noop) and, for llm, the models that answered the stage.
     who = f"[{output.get('agent') or result.agent}] {result.worker}"
     return f"{status:<6} {who}{decision}: {summary}"
+
+
+def usage_line(usage: SandboxUsage) -> str:
+    """`container: 3.2 cpu-s, peak 84 MiB, 12.4 s, 3 commands in 1 container`, and the limits hit."""
+    peak = (
+        "peak unknown"
+        if usage.peak_memory_bytes is None
+        else f"peak {usage.peak_memory_bytes / 2**20:.0f} MiB"
+    )
+    line = (
+        f"container: {usage.cpu_s:.1f} cpu-s, {peak}, {usage.wall_s:.1f} s, "
+        f"{usage.commands} command{'s' * (usage.commands != 1)} in "
+        f"{usage.containers} container{'s' * (usage.containers != 1)}"
+    )
+    if usage.limits_hit:
+        line += f"; LIMIT HIT: {', '.join(usage.limits_hit)}"
+    return line
 
 
 def _delivery(results: list[tuple[str, StageResult]]) -> Delivery | None:

@@ -17,11 +17,12 @@ import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from wavefleet.errors import SandboxUnavailableError
-from wavefleet.sandbox import Sandbox
+from wavefleet.sandbox import Outcome, RemoteSandbox, Sandbox
+
+__all__ = ["Outcome", "host_env", "run", "run_capped", "run_in"]
 
 SETPRIV = shutil.which("setpriv")  # util-linux, on every Debian and Ubuntu; elsewhere run plainly
 READ_CHUNK = 65536
@@ -68,18 +69,15 @@ def run(
     )
 
 
-@dataclass(frozen=True)
-class Outcome:
-    exit_code: int
-    output: str  # stdout and stderr interleaved; the last `max_output_bytes` of it when truncated
-    truncated: bool
-
-
 def run_in(
     sandbox: Sandbox, argv: Sequence[str], worktree: Path, *, timeout_s: float, max_output_bytes: int
 ) -> Outcome:
-    """Run a command that does work (a test command, an agent's command) inside `sandbox`; raises
-    SandboxUnavailableError if the sandbox itself could not start it."""
+    """Run a command that does work (a test command, an agent's command) inside `sandbox`: a local
+    one is started here, a remote one runs it where it lives. Raises `subprocess.TimeoutExpired`
+    (the command killed), SandboxUnavailableError if the sandbox itself could not run it, and, from
+    a remote sandbox, SandboxLimitError (the command hit a resource limit: the stage fails)."""
+    if isinstance(sandbox, RemoteSandbox):
+        return sandbox.execute(list(argv), worktree, timeout_s=timeout_s, max_output_bytes=max_output_bytes)
     invocation = sandbox.wrap(list(argv), worktree)
     outcome = run_capped(
         invocation.argv,

@@ -71,7 +71,7 @@ def merge_and_test(stage: StageInput, workspace: Workspace, sandbox: Sandbox, ti
         conflicts = _merge(tree, branch_name(story_id, role))
         if conflicts:
             return QARun(branch, tree, conflicts=conflicts)
-    command = stage.domain.resolved_test_command()
+    command = stage.domain.resolved_test_command(sandbox.python)
     try:
         outcome = commands.run_in(sandbox, command, tree, timeout_s=timeout_s, max_output_bytes=MAX_OUTPUT)
     except subprocess.TimeoutExpired:

@@ -14,6 +14,7 @@ from wavefleet.lifecycle import Role
 from wavefleet.llm.client import LLMClient
 from wavefleet.messages import RunningStage, StageResult, job_id
 from wavefleet.sandbox import sandbox_for
+from wavefleet.sandbox.protocol import SandboxUsage, StageLabels
 from wavefleet.store import StoryRecord
 
 from . import approval, delivery, runtime
@@ -21,6 +22,7 @@ from .agent.assemble import context_for
 from .agent.context import AgentContext
 from .agent.events import StoryEventSink
 from .agent.loop import limits_from
+from .agent.release import SandboxRelease
 from .agents import agent_for
 from .roles import Plan, QAReport, StageInput
 
@@ -51,9 +53,10 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     log.info("stage started", agent=agent.label, job=job)
     started = time.monotonic()
     who = {"agent": agent.label, "worker": rt.identity, "job": job}
+    ctx: AgentContext | None = None
     try:
         stage = _stage_input(rt, record, stage_role)
-        ctx = _context(rt, stage)
+        ctx = _context(rt, stage, job)
         output = ctx.middleware.around_stage(
             stage,
             lambda: delivery.after_review(stage, agent.run(stage, ctx), agent.label),  # GO: push
@@ -66,7 +69,9 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) 
     except Exception as exc:  # an agent bug must fail the story visibly, not loop forever
         log.error("agent crashed", error=repr(exc), traceback=traceback.format_exc(limit=5))
         result = StageResult(ok=False, error=f"{agent.label} {role} agent crashed: {exc!r}", **who)
-    result = result.model_copy(update={"duration_s": round(time.monotonic() - started, 3)})
+    result = result.model_copy(
+        update={"duration_s": round(time.monotonic() - started, 3), "sandbox_usage": _usage(ctx)}
+    )
     rt.store.record_result(story_id, round_, stage_role, attempt, job=job, result=result)
     log.info(
         "stage finished",
@@ -97,11 +102,27 @@ def is_current(record: StoryRecord, role: Role, round_: int, attempt: int) -> bo
     return role in record.pending and record.round == round_ and record.attempts.get(role) == attempt
 
 
-def _context(rt: runtime.Runtime, stage: StageInput) -> AgentContext:
+def _context(rt: runtime.Runtime, stage: StageInput, job: str) -> AgentContext:
     llm = rt.llm or LLMClient(rt.settings, rt.redis)
-    sandbox = rt.sandbox or sandbox_for(rt.settings.sandbox, network=rt.domain.sandbox.network)
+    sandbox = rt.sandbox or sandbox_for(rt.settings, network=rt.domain.sandbox.network, redis=rt.redis)
+    labels = StageLabels(
+        story=stage.story.id,
+        domain=stage.domain.name,
+        role=stage.role.value,
+        round=stage.round,
+        attempt=stage.attempt,
+        job=job,
+        worker=rt.name,  # the running hash's and the heartbeat's name: what the runner's sweep checks
+    )
+    sandbox = sandbox.for_stage(labels)
     events = StoryEventSink(rt.store, stage)
     return context_for(stage, llm, sandbox, events=events, limits=limits_from(rt.settings.loop))
+
+
+def _usage(ctx: AgentContext | None) -> SandboxUsage | None:
+    """What the stage's containers used, as the release at its end reported (None: local sandbox)."""
+    release = ctx.middleware.first(SandboxRelease) if ctx is not None else None
+    return release.usage if release is not None else None
 
 
 def _stage_input(rt: runtime.Runtime, record: StoryRecord, role: Role) -> StageInput:

@@ -338,12 +338,12 @@ class Heartbeat(threading.Thread):
 def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, burst: bool = False) -> None:
     """Serve one domain-role queue until stopped; reconnects by itself if Redis goes away."""
     identity = logs.identity(domain.name, role.value, index)
-    sandbox = _checked_sandbox(settings, domain)
+    redis = connect(settings)  # lazy: connects on its first command (the container sandbox's probe)
+    sandbox = _checked_sandbox(settings, domain, redis)
     kind = agents.checked_kind(settings, domain, role)  # a config error refuses the start in one line
     # Unique per start: in a restarted container the pid repeats, and RQ refuses a live name.
     name = f"{identity.lower()}.{secrets.token_hex(3)}.{os.getpid()}"
     name_file(os.getpid()).write_text(name)
-    redis = connect(settings)
     store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
     llm = LLMClient(settings, redis)
     llm.preload()  # the SDK imports, once, before any work horse is forked
@@ -385,10 +385,15 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
         log.info("worker stopped")
 
 
-def _checked_sandbox(settings: Settings, domain: Domain) -> Sandbox:
-    """The sandbox this worker's stages run commands in, probed once: where bwrap cannot run the
-    worker refuses (ConfigError) unless the operator chose `none`, which every log line then says."""
-    sandbox = sandbox_for(settings.sandbox, network=domain.sandbox.network)
+def _checked_sandbox(settings: Settings, domain: Domain, redis: Redis) -> Sandbox:
+    """The sandbox this worker's stages run commands in, probed once: where bwrap cannot run, or no
+    `wave sandbox` runner answers, the worker refuses (ConfigError) unless the operator chose
+    `none`, which every log line then says."""
+    sandbox = sandbox_for(settings, network=domain.sandbox.network, redis=redis)
+    if sandbox.mode == "container" and os.getuid() == 0:
+        # A root worker's stage containers run as fallback_uid:0, never root: the worktrees and files
+        # this worker makes must be writable by group 0 for the commands to write in them.
+        os.umask(0o002)
     fleet_sandbox.probe(sandbox)
     if sandbox.mode == "none":
         logs.mark_process(sandbox=UNSANDBOXED)

@@ -1,4 +1,10 @@
-"""The sandbox interface: how a command is wrapped so it runs isolated, with an allow-listed environment."""
+"""The sandbox interface: where a command that does work runs, isolated, with an allow-listed environment.
+
+Two kinds behind one type: a local sandbox (bubblewrap, none) says how to wrap a command that
+`workers.commands` then starts itself; a remote one (a container made by `wave sandbox`) runs the
+command elsewhere and returns its `Outcome`. `workers.commands.run_in` is the one place that tells
+them apart.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,10 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from .protocol import SandboxUsage, StageLabels
 
 # Passed through from the worker's environment when set: locale and clock only. Everything else a
 # command sees is built here, so no WAVE_* variable, model key, token or Redis URL can reach it.
@@ -24,17 +33,33 @@ class Invocation:
     cwd: Path
 
 
-class Sandbox(Protocol):
-    """Wraps a command that runs work so it runs inside `worktree` isolated from the fleet.
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did, wherever it ran."""
 
-    The process itself is started by `workers.commands` (the one place processes start, with its
-    parent-death discipline); a sandbox only says how."""
+    exit_code: int
+    output: str  # stdout and stderr interleaved; the last `max_output_bytes` of it when truncated
+    truncated: bool
 
-    mode: str  # "bwrap", "none": what `wave status` and the logs show
+
+class _Common(Protocol):
+    mode: str  # "bwrap", "container", "none": what `wave status` and the logs show
     network: bool  # whether the command may reach the network
+    python: str  # what `{python}` in a domain's test command becomes inside this sandbox
 
     @property
     def label(self) -> str: ...
+
+
+class LocalSandbox(_Common, Protocol):
+    """Wraps a command that runs work so it runs inside `worktree` isolated from the fleet.
+
+    The process itself is started by `workers.commands` (the one place processes start, with its
+    parent-death discipline); a local sandbox only says how."""
+
+    def for_stage(self, labels: StageLabels) -> LocalSandbox:
+        """The sandbox of one stage: a local one is the same for every stage (itself)."""
+        ...
 
     def wrap(self, argv: list[str], worktree: Path) -> Invocation: ...
 
@@ -45,12 +70,33 @@ class Sandbox(Protocol):
         ...
 
 
-def allowed_env(worktree: Path) -> dict[str, str]:
-    """A command's whole environment: PATH (the fleet's Python first), HOME in the worktree, locale,
-    and the test runner's own variables; never anything else of the worker's."""
+@runtime_checkable
+class RemoteSandbox(_Common, Protocol):
+    """Runs a command elsewhere (another process, a container) and returns what it did. Bound to a
+    stage by `for_stage`; `release` ends the stage's use of it and says what it used."""
+
+    def for_stage(self, labels: StageLabels) -> RemoteSandbox: ...
+
+    def execute(self, argv: list[str], worktree: Path, *, timeout_s: float, max_output_bytes: int) -> Outcome:
+        """Raises subprocess.TimeoutExpired (the command was killed at `timeout_s`),
+        SandboxLimitError (it hit a resource limit: the stage fails) or SandboxUnavailableError."""
+        ...
+
+    def release(self) -> SandboxUsage | None:
+        """The stage is over: free what it held; its usage, or None if it ran nothing."""
+        ...
+
+
+Sandbox = LocalSandbox | RemoteSandbox
+
+
+def allowed_env(home: Path | str, *, path: str | None = None) -> dict[str, str]:
+    """A command's whole environment: PATH (the fleet's Python first, unless `path` says otherwise:
+    a container's own), HOME (the worktree), locale, and the test runner's own variables; never
+    anything else of the worker's."""
     env = {
-        "PATH": f"{Path(sys.executable).parent}:{SYSTEM_PATH}",
-        "HOME": str(worktree),
+        "PATH": path or f"{Path(sys.executable).parent}:{SYSTEM_PATH}",
+        "HOME": str(home),
         "TMPDIR": "/tmp",  # noqa: S108 - the sandbox's own private /tmp
         "PYTHONDONTWRITEBYTECODE": "1",
     }
@@ -65,10 +111,14 @@ class NoSandbox:
 
     mode = "none"
     network = True
+    python = sys.executable
 
     @property
     def label(self) -> str:
         return UNSANDBOXED
+
+    def for_stage(self, labels: StageLabels) -> NoSandbox:
+        return self
 
     def wrap(self, argv: list[str], worktree: Path) -> Invocation:
         return Invocation(list(argv), allowed_env(worktree), worktree)

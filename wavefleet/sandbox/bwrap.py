@@ -15,8 +15,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .base import Invocation, allowed_env
+
+if TYPE_CHECKING:
+    from .protocol import StageLabels
 
 # The system folders a command needs, bound read-only; on merged-/usr systems /bin, /lib... are
 # symlinks into /usr and are recreated as such.
@@ -64,6 +68,7 @@ def python_prefixes() -> list[Path]:
 
 class BwrapSandbox:
     mode = "bwrap"
+    python = sys.executable  # bound read-only inside (python_prefixes)
 
     def __init__(self, *, network: bool = False, binary: str | None = None) -> None:
         self.network = network
@@ -72,6 +77,9 @@ class BwrapSandbox:
     @property
     def label(self) -> str:
         return "bwrap" + (" (network allowed)" if self.network else "")
+
+    def for_stage(self, labels: StageLabels) -> BwrapSandbox:
+        return self
 
     def wrap(self, argv: list[str], worktree: Path) -> Invocation:
         worktree = worktree.resolve()

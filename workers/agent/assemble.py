@@ -10,12 +10,13 @@ from collections.abc import Sequence
 
 from wavefleet import logs
 from wavefleet.llm.client import LLMClient
-from wavefleet.sandbox import Sandbox
+from wavefleet.sandbox import RemoteSandbox, Sandbox
 
 from ..git import Workspace
 from ..roles import StageInput
 from .context import AgentContext, AllowAll, EventSink, LoopLimits, ToolGate
 from .middleware import Middleware, Middlewares
+from .release import SandboxRelease
 
 
 def middlewares(extra: Sequence[Middleware] = ()) -> Middlewares:
@@ -42,6 +43,9 @@ def context_for(
     gate: ToolGate | None = None,
     middleware: Sequence[Middleware] = (),
 ) -> AgentContext:
+    # Appended last, so its after-hooks run first (they run in reverse): the other observers see
+    # the stage's containers gone and its usage known.
+    release = [SandboxRelease(sandbox)] if isinstance(sandbox, RemoteSandbox) else []
     return AgentContext(
         stage=stage,
         llm=llm.for_story(stage.story.id, stage.domain.name, stage.role.value),
@@ -49,6 +53,6 @@ def context_for(
         sandbox=sandbox,
         gate=gate or AllowAll(),
         events=events or LogEvents(),
-        middleware=middlewares(middleware),
+        middleware=middlewares([*middleware, *release]),
         limits=limits or LoopLimits(),
     )

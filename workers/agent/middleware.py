@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..roles import StageInput, StageOutput
 
 T = TypeVar("T")
+M = TypeVar("M", bound="Middleware")
 
 
 class Middleware:
@@ -40,6 +41,10 @@ class Middlewares:
 
     def __init__(self, middleware: Sequence[Middleware] = ()) -> None:
         self.chain = tuple(middleware)
+
+    def first(self, kind: type[M]) -> M | None:
+        """The chain's first middleware of `kind`: how the stage reads what one observed."""
+        return next((m for m in self.chain if isinstance(m, kind)), None)
 
     def around_stage(self, stage: StageInput, run: Callable[[], StageOutput]) -> StageOutput:
         for m in self.chain:

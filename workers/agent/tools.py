@@ -9,6 +9,7 @@ produced its schema, every path goes through the jail and every command through 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -208,9 +209,15 @@ def run_tool(sandbox: Sandbox, tree: Path, limits: LoopLimits) -> Tool:
         except subprocess.TimeoutExpired:
             outcome = None
         except FileNotFoundError as exc:
-            raise ToolError(f"run: {exc}") from None
-        finally:
             _refuse_git_changes(tree, before, argv)
+            raise ToolError(f"run: {exc}") from None
+        except StageError:
+            # The stage ends here (a limit hit, the sandbox gone): never turned into a ToolError the
+            # model reads and goes on after. A changed `.git` file is still put back.
+            with contextlib.suppress(ToolError):
+                _refuse_git_changes(tree, before, argv)
+            raise
+        _refuse_git_changes(tree, before, argv)
         if outcome is None:
             return f"timed out after {timeout_s:.3g} s: the command was killed"
         cut = f" (only its last {limits.run_output_bytes} bytes)" if outcome.truncated else ""
