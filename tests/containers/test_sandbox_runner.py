@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 from docker_fleet import REPO, run
 from redis import Redis
-from sandbox_harness import MEMORY_MB, PIDS, Runner, acl_redis, fleet_containers, inspect, runner
+from sandbox_harness import (
+    MEMORY_MB,
+    PIDS,
+    Runner,
+    acl_redis,
+    fleet_containers,
+    inspect,
+    runner,
+    start_sleepers,
+)
 
 from wavefleet import acl
 from wavefleet.embedded import EmbeddedRedis, free_port
@@ -176,12 +185,14 @@ def test_requests_the_runner_refuses_are_answered_and_it_carries_on(runner: Runn
 
 
 def test_sigterm_removes_the_runner_s_containers(runner: Runner) -> None:
-    labels = runner.labels("job-term")
-    runner.running(labels)
-    assert runner.exec(labels, runner.worktree("term"), ["true"]).exit_code == 0
-    assert len(fleet_containers(runner.fleet)) == 1
+    idle, busy = runner.labels("job-idle"), runner.labels("job-busy", story="S-2")
+    runner.running(idle)
+    assert runner.exec(idle, runner.worktree("idle"), ["true"]).exit_code == 0  # a warm container
+    (request,) = start_sleepers(runner, [busy])  # and one running a command
     assert runner.stop(signal.SIGTERM) == 0
     assert fleet_containers(runner.fleet) == []
+    reply = runner.reply(request)
+    assert isinstance(reply, ExecReply) and reply.error == "the sandbox runner is stopping", reply
     assert not runner.admin.exists(runner.settings().keys.sandbox_runner())
 
 
