@@ -231,6 +231,31 @@ class Runner:
             remove_fleet(self.fleet)
 
 
+def start_sleepers(runner: Runner, labels: list[StageLabels]) -> list[str]:
+    """A long command in each stage's container, sent as their workers would; waits until each runs."""
+    ids = []
+    for stage in labels:
+        runner.running(stage)
+        tree = runner.worktree(stage.job)
+        ids.append(runner.send(runner.exec_request(stage, tree, ["sleep", "300"], timeout_s=600)))
+    wait_until(
+        lambda: busy_containers(runner.fleet) == len(labels),
+        timeout_s=120,
+        message=f"{len(labels)} stage containers running a command",
+        diagnose=runner.logs,
+    )
+    return ids
+
+
+def busy_containers(fleet: str) -> int:
+    """How many of the fleet's containers are running an exec (the engine lists its ExecIDs)."""
+    ids = [c["ID"] for c in fleet_containers(fleet, running_only=True)]
+    if not ids:
+        return 0
+    listed = run("docker", "inspect", "--format", "{{len .ExecIDs}}", *ids, check=False).stdout.split()
+    return sum(1 for n in listed if n != "0")
+
+
 @pytest.fixture(scope="module")
 def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     """A redis-server with the fleet's ACL users: the runner logs in as `sandbox`."""

@@ -3,6 +3,8 @@ output cap and timeout, and the runner's refusals (the issue's checks, asked as 
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,10 +12,20 @@ from pathlib import Path
 
 import pytest
 from docker_fleet import REPO, run
-from sandbox_harness import MEMORY_MB, PIDS, Runner, acl_redis, fleet_containers, inspect, runner
+from redis import Redis
+from sandbox_harness import (
+    MEMORY_MB,
+    PIDS,
+    Runner,
+    acl_redis,
+    fleet_containers,
+    inspect,
+    runner,
+    start_sleepers,
+)
 
 from wavefleet import acl
-from wavefleet.embedded import EmbeddedRedis
+from wavefleet.embedded import EmbeddedRedis, free_port
 from wavefleet.errors import ExitCode
 from wavefleet.sandbox.protocol import ExecReply, PingReply, PingRequest
 from wavefleet.testing import env_of, wait_until
@@ -173,12 +185,14 @@ def test_requests_the_runner_refuses_are_answered_and_it_carries_on(runner: Runn
 
 
 def test_sigterm_removes_the_runner_s_containers(runner: Runner) -> None:
-    labels = runner.labels("job-term")
-    runner.running(labels)
-    assert runner.exec(labels, runner.worktree("term"), ["true"]).exit_code == 0
-    assert len(fleet_containers(runner.fleet)) == 1
+    idle, busy = runner.labels("job-idle"), runner.labels("job-busy", story="S-2")
+    runner.running(idle)
+    assert runner.exec(idle, runner.worktree("idle"), ["true"]).exit_code == 0  # a warm container
+    (request,) = start_sleepers(runner, [busy])  # and one running a command
     assert runner.stop(signal.SIGTERM) == 0
     assert fleet_containers(runner.fleet) == []
+    reply = runner.reply(request)
+    assert isinstance(reply, ExecReply) and reply.error == "the sandbox runner is stopping", reply
     assert not runner.admin.exists(runner.settings().keys.sandbox_runner())
 
 
@@ -205,3 +219,71 @@ def test_the_sandbox_acl_user_is_the_one_the_runner_logs_in_as(runner: Runner) -
     users = {entry.split("user=")[1].split()[0] for entry in clients.splitlines() if "user=" in entry}
     assert acl.SANDBOX in users
     wait_until(lambda: runner.process is not None and runner.process.poll() is None, message="runner alive")
+
+
+def test_with_a_data_volume_the_worktree_is_bound_from_the_volume(
+    acl_redis: EmbeddedRedis, sandbox_image: str, tmp_path: Path
+) -> None:
+    """Compose: workers see their data volume at data_mount; the runner checks the worktree there
+    and binds the same folder inside the volume (its Mountpoint on the engine's host)."""
+    volume = f"wavetest-sbx-{tmp_path.name[-20:].lower()}-{os.getpid()}"
+    run("docker", "volume", "create", volume)
+    harness = Runner(
+        acl_redis, tmp_path, sandbox_image, overrides={"data_volume": volume, "data_mount": tmp_path / "data"}
+    )
+    try:
+        mountpoint = Path(json.loads(run("docker", "volume", "inspect", volume).stdout)[0]["Mountpoint"])
+        (mountpoint / "repos" / "vol").mkdir(parents=True)
+        (mountpoint / "repos" / "vol" / "marker").write_text("from the volume\n")
+        (mountpoint / "repos" / "vol").chmod(0o777)
+        harness.start()
+        labels = harness.labels("job-vol")
+        harness.running(labels)
+        tree = harness.worktree("vol")  # the runner's (and the workers') view, at data_mount
+        reply = harness.exec(labels, tree, ["cat", "/workspace/marker"])
+        assert reply.output == "from the volume\n", reply
+    finally:
+        harness.close()
+        run("docker", "volume", "rm", "--force", volume, check=False)
+
+
+def test_wave_up_runs_the_sandbox_runner_when_the_setting_says_container(
+    sandbox_image: str, tmp_path: Path, domains_dir: Path
+) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WAVE_")},
+        "WAVE_DATA_DIR": str(tmp_path / "data"),
+        "WAVE_DOMAINS_DIR": str(domains_dir),
+        "WAVE_EMBEDDED_REDIS__PORT": str(port),
+        "WAVE_SANDBOX": "container",
+        "WAVE_SANDBOX_CONTAINER__IMAGE": sandbox_image,
+    }
+    up = subprocess.Popen(
+        [sys.executable, "-m", "wavefleet.cli", "up", "--no-view"],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        passwords = tmp_path / "data" / "redis" / "passwords.json"
+        wait_until(passwords.exists, timeout_s=60, message="the embedded Redis up")
+        admin = Redis(
+            host="127.0.0.1",
+            port=port,
+            username=acl.ADMIN,
+            password=json.loads(passwords.read_text())[acl.ADMIN],
+            decode_responses=True,
+        )
+        beat = wait_until(
+            lambda: admin.get("wave:sandbox:runner"), timeout_s=90, message="the runner's heartbeat"
+        )
+        assert json.loads(beat)["image"] == sandbox_image
+        request = PingRequest()
+        admin.lpush("wave:sandbox:requests", request.model_dump_json())
+        popped = admin.blpop([f"wave:sandbox:reply:{request.request_id}"], timeout=60)
+        assert popped is not None and PingReply.model_validate_json(popped[1]).error is None
+        assert admin.execute_command("ACL", "LOG") == []
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=90)
+        assert up.stderr is not None
+        up.stderr.close()

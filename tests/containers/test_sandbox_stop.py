@@ -7,11 +7,10 @@ import signal
 import time
 
 import pytest
-from docker_fleet import run
-from sandbox_harness import Runner, acl_redis, fleet_containers, runner
+from sandbox_harness import Runner, acl_redis, fleet_containers, runner, start_sleepers
 
 from wavefleet.halt import send_cancel, send_halt, send_resume
-from wavefleet.sandbox.protocol import ExecReply, StageLabels
+from wavefleet.sandbox.protocol import ExecReply
 from wavefleet.testing import wait_until
 
 pytestmark = pytest.mark.docker
@@ -20,31 +19,6 @@ STAGES = 10
 # The sweep runs every 0.5 s here; a container start and a kill take well under 5 s each even on a
 # busy 2-core machine, so 30 s is far past any sweep that works.
 SWEEP_WAIT_S = 30.0
-
-
-def start_sleepers(runner: Runner, labels: list[StageLabels]) -> list[str]:
-    """A long command in each stage's container, sent as their workers would; waits until each runs."""
-    ids = []
-    for stage in labels:
-        runner.running(stage)
-        tree = runner.worktree(stage.job)
-        ids.append(runner.send(runner.exec_request(stage, tree, ["sleep", "300"], timeout_s=600)))
-    wait_until(
-        lambda: busy_containers(runner.fleet) == len(labels),
-        timeout_s=120,
-        message=f"{len(labels)} stage containers running a command",
-        diagnose=runner.logs,
-    )
-    return ids
-
-
-def busy_containers(fleet: str) -> int:
-    """How many of the fleet's containers are running an exec (the engine lists its ExecIDs)."""
-    ids = [c["ID"] for c in fleet_containers(fleet, running_only=True)]
-    if not ids:
-        return 0
-    listed = run("docker", "inspect", "--format", "{{len .ExecIDs}}", *ids, check=False).stdout.split()
-    return sum(1 for n in listed if n != "0")
 
 
 def test_an_emergency_stop_with_ten_stages_running_leaves_none_running(runner: Runner) -> None:

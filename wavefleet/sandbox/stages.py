@@ -19,7 +19,7 @@ from docker.errors import APIError, DockerException
 from wavefleet import logs
 
 from .base import PASSED_THROUGH
-from .docker_ops import JOB_LABEL, MIB, STORY_LABEL, Counters, DockerOps
+from .docker_ops import JOB_LABEL, MIB, STORY_LABEL, Counters, DockerOps, stage_labels
 from .protocol import (
     LABEL_VALUE,
     ContainerSpec,
@@ -71,6 +71,7 @@ class StageContainers:
     def __init__(self, ops: DockerOps) -> None:
         self.ops = ops
         self.halted = threading.Event()
+        self.closing = threading.Event()  # the runner is stopping (SIGTERM): its containers go
         self._stages: dict[str, Stage] = {}
         self._lock = threading.Lock()
         self._cancelled: dict[str, float] = {}
@@ -89,6 +90,11 @@ class StageContainers:
             try:
                 if started:
                     self._start(stage)
+                    # A halt or cancel that listed the fleet's containers before this one existed
+                    # has set its flag first: seen here, or this container was on its list.
+                    if stopped := self._stopped(stage):
+                        self._forget_container(stage)
+                        return ExecReply(error=stopped)
                 reply = self._run(stage, request)
             except ValueError as exc:  # a worktree the runner refuses
                 return ExecReply(error=f"refused: {exc}")
@@ -101,7 +107,10 @@ class StageContainers:
             return reply.model_copy(update={"started_container": started})
 
     def _stopped(self, stage: Stage) -> str | None:
-        """Why the stage's container was killed under its command, if a halt or cancel did it."""
+        """Why the stage's container was killed under its command, if a halt, a cancel or the
+        runner's own stop did it."""
+        if self.closing.is_set():
+            return "the sandbox runner is stopping"
         if self.halted.is_set():
             return "the fleet is halted"
         if self._is_cancelled(stage.spec.labels.story):
@@ -118,6 +127,8 @@ class StageContainers:
             return ReleaseReply(usage=stage.usage() if stage.containers else None)
 
     def _refusal(self, request: ExecRequest) -> str | None:
+        if self.closing.is_set():
+            return "the sandbox runner is stopping"
         if self.halted.is_set():
             return "the fleet is halted: no command starts until it resumes"
         if self._is_cancelled(request.spec.labels.story):
@@ -266,9 +277,10 @@ class StageContainers:
         dead = [f for f in self.ops.find() if not alive(f.labels)]
         ended = self.ops.end(f.id for f in dead)
         dead_jobs = {f.labels.get(JOB_LABEL) for f in dead}
-        with self._lock:
-            for job in [j for j in self._stages if j in dead_jobs]:
-                del self._stages[job]
+        with self._lock:  # and stages with no container now (after a timeout) that will never be released
+            for job, stage in list(self._stages.items()):
+                if job in dead_jobs or not alive(stage_labels("", stage.spec.labels)):
+                    del self._stages[job]
         for found in dead:
             self.log.info(
                 "sandbox container swept", container=found.name, story=found.labels.get(STORY_LABEL)
