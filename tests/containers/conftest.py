@@ -62,22 +62,24 @@ def base_image(docker_engine: None) -> str:
 @pytest.fixture(scope="session")
 def worker_image(base_image: str) -> str:
     """The worker image as `make worker-image` builds it, from a wheelhouse (`make wheelhouse`)."""
-    tag = f"wave-test-worker:{content_hash(image_id(base_image) or '', *(REPO / p for p in WORKER_INPUTS))}"
-    with build_lock():
-        if image_id(tag) is None:
-            build_with_wheelhouse("worker-image", f"FLEET_IMAGE={tag}", base_image)
-            drop_stale_tags("wave-test-worker", tag)
-    return tag
+    return cached_image("wave-test-worker", WORKER_INPUTS, "worker-image", "FLEET_IMAGE", base_image)
 
 
 @pytest.fixture(scope="session")
 def sandbox_image(base_image: str) -> str:
     """The stage containers' image as `make sandbox-image` builds it, pytest from a wheelhouse."""
-    tag = f"wave-test-sandbox:{content_hash(image_id(base_image) or '', *(REPO / p for p in SANDBOX_INPUTS))}"
+    return cached_image("wave-test-sandbox", SANDBOX_INPUTS, "sandbox-image", "SANDBOX_IMAGE", base_image)
+
+
+def cached_image(
+    repository: str, inputs: tuple[str, ...], target: str, variable: str, base_image: str
+) -> str:
+    """`make TARGET VARIABLE=<tag>` on the local base, once per content hash of its inputs."""
+    tag = f"{repository}:{content_hash(image_id(base_image) or '', *(REPO / p for p in inputs))}"
     with build_lock():
         if image_id(tag) is None:
-            build_with_wheelhouse("sandbox-image", f"SANDBOX_IMAGE={tag}", base_image)
-            drop_stale_tags("wave-test-sandbox", tag)
+            build_with_wheelhouse(target, f"{variable}={tag}", base_image)
+            drop_stale_tags(repository, tag)
     return tag
 
 
