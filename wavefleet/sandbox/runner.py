@@ -115,6 +115,7 @@ class SandboxRunner:
         """SIGTERM: no new request is taken; this runner's containers are removed (their commands
         end, and their workers are told), the heartbeat goes."""
         self.stopping.set()
+        self.stages.closing.set()  # before the kill: the commands it ends are answered "stopping"
         self.listener.stop()
         ended = self.ops.end(self.stages.registered())
         self.pool.shutdown(wait=True, cancel_futures=True)
