@@ -9,7 +9,6 @@ engine sees the same small set of requests every time (API-CALLS.md in the repos
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 import threading
@@ -27,6 +26,7 @@ from docker.utils import kwargs_from_env
 from wavefleet.config import ContainerSandboxSettings
 from wavefleet.errors import ConfigError
 
+from . import binds
 from .protocol import ContainerSpec, StageLabels
 
 API_VERSION = "1.41"
@@ -191,37 +191,31 @@ class DockerOps:
         return self._volume_path
 
     # The stage container -----------------------------------------------------------------------
-    def mounts(self, worktree: str) -> list[dict[str, Any]]:
-        """The binds for a worktree: itself at /workspace and its `.git` read-only on top. Raises
-        ValueError for a worktree that is not a real folder under the data dir."""
-        path = Path(worktree)
-        if not path.is_absolute() or os.path.normpath(worktree) != worktree:
-            raise ValueError(f"worktree {worktree!r} is not an absolute, normalised path")
-        if not path.is_relative_to(self.root):
-            raise ValueError(f"worktree {worktree!r} is outside the data dir {self.root}")
-        if os.path.realpath(worktree) != worktree or not path.is_dir():
-            raise ValueError(f"worktree {worktree!r} is not a folder (missing, or through a symlink)")
-        source = worktree
-        if self.settings.data_volume:
-            source = str(Path(self._volume_mountpoint()) / path.relative_to(self.root))
-        binds = [{"Type": "bind", "Source": source, "Target": WORKSPACE, "ReadOnly": False}]
-        # The `.git` names the git dir the fleet's own git (outside any sandbox) reads: rewritten, with
-        # `core.fsmonitor` set, it would run a command's choice there. Read-only, it cannot change
-        # (as in bwrap.py). A symlink is left as it is: inside, it leads nowhere.
-        dot_git = path / ".git"
-        if dot_git.exists() and not dot_git.is_symlink():
-            git_source = str(Path(source) / ".git")
-            binds.append(
-                {"Type": "bind", "Source": git_source, "Target": f"{WORKSPACE}/.git", "ReadOnly": True}
-            )
-        return binds
+    def verify_mounts(self, container: str, user: str, pinned: binds.Pinned) -> None:
+        """ValueError unless the started container's binds are the pinned files (binds.py)."""
+        outcome = self.exec(
+            container, pinned.stat_argv(),
+            user=user, env={}, timeout_s=CONTROL_TIMEOUT_S, max_output_bytes=4096,
+        )  # fmt: skip
+        pinned.check(outcome.exit_code, outcome.output.decode(errors="replace"))
 
     def create(self, spec: ContainerSpec) -> tuple[str, str]:
-        """Create and start the stage's container; (id, name)."""
+        """Create and start the stage's container, its binds checked; (id, name)."""
+        volume = self._volume_mountpoint if self.settings.data_volume else None
+        with binds.pinned(spec.worktree, self.root, volume) as pinned:
+            container, name = self._create(spec, pinned.mounts)
+            try:
+                self.verify_mounts(container, spec.user, pinned)
+            except (ValueError, DockerException, OSError):
+                self.remove(container)
+                raise
+        return container, name
+
+    def _create(self, spec: ContainerSpec, mounts: list[dict[str, Any]]) -> tuple[str, str]:
         s = self.settings
         memory = s.memory_mb * MIB
         host_config = self.api.create_host_config(
-            mounts=self.mounts(spec.worktree),
+            mounts=mounts,
             network_mode="bridge" if spec.network else "none",
             read_only=True,
             cap_drop=["ALL"],

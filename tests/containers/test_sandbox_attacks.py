@@ -1,0 +1,61 @@
+"""Attacks on `wave sandbox` performed for real (a real runner, engine and Redis): what a compromised
+worker could ask of the runner, and what a command could leave behind in its stage container."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sandbox_harness import Runner, acl_redis, runner
+
+pytestmark = pytest.mark.docker
+__all__ = ["acl_redis", "runner"]  # fixtures
+
+# Swaps a directory and a symlink in place, atomically and forever (renameat2 RENAME_EXCHANGE):
+# the path is a real folder at one instant and a symlink out of the data dir at the next.
+SWAPPER = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = sys.argv[1].encode(), sys.argv[2].encode()
+while True:
+    libc.renameat2(-100, a, -100, b, 2)
+"""
+RACE_ATTEMPTS = 40  # unfixed, about one attempt in five binds the symlink's target (seen: 4-12 of 40)
+
+
+def test_a_worktree_swapped_for_a_symlink_while_its_container_starts_is_never_bound(
+    runner: Runner,
+) -> None:
+    """A compromised worker (it can write the data dir) flips its worktree between a real folder and
+    a symlink to a host folder outside the data dir while asking for commands: the runner's path
+    check sees the folder, the engine's bind may follow the symlink. No command may ever run with
+    the host folder at /workspace (compose: a symlink to `/` and a user with the socket's group is
+    the host)."""
+    outside = runner.root / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("HOST-SECRET\n")
+    outside.chmod(0o755)
+    tree = runner.worktree("race")
+    link = tree.with_name("race-link")
+    link.symlink_to(outside)
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(tree), str(link)])
+    leaked, ran, refused = 0, 0, 0
+    try:
+        for attempt in range(RACE_ATTEMPTS):
+            labels = runner.labels(f"job-race-{attempt}")
+            runner.running(labels)
+            reply = runner.exec(labels, tree, ["cat", "/workspace/secret.txt"])
+            if reply.error:
+                refused += 1
+            else:
+                ran += 1
+                leaked += "HOST-SECRET" in reply.output
+            runner.release(labels)
+    finally:
+        swapper.kill()
+        swapper.wait(timeout=30)
+    assert leaked == 0, f"{leaked} of {RACE_ATTEMPTS} commands ran with the host folder at /workspace"
+    assert ran > 0 and ran + refused == RACE_ATTEMPTS  # the check stops the swapped ones only
