@@ -59,3 +59,23 @@ def test_a_worktree_swapped_for_a_symlink_while_its_container_starts_is_never_bo
         swapper.wait(timeout=30)
     assert leaked == 0, f"{leaked} of {RACE_ATTEMPTS} commands ran with the host folder at /workspace"
     assert ran > 0 and ran + refused == RACE_ATTEMPTS  # the check stops the swapped ones only
+
+
+def test_a_process_a_command_leaves_running_dies_before_its_reply(runner: Runner) -> None:
+    """A command starts a process that lets go of the output and keeps writing in the worktree. Under
+    bwrap it would die with its command; in a warm container it would go on while the worker's own
+    unsandboxed git and file tools work on the worktree between commands (racing their symlink
+    checks), and until the stage's release. The runner ends the container instead (the next command
+    gets a new one)."""
+    labels = runner.labels("job-linger")
+    runner.running(labels)
+    tree = runner.worktree("linger")
+    linger = "setsid sh -c 'echo $$ > /workspace/pid; while :; do date > /workspace/out; sleep 0.1; done' "
+    reply = runner.exec(labels, tree, ["sh", "-c", linger + "</dev/null >/dev/null 2>&1 & echo left"])
+    assert reply.exit_code == 0 and reply.output == "left\n", reply
+    # Before the reply came, the process was gone: in the next command, wherever it runs, it is not.
+    pid = (tree / "pid").read_text().strip()
+    check = runner.exec(labels, tree, ["sh", "-c", f"kill -0 {pid} 2>/dev/null && echo alive || echo gone"])
+    assert check.output == "gone\n", check
+    usage = runner.release(labels).usage
+    assert usage is not None and usage.commands == 2

@@ -46,7 +46,11 @@ COUNTER_FILES = (
     "/sys/fs/cgroup/memory.events",
     "/sys/fs/cgroup/pids.events",
     "/sys/fs/cgroup/memory.peak",
+    "/sys/fs/cgroup/pids/pids.current",
+    "/sys/fs/cgroup/pids.current",
 )
+# What runs in an idle stage container while the reader does: docker-init, its `sleep`, the reader.
+IDLE_PROCESSES = 3
 _HEADER = re.compile(r"^==> (.+) <==$")
 _NAME_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
 
@@ -58,6 +62,8 @@ class Counters:
     oom_kills: int = 0
     pids_refused: int = 0
     peak_memory_bytes: int | None = None
+    processes: int = 0  # pids.current while the reader ran (it included): above IDLE_PROCESSES, a
+    # process outlived its command
 
 
 @dataclass
@@ -124,18 +130,22 @@ def parse_counters(text: str) -> Counters:
         elif current is not None and line.strip():
             current.append(line.strip())
 
-    def value(path: str, key: str) -> int:
+    def value(path: str, key: str | None = None) -> int:
+        # The largest: a process of the command's could write lines into the reader's output (same
+        # user), but never take the reader's own away.
+        numbers = [0]
         for line in files.get(path, []):
-            name, _, number = line.partition(" ")
+            name, _, number = line.partition(" ") if key else (None, "", line)
             if name == key and number.isdigit():
-                return int(number)
-        return 0
+                numbers.append(int(number))
+        return max(numbers)
 
     peak = files.get("/sys/fs/cgroup/memory.peak", [])
     return Counters(
         oom_kills=value(COUNTER_FILES[0], "oom_kill") + value(COUNTER_FILES[2], "oom_kill"),
         pids_refused=value(COUNTER_FILES[1], "max") + value(COUNTER_FILES[3], "max"),
         peak_memory_bytes=int(peak[0]) if peak and peak[0].isdigit() else None,
+        processes=max(value(COUNTER_FILES[5]), value(COUNTER_FILES[6])),
     )
 
 
