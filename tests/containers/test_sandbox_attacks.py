@@ -79,3 +79,21 @@ def test_a_process_a_command_leaves_running_dies_before_its_reply(runner: Runner
     assert check.output == "gone\n", check
     usage = runner.release(labels).usage
     assert usage is not None and usage.commands == 2
+
+
+def test_a_user_that_is_not_the_worktree_s_owner_is_refused(runner: Runner) -> None:
+    """A compromised worker picks the container's uid:gid: with the Docker socket's group, a command
+    would leave a setgid-docker program in the worktree, which any host process may then run to
+    reach the socket (the engine is root). The user must be the worktree's owner (root's: the
+    fallback uid with its group), as a worker's own requests are."""
+    docker_gid = Path("/var/run/docker.sock").stat().st_gid
+    labels = runner.labels("job-user")
+    runner.running(labels)
+    tree = runner.worktree("user")
+    tree.chmod(0o777)  # the worker's own worktree: it lets any uid write there
+    plant = "cp /bin/true /workspace/p && chmod 2755 /workspace/p && id -g"
+    reply = runner.exec(labels, tree, ["sh", "-c", plant], user=f"10001:{docker_gid}")
+    assert reply.error and "owner" in reply.error and not (tree / "p").exists(), reply
+    reply = runner.exec(labels, tree, ["id", "-u"], user="1:0")  # another uid with root's group
+    assert reply.error and "owner" in reply.error, reply
+    assert runner.exec(labels, tree, ["id", "-g"]).output == "0\n"  # the fallback uid, the tree's group

@@ -28,6 +28,7 @@ class Pinned:
 
     mounts: list[dict[str, Any]]
     identities: list[str]
+    owner: tuple[int, int]  # the worktree's uid and gid
 
     def stat_argv(self) -> list[str]:
         """The fixed command that prints, inside the container, what `identities` holds."""
@@ -67,7 +68,8 @@ def pinned(worktree: str, root: Path, volume: Callable[[], str] | None) -> Itera
             if not stat.S_ISLNK(os.fstat(held[-1]).st_mode):
                 mounts.append(_bind(f"{source}/.git", GIT_TARGET, read_only=True))
                 identities.append(_identity(held[-1]))
-        yield Pinned(mounts, identities)
+        owner = os.fstat(folder)
+        yield Pinned(mounts, identities, (owner.st_uid, owner.st_gid))
     finally:
         for fd in held:
             os.close(fd)

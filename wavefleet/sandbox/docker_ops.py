@@ -27,7 +27,7 @@ from wavefleet.config import ContainerSandboxSettings
 from wavefleet.errors import ConfigError
 
 from . import binds
-from .protocol import ContainerSpec, StageLabels
+from .protocol import ContainerSpec, StageLabels, owner_user
 
 API_VERSION = "1.41"
 CONTROL_TIMEOUT_S = 30  # every call but an exec's output stream, which lasts as long as its command
@@ -213,6 +213,8 @@ class DockerOps:
         """Create and start the stage's container, its binds checked; (id, name)."""
         volume = self._volume_mountpoint if self.settings.data_volume else None
         with binds.pinned(spec.worktree, self.root, volume) as pinned:
+            if spec.user != (owner := owner_user(*pinned.owner, self.settings.fallback_uid)):
+                raise ValueError(f"user {spec.user} is not the worktree's owner ({owner})")
             container, name = self._create(spec, pinned.mounts)
             try:
                 self.verify_mounts(container, spec.user, pinned)
