@@ -228,18 +228,20 @@ def test_with_a_data_volume_the_worktree_is_bound_from_the_volume(
     and binds the same folder inside the volume (its Mountpoint on the engine's host)."""
     volume = f"wavetest-sbx-{tmp_path.name[-20:].lower()}-{os.getpid()}"
     run("docker", "volume", "create", volume)
+    mountpoint = Path(json.loads(run("docker", "volume", "inspect", volume).stdout)[0]["Mountpoint"])
+    # The runner sees the volume itself at data_mount (compose mounts it there), here at its own path:
+    # the bind's source is checked to be the very folder the runner checked (binds.py).
     harness = Runner(
-        acl_redis, tmp_path, sandbox_image, overrides={"data_volume": volume, "data_mount": tmp_path / "data"}
+        acl_redis, tmp_path, sandbox_image, overrides={"data_volume": volume, "data_mount": mountpoint}
     )
     try:
-        mountpoint = Path(json.loads(run("docker", "volume", "inspect", volume).stdout)[0]["Mountpoint"])
-        (mountpoint / "repos" / "vol").mkdir(parents=True)
-        (mountpoint / "repos" / "vol" / "marker").write_text("from the volume\n")
-        (mountpoint / "repos" / "vol").chmod(0o777)
+        tree = mountpoint / "repos" / "vol"
+        tree.mkdir(parents=True)
+        (tree / "marker").write_text("from the volume\n")
+        tree.chmod(0o777)
         harness.start()
         labels = harness.labels("job-vol")
         harness.running(labels)
-        tree = harness.worktree("vol")  # the runner's (and the workers') view, at data_mount
         reply = harness.exec(labels, tree, ["cat", "/workspace/marker"])
         assert reply.output == "from the volume\n", reply
     finally:

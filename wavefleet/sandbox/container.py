@@ -36,6 +36,7 @@ from .protocol import (
     ReleaseRequest,
     SandboxUsage,
     StageLabels,
+    owner_user,
 )
 
 if TYPE_CHECKING:
@@ -54,12 +55,16 @@ def container_env() -> dict[str, str]:
     return allowed_env(WORKSPACE, path=f"{IMAGE_BIN}:{SYSTEM_PATH}")
 
 
-def container_user(fallback_uid: int) -> str:
-    """Who runs the stage's commands: the worker's own uid:gid, so files written in the worktree are
+def container_user(fallback_uid: int, worktree: Path) -> str:
+    """Who runs the stage's commands: the worktree's owner (the worker), so files written there are
     the worker's; a root worker's are `fallback_uid:0` instead (never root in the container), and
-    the worker then creates its files group-writable (umask 0o002, set at worker start)."""
-    uid = os.getuid()
-    return f"{fallback_uid}:0" if uid == 0 else f"{uid}:{os.getgid()}"
+    the worker then creates its files group-writable (umask 0o002, set at worker start). The runner
+    allows no other (protocol.owner_user)."""
+    try:
+        st = worktree.stat()
+    except OSError:  # no such worktree: the runner refuses it, in its own words
+        return owner_user(os.getuid(), os.getgid(), fallback_uid)
+    return owner_user(st.st_uid, st.st_gid, fallback_uid)
 
 
 class ContainerSandbox:
@@ -77,7 +82,7 @@ class ContainerSandbox:
         self.keys = settings.keys
         self.network = network
         self.labels = labels
-        self.user = container_user(settings.sandbox_container.fallback_uid)
+        self.fallback_uid = settings.sandbox_container.fallback_uid
         self.grace_s = settings.sandbox_container.reply_grace_s
         # Each BLPOP well inside the client's socket timeout, which would otherwise cut it.
         self.block_s = max(0.05, min(5.0, settings.redis.socket_timeout_s / 2))
@@ -93,9 +98,9 @@ class ContainerSandbox:
     def execute(self, argv: list[str], worktree: Path, *, timeout_s: float, max_output_bytes: int) -> Outcome:
         if self.labels is None:
             raise RuntimeError("a container sandbox runs commands for a stage only: bind it with for_stage")
-        spec = ContainerSpec(
-            labels=self.labels, worktree=str(worktree.resolve()), user=self.user, network=self.network
-        )
+        tree = worktree.resolve()
+        user = container_user(self.fallback_uid, tree)
+        spec = ContainerSpec(labels=self.labels, worktree=str(tree), user=user, network=self.network)
         request = ExecRequest(
             spec=spec,
             argv=list(argv),

@@ -9,7 +9,6 @@ engine sees the same small set of requests every time (API-CALLS.md in the repos
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 import threading
@@ -27,7 +26,8 @@ from docker.utils import kwargs_from_env
 from wavefleet.config import ContainerSandboxSettings
 from wavefleet.errors import ConfigError
 
-from .protocol import ContainerSpec, StageLabels
+from . import binds
+from .protocol import ContainerSpec, StageLabels, owner_user
 
 API_VERSION = "1.41"
 CONTROL_TIMEOUT_S = 30  # every call but an exec's output stream, which lasts as long as its command
@@ -46,7 +46,11 @@ COUNTER_FILES = (
     "/sys/fs/cgroup/memory.events",
     "/sys/fs/cgroup/pids.events",
     "/sys/fs/cgroup/memory.peak",
+    "/sys/fs/cgroup/pids/pids.current",
+    "/sys/fs/cgroup/pids.current",
 )
+# What runs in an idle stage container while the reader does: docker-init, its `sleep`, the reader.
+IDLE_PROCESSES = 3
 _HEADER = re.compile(r"^==> (.+) <==$")
 _NAME_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
 
@@ -58,6 +62,8 @@ class Counters:
     oom_kills: int = 0
     pids_refused: int = 0
     peak_memory_bytes: int | None = None
+    processes: int = 0  # pids.current while the reader ran (it included): above IDLE_PROCESSES, a
+    # process outlived its command
 
 
 @dataclass
@@ -124,18 +130,22 @@ def parse_counters(text: str) -> Counters:
         elif current is not None and line.strip():
             current.append(line.strip())
 
-    def value(path: str, key: str) -> int:
+    def value(path: str, key: str | None = None) -> int:
+        # The largest: a process of the command's could write lines into the reader's output (same
+        # user), but never take the reader's own away.
+        numbers = [0]
         for line in files.get(path, []):
-            name, _, number = line.partition(" ")
+            name, _, number = line.partition(" ") if key else (None, "", line)
             if name == key and number.isdigit():
-                return int(number)
-        return 0
+                numbers.append(int(number))
+        return max(numbers)
 
     peak = files.get("/sys/fs/cgroup/memory.peak", [])
     return Counters(
         oom_kills=value(COUNTER_FILES[0], "oom_kill") + value(COUNTER_FILES[2], "oom_kill"),
         pids_refused=value(COUNTER_FILES[1], "max") + value(COUNTER_FILES[3], "max"),
         peak_memory_bytes=int(peak[0]) if peak and peak[0].isdigit() else None,
+        processes=max(value(COUNTER_FILES[5]), value(COUNTER_FILES[6])),
     )
 
 
@@ -191,37 +201,33 @@ class DockerOps:
         return self._volume_path
 
     # The stage container -----------------------------------------------------------------------
-    def mounts(self, worktree: str) -> list[dict[str, Any]]:
-        """The binds for a worktree: itself at /workspace and its `.git` read-only on top. Raises
-        ValueError for a worktree that is not a real folder under the data dir."""
-        path = Path(worktree)
-        if not path.is_absolute() or os.path.normpath(worktree) != worktree:
-            raise ValueError(f"worktree {worktree!r} is not an absolute, normalised path")
-        if not path.is_relative_to(self.root):
-            raise ValueError(f"worktree {worktree!r} is outside the data dir {self.root}")
-        if os.path.realpath(worktree) != worktree or not path.is_dir():
-            raise ValueError(f"worktree {worktree!r} is not a folder (missing, or through a symlink)")
-        source = worktree
-        if self.settings.data_volume:
-            source = str(Path(self._volume_mountpoint()) / path.relative_to(self.root))
-        binds = [{"Type": "bind", "Source": source, "Target": WORKSPACE, "ReadOnly": False}]
-        # The `.git` names the git dir the fleet's own git (outside any sandbox) reads: rewritten, with
-        # `core.fsmonitor` set, it would run a command's choice there. Read-only, it cannot change
-        # (as in bwrap.py). A symlink is left as it is: inside, it leads nowhere.
-        dot_git = path / ".git"
-        if dot_git.exists() and not dot_git.is_symlink():
-            git_source = str(Path(source) / ".git")
-            binds.append(
-                {"Type": "bind", "Source": git_source, "Target": f"{WORKSPACE}/.git", "ReadOnly": True}
-            )
-        return binds
+    def verify_mounts(self, container: str, user: str, pinned: binds.Pinned) -> None:
+        """ValueError unless the started container's binds are the pinned files (binds.py)."""
+        outcome = self.exec(
+            container, pinned.stat_argv(),
+            user=user, env={}, timeout_s=CONTROL_TIMEOUT_S, max_output_bytes=4096,
+        )  # fmt: skip
+        pinned.check(outcome.exit_code, outcome.output.decode(errors="replace"))
 
     def create(self, spec: ContainerSpec) -> tuple[str, str]:
-        """Create and start the stage's container; (id, name)."""
+        """Create and start the stage's container, its binds checked; (id, name)."""
+        volume = self._volume_mountpoint if self.settings.data_volume else None
+        with binds.pinned(spec.worktree, self.root, volume) as pinned:
+            if spec.user != (owner := owner_user(*pinned.owner, self.settings.fallback_uid)):
+                raise ValueError(f"user {spec.user} is not the worktree's owner ({owner})")
+            container, name = self._create(spec, pinned.mounts)
+            try:
+                self.verify_mounts(container, spec.user, pinned)
+            except (ValueError, DockerException, OSError):
+                self.remove(container)
+                raise
+        return container, name
+
+    def _create(self, spec: ContainerSpec, mounts: list[dict[str, Any]]) -> tuple[str, str]:
         s = self.settings
         memory = s.memory_mb * MIB
         host_config = self.api.create_host_config(
-            mounts=self.mounts(spec.worktree),
+            mounts=mounts,
             network_mode="bridge" if spec.network else "none",
             read_only=True,
             cap_drop=["ALL"],

@@ -29,6 +29,14 @@ LABEL_VALUE = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
+def owner_user(uid: int, gid: int, fallback_uid: int) -> str:
+    """The "uid:gid" a stage container runs as, for a worktree owned by uid:gid: its owner, or for a
+    root-owned one (a root worker's) `fallback_uid` with the worktree's group. Never root, and never
+    a group the worktree's owner could not give it (the runner refuses any other user: a chosen group,
+    the Docker socket's, would let a command leave a setgid program of it in the worktree)."""
+    return f"{fallback_uid if uid == 0 else uid}:{gid}"
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -19,7 +19,7 @@ from docker.errors import APIError, DockerException
 from wavefleet import logs
 
 from .base import PASSED_THROUGH
-from .docker_ops import JOB_LABEL, MIB, STORY_LABEL, Counters, DockerOps, stage_labels
+from .docker_ops import IDLE_PROCESSES, JOB_LABEL, MIB, STORY_LABEL, Counters, DockerOps, stage_labels
 from .protocol import (
     LABEL_VALUE,
     ContainerSpec,
@@ -35,6 +35,7 @@ EXEC_ENV = frozenset({"PATH", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE", *PASS
 MAX_ENV_VALUE = 32 * 1024
 CANCELLED_MEMORY_S = 600.0  # how long a cancelled story's new containers are refused
 KILLED = 128 + 9  # the exit status of a SIGKILLed command (the OOM killer's signal)
+_UNREAD = Counters()  # the counters could not be read after a command (every pid taken)
 
 
 @dataclass
@@ -187,6 +188,10 @@ class StageContainers:
             stage.container = None
         elif not self.halted.is_set():
             limit = self._limit_hit(stage, container, outcome.exit_code)
+            if stage.seen.processes > IDLE_PROCESSES or stage.seen is _UNREAD:
+                # As under bwrap, nothing a command started outlives it: it would run on while the
+                # worker's own git and file tools (unsandboxed) work on the worktree.
+                self._end(stage, "a process outlived its command")
         return ExecReply(
             exit_code=outcome.exit_code,
             output=outcome.output.decode(errors="replace"),
@@ -211,6 +216,7 @@ class StageContainers:
         counters = self.ops.counters(container, stage.spec.user)
         hits = []
         if counters is None:
+            stage.seen = _UNREAD
             usage = self.ops.usage(container)
             self._log(stage).warning(
                 "sandbox counters unreadable; engine stats used",
