@@ -200,7 +200,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wave-bench-") as tmp:
         root = Path(tmp)
-        tree = root / "data" / "worktrees" / "bench"
+        tree = root / "data" / "repos" / "bench" / "worktrees" / "bench"  # where workers make worktrees
         tree.mkdir(parents=True)
         tree.chmod(0o775)  # a root worker's worktree: group-writable for the container user (gid 0)
         (root / "domains").mkdir()

@@ -4,6 +4,7 @@ the starting point that the policy tests of the Docker API proxy change one fiel
 from __future__ import annotations
 
 import copy
+import posixpath
 from typing import Any
 
 MIB = 1024 * 1024
@@ -90,4 +91,20 @@ def hostile_creates(outside: str, worktree: str) -> dict[str, Any]:
         "Sysctls": host(Sysctls={"net.ipv4.ip_forward": "1"}),
         "UsernsMode host": host(UsernsMode="host"),
         "Runtime": host(Runtime="runsc-unconfined"),
+        # `worktree` is `<root>/repos/<domain>/worktrees/<name>`: only that folder, and its .git
+        "the domain's clone": source(f"{posixpath.dirname(posixpath.dirname(worktree))}/clone"),
+        "the domain's folder": source(posixpath.dirname(posixpath.dirname(worktree))),
+        "every worktree at once": source(posixpath.dirname(worktree)),
+        "a folder inside the worktree": source(f"{worktree}/src"),
+        "another worktree's .git": lambda b: b["HostConfig"]["Mounts"][1].update(Source=f"{worktree}-b/.git"),
+        "the clone's .git as .git": lambda b: b["HostConfig"]["Mounts"][1].update(
+            Source=f"{posixpath.dirname(posixpath.dirname(worktree))}/clone/.git"
+        ),
     }
+
+
+def source(path: str) -> Any:
+    """The worktree bind from `path`, with no .git bind."""
+    return lambda body: body["HostConfig"].update(
+        Mounts=[{"Type": "bind", "Source": path, "Target": "/workspace", "ReadOnly": False}]
+    )

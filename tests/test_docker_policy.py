@@ -15,12 +15,13 @@ from wavefleet.dockerpolicy import SandboxPolicy, check_create, check_exec, chec
 from wavefleet.dockerwire import Refused, decode_json
 
 IMAGE = "wave-sandbox:latest"
+TREE = "repos/auth/worktrees/S-1-qa"  # where workers make worktrees (workers/git.py)
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    (tmp_path / "data/wt/S-1-qa").mkdir(parents=True)
-    (tmp_path / "data/wt/S-1-qa/.git").write_text("gitdir: /data/repos/x/.git/worktrees/S-1-qa\n")
+    (tmp_path / f"data/{TREE}").mkdir(parents=True)
+    (tmp_path / f"data/{TREE}/.git").write_text("gitdir: /data/repos/auth/clone/.git/worktrees/S-1-qa\n")
     return tmp_path / "data"
 
 
@@ -40,16 +41,16 @@ def refused(check: Callable[[], None]) -> str:
 
 
 def test_the_runners_create_and_exec_bodies_pass(root: Path) -> None:
-    check_create(create_body(IMAGE, f"{root}/wt/S-1-qa", "fleet"), policy(root))
-    check_create(create_body(IMAGE, f"{root}/wt/S-1-qa", "fleet", git=False), policy(root))
+    check_create(create_body(IMAGE, f"{root}/{TREE}", "fleet"), policy(root))
+    check_create(create_body(IMAGE, f"{root}/{TREE}", "fleet", git=False), policy(root))
     check_exec(exec_body("abc", ["python", "-m", "pytest"]), policy(root))
     check_exec_start({"Tty": False, "Detach": False})
 
 
 @pytest.mark.parametrize("case", list(hostile_creates("/etc", "/x")))
 def test_each_hostile_create_is_refused(root: Path, case: str) -> None:
-    body = create_body(IMAGE, f"{root}/wt/S-1-qa", "fleet")
-    hostile_creates("/etc", f"{root}/wt/S-1-qa")[case](body)
+    body = create_body(IMAGE, f"{root}/{TREE}", "fleet")
+    hostile_creates("/etc", f"{root}/{TREE}")[case](body)
 
     refused(lambda: check_create(body, policy(root)))
 
@@ -62,12 +63,12 @@ def mount_source(source: str) -> Callable[[dict[str, Any]], None]:
     ("case", "change"),
     [
         ("the root itself", lambda root: mount_source(str(root))),
-        ("a sibling with the root as prefix", lambda root: mount_source(f"{root}-other/wt")),
-        ("a relative source", lambda root: mount_source("wt/S-1-qa")),
-        ("a trailing slash", lambda root: mount_source(f"{root}/wt/S-1-qa/")),
-        ("a dot segment", lambda root: mount_source(f"{root}/./wt/S-1-qa")),
-        ("a double slash", lambda root: mount_source(f"{root}//wt/S-1-qa")),
-        ("a newline", lambda root: mount_source(f"{root}/wt/S-1-qa\n")),
+        ("a sibling with the root as prefix", lambda root: mount_source(f"{root}-other/{TREE}")),
+        ("a relative source", lambda root: mount_source(TREE)),
+        ("a trailing slash", lambda root: mount_source(f"{root}/{TREE}/")),
+        ("a dot segment", lambda root: mount_source(f"{root}/./{TREE}")),
+        ("a double slash", lambda root: mount_source(f"{root}//{TREE}")),
+        ("a newline", lambda root: mount_source(f"{root}/{TREE}\n")),
         ("a volume mount", lambda root: lambda b: b["HostConfig"]["Mounts"][0].update(Type="volume")),
         (
             "propagation",
@@ -104,7 +105,7 @@ def mount_source(source: str) -> Callable[[dict[str, Any]], None]:
     ],
 )
 def test_more_hostile_creates_are_refused(root: Path, case: str, change: Callable[[Path], Any]) -> None:
-    body = create_body(IMAGE, f"{root}/wt/S-1-qa", "fleet")
+    body = create_body(IMAGE, f"{root}/{TREE}", "fleet")
     change(root)(body)
 
     refused(lambda: check_create(body, policy(root)))
@@ -112,20 +113,24 @@ def test_more_hostile_creates_are_refused(root: Path, case: str, change: Callabl
 
 def test_a_source_that_leaves_the_root_through_a_symlink_is_refused(root: Path, tmp_path: Path) -> None:
     # Given a worktree whose .git an earlier command replaced by a link to the host's /etc
-    worktree = root / "wt/S-1-qa"
+    worktree = root / TREE
     (worktree / ".git").unlink()
     (worktree / ".git").symlink_to("/etc")
-    (root / "wt/escape").symlink_to(tmp_path)
+    (root / "repos/auth/worktrees/escape").symlink_to(tmp_path)
 
     message = refused(lambda: check_create(create_body(IMAGE, str(worktree), "fleet"), policy(root)))
     assert "leaves" in message
-    refused(lambda: check_create(create_body(IMAGE, f"{root}/wt/escape", "f", git=False), policy(root)))
+    refused(
+        lambda: check_create(
+            create_body(IMAGE, f"{root}/repos/auth/worktrees/escape", "f", git=False), policy(root)
+        )
+    )
     # without a view of the root (a volume the proxy does not mount) only the lexical check is left
     check_create(create_body(IMAGE, str(worktree), "fleet"), policy(root, visible_root=None))
 
 
 def test_bridge_passes_only_when_the_policy_allows_network(root: Path) -> None:
-    body = create_body(IMAGE, f"{root}/wt/S-1-qa", "fleet")
+    body = create_body(IMAGE, f"{root}/{TREE}", "fleet")
     body["HostConfig"]["NetworkMode"], body["NetworkDisabled"] = "bridge", False
 
     check_create(body, policy(root, allow_network=True))

@@ -5,7 +5,8 @@ The runner creates one hardened container per stage and execs the stage's comman
 "The stage container"). Every create must carry that hardening: the configured image, a numeric
 non-root user, a read-only root, no capability, no-new-privileges, no network unless allowed,
 bounded memory (no swap), CPU and pids, the worktree (and its `.git` file, read-only) bind-mounted
-from under the allowed root and nothing else. Every exec runs as a numeric non-root user, without
+from where workers make worktrees under the allowed root (`repos/<domain>/worktrees/<name>`, not the
+domain's clone nor any other folder) and nothing else. Every exec runs as a numeric non-root user, without
 privileges, a terminal or stdin.
 
 Bodies are checked as the daemon's Go decoder will read them: keys exact-case (Go matches them
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .dockerwire import Refused
+from .sandbox.binds import LAYOUT, is_worktree_path
 
 LABEL = "dev.wave.sandbox"
 WORKSPACE, GIT_FILE = "/workspace", "/workspace/.git"
@@ -195,7 +197,7 @@ MOUNT_KEYS = {"Target", "Source", "Type", "ReadOnly", "Consistency", "BindOption
 
 
 def check_mounts(value: Any, policy: SandboxPolicy) -> None:
-    """Binds of the worktree at /workspace and, read-only, its `.git` file at /workspace/.git."""
+    """Binds of a worktree at /workspace and, read-only, that worktree's `.git` at /workspace/.git."""
     require(isinstance(value, list) and 1 <= len(value) <= 2, "HostConfig Mounts: the worktree, and .git")
     targets: dict[str, dict[str, Any]] = {}
     for mount in value:
@@ -209,9 +211,15 @@ def check_mounts(value: Any, policy: SandboxPolicy) -> None:
         targets[target] = mount
         check_source(mount.get("Source"), policy)
     require(WORKSPACE in targets, f"Mounts must bind the worktree at {WORKSPACE}")
+    worktree = str(targets[WORKSPACE]["Source"])
+    root = policy.mount_root.rstrip("/")
     require(
-        GIT_FILE not in targets or targets[GIT_FILE].get("ReadOnly") is True, f"{GIT_FILE} must be read-only"
+        is_worktree_path(tuple(worktree[len(root) + 1 :].split("/"))),
+        f"Mounts Source of {WORKSPACE} must be a worktree, {root}/{LAYOUT}, got {worktree[:200]!r}",
     )
+    if GIT_FILE in targets:
+        require(targets[GIT_FILE].get("ReadOnly") is True, f"{GIT_FILE} must be read-only")
+        require(targets[GIT_FILE].get("Source") == f"{worktree}/.git", f"{GIT_FILE} must be {worktree}/.git")
 
 
 def check_source(source: Any, policy: SandboxPolicy) -> None:

@@ -40,6 +40,7 @@ from wavefleet.testing import env_of, wait_until
 USER = "10001:0"  # what a worker running as root asks for (fallback_uid:0, group-writable worktree)
 MEMORY_MB, PIDS = 128, 64
 LIMITS = {"memory_mb": MEMORY_MB, "pids": PIDS, "tmp_mb": 16, "cpus": 1.0, "concurrency": 16}
+DOMAIN = "auth"  # the domain of every stage of a test fleet (labels, worktrees)
 REPLY_WAIT_S = 60.0  # a command's timeout plus a container start on a busy 2-core machine
 
 
@@ -121,37 +122,31 @@ class Runner:
 
     # As a worker -----------------------------------------------------------------------------
     def worktree(self, name: str, *, git: bool = False) -> Path:
-        """A worktree under the data dir, writable by the container's group (gid 0) as a root worker
-        leaves it; with `git`, a real `git worktree add`, whose `.git` is a file."""
-        repo = self.root / "data" / "repos" / name
-        repo.mkdir(parents=True)
+        """A worktree where a worker makes one (`<data>/repos/<domain>/worktrees/<name>`, workers/git.py),
+        writable by the container's group (gid 0) as a root worker leaves it; with `git`, a real
+        `git worktree add` of the domain's clone, whose `.git` is a file."""
+        tree = self.domain_root / "worktrees" / name
         if not git:
-            repo.chmod(0o775)
-            return repo
-        run("git", "init", "-q", "-b", "main", str(repo))
-        run(
-            "git",
-            "-C",
-            str(repo),
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "init",
-        )
-        tree = self.root / "data" / "worktrees" / name
-        run("git", "-C", str(repo), "worktree", "add", "-q", str(tree), "-b", f"wave/{name}")
+            tree.mkdir(parents=True)
+            tree.chmod(0o775)
+            return tree
+        clone = self.domain_root / "clone"
+        if not (clone / ".git").exists():
+            run("git", "init", "-q", "-b", "main", str(clone))
+            commit = ("commit", "-q", "--allow-empty", "-m", "init")
+            run("git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", *commit)
+        run("git", "-C", str(clone), "worktree", "add", "-q", str(tree), "-b", f"wave/{name}")
         run("chmod", "-R", "g+w", str(tree))
         return tree
+
+    @property
+    def domain_root(self) -> Path:
+        return self.root / "data" / "repos" / DOMAIN
 
     def labels(
         self, job: str, story: str = "S-1", role: str = "qa", worker: str = "AUTH-QA-1"
     ) -> StageLabels:
-        return StageLabels(story=story, domain="auth", role=role, round=1, attempt=0, job=job, worker=worker)
+        return StageLabels(story=story, domain=DOMAIN, role=role, round=1, attempt=0, job=job, worker=worker)
 
     def running(self, labels: StageLabels, *, heartbeat: bool = True) -> None:
         """The worker says it runs this stage (as a live worker's running entry and heartbeat do)."""

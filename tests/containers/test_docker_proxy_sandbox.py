@@ -72,7 +72,7 @@ def labelled(label: str) -> list[str]:
 @pytest.fixture(scope="module")
 def sandbox(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     root = tmp_path_factory.mktemp("sandbox-data")
-    worktree = root / "wt" / "S-1-qa"
+    worktree = root / "repos" / "auth" / "worktrees" / "S-1-qa"
     worktree.mkdir(parents=True)
     worktree.chmod(0o755)  # the container's uid 10001 reads it
     (worktree / "hello.txt").write_text("hello from the worktree\n")
@@ -271,7 +271,7 @@ def test_the_data_volume_is_the_one_volume_and_mount_root(base_image: str) -> No
     try:
         settings = ContainerSandboxSettings(image=base_image, data_volume=volume)
         policy = policy_from(settings, SOCKET)
-        worktree = Path(policy.mount_root) / "wt" / "S-2-be"
+        worktree = Path(policy.mount_root) / "repos" / "auth" / "worktrees" / "S-2-be"
         worktree.mkdir(parents=True)
         worktree.chmod(0o755)
         (worktree / "in-the-volume.txt").write_text("yes\n")
@@ -280,7 +280,9 @@ def test_the_data_volume_is_the_one_volume_and_mount_root(base_image: str) -> No
 
         # When the runner inspects it and binds the worktree from its mountpoint
         mountpoint = api.inspect_volume(volume)["Mountpoint"]
-        box = Sandbox(port, base_image, Path(mountpoint) / "wt" / "S-2-be", label, "")
+        box = Sandbox(
+            port, base_image, Path(mountpoint) / "repos" / "auth" / "worktrees" / "S-2-be", label, ""
+        )
         box.worktree.joinpath(".git").write_text("gitdir: x\n")
         cid = hardened(api, box, label, f"wave-sbx-s-2-be-{uuid.uuid4().hex[:6]}")
         api.start(cid)

@@ -96,3 +96,33 @@ def test_a_user_that_is_not_the_worktree_s_owner_is_refused(runner: Runner) -> N
     reply = runner.exec(labels, tree, ["id", "-u"], user="1:0")  # another uid with root's group
     assert reply.error and "owner" in reply.error, reply
     assert runner.exec(labels, tree, ["id", "-g"]).output == "0\n"  # the fallback uid, the tree's group
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "",  # the data dir itself
+        "redis",  # its other files (`wave up` keeps the Redis passwords there)
+        "repos/auth",  # the domain's folder: its clone's .git writable at /workspace/clone/.git
+        "repos/auth/clone",  # the clone the fleet's own git works in
+        "repos/auth/worktrees",  # every stage's worktree at once
+        "repos/auth/worktrees/mine/sub",  # a folder inside a worktree
+        "worktrees/mine",  # a folder that is not where a worker makes worktrees
+    ],
+)
+def test_a_folder_of_the_data_dir_that_is_not_a_worktree_is_never_bound(runner: Runner, where: str) -> None:
+    """A compromised worker names another folder of the data dir as its worktree. Bound at
+    /workspace, the domain's clone (through `repos/<domain>`, where its `.git` is not the read-only
+    /workspace/.git) would take a `core.fsmonitor` that the fleet's git then runs on the host. Only
+    `<data>/repos/<domain>/worktrees/<name>` is a worktree (workers/git.py)."""
+    runner.worktree("mine")
+    folder = runner.root / "data" / where if where else runner.root / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o775)  # the container's group may write: only the layout check stops the command
+    labels = runner.labels("job-layout")
+    runner.running(labels)
+
+    reply = runner.exec(labels, folder, ["touch", "/workspace/pwned"])
+
+    assert reply.error and "repos/<domain>/worktrees/<name>" in reply.error, reply
+    assert not (folder / "pwned").exists()

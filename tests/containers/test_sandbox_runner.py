@@ -235,7 +235,7 @@ def test_with_a_data_volume_the_worktree_is_bound_from_the_volume(
         acl_redis, tmp_path, sandbox_image, overrides={"data_volume": volume, "data_mount": mountpoint}
     )
     try:
-        tree = mountpoint / "repos" / "vol"
+        tree = mountpoint / "repos" / "auth" / "worktrees" / "vol"
         tree.mkdir(parents=True)
         (tree / "marker").write_text("from the volume\n")
         tree.chmod(0o777)

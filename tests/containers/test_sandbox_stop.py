@@ -44,7 +44,7 @@ def test_an_emergency_stop_with_ten_stages_running_leaves_none_running(runner: R
     late = runner.labels("job-late")
     runner.running(late)
     wait_until(
-        lambda: runner.exec(late, runner.root / "data" / "repos" / "late", ["true"]).exit_code == 0,
+        lambda: runner.exec(late, runner.domain_root / "worktrees" / "late", ["true"]).exit_code == 0,
         timeout_s=SWEEP_WAIT_S,
         message="commands accepted after the resume",
         diagnose=runner.logs,
@@ -62,7 +62,7 @@ def test_cancel_kills_the_story_s_containers_only(runner: Runner) -> None:
     (survivor,) = fleet_containers(runner.fleet, running_only=True)
     assert "dev.wave.story=AUTH-2" in survivor["Labels"]
     assert runner.admin.llen(runner.settings().keys.sandbox_reply(requests[1])) == 0  # still running
-    refused = runner.exec(doomed, runner.root / "data" / "repos" / doomed.job, ["true"])
+    refused = runner.exec(doomed, runner.domain_root / "worktrees" / doomed.job, ["true"])
     assert refused.error == "the story was cancelled"
 
 
@@ -110,7 +110,7 @@ def test_a_restarted_runner_sweeps_what_the_dead_one_left(runner: Runner) -> Non
     (left,) = fleet_containers(runner.fleet)
     assert "dev.wave.job=job-ongoing" in left["Labels"]
     # The ongoing stage's next command gets a container of the new runner; the old one goes.
-    reply = runner.exec(ongoing, runner.root / "data" / "repos" / ongoing.job, ["true"])
+    reply = runner.exec(ongoing, runner.domain_root / "worktrees" / ongoing.job, ["true"])
     assert reply.exit_code == 0 and reply.started_container
     (now,) = fleet_containers(runner.fleet)
     assert now["Names"] == reply.container != left["Names"]

@@ -20,6 +20,15 @@ from typing import Any
 
 WORKSPACE = "/workspace"
 GIT_TARGET = f"{WORKSPACE}/.git"
+# Where a worker makes a stage's worktree under the data dir (workers/git.py Workspace), and the only
+# folder bound: not the domain's clone (the fleet's own git works there, its config unsandboxed),
+# not the data dir's other files.
+LAYOUT = "repos/<domain>/worktrees/<name>"
+
+
+def is_worktree_path(parts: tuple[str, ...]) -> bool:
+    """`parts` (relative to the data dir, normalised) are `repos/<domain>/worktrees/<name>`."""
+    return len(parts) == 4 and parts[0] == "repos" and parts[2] == "worktrees"
 
 
 @dataclass(frozen=True)
@@ -43,12 +52,12 @@ class Pinned:
 def pinned(worktree: str, root: Path, volume: Callable[[], str] | None) -> Iterator[Pinned]:
     """The worktree's binds, its files held open until the block ends. The source is the worktree
     itself, or with `volume` (the data volume's mountpoint on the host) the same folder there.
-    ValueError for a worktree that is not a real folder under `root`."""
+    ValueError for a worktree that is not a real folder where workers make them under `root`."""
     path = Path(worktree)
     if not path.is_absolute() or os.path.normpath(worktree) != worktree:
         raise ValueError(f"worktree {worktree!r} is not an absolute, normalised path")
-    if not path.is_relative_to(root):
-        raise ValueError(f"worktree {worktree!r} is outside the data dir {root}")
+    if not path.is_relative_to(root) or not is_worktree_path(path.relative_to(root).parts):
+        raise ValueError(f"worktree {worktree!r} is not a worktree: expected {root}/{LAYOUT}")
     try:
         folder = os.open(worktree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
