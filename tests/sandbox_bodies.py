@@ -72,6 +72,8 @@ def hostile_creates(outside: str, worktree: str) -> dict[str, Any]:
         "User root": top(User="root"),
         "User 0:0": top(User="0:0"),
         "User missing": top(User=...),
+        "User of another group": top(User="10001:999"),  # the proxy is pinned to 10001:10001
+        "User of another uid": top(User="10002:10001"),
         "ReadonlyRootfs missing": host(ReadonlyRootfs=...),
         "seccomp=unconfined": host(SecurityOpt=["no-new-privileges", "seccomp=unconfined"]),
         "apparmor=unconfined": host(SecurityOpt=["no-new-privileges", "apparmor=unconfined"]),

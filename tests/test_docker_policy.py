@@ -29,6 +29,7 @@ def policy(root: Path, **changes: Any) -> SandboxPolicy:
     values: dict[str, Any] = {
         "image": IMAGE, "mount_root": str(root), "visible_root": str(root),
         "max_memory_bytes": 1024 * MIB, "max_pids": 256, "max_nano_cpus": 2_000_000_000,
+        "user": "10001:10001",  # compose's workers (`--user`)
     }  # fmt: skip
     return SandboxPolicy(**(values | changes))
 
@@ -151,11 +152,19 @@ def test_keys_go_would_merge_are_refused_before_any_rule() -> None:
         {"Privileged": True}, {"User": "0"}, {"User": "root"}, {"User": "0:0"}, {"User": ""},
         {"User": "00:10001"}, {"Tty": True}, {"AttachStdin": True}, {"DetachKeys": "ctrl-p"},
         {"Env": ["LD_PRELOAD"]}, {"Env": "A=b"}, {"Cmd": []}, {"Cmd": "id"}, {"WorkingDir": "../x"},
-        {"privileged": True},
+        {"privileged": True}, {"User": "10001:999"}, {"User": "10002:10001"},
     ],
 )  # fmt: skip
 def test_hostile_execs_are_refused(root: Path, change: dict[str, Any]) -> None:
     refused(lambda: check_exec(exec_body("abc", ["id"]) | change, policy(root)))
+
+
+def test_without_a_pinned_user_any_non_root_user_passes(root: Path) -> None:
+    body = create_body(IMAGE, f"{root}/{TREE}", "fleet") | {"User": "10002:999"}
+
+    check_create(body, policy(root, user=None))
+    check_exec(exec_body("abc", ["id"]) | {"User": "10002:999"}, policy(root, user=None))
+    refused(lambda: check_create(body | {"User": "0:999"}, policy(root, user=None)))
 
 
 @pytest.mark.parametrize("body", [{"Detach": "yes"}, {"Tty": 1}, {"Detach": False, "Stdin": True}, []])

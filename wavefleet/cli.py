@@ -246,6 +246,7 @@ def _proxy_profile(app: App, args: argparse.Namespace) -> Profile:
         max_pids=args.max_pids,
         max_cpus=args.max_cpus,
         allow_network=args.allow_network,
+        user=args.user,
     )
     return dockersandbox.sandbox_profile(policy)
 
@@ -416,6 +417,9 @@ def _add_process_commands(sub: Any) -> None:
     p.add_argument("--max-pids", type=whole(16, 1_000_000))
     p.add_argument("--max-cpus", type=amount(256))
     p.add_argument("--allow-network", action="store_true", help='allow NetworkMode "bridge" too')
+    p.add_argument(
+        "--user", help="UID:GID the one user containers and execs may run as (default: any non-root)"
+    )
     p.set_defaults(handler=cmd_docker_proxy)
 
     p = sub.add_parser("up", help="the whole fleet on an embedded Redis, no Docker needed")

@@ -42,7 +42,9 @@ MAX_ID = 2**31 - 1
 class SandboxPolicy:
     """What the sandbox profile lets through. `mount_root` is the host path every mount source
     must lie under (the data volume's mountpoint, or a host data dir); `visible_root` is where this
-    process sees that same directory, to resolve symlinks (None: only lexical checks are possible)."""
+    process sees that same directory, to resolve symlinks (None: only lexical checks are possible).
+    `user` pins the containers' user: compose's workers' own, so that a compromised runner cannot
+    pick another group (the Docker socket's: a command would leave a setgid program of it)."""
 
     image: str
     mount_root: str
@@ -52,6 +54,7 @@ class SandboxPolicy:
     volume: str | None = None
     visible_root: str | None = None
     allow_network: bool = False
+    user: str | None = None  # the one "uid:gid" creates and execs may run as; None: any non-root
 
 
 def _empty(value: Any) -> bool:
@@ -69,13 +72,15 @@ def require(ok: bool, reason: str) -> None:
         raise Refused(403, reason)
 
 
-def check_user(value: Any, where: str) -> None:
-    """ "uid:gid" in numbers, uid not 0: a name ("root", or one the image maps to 0) is refused."""
+def check_user(value: Any, where: str, pinned: str | None = None) -> None:
+    """ "uid:gid" in numbers, uid not 0: a name ("root", or one the image maps to 0) is refused;
+    with `pinned`, exactly that one."""
     match = USER.fullmatch(value) if isinstance(value, str) else None
     require(match is not None, f"{where} User must be uid:gid in numbers, got {str(value)[:40]!r}")
     assert match is not None
     uid, gid = int(match[1]), int(match[2])
     require(0 < uid <= MAX_ID and gid <= MAX_ID, f"{where} User {value!r}: uid 0 (root) is not allowed")
+    require(pinned is None or value == pinned, f"{where} User must be {pinned}, got {value!r}")
 
 
 def _check_env(value: Any, where: str) -> None:
@@ -126,7 +131,7 @@ def check_create(body: Any, policy: SandboxPolicy) -> None:
     for key in CONFIG_EMPTY & set(config):
         require(_empty(config[key]), f"create {key} must be empty")
     require(config.get("Image") == policy.image, f"create Image must be {policy.image!r}")
-    check_user(config.get("User"), "create")
+    check_user(config.get("User"), "create", policy.user)
     _check_argv(config.get("Cmd"), "create", required=False)
     _check_env(config.get("Env"), "create")
     workdir = config.get("WorkingDir")
@@ -255,9 +260,8 @@ EXEC_KEYS = {"User", "Privileged", "Tty", "AttachStdin", "AttachStdout", "Attach
 
 def check_exec(body: Any, policy: SandboxPolicy) -> None:
     """A command run as a non-root user, without privileges, a terminal, stdin or detach keys."""
-    del policy  # the same for every policy today; kept so the call site reads like check_create
     spec = _check_keys(body, EXEC_KEYS, "exec")
-    check_user(spec.get("User"), "exec")
+    check_user(spec.get("User"), "exec", policy.user)
     for key in ("Privileged", "Tty", "AttachStdin", "DetachKeys", "ConsoleSize"):
         require(_empty(spec.get(key)), f"exec {key} is not allowed")
     for key in ("AttachStdout", "AttachStderr"):

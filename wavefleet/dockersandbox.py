@@ -22,6 +22,8 @@ from .config import ContainerSandboxSettings
 from .dockerpolicy import (
     LABEL,
     MAX_BODY_BYTES,
+    MAX_ID,
+    USER,
     SandboxPolicy,
     check_create,
     check_exec,
@@ -57,18 +59,22 @@ def _with_id(call: Call, full: str) -> str:
     return call.path[:start] + full + call.path[end:]
 
 
-def _exec_target(call: Call) -> str:
-    """An exec of a sandbox container, made without privileges (also one made around the proxy)."""
-    info = call.daemon.get(f"/exec/{call.match['id']}/json")
-    process = info.get("ProcessConfig") if isinstance(info, dict) else None
-    if not isinstance(process, dict) or process.get("privileged") is not False:
-        raise Refused(403, "a privileged exec is not allowed")
-    user = str(process.get("user", ""))
-    check_user(user, "exec")
-    sandbox_container(call, str(info.get("ContainerID", ""))[:64] or "-")
-    full = info.get("ID")
-    require(isinstance(full, str) and FULL_ID.fullmatch(full) is not None, "the exec has no id")
-    return _with_id(call, str(full))
+def _exec_target(policy: SandboxPolicy) -> Callable[[Call], str]:
+    """An exec of a sandbox container, made without privileges as the policy's user (also one made
+    around the proxy)."""
+
+    def admit(call: Call) -> str:
+        info = call.daemon.get(f"/exec/{call.match['id']}/json")
+        process = info.get("ProcessConfig") if isinstance(info, dict) else None
+        if not isinstance(process, dict) or process.get("privileged") is not False:
+            raise Refused(403, "a privileged exec is not allowed")
+        check_user(str(process.get("user", "")), "exec", policy.user)
+        sandbox_container(call, str(info.get("ContainerID", ""))[:64] or "-")
+        full = info.get("ID")
+        require(isinstance(full, str) and FULL_ID.fullmatch(full) is not None, "the exec has no id")
+        return _with_id(call, str(full))
+
+    return admit
 
 
 def _container(check: Callable[[Any], None] | None = None) -> Callable[[Call], str]:
@@ -88,9 +94,14 @@ def _created(policy: SandboxPolicy) -> Callable[[Call], str]:
     return admit
 
 
-def _exec_started(call: Call) -> str:
-    check_exec_start(call.body)
-    return _exec_target(call)
+def _exec_started(policy: SandboxPolicy) -> Callable[[Call], str]:
+    target = _exec_target(policy)
+
+    def admit(call: Call) -> str:
+        check_exec_start(call.body)
+        return target(call)
+
+    return admit
 
 
 def _name_query(params: dict[str, str]) -> None:
@@ -131,8 +142,8 @@ def sandbox_profile(policy: SandboxPolicy) -> Profile:
             check_query=_one_shot_query,
         ),
         Route("POST", f"{c}/exec", none, True, admit=_container(lambda body: check_exec(body, policy))),
-        Route("POST", f"{e}/start", none, True, upgrade=True, admit=_exec_started),
-        Route("GET", f"{e}/json", none, admit=_exec_target),
+        Route("POST", f"{e}/start", none, True, upgrade=True, admit=_exec_started(policy)),
+        Route("GET", f"{e}/json", none, admit=_exec_target(policy)),
         Route("GET", f"/images/{re.escape(policy.image)}/json", none),
     ]
     if policy.volume is not None:
@@ -152,6 +163,7 @@ def policy_from(
     max_pids: int | None = None,
     max_cpus: float | None = None,
     allow_network: bool = False,
+    user: str | None = None,
 ) -> SandboxPolicy:
     """The policy from `wave docker-proxy --profile sandbox` options, each defaulting to the
     runner's own setting (WAVE_SANDBOX_CONTAINER__*), so one environment configures both."""
@@ -185,7 +197,17 @@ def policy_from(
         volume=volume,
         visible_root=seen,
         allow_network=allow_network,
+        user=_pinned_user(user),
     )
+
+
+def _pinned_user(user: str | None) -> str | None:
+    match = None if user is None else USER.fullmatch(user)
+    if user is not None and (match is None or int(match[1]) == 0 or max(map(int, match.groups())) > MAX_ID):
+        raise InvalidInputError(
+            f"--user {user[:40]!r}: give the workers' numeric UID:GID, not root (10001:10001)"
+        )
+    return user
 
 
 def _volume_mountpoint(volume: str, socket_path: str) -> str:

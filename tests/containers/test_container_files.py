@@ -118,6 +118,11 @@ def test_the_sandbox_runner_reaches_docker_only_through_its_proxy_on_a_network_o
     assert env["WAVE_SANDBOX_CONTAINER__DATA_VOLUME"] == base["volumes"]["data"]["name"]
     assert env["WAVE_SANDBOX_CONTAINER__DATA_MOUNT"] == "/data"
     assert "data:/data" in compose_file("common")["services"]["wave"]["volumes"]
+    # containers and execs only as the workers' user, the owner of every worktree they make (the
+    # image's /data is theirs, the volume copies it): what the runner derives (protocol.owner_user)
+    workers = compose_file("common")["services"]["hardened"]["user"]
+    assert workers == "10001:10001"
+    assert proxy["command"][proxy["command"].index("--user") + 1] == workers
     assert env["WAVE_REDIS__USERNAME"] == "sandbox"
     assert env["WAVE_REDIS__PASSWORD"].startswith("${REDIS_SANDBOX_PASSWORD:?")
     assert not [name for name in env if "API_KEY" in name]

@@ -79,7 +79,7 @@ def sandbox(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     (worktree / ".git").write_text("gitdir: /elsewhere/.git/worktrees/S-1-qa\n")
     policy = SandboxPolicy(
         image=base_image, mount_root=str(root), visible_root=str(root),
-        max_memory_bytes=256 * MIB, max_pids=128, max_nano_cpus=1_000_000_000,
+        max_memory_bytes=256 * MIB, max_pids=128, max_nano_cpus=1_000_000_000, user="10001:10001",
     )  # fmt: skip
     victim = f"{PROJECT_PREFIX}{os.getpid()}-sandbox-victim"  # reaped with the session's fleet if it dies
     run("docker", "rm", "-f", victim, check=False)
@@ -211,6 +211,8 @@ HOSTILE: dict[str, Callable[[Sandbox, str], bytes]] = {
     "exec Privileged": lambda b, c: exec_create(c, Privileged=True),
     "exec User root": lambda b, c: exec_create(c, User="root"),
     "exec User 0:0": lambda b, c: exec_create(c, User="0:0"),
+    "exec as the socket's group": lambda b, c: exec_create(c, User=f"10001:{Path(SOCKET).stat().st_gid}"),
+    "exec as another uid": lambda b, c: exec_create(c, User="10002:10001"),
     "exec into another container": lambda b, c: exec_create(b.victim),
     "kill another container": lambda b, c: request("POST", f"/containers/{b.victim}/kill"),
     "remove another container": lambda b, c: request("DELETE", f"/v1.41/containers/{b.victim}?force=1"),
@@ -253,6 +255,23 @@ def test_a_hostile_request_is_refused_and_never_reaches_the_daemon(
     assert run("docker", "inspect", "--format", "{{json .ExecIDs}}", running).stdout == execs_before
     for container in (sandbox.victim, running):  # not killed, not removed
         assert run("docker", "inspect", "--format", "{{.State.Running}}", container).stdout.strip() == "true"
+
+
+def test_an_exec_made_around_the_proxy_as_another_user_is_not_started(sandbox: Sandbox, running: str) -> None:
+    # Given an exec as the Docker socket's group, made by someone with the raw socket
+    raw = APIClient(base_url=f"unix://{SOCKET}", version="1.41", timeout=60)
+    made = raw.exec_create(running, ["touch", "/tmp/ran"], user=f"10001:{Path(SOCKET).stat().st_gid}")["Id"]
+
+    # When the proxy's client asks to start or inspect it
+    with pytest.raises(APIError) as started:
+        sandbox.api().exec_start(made)
+    with pytest.raises(APIError) as inspected:
+        sandbox.api().exec_inspect(made)
+
+    # Then both are refused by the proxy, and the command never ran
+    assert started.value.status_code == inspected.value.status_code == 403
+    assert "docker-proxy: exec User must be 10001:10001" in str(started.value)
+    assert raw.exec_inspect(made)["Running"] is False and raw.exec_inspect(made)["Pid"] == 0
 
 
 def test_the_data_volume_is_the_one_volume_and_mount_root(base_image: str) -> None:
@@ -333,6 +352,8 @@ def test_a_raw_exec_start_upgrades_and_streams_through_the_proxy(sandbox: Sandbo
         (["--volume", "wavetest-no-such-volume"], 78, "docker volume create"),
         (["--bind-root", "/", "--volume", "x"], 65, "one of them"),
         (["--bind-root", "/"], 65, "not /"),
+        (["--bind-root", "/tmp", "--user", "0:0"], 65, "not root"),
+        (["--bind-root", "/tmp", "--user", "wave"], 65, "numeric UID:GID"),
     ],
 )
 def test_bad_sandbox_options_stop_the_proxy_in_one_line(arguments: list[str], code: int, says: str) -> None:
