@@ -115,6 +115,9 @@ class ContainerSandboxSettings(_Section):
     data_volume: str | None = None
     data_mount: Path = Path("/data")
     concurrency: int = Field(default=32, ge=1, le=1024)  # requests served at once
+    # Stage containers alive at once: beyond it a new stage's first command is refused (the worker
+    # retries the stage later), so a worker faking running stages cannot fill the machine.
+    max_containers: int = Field(default=64, ge=1, le=4096)
     sweep_interval_s: float = Field(default=10.0, gt=0, le=3600)
     # A worker waits for a reply this long past the command's own timeout (a container start, a
     # busy engine) before it takes the runner to be down: SandboxUnavailableError, retried later.

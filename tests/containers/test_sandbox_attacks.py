@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sandbox_harness import Runner, acl_redis, runner
+from sandbox_harness import Runner, acl_redis, fleet_containers, runner
 
 pytestmark = pytest.mark.docker
 __all__ = ["acl_redis", "runner"]  # fixtures
@@ -126,3 +126,30 @@ def test_a_folder_of_the_data_dir_that_is_not_a_worktree_is_never_bound(runner: 
 
     assert reply.error and "repos/<domain>/worktrees/<name>" in reply.error, reply
     assert not (folder / "pwned").exists()
+
+
+def test_a_worker_faking_running_stages_gets_no_more_than_max_containers(runner: Runner) -> None:
+    """A compromised worker writes running entries for made-up stages and asks for a command in
+    each, all at once: every one would keep a warm container (memory, pids, an engine's slots) until
+    the sweep. Beyond `max_containers` live ones, a new stage's first command is refused; the worker
+    takes it as transient (SandboxUnavailableError) and retries the stage later."""
+    runner.stop()
+    runner.start(max_containers=2)
+    stages = [runner.labels(f"job-cap-{i}", story=f"S-{i}") for i in range(5)]
+    requests = []
+    for stage in stages:
+        runner.running(stage)
+        requests.append(runner.send(runner.exec_request(stage, runner.worktree(stage.job), ["true"])))
+
+    replies = [runner.reply(r) for r in requests]
+
+    served = [r for r in replies if r.error is None]
+    assert len(served) == 2 and all(r.exit_code == 0 for r in served), replies
+    refusals = [r.error for r in replies if r.error is not None]
+    assert len(refusals) == 3 and all("max_containers (2)" in e for e in refusals), refusals
+    assert len(fleet_containers(runner.fleet)) == 2
+    # a released stage frees its slot
+    done = next(s for s, r in zip(stages, replies, strict=True) if r.error is None)
+    waiting = next(s for s, r in zip(stages, replies, strict=True) if r.error is not None)
+    runner.release(done)
+    assert runner.exec(waiting, runner.domain_root / "worktrees" / waiting.job, ["true"]).exit_code == 0

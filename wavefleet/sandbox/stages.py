@@ -45,6 +45,7 @@ class Stage:
     spec: ContainerSpec
     lock: threading.Lock = field(default_factory=threading.Lock)
     container: str | None = None
+    starting: bool = False  # between the cap's check and the container's id (counted as live)
     name: str = ""
     seen: Counters = field(default_factory=Counters)  # the current container's counters
     first_start: float | None = None
@@ -89,13 +90,8 @@ class StageContainers:
                 stage.spec = request.spec
             started = stage.container is None
             try:
-                if started:
-                    self._start(stage)
-                    # A halt or cancel that listed the fleet's containers before this one existed
-                    # has set its flag first: seen here, or this container was on its list.
-                    if stopped := self._stopped(stage):
-                        self._forget_container(stage)
-                        return ExecReply(error=stopped)
+                if started and (why := self._open(stage)) is not None:
+                    return ExecReply(error=why)
                 reply = self._run(stage, request)
             except ValueError as exc:  # a worktree the runner refuses
                 return ExecReply(error=f"refused: {exc}")
@@ -149,12 +145,38 @@ class StageContainers:
                 stage = self._stages[spec.labels.job] = Stage(spec)
             return stage
 
+    def _open(self, stage: Stage) -> str | None:
+        """Start the stage's container, or say why there is none: the cap, a halt or a cancel."""
+        if (full := self._claim(stage)) is not None:
+            return full
+        self._start(stage)
+        # A halt or cancel that listed the fleet's containers before this one existed has set its
+        # flag first: seen here, or this container was on its list.
+        if stopped := self._stopped(stage):
+            self._forget_container(stage)
+            return stopped
+        return None
+
+    def _claim(self, stage: Stage) -> str | None:
+        """Count `stage` among the live containers, or why not: `max_containers` are (the claims of
+        concurrent first commands included, so that they cannot all pass the check at once)."""
+        cap = self.ops.settings.max_containers
+        with self._lock:
+            live = sum(1 for s in self._stages.values() if s is not stage and (s.container or s.starting))
+            if live >= cap:
+                return f"the runner has max_containers ({cap}) stage containers: try again later"
+            stage.starting = True
+            return None
+
     def _start(self, stage: Stage) -> None:
         job = stage.spec.labels.job
-        # A container of this job left by an earlier runner (restarted mid-stage) goes first.
-        if leftovers := [f.id for f in self.ops.find(job=job) if f.id != stage.container]:
-            self.ops.end(leftovers)
-        stage.container, stage.name = self.ops.create(stage.spec)
+        try:
+            # A container of this job left by an earlier runner (restarted mid-stage) goes first.
+            if leftovers := [f.id for f in self.ops.find(job=job) if f.id != stage.container]:
+                self.ops.end(leftovers)
+            stage.container, stage.name = self.ops.create(stage.spec)
+        finally:
+            stage.starting = False
         stage.seen = Counters()
         stage.containers += 1
         if stage.first_start is None:
