@@ -184,6 +184,31 @@ def test_requests_the_runner_refuses_are_answered_and_it_carries_on(runner: Runn
     assert runner.exec(labels, runner.worktree("good"), ["true"]).exit_code == 0
 
 
+def test_a_request_sent_twice_runs_its_command_once(runner: Runner) -> None:
+    """redis-py may resend an LPUSH after a dropped connection (the first one did arrive): the same
+    request, id and all, twice in the list. Its command must not run twice (a second `git commit`,
+    a second append to a file)."""
+    labels = runner.labels("job-twice")
+    runner.running(labels)
+    tree = runner.worktree("twice")
+    request = runner.exec_request(labels, tree, ["sh", "-c", "echo ran >> /workspace/log"])
+    reply_key = runner.settings().keys.sandbox_reply(request.request_id)
+
+    runner.send(request.model_dump_json())
+    runner.send(request.model_dump_json())
+
+    reply = runner.reply(request.request_id)
+    assert isinstance(reply, ExecReply) and reply.exit_code == 0, reply
+    # the repeat is dropped with a log line, or (the bug) served with a second reply
+    wait_until(
+        lambda: "sandbox request dropped: a repeat" in runner.logs() or runner.admin.llen(reply_key) > 0,
+        message="the repeat dropped or served",
+        diagnose=runner.logs,
+    )
+    assert (tree / "log").read_text() == "ran\n"
+    assert runner.admin.llen(reply_key) == 0
+
+
 def test_sigterm_removes_the_runner_s_containers(runner: Runner) -> None:
     idle, busy = runner.labels("job-idle"), runner.labels("job-busy", story="S-2")
     runner.running(idle)

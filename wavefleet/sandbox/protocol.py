@@ -5,10 +5,13 @@ Transport (wavefleet.keys): a worker LPUSHes a request's JSON on `sandbox_reques
 BLPOPs it, does it (in a thread: many stages run at once) and LPUSHes the reply's JSON on
 `sandbox_reply(request_id)`, which expires. A worker waits for its reply in bounded BLPOPs until the
 request's deadline plus a grace; no reply by then (the runner is down or lost it) is a
-`SandboxUnavailableError`: transient, the stage is run again later.
+`SandboxUnavailableError`: transient, the stage is run again later. A request id is served once: a
+repeat (redis-py resends an LPUSH after a dropped connection) is dropped, so each request needs a
+fresh id (the default).
 
-Every field is data: the runner validates each request again (paths under the data dir, a non-root
-user, bounded numbers) and the Docker API proxy validates the container it is asked to create.
+Every field is data: the runner validates each request again (a worktree where workers make them
+under the data dir, its owner's user, bounded numbers) and the Docker API proxy validates the
+container it is asked to create.
 """
 
 from __future__ import annotations

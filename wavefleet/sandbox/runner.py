@@ -14,6 +14,7 @@ import math
 import secrets
 import socket
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -44,6 +45,7 @@ from .stages import StageContainers
 POP_TIMEOUT_S = 1  # one BLPOP's wait: how soon the loop notices a stop
 REPLY_TTL_MARGIN_S = 60  # a reply outlives the worker's wait for it by this much, then expires
 SHUTDOWN_WAIT_S = 30.0
+RECENT_REQUESTS = 10_000  # request ids remembered: far more than arrive while one request is resent
 _REPLY_KINDS = {"exec": ExecReply, "release": ReleaseReply, "ping": PingReply}
 
 
@@ -52,6 +54,28 @@ def fleet_id(redis: Redis, settings: Settings) -> str:
     key = settings.keys.fleet_id()
     redis.set(key, secrets.token_hex(8), nx=True)
     return str(redis.get(key))
+
+
+class RecentIds:
+    """The ids of the last `size` requests taken. redis-py may resend an LPUSH after a dropped
+    connection whose first send did arrive: the same request twice, whose command must run once."""
+
+    def __init__(self, size: int) -> None:
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def first(self, request_id: str) -> bool:
+        """Whether `request_id` is new (and remembered from now on)."""
+        with self._lock:
+            if request_id in self._ids:
+                return False
+            self._ids.add(request_id)
+            self._order.append(request_id)
+            if len(self._order) > self._size:
+                self._ids.discard(self._order.popleft())
+            return True
 
 
 class SandboxRunner:
@@ -73,6 +97,7 @@ class SandboxRunner:
         self.pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="sandbox-request")
         self.slots = threading.BoundedSemaphore(self.config.concurrency)
         self._sweep_now = threading.Event()
+        self.recent = RecentIds(RECENT_REQUESTS)
         self.log = logs.get(fleet=self.fleet)
 
     # Life ---------------------------------------------------------------------------------------
@@ -129,6 +154,11 @@ class SandboxRunner:
             request = REQUEST.validate_json(raw)
         except ValidationError as exc:
             self._refuse_malformed(raw, exc)
+            return
+        if not self.recent.first(request.request_id):
+            self.log.warning(
+                "sandbox request dropped: a repeat", kind=request.kind, request_id=request.request_id
+            )
             return
         try:
             reply = self._answer(request)
