@@ -1,4 +1,4 @@
-"""The Engine API bodies the sandbox runner sends (its API-CALLS.md, as docker-py 7.2 writes them):
+"""The Engine API bodies the sandbox runner sends (docker/sandbox-api-calls.md, as docker-py 7.2 writes them):
 the starting point that the policy tests of the Docker API proxy change one field at a time."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`wave docker-proxy --profile sandbox` against this machine's real Docker daemon, with docker-py's
-real client: the sandbox runner's sequence (API-CALLS.md: create with the hardening, start, an
+real client: the sandbox runner's sequence (docker/sandbox-api-calls.md: create with the hardening, start, an
 attached exec streaming its output and exit code, stats, list by label, kill, remove, volume and
 image inspect) works, and every hostile request is answered by the proxy itself (its message says
 `docker-proxy:`, which the daemon never writes) and never reaches the daemon: no container appears

@@ -3,7 +3,7 @@
 One hardened container per stage (see `create`), commands run in it with `exec`, a command's limit
 hits read from the container's own cgroup counters, usage read before the container is removed.
 Calls go through `docker.APIClient` pinned to API 1.41, so the Docker API proxy in front of the
-engine sees the same small set of requests every time (API-CALLS.md in the repository lists them).
+engine sees the same small set of requests every time (docker/sandbox-api-calls.md lists them).
 """
 
 from __future__ import annotations
