@@ -35,6 +35,8 @@ from .watcher import FILE_SOURCE, MAX_REASON_CHARS, HaltFileWatcher, stop_file_p
 
 if TYPE_CHECKING:
     from .dockerproxy import Profile
+    from .health import HealthServer
+    from .supervisor import Supervisor
 
 EMBEDDED_DIR = "redis"
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # writing stdout failed
@@ -284,10 +286,29 @@ def cmd_supervisor(app: App, args: argparse.Namespace) -> int:
     logs.setup("SUPERVISOR", fmt=app.settings.log_format, level=app.settings.log_level)
     domains = app.domains
     supervisor = Supervisor(app.settings, app.store.redis, connect(app.settings, decode=False), domains)
+    server = _health_server(app, supervisor)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.stopping.set())
-    supervisor.run(burst=args.burst)
+    try:
+        supervisor.run(burst=args.burst)
+    finally:
+        if server is not None:
+            server.close()
     return ExitCode.OK
+
+
+def _health_server(app: App, supervisor: Supervisor) -> HealthServer | None:
+    """The supervisor's /metrics, /healthz and /readyz, when `metrics.port` is set."""
+    from .health import HealthServer  # noqa: PLC0415
+    from .metrics import FleetCollector  # noqa: PLC0415
+
+    if not app.settings.metrics.port:
+        return None
+    keys = app.settings.keys
+    collector = FleetCollector(app.store.redis, keys, app.domains, supervisor.dispatcher)
+    server = HealthServer(app.settings.metrics, app.store.redis, keys, collector)
+    server.start()
+    return server
 
 
 def cmd_up(app: App, args: argparse.Namespace) -> int:

@@ -124,6 +124,14 @@ class ContainerSandboxSettings(_Section):
     reply_grace_s: float = Field(default=30.0, gt=0, le=3600)
 
 
+class MetricsSettings(_Section):
+    """The supervisor's /metrics, /healthz and /readyz (wavefleet/health.py). Port 0: off (the default:
+    two supervisors on one host, a leader and a standby, would otherwise fight over one port)."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 only where the network around it is trusted (compose)
+    port: int = Field(default=0, ge=0, le=65535)
+
+
 class WorkerSettings(_Section):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
@@ -303,6 +311,7 @@ class Settings(BaseSettings):
     embedded_redis: EmbeddedRedisSettings = EmbeddedRedisSettings()
     worker: WorkerSettings = WorkerSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
+    metrics: MetricsSettings = MetricsSettings()
     pipeline: PipelineSettings = PipelineSettings()
     loop: LoopSettings = LoopSettings()
     anthropic: AnthropicSettings = AnthropicSettings()

@@ -128,6 +128,10 @@ class Keys:
         return self._k("sandbox", "runner")
 
     # Emergency stop
+    def watcher_heartbeat(self) -> str:
+        """String with a TTL: present while an EMERGENCY-STOP watcher is alive (the supervisor's /readyz)."""
+        return self._k("watcher", "hb")
+
     def halt(self) -> str:
         """String: the durable halt flag, JSON {reason, by, at}; absent while the fleet runs."""
         return self._k("halt")

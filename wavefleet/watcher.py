@@ -56,6 +56,7 @@ FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
     (stat.S_ISBLK, "a device"),
 )
 TICK_S = 2.0
+HEARTBEAT_TICKS = 3  # the heartbeat outlives two missed ticks: a busy machine is not a dead watcher
 # Only changes wake the watcher. Reading the file (which `sync` does) raises open and close-no-write
 # events: subscribed to those, each sync would trigger the next and the watcher would spin a core
 # for as long as the fleet is halted, stealing the CPU the workers need to stop.
@@ -99,6 +100,13 @@ class HaltFileWatcher(FileSystemEventHandler):
             except RedisError as exc:
                 self.log.error("cannot reach Redis to halt or resume", error=str(exc))
 
+    def beat(self, tick_s: float) -> None:
+        """Say this watcher is alive (the supervisor's /readyz needs one), for a few ticks."""
+        try:
+            self.redis.set(self.keys.watcher_heartbeat(), self.by, px=int(tick_s * HEARTBEAT_TICKS * 1000))
+        except RedisError as exc:
+            self.log.warning("cannot reach Redis to beat", error=str(exc))
+
     def _sync(self) -> None:
         state = read_halt(self.redis, self.keys)
         if stop_file_present(self.file):
@@ -138,10 +146,12 @@ class HaltFileWatcher(FileSystemEventHandler):
         self.observer.start()
         self.log.info("watching for the emergency-stop file", file=str(self.file))
         self.sync()  # a file that exists before the watcher starts halts too
+        self.beat(tick_s)
         try:
             while not stopping.wait(tick_s):
                 self.ensure_watches()
                 self.sync()
+                self.beat(tick_s)
         finally:
             self.observer.stop()
             self.observer.join(timeout=5)
