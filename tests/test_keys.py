@@ -34,6 +34,7 @@ LAYOUT = [
     ("sandbox_reply", ("ab12",), "wave:sandbox:reply:ab12", "acme-2:sandbox:reply:ab12"),
     ("sandbox_runner", (), "wave:sandbox:runner", "acme-2:sandbox:runner"),
     ("fleet_id", (), "wave:fleet:id", "acme-2:fleet:id"),
+    ("watcher_heartbeat", (), "wave:watcher:hb", "acme-2:watcher:hb"),
     ("halt", (), "wave:halt", "acme-2:halt"),
     ("halt_channel", (), "wave:halt", "acme-2:halt"),
     ("halt_acks", (), "wave:halt:acks", "acme-2:halt:acks"),
