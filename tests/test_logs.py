@@ -38,6 +38,7 @@ def test_console_lines_start_with_the_process_identity(capsys) -> None:  # type:
 
 def test_a_child_forked_while_another_thread_holds_the_log_lock_can_still_log() -> None:
     sink = io.StringIO()
+    structlog.reset_defaults()  # an earlier test's `setup` routes lines through the standard library
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sink))
     structlog.get_logger().info("warm up")  # creates the file's write lock
     lock = structlog._output.WRITE_LOCKS[sink]
