@@ -74,7 +74,7 @@ def setup(process: str, *, fmt: str = "auto", level: str = "info", secrets: Iter
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=structlog.stdlib.LoggerFactory(ignore_frame_names=[__name__]),  # `get`'s caller
         cache_logger_on_first_use=False,
     )
 
