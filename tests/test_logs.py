@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
 import threading
 import time
 
+import pytest
 import structlog
 
-from wavefleet import logs
+from wavefleet import logs, redact
+from wavefleet.config import Settings
 
 
 def test_json_lines_carry_level_event_timestamp_worker_and_story(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -38,6 +42,7 @@ def test_console_lines_start_with_the_process_identity(capsys) -> None:  # type:
 
 def test_a_child_forked_while_another_thread_holds_the_log_lock_can_still_log() -> None:
     sink = io.StringIO()
+    structlog.reset_defaults()  # an earlier test's `setup` routes lines through the standard library
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sink))
     structlog.get_logger().info("warm up")  # creates the file's write lock
     lock = structlog._output.WRITE_LOCKS[sink]
@@ -73,3 +78,41 @@ def test_structlog_private_write_locks_still_exist() -> None:
     assert hasattr(getattr(structlog._output, "WRITE_LOCKS", None), "clear"), (
         f"structlog {structlog.__version__} no longer has _output.WRITE_LOCKS: redo logs._fresh_write_locks"
     )
+
+
+def test_a_standard_library_line_goes_through_the_same_processors_once_at_the_configured_level(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.setup("AUTH-QA-1", fmt="console", level="info", secrets=["hunter2-long-secret"])
+    try:
+        with logs.job_context("AUTH-007", "qa", 2):
+            logging.getLogger("rq.worker").info("Job OK (%s)", "hunter2-long-secret")
+            logging.getLogger("httpx").debug("below the configured level")
+        logging.getLogger("rq.worker").warning("between jobs")
+    finally:
+        structlog.reset_defaults()
+    err = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().err).splitlines()  # the renderer's colours
+    assert len(err) == 2, err  # once each (no second handler), the debug line filtered
+    assert "[AUTH-QA-1] Job OK ([redacted])" in err[0] and "story=AUTH-007" in err[0] and "round=2" in err[0]
+    assert "[rq.worker]" in err[0] and "hunter2" not in err[0]
+    assert "between jobs" in err[1] and "AUTH-007" not in err[1]
+
+
+def test_the_redactor_knows_every_secret_in_the_settings_but_not_short_ones() -> None:
+    settings = Settings(
+        redis={"url": "redis://fleet:url-password-42@db:6379/0", "password": "redis-password-1"},
+        anthropic={"api_key": "sk-ant-0123456789"},
+        xai={"api_key": "short"},  # under 8 characters: not a secret worth blanking every "short"
+    )
+
+    found = redact.secret_values(settings)
+
+    assert set(found) >= {"url-password-42", "redis-password-1", "sk-ant-0123456789"}
+    assert "short" not in found
+    redactor = redact.Redactor(found)
+    line = redactor(
+        None,
+        "info",
+        {"event": "short: redis-password-1", "args": ("x", {"k": ValueError("sk-ant-0123456789")})},
+    )
+    assert line == {"event": "short: [redacted]", "args": ["x", {"k": "[redacted]"}]}

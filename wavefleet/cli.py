@@ -205,7 +205,7 @@ def cmd_resume(app: App, args: argparse.Namespace) -> int:
 
 
 def cmd_watch(app: App, args: argparse.Namespace) -> int:
-    logs.setup("WATCHER", fmt=app.settings.log_format, level=app.settings.log_level)
+    logs.setup_for("WATCHER", app.settings)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
@@ -218,7 +218,7 @@ def cmd_docker_proxy(app: App, args: argparse.Namespace) -> int:
 
     listen = dockerproxy.parse_listen(args.listen)
     dockerproxy.check_daemon(args.socket)
-    logs.setup("DOCKER-PROXY", fmt=app.settings.log_format, level=app.settings.log_level)
+    logs.setup_for("DOCKER-PROXY", app.settings)
     log = logs.get()
 
     def report(event: str, detail: str, client: str) -> None:
@@ -257,7 +257,7 @@ def _proxy_profile(app: App, args: argparse.Namespace) -> Profile:
 def cmd_sandbox(app: App, args: argparse.Namespace) -> int:
     from .sandbox.runner import SandboxRunner  # noqa: PLC0415 - only this command needs the Docker SDK
 
-    logs.setup("SANDBOX", fmt=app.settings.log_format, level=app.settings.log_level)
+    logs.setup_for("SANDBOX", app.settings)
     runner = SandboxRunner(app.settings, app.store.redis)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stopping.set())
@@ -271,11 +271,7 @@ def cmd_worker(app: App, args: argparse.Namespace) -> int:
 
     domain = app.domains.get(args.domain)
     role = Role(args.role)
-    logs.setup(
-        logs.identity(domain.name, role.value, args.index),
-        fmt=app.settings.log_format,
-        level=app.settings.log_level,
-    )
+    logs.setup_for(logs.identity(domain.name, role.value, args.index), app.settings)
     run_worker(app.settings, domain, role, args.index, burst=args.burst)
     return ExitCode.OK
 
@@ -283,7 +279,7 @@ def cmd_worker(app: App, args: argparse.Namespace) -> int:
 def cmd_supervisor(app: App, args: argparse.Namespace) -> int:
     from .supervisor import Supervisor  # noqa: PLC0415
 
-    logs.setup("SUPERVISOR", fmt=app.settings.log_format, level=app.settings.log_level)
+    logs.setup_for("SUPERVISOR", app.settings)
     domains = app.domains
     supervisor = Supervisor(app.settings, app.store.redis, connect(app.settings, decode=False), domains)
     server = _health_server(app, supervisor)

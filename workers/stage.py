@@ -6,6 +6,7 @@ import os
 import time
 import traceback
 
+import structlog
 from redis.exceptions import RedisError
 
 from wavefleet import logs
@@ -29,10 +30,17 @@ from .roles import Plan, QAReport, StageInput
 
 def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) -> str:
     """Run one stage attempt. A stale attempt (superseded or already applied) is skipped."""
+    # Every line logged during the stage (the LLM router, the tool loop, the sandbox client, git,
+    # httpx) carries the job's fields; the previous ones (none, or the worker's same) come back after.
+    with structlog.contextvars.bound_contextvars(story=story_id, stage=role, round=round_):
+        return _run_stage(story_id, role, round_, attempt)
+
+
+def _run_stage(story_id: str, role: str, round_: int, attempt: int) -> str:
     rt = runtime.current()
     stage_role = Role(role)
     job = job_id(story_id, round_, stage_role, attempt)
-    log = logs.get(story=story_id, stage=role, round=round_, attempt=attempt)
+    log = logs.get(attempt=attempt)
     record = rt.store.find(story_id)
     if record is None or not is_current(record, stage_role, round_, attempt):
         log.info("stale stage skipped", job=job)

@@ -74,6 +74,12 @@ class WaveWorker(Worker):
         wanted = self._belongs_here(job)
         if wanted is None:
             return
+        # The job's fields on every line about it: this loop's, and the work horse's (it inherits
+        # them at the fork), rq's own lines included; cleared when the job ends, however it ends.
+        with logs.job_context(wanted.story_id, wanted.role.value, wanted.round):
+            self._execute(job, queue, wanted)
+
+    def _execute(self, job: Job, queue: Queue, wanted: StageJob) -> None:
         with self.gate.lock:  # a halt either sees this horse, or this check sees the halt
             if self.gate.halted.is_set():
                 self._put_back(job, queue)
@@ -371,7 +377,7 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
             worker = _rq_worker(settings, queue_name, gate)
             with gate.lock:
                 gate.worker = worker
-            worker.work(burst=burst, logging_level="WARNING")
+            worker.work(burst=burst, logging_level=settings.log_level.upper())
             if burst or worker.shutdown_requested:
                 break
             log.warning("worker loop ended unexpectedly; restarting", retry_in_s=delay)

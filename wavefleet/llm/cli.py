@@ -82,7 +82,7 @@ def add_commands(sub: Any) -> None:
 # wave llm ------------------------------------------------------------------------------------
 def cmd_llm_call(app: AppLike, args: argparse.Namespace) -> int:
     # Warnings (offline, a provider failing over, budget alerts) to stderr; the result is on stdout.
-    logs.setup("CLI", fmt=app.settings.log_format, level="warning")
+    logs.setup_for("CLI", app.settings, level="warning")
     redis = app.store.redis
     if args.story:
         app.store.get(args.story)  # NotFoundError: never charge or record on a story that does not exist
