@@ -22,12 +22,25 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from . import logs
+from .fleet_events import FleetHalted, FleetResumed, emit
+from .history import EVENTS_MAXLEN
 from .keys import Keys
 
 HALT = "halt"
 RESUME = "resume"
 CANCEL = "cancel"
 RECONNECT_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+
+# KEYS: the halt flag, its acks, the events stream. ARGV: the stream's cap, then the resume event's
+# fields and values. A resume of a fleet that was not halted records nothing.
+_RESUME = """
+local deleted = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+if deleted == 1 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+end
+return deleted
+"""
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,8 @@ def send_halt(redis: Redis, keys: Keys, reason: str, by: str) -> HaltState:
         current = HaltState(reason=reason or "emergency stop", by=by, at=time.time())
         with redis.pipeline() as pipe:
             pipe.set(keys.halt(), current.to_json(), nx=True)
+            # on the events stream in the flag's transaction: no halt without its event, nor the reverse
+            emit(pipe, keys, FleetHalted(reason=current.reason, by=by), current.at)
             pipe.publish(keys.halt_channel(), json.dumps({"type": HALT, **asdict(current)}))
             pipe.execute()
     else:  # publish again: costs nothing and reaches anyone who missed the first message
@@ -61,11 +76,21 @@ def update_reason(redis: Redis, keys: Keys, state: HaltState, reason: str) -> No
 
 
 def send_resume(redis: Redis, keys: Keys, by: str) -> bool:
-    """Clear the flag and publish; returns False if the fleet was not halted."""
+    """Clear the flag and publish; returns False if the fleet was not halted. The resume event is
+    written only when a flag was cleared (a script: the check and the write in one step)."""
+    now = time.time()
+    event = FleetResumed(by=by).fields() | {"story": "", "at": f"{now:.6f}"}
     with redis.pipeline() as pipe:
-        pipe.delete(keys.halt())
-        pipe.delete(keys.halt_acks())
-        pipe.publish(keys.halt_channel(), json.dumps({"type": RESUME, "by": by, "at": time.time()}))
+        pipe.eval(
+            _RESUME,
+            3,
+            keys.halt(),
+            keys.halt_acks(),
+            keys.events(),
+            EVENTS_MAXLEN,
+            *(x for kv in event.items() for x in kv),
+        )
+        pipe.publish(keys.halt_channel(), json.dumps({"type": RESUME, "by": by, "at": now}))
         deleted, *_ = pipe.execute()
     return bool(deleted)
 
