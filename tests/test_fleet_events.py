@@ -146,6 +146,7 @@ def test_a_worker_killed_mid_stage_is_reported_dead_once_on_the_stream(
         message="the BE stage to start",
         diagnose=procs.logs,
     )
+    assert be_job is not None
     os.kill(int(be_job.worker.rsplit(".", 1)[1]), signal.SIGKILL)
     # Done means many recovery passes (every 0.2 s) ran after the loss: none may report it again.
     wait_until(
