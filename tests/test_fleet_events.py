@@ -219,3 +219,24 @@ def test_consumer_groups_each_get_every_entry_and_an_unacked_one_comes_back(
     slack.ack([first[0][0]])
     again = EventConsumer(redis, keys, "notifier", "n1")  # the notifier restarted
     assert [i for i, _e in again.pending()] == [first[1][0], first[2][0]]
+
+
+def test_a_crossing_is_on_the_stream_with_its_flag_even_if_the_settling_worker_dies_at_once(
+    redis: Redis, settings: Settings, domains: Domains
+) -> None:
+    # The worker settles (the script's reply may be lost, redis-py sends it again) and dies before
+    # it reads the reply: the crossing it caused is on the stream all the same, and once.
+    budget = Budget(redis, settings.keys, BudgetSettings())
+    scopes = scopes_for(budget.settings, story="AUTH-060", domain=domains.get("auth"), at=time.time())
+    limit = scopes[0].limit_nusd
+    res = budget.reserve(scopes[:1], limit * 6 // 10, 1)
+    budget.settle(res, limit * 6 // 10, 1, story="AUTH-060")
+    budget.settle(res, limit * 6 // 10, 1, story="AUTH-060")  # the resend of a lost reply
+
+    on_fleet = [parse_event(f) for f in fleet_events(redis, settings, "budget_warning")]
+    on_story = [f for _id, f in redis.xrange(settings.keys.story_events("AUTH-060"))]
+    assert [(e.scope, e.story) for e in on_fleet if isinstance(e, BudgetAlert)] == [
+        ("story:AUTH-060", "AUTH-060")
+    ]
+    assert [f["event"] for f in on_story] == ["budget_warning"]
+    assert on_story[0]["reason"].startswith("budget warning: story AUTH-060 at 60% of $")
