@@ -19,6 +19,7 @@ LAYOUT = [
     ("stories", (), "wave:stories", "acme-2:stories"),
     ("domain_stories", ("auth",), "wave:stories:auth", "acme-2:stories:auth"),
     ("events", (), "wave:events", "acme-2:events"),
+    ("events_group", ("notifier",), "wave:events:notifier", "acme-2:events:notifier"),
     ("intake", (), "wave:intake", "acme-2:intake"),
     ("intake_dead", (), "wave:intake:dead", "acme-2:intake:dead"),
     ("supervisor_group", (), "wave:supervisor", "acme-2:supervisor"),

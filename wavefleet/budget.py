@@ -23,7 +23,7 @@ from .batch import Batch
 from .config import BudgetSettings
 from .domains import Domain
 from .errors import BudgetExceededError, InvalidInputError
-from .history import History
+from .history import EVENTS_MAXLEN, History
 from .keys import ONCE_TTL_S, Keys
 from .logs import get as get_log
 from .money import NANO, to_nusd, to_usd
@@ -70,9 +70,11 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + 86400000)
 return {1}
 """
 
-# KEYS: reservations zset, reservation hash, story hash, scope 1..n. ARGV: id, nusd, tokens, cost usd,
-# warn fraction, critical fraction, n, then per scope: limit nusd, limit tokens, then the story hash's
-# cost, tokens and calls field names (store.COST_FIELDS).
+# KEYS: reservations zset, reservation hash, story hash, story events, fleet events, scope 1..n. ARGV:
+# id, nusd, tokens, cost usd, warn fraction, critical fraction, n, now, story id, events cap, then per
+# scope: limit nusd, limit tokens, name, label, limits text; then the story hash's cost, tokens and
+# calls field names (store.COST_FIELDS). Each threshold crossed is an event on the story's and the
+# fleet's streams, written here with the flag that makes it once: no crossing without its event.
 # Returns the alerts crossed: {scope index, level, fraction}... The reservation hash stays an hour as
 # a "settled" mark: redis-py resends a script whose reply was lost, and the spend must count once.
 _SETTLE = """
@@ -82,11 +84,11 @@ if done then return cjson.decode(done) end  -- resent after a lost reply: counte
 local held = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
 local est = redis.call('HMGET', KEYS[2], 'nusd', 'tokens')
 redis.call('DEL', KEYS[2])
-local n = tonumber(ARGV[7])
+local n, S = tonumber(ARGV[7]), 5  -- S: the scope stride in ARGV
 local levels = {{'warning', tonumber(ARGV[5])}, {'critical', tonumber(ARGV[6])}, {'exceeded', 1}}
 local alerts = {}
 for i = 1, n do
-  local key = KEYS[3 + i]
+  local key, b = KEYS[5 + i], 11 + (i - 1) * S
   if held then
     redis.call('HINCRBY', key, 'reserved_nusd', neg(est[1]))
     redis.call('HINCRBY', key, 'reserved_tokens', neg(est[2]))
@@ -95,16 +97,23 @@ for i = 1, n do
   local st = redis.call('HINCRBY', key, 'spent_tokens', ARGV[3])
   redis.call('HINCRBY', key, 'calls', 1)
   local g = redis.call('HMGET', key, 'grant_nusd', 'grant_tokens')
-  local cap_u = tonumber(ARGV[8 + (i - 1) * 2]) + (tonumber(g[1]) or 0)
-  local cap_t = tonumber(ARGV[9 + (i - 1) * 2]) + (tonumber(g[2]) or 0)
+  local cap_u = tonumber(ARGV[b]) + (tonumber(g[1]) or 0)
+  local cap_t = tonumber(ARGV[b + 1]) + (tonumber(g[2]) or 0)
   local frac = math.max(su / cap_u, st / cap_t)
   for _, level in ipairs(levels) do
     if frac >= level[2] and redis.call('HSETNX', key, 'alert_' .. level[1], 1) == 1 then
       table.insert(alerts, {i, level[1], tostring(frac)})
+      local reason = string.format('budget %s: %s at %d%% of %s', level[1], ARGV[b + 3],
+                                   math.floor(frac * 100 + 0.5), ARGV[b + 4])
+      local entry = {'event', 'budget_' .. level[1], 'to', '', 'scope', ARGV[b + 2], 'level', level[1],
+                     'fraction', string.format('%.4f', frac), 'reason', reason,
+                     'story', ARGV[9], 'at', ARGV[8]}
+      if ARGV[9] ~= '' then redis.call('XADD', KEYS[4], '*', unpack(entry)) end
+      redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[10], '*', unpack(entry))
     end
   end
 end
-local f = 8 + n * 2  -- the story hash's field names follow the scopes' limits
+local f = 11 + n * S  -- the story hash's field names follow the scopes' limits
 if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('HINCRBYFLOAT', KEYS[3], ARGV[f], ARGV[4])
   redis.call('HINCRBY', KEYS[3], ARGV[f + 1], ARGV[3])
@@ -312,15 +321,21 @@ class Budget:
             self.settings.warn_fraction,
             self.settings.critical_fraction,
             len(res.scopes),
+            f"{self.clock():.6f}",
+            story or "",
+            EVENTS_MAXLEN,
         ]
         for scope in res.scopes:
-            args += [scope.limit_nusd, scope.limit_tokens]
+            limits = f"${to_usd(scope.limit_nusd):.2f} / {scope.limit_tokens:,} tokens"
+            args += [scope.limit_nusd, scope.limit_tokens, scope.name, scope.label, limits]
         args += COST_FIELDS
-        story_key = self.keys.story(story) if story else self.keys.story("-")
+        story = story or "-"  # no story: keys nobody has (the script touches them only for a story)
         keys = [
             self.keys.budget_reservations(),
             self.keys.budget_reservation(res.id),
-            story_key,
+            self.keys.story(story),
+            self.keys.story_events(story),
+            self.keys.events(),
             *(self.keys.budget(s.name) for s in res.scopes),
         ]
         if batch is not None:
@@ -328,10 +343,11 @@ class Budget:
         return self._settle(keys=keys, args=args)
 
     def alerts(self, res: Reservation, reply: Any, story: str | None) -> list[Alert]:
-        """Turn settle's reply into alerts, and record each as an event (fleet-wide and on the story)."""
+        """Turn settle's reply into alerts and log them (settle has put them on the events streams)."""
         alerts = [Alert(res.scopes[int(i) - 1], str(level), float(frac)) for i, level, frac in reply or ()]
-        if alerts:
-            self._record(alerts, story)
+        log = get_log(story=story or "-")
+        for alert in alerts:
+            log.warning(f"budget {alert.level}", scope=alert.scope.name, fraction=round(alert.fraction, 4))
         return alerts
 
     def release(self, res: Reservation) -> None:

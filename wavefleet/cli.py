@@ -27,7 +27,7 @@ from .halt import read_halt, send_cancel, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.cli import add_commands as add_llm_commands
 from .sandbox.fleet import summary as sandbox_summary
-from .status_view import halt_banner, print_history, print_records, print_story, show
+from .status_view import follow_events, halt_banner, print_history, print_records, print_story, show
 from .store import StoryStore
 from .stories import Priority, Story, stories_from_file, story_from_fields
 from .text import terminal_safe
@@ -157,6 +157,13 @@ def _parse_state(value: str) -> StoryState:
 
 
 def cmd_events(app: App, args: argparse.Namespace) -> int:
+    if args.follow:
+        follow_events(app.store, args.id, as_json=args.json)  # until Ctrl-C
+        return ExitCode.OK
+    if args.id is None:
+        raise InvalidInputError(
+            "name a story (`wave events ID`), or follow the fleet's: `wave events --follow`"
+        )
     print_history(app.store, args.id, as_json=args.json)
     return ExitCode.OK
 
@@ -370,9 +377,14 @@ def _add_story_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_list)
 
-    p = sub.add_parser("events", help="a story's history")
-    p.add_argument("id")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "events", help="a story's history; --follow: the fleet's (or a story's) events as they come"
+    )
+    p.add_argument(
+        "id", nargs="?", help="the story (with --follow: optional, default every event of the fleet)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
     p.set_defaults(handler=cmd_events)
 
     for name, kind, verb, text in (

@@ -22,12 +22,38 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from . import logs
+from .fleet_events import FleetHalted, FleetResumed
+from .history import EVENTS_MAXLEN
 from .keys import Keys
 
 HALT = "halt"
 RESUME = "resume"
 CANCEL = "cancel"
 RECONNECT_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+
+# The flag and its event change together, in one script, so there is no halt without its event, nor
+# an event without a halt: a second stop of a halted fleet, or a resume of a running one, adds none.
+# KEYS: the halt flag, the events stream. ARGV: the flag's JSON, the stream's cap, the event's fields.
+_HALT = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+return 1
+"""
+# KEYS: the halt flag, its acks, the events stream. ARGV: the stream's cap, the event's fields.
+_RESUME = """
+local deleted = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+if deleted == 1 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+end
+return deleted
+"""
+
+
+def _entry(event: FleetHalted | FleetResumed, at: float) -> list[str]:
+    """The event's stream entry as XADD's field-value arguments."""
+    fields = event.fields() | {"story": "", "at": f"{at:.6f}"}
+    return [x for kv in fields.items() for x in kv]
 
 
 @dataclass(frozen=True)
@@ -46,8 +72,9 @@ def send_halt(redis: Redis, keys: Keys, reason: str, by: str) -> HaltState:
     if current is None:
         redis.delete(keys.halt_acks())  # acks of an earlier halt must not count for this one
         current = HaltState(reason=reason or "emergency stop", by=by, at=time.time())
+        event = _entry(FleetHalted(reason=current.reason, by=by), current.at)
         with redis.pipeline() as pipe:
-            pipe.set(keys.halt(), current.to_json(), nx=True)
+            pipe.eval(_HALT, 2, keys.halt(), keys.events(), current.to_json(), EVENTS_MAXLEN, *event)
             pipe.publish(keys.halt_channel(), json.dumps({"type": HALT, **asdict(current)}))
             pipe.execute()
     else:  # publish again: costs nothing and reaches anyone who missed the first message
@@ -62,10 +89,11 @@ def update_reason(redis: Redis, keys: Keys, state: HaltState, reason: str) -> No
 
 def send_resume(redis: Redis, keys: Keys, by: str) -> bool:
     """Clear the flag and publish; returns False if the fleet was not halted."""
+    now = time.time()
+    event = _entry(FleetResumed(by=by), now)
     with redis.pipeline() as pipe:
-        pipe.delete(keys.halt())
-        pipe.delete(keys.halt_acks())
-        pipe.publish(keys.halt_channel(), json.dumps({"type": RESUME, "by": by, "at": time.time()}))
+        pipe.eval(_RESUME, 3, keys.halt(), keys.halt_acks(), keys.events(), EVENTS_MAXLEN, *event)
+        pipe.publish(keys.halt_channel(), json.dumps({"type": RESUME, "by": by, "at": now}))
         deleted, *_ = pipe.execute()
     return bool(deleted)
 

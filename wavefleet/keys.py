@@ -62,6 +62,10 @@ class Keys:
         """Stream of every story's lifecycle events, fleet-wide."""
         return self._k("events")
 
+    def events_group(self, consumer: str) -> str:
+        """Consumer group name of one reader of the events stream (``notifier``, ``monitor``...)."""
+        return self._k("events", consumer)
+
     def intake(self) -> str:
         """Stream the supervisor consumes: new stories, stage results, misrouted jobs, nudges."""
         return self._k("intake")

@@ -199,3 +199,40 @@ def format_event(event: dict[str, str]) -> str:
         if x
     )
     return f"{stamp}  {event.get('event', '?'):<12} {change:<28} {detail}"
+
+
+FOLLOW_BLOCK_MS = 1000  # one XREAD waits this long; Ctrl-C interrupts it at once anyway
+
+
+def follow_events(store: StoryStore, story_id: str | None, *, as_json: bool) -> None:
+    """Print the events stream as entries arrive, until Ctrl-C: one story's (its history first, then
+    what follows; model calls are not in it) or the whole fleet's (new entries only: the fleet's
+    stream holds up to 100,000)."""
+    if story_id is not None:
+        store.get(story_id)  # an unknown story is named as such, not followed forever
+    stream = store.keys.story_events(story_id) if story_id else store.keys.events()
+    # Not "$" in the loop: each XREAD would mean "after the newest now", losing what came in between.
+    newest = store.redis.xrevrange(stream, count=1)
+    last = newest[0][0] if newest else "0-0"
+    try:
+        if story_id is not None:
+            last = "0"
+            for entry_id, fields in store.redis.xrange(stream):
+                _print_followed(fields, fleet=False, as_json=as_json)
+                last = entry_id
+        while True:
+            reply = store.redis.xread({stream: last}, block=FOLLOW_BLOCK_MS, count=100)
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    _print_followed(fields, fleet=story_id is None, as_json=as_json)
+                    last = entry_id
+    except KeyboardInterrupt:
+        return
+
+
+def _print_followed(fields: dict[str, str], *, fleet: bool, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(fields), flush=True)
+        return
+    line = format_event({"at": "0", **fields})
+    print(terminal_safe(f"{fields.get('story') or '(fleet)':<16} {line}" if fleet else line), flush=True)

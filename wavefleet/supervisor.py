@@ -20,6 +20,7 @@ from . import logs
 from .config import Settings
 from .domains import Domains
 from .errors import NotFoundError, WaveError
+from .fleet_events import WorkerDead, emit
 from .halt import read_halt
 from .lifecycle import WORKING, Event, EventKind, Rejected, Role, StoryState
 from .messages import (
@@ -397,6 +398,7 @@ class Supervisor:
     def recover(self) -> None:
         """Run again every stage whose worker died or whose job crashed or never ran."""
         handled: set[str] = set()  # lost stages the running sweep has already re-run
+        dead: dict[str, int] = {}  # worker found dead this pass -> how many of its stages run again
         redis_restarted: bool | None = None  # asked once a pass, and only if a worker looks dead
         for job_id, info in self.store.running().items():
             alive = self.redis.exists(self.keys.worker_heartbeat(info.worker))
@@ -414,6 +416,9 @@ class Supervisor:
             if self._lose(job_id, info.story, lost):
                 self.redis.hdel(self.keys.running(), job_id)
                 handled.add(job_id)
+                if not alive:
+                    dead[info.worker] = dead.get(info.worker, 0) + 1
+        self._report_dead(dead)
         # A job RQ failed before it ever started is in no running entry: RQ fails a job a worker left
         # between dequeue and start ("stuck in intermediate queue"), e.g. when stopped at that moment.
         # It leaves the failed registry only once handled, so an interruption cannot strand it.
@@ -426,6 +431,18 @@ class Supervisor:
                 if not self._lose(job_id, story, lost):
                     continue
             self.dispatcher.forget_failed(registry, job_id)
+
+    def _report_dead(self, dead: dict[str, int]) -> None:
+        """One ``worker_dead`` event per worker found dead: its running entries are gone once their
+        stages are re-run, so a later pass does not find (nor report) it again."""
+        if not dead:
+            return
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for worker, stages in dead.items():
+                reason = f"heartbeat of {worker} stopped; {stages} stage(s) run again"
+                emit(pipe, self.keys, WorkerDead(worker=worker, stages=stages, reason=reason), now)
+            pipe.execute()
 
     def _redis_restarted_recently(self) -> bool:
         """Whether Redis came up less than a heartbeat TTL and a reconnect ago. Restarted from its
