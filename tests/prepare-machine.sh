@@ -6,7 +6,8 @@
 # terminal), and for tests/containers a Docker engine, docker-compose and debootstrap (no image
 # registry is reachable: the tests build a Debian base locally). What is missing is installed with
 # apt-get and the engine started, when this runs as root on Debian/Ubuntu; otherwise it stops with
-# one line naming what is missing and how to get it. When everything is there it only looks (well under a second).
+# one line naming what is missing and how to get it. When everything is there it only looks (well
+# under a second).
 #
 #   tests/prepare-machine.sh              everything `make test` needs
 #   tests/prepare-machine.sh --no-docker  without the container tests' tools (`make test-fast`)
