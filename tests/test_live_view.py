@@ -13,8 +13,8 @@ from rich.console import Console
 
 from wavefleet.config import Settings
 from wavefleet.halt import record_ack, send_halt
-from wavefleet.live_view import LiveView, worker_role
 from wavefleet.lifecycle import Role
+from wavefleet.live_view import LiveView, worker_role
 from wavefleet.store import StoryStore
 
 pytestmark = pytest.mark.timeout(60)
@@ -95,7 +95,9 @@ def test_the_sandbox_runner_is_shown_in_container_mode_and_marked_dead_without_i
     assert "sandbox runner" not in painted(LiveView(store, sandbox="bwrap"))
 
     redis.delete(keys.sandbox_runner())
-    runner = next(line for line in painted(LiveView(store, sandbox="container")).splitlines() if "runner" in line)
+    runner = next(
+        line for line in painted(LiveView(store, sandbox="container")).splitlines() if "runner" in line
+    )
     assert "DEAD: no `wave sandbox` heartbeat" in runner
 
 
