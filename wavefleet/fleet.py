@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pydantic import SecretStr
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
@@ -28,6 +28,7 @@ from .connection import connect
 from .domains import Domains
 from .embedded import EmbeddedRedis, free_port
 from .lifecycle import TERMINAL, Role, StoryState
+from .live_view import LiveView
 from .processes import term_with_parent
 from .queues import Dispatcher
 from .sandbox.fleet import probe_before_start
@@ -232,11 +233,14 @@ def run_up(settings: Settings, domains: Domains, *, live: bool) -> int:
         )
         if not stopping:
             fleet.start()
+        view = LiveView(store, sandbox=settings.sandbox)
         _watch_loop(
             fleet,
             stopping,
             lambda: (
-                Group(queues_table(dispatcher, domains, fleet), stories_table(store.list())) if live else None
+                view.render(queues_table(dispatcher, domains, fleet), stories_table(store.list()))
+                if live
+                else None
             ),
             console,
         )
@@ -347,10 +351,11 @@ def run_demo(settings: Settings, domains: Domains, *, timeout_s: float, stories_
         def all_settled() -> bool:
             return all(r.state in TERMINAL | WAITING_FOR_HUMAN for r in store.list())
 
+        view = LiveView(store, sandbox=settings.sandbox)
         finished = _watch_loop(
             fleet,
             stopping,
-            lambda: Group(queues_table(dispatcher, domains, fleet), stories_table(store.list())),
+            lambda: view.render(queues_table(dispatcher, domains, fleet), stories_table(store.list())),
             console,
             until=all_settled,
             timeout_s=timeout_s,
