@@ -247,6 +247,60 @@ class XaiSettings(_Section):
         return insecure
 
 
+def _https_unless_loopback(url: str, what: str) -> str:
+    """Refuse a URL that would carry a credential in clear text off this machine."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"needs a scheme and a host: https://HOST (http:// only for loopback), not {url!r}")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError(
+            f"would send {what} in clear text: use https (http:// only for a loopback host: "
+            f"127.0.0.1, ::1, localhost)"
+        )
+    return url
+
+
+class SlackSettings(_Section):
+    """`wave notifier`: the events stream posted to Slack (README "Slack"). Off unless a bot token or
+    an incoming-webhook URL is set; with both, the token (threads) is used."""
+
+    bot_token: SecretStr | None = None
+    webhook_url: SecretStr | None = None  # no threads, one channel: the webhook's own
+    base_url: str = "https://slack.com/api/"
+    alerts_channel: str = Field(default="#wave-alerts", min_length=1, max_length=80)
+    activity_channel: str = Field(default="#wave-activity", min_length=1, max_length=80)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # 429s the SDK itself waits out (Retry-After) before a try counts as failed
+    rate_limit_retries: int = Field(default=3, ge=0, le=20)
+    # A message's tries (an outage, a 5xx) before it goes to the dead letters; the wait between
+    # them doubles from backoff_s up to backoff_max_s.
+    retries: int = Field(default=8, ge=1, le=1000)
+    backoff_s: float = Field(default=1.0, gt=0, le=3600)
+    backoff_max_s: float = Field(default=60.0, gt=0, le=86_400)
+    dead_letters_max: int = Field(default=1000, ge=1, le=1_000_000)  # the newest kept
+    batch: int = Field(default=100, ge=1, le=10_000)  # entries taken from the stream at once
+    thread_ttl_s: int = Field(default=30 * 86_400, ge=60)  # how long a story's thread ts is kept
+
+    @property
+    def enabled(self) -> bool:
+        return self.bot_token is not None or self.webhook_url is not None
+
+    @field_validator("base_url")
+    @classmethod
+    def _token_over_tls(cls, url: str) -> str:
+        return _https_unless_loopback(url if url.endswith("/") else url + "/", "the bot token")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_over_tls(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            try:
+                _https_unless_loopback(url.get_secret_value(), "the webhook (its URL is its secret)")
+            except ValueError:  # the message must not quote the secret URL
+                raise ValueError("must be https:// (http:// only for a loopback host)") from None
+        return url
+
+
 class LLMSettings(_Section):
     """The router, response cache and rate limits shared by the whole fleet (flat: one nesting level)."""
 
@@ -335,6 +389,20 @@ class Settings(BaseSettings):
     # line and `wave status`). A worker whose sandbox cannot run refuses to start.
     sandbox: Literal["bwrap", "container", "none"] = "bwrap"
     sandbox_container: ContainerSandboxSettings = ContainerSandboxSettings()
+    slack: SlackSettings = SlackSettings()
+    # Dozzle's address as operators open it (https://logs.example): Slack messages link a story's
+    # worker logs at <dozzle_url>/show?name=<container>; None: no links.
+    dozzle_url: str | None = None
+
+    @field_validator("dozzle_url")
+    @classmethod
+    def _dozzle_is_a_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError(f"needs a scheme and a host: https://HOST, not {url!r}")
+            return url.rstrip("/")
+        return url
 
     @property
     def halt_file(self) -> Path:

@@ -204,3 +204,22 @@ class Keys:
         """Stream: one entry per model call made for the story (provider, model, tokens, cost, latency,
         cache hit, offline)."""
         return self._k("story", story_id, "llm")
+
+    # The Slack notifier
+    def notifier_thread(self, story_id: str) -> str:
+        """String with a TTL: the ts of the story's parent message in Slack (its thread), so any
+        notifier process replies in the same thread."""
+        return self._k("notifier", "thread", story_id)
+
+    def notifier_dead(self) -> str:
+        """List (newest first, bounded): messages Slack never took, as JSON {entry, event, error, at}."""
+        return self._k("notifier", "dead")
+
+    def notifier_dead_total(self) -> str:
+        """Counter: every message ever dead-lettered (the list keeps only the newest)."""
+        return self._k("notifier", "deadtotal")
+
+    def notifier_state(self) -> str:
+        """Hash: the notifier's last problem (``problem``, ``since``) and heartbeat (``seen``),
+        which `wave status` shows."""
+        return self._k("notifier", "state")
