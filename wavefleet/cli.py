@@ -26,6 +26,7 @@ from .errors import ConflictError, ExitCode, InvalidInputError, RedisUnavailable
 from .halt import read_halt, send_cancel, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.cli import add_commands as add_llm_commands
+from .notifier_status import status_line as notifier_status
 from .sandbox.fleet import summary as sandbox_summary
 from .status_view import follow_events, halt_banner, print_history, print_records, print_story, show
 from .store import StoryStore
@@ -128,6 +129,9 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     sandboxes = sandbox_summary(app.store.redis, app.settings.keys)
     if sandboxes and not args.json:
         show(sandboxes)
+    notifier = notifier_status(app.store.redis, app.settings.keys)
+    if notifier and not args.json:
+        show(notifier)
     if left_out and not args.json:
         if not records:
             show(f"no active stories; {left_out} finished (wave status --all, or --recent N)")
@@ -283,6 +287,18 @@ def cmd_worker(app: App, args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_notifier(app: App, args: argparse.Namespace) -> int:
+    from .notifier import Notifier, sender_for  # noqa: PLC0415 - only this command needs slack_sdk
+
+    sender = sender_for(app.settings.slack)  # not configured: one line, exit 3, before any Redis
+    logs.setup_for("NOTIFIER", app.settings)
+    notifier = Notifier(app.settings, app.store.redis, sender, f"{socket.gethostname()}-{os.getpid()}")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: notifier.stopping.set())
+    notifier.run()
+    return ExitCode.OK
+
+
 def cmd_supervisor(app: App, args: argparse.Namespace) -> int:
     from .supervisor import Supervisor  # noqa: PLC0415
 
@@ -426,6 +442,9 @@ def _add_process_commands(sub: Any) -> None:
 
     p = sub.add_parser("sandbox", help="run agent commands in hardened containers (the one Docker client)")
     p.set_defaults(handler=cmd_sandbox)
+
+    p = sub.add_parser("notifier", help="post the events stream to Slack (WAVE_SLACK__*; README Slack)")
+    p.set_defaults(handler=cmd_notifier)
 
     p = sub.add_parser("supervisor", help="route stories and advance the pipeline")
     p.add_argument("--burst", action="store_true", help="exit when nothing is waiting or running")

@@ -171,3 +171,15 @@ class LoopStopped(StageError):
     def __init__(self, message: str, *, guard: str) -> None:
         super().__init__(message)
         self.guard = guard
+
+
+class SlackDeliveryError(WaveError):
+    """Slack did not take a message. ``kind``: ``auth`` (the token or webhook was refused: every
+    message would be, so it is reported once), ``transient`` (an outage, a 5xx, 429s past the SDK's
+    retries: tried again after a backoff) or ``rejected`` (this message only: a bad channel, too long)."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -1,0 +1,242 @@
+"""The Slack notifier: the fleet's events stream read through its own consumer group and posted to Slack.
+
+Producers never wait on it: it reads what they already wrote. Entries are taken in order and acked
+only once Slack took every post of the entry or it went to the dead letters, so a crash or an outage
+loses nothing (a restarted notifier reads its unacked entries first). An outage is retried with a
+doubling backoff, `retries` times, then the message is dead-lettered (a bounded list `wave status`
+counts); a refused token is logged once and every message meanwhile is dead-lettered at once (a
+revoked token does not come back by waiting; README "Slack").
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Protocol
+
+import structlog
+from redis import Redis
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry import RetryHandler
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from slack_sdk.webhook import WebhookClient
+
+from .config import Settings, SlackSettings
+from .errors import ConfigError, SlackDeliveryError
+from .fleet_events import EventConsumer, FleetEvent
+from .notifier_status import GROUP
+from .redact import Redactor, secret_values
+from .slack_format import Message, StoryFacts, parent_for, plan
+from .store import StoryStore
+
+BLOCK_MS = 1000  # how long one read waits for new entries (stopping is checked between reads)
+AUTH_ERRORS = frozenset({"invalid_auth", "token_revoked", "account_inactive", "not_authed", "token_expired"})
+WEBHOOK_AUTH = frozenset({"invalid_token", "no_service", "no_team", "team_disabled", "action_prohibited"})
+
+log = structlog.get_logger("wave.notifier")
+
+
+class Sender(Protocol):
+    threads: bool
+
+    def post(self, message: Message, thread_ts: str | None) -> str:
+        """Post `message` (a reply when `thread_ts` is given); its ts. SlackDeliveryError if not."""
+        ...
+
+
+class WebApiSender:
+    """chat.postMessage with the bot token; the SDK waits out 429s itself (Retry-After)."""
+
+    threads = True
+
+    def __init__(self, slack: SlackSettings, token: str) -> None:
+        handlers: list[RetryHandler] = [RateLimitErrorRetryHandler(max_retry_count=slack.rate_limit_retries)]
+        self.client = WebClient(
+            token=token, base_url=slack.base_url, timeout=int(slack.timeout_s), retry_handlers=handlers
+        )
+
+    def post(self, message: Message, thread_ts: str | None) -> str:
+        extra: dict[str, Any] = {"thread_ts": thread_ts} if thread_ts else {}
+        if thread_ts and message.broadcast:
+            extra["reply_broadcast"] = True
+        try:
+            reply = self.client.chat_postMessage(
+                channel=message.channel,
+                text=message.text,
+                blocks=message.blocks,
+                unfurl_links=False,
+                unfurl_media=False,
+                **extra,
+            )
+        except SlackApiError as exc:
+            raise _api_error(exc) from None
+        except OSError as exc:  # refused, reset, a timeout (URLError is one)
+            raise SlackDeliveryError(f"Slack unreachable: {type(exc).__name__}", kind="transient") from None
+        return str(reply.get("ts") or "")
+
+
+def _api_error(exc: SlackApiError) -> SlackDeliveryError:
+    status, error = exc.response.status_code, str(exc.response.get("error", "") or "")
+    if error in AUTH_ERRORS:
+        return SlackDeliveryError(f"Slack refused the bot token ({error})", kind="auth")
+    if status == 429 or status >= 500 or error in ("ratelimited", "service_unavailable", "fatal_error"):
+        return SlackDeliveryError(f"Slack answered {status} {error}".rstrip(), kind="transient")
+    return SlackDeliveryError(f"Slack rejected the message ({error or status})", kind="rejected")
+
+
+class WebhookSender:
+    """An incoming webhook: one channel (the webhook's own), no threads, no ts."""
+
+    threads = False
+
+    def __init__(self, slack: SlackSettings, url: str) -> None:
+        handlers: list[RetryHandler] = [RateLimitErrorRetryHandler(max_retry_count=slack.rate_limit_retries)]
+        self.client = WebhookClient(url, timeout=int(slack.timeout_s), retry_handlers=handlers)
+
+    def post(self, message: Message, thread_ts: str | None) -> str:
+        try:
+            reply = self.client.send(text=message.text, blocks=message.blocks, unfurl_links=False)
+        except OSError as exc:  # refused, reset, a timeout (URLError is one)
+            raise SlackDeliveryError(f"Slack unreachable: {type(exc).__name__}", kind="transient") from None
+        if reply.status_code == 200:
+            return ""
+        body = str(reply.body or "")[:80]
+        if reply.status_code in (403, 404, 410) or body in WEBHOOK_AUTH:
+            raise SlackDeliveryError(f"Slack refused the webhook ({body or reply.status_code})", kind="auth")
+        kind = "transient" if reply.status_code == 429 or reply.status_code >= 500 else "rejected"
+        raise SlackDeliveryError(f"Slack answered {reply.status_code} {body}".rstrip(), kind=kind)
+
+
+def sender_for(slack: SlackSettings) -> Sender:
+    """The bot token's Web API client (threads), else the webhook's; ConfigError when neither is set."""
+    if slack.bot_token is not None:
+        return WebApiSender(slack, slack.bot_token.get_secret_value())
+    if slack.webhook_url is not None:
+        return WebhookSender(slack, slack.webhook_url.get_secret_value())
+    raise ConfigError(
+        "Slack is not configured: set WAVE_SLACK__BOT_TOKEN (threads) or WAVE_SLACK__WEBHOOK_URL"
+    )
+
+
+class Notifier:
+    """Reads the events stream (group `notifier`) and posts each entry, in order."""
+
+    def __init__(self, settings: Settings, redis: Redis, sender: Sender, name: str) -> None:
+        self.settings, self.slack, self.keys = settings, settings.slack, settings.keys
+        self.redis, self.sender = redis, sender
+        self.store = StoryStore(redis, self.keys, settings.pipeline.max_rounds)
+        self.consumer = EventConsumer(redis, self.keys, GROUP, name)
+        self.redactor = Redactor(secret_values(settings))
+        self.stopping = threading.Event()
+        self._posted: dict[str, int] = {}  # entry id -> how many of its posts Slack took already
+        self._auth_failed = False
+
+    def run(self) -> None:
+        backlog = self.consumer.pending(self.slack.batch)  # taken before a restart, never acked
+        log.info("notifier started", pending=len(backlog), threads=self.sender.threads)
+        while not self.stopping.is_set():
+            if not backlog:
+                backlog = self.consumer.read(self.slack.batch, block_ms=BLOCK_MS)
+            while backlog and not self.stopping.is_set():
+                entry_id, event = backlog[0]
+                if not self.deliver(entry_id, event):
+                    break  # stopping mid-backoff: the entry stays pending for the next start
+                self.consumer.ack([entry_id])
+                self._posted.pop(entry_id, None)
+                backlog.pop(0)
+
+    def deliver(self, entry_id: str, event: FleetEvent) -> bool:
+        """Post every message of one entry; True once each is posted or dead-lettered."""
+        facts = self._facts(event.story) if event.story else None
+        messages = plan(
+            event, facts, self.slack.alerts_channel, self.slack.activity_channel, self.settings.dozzle_url
+        )
+        done = self._posted.get(entry_id, 0)
+        for message in messages[done:]:
+            if not self._post_with_retries(entry_id, event, message, facts):
+                return False
+            self._posted[entry_id] = done = done + 1
+        return True
+
+    def _post_with_retries(
+        self, entry_id: str, event: FleetEvent, message: Message, facts: StoryFacts | None
+    ) -> bool:
+        delay = self.slack.backoff_s
+        for attempt in range(1, self.slack.retries + 1):
+            try:
+                self._post(message, facts)
+            except SlackDeliveryError as exc:
+                if exc.kind == "auth":
+                    self._report_auth(str(exc))
+                if exc.kind != "transient" or attempt == self.slack.retries:
+                    self._dead_letter(entry_id, event, message, str(exc))
+                    return True
+                self._problem(f"{exc}: try {attempt} of {self.slack.retries}")
+                if self.stopping.wait(delay):
+                    return False
+                delay = min(delay * 2, self.slack.backoff_max_s)
+            else:
+                self._recovered()
+                return True
+        return True
+
+    def _post(self, message: Message, facts: StoryFacts | None) -> None:
+        message = self._redacted(message)
+        thread_ts = None
+        if message.thread_of and self.sender.threads and not message.parent:
+            thread_ts = self._thread(message.thread_of, facts)
+        ts = self.sender.post(message, thread_ts)
+        if message.parent and message.thread_of and ts:
+            self.redis.set(self.keys.notifier_thread(message.thread_of), ts, ex=self.slack.thread_ttl_s)
+
+    def _thread(self, story: str, facts: StoryFacts | None) -> str:
+        """The story's thread ts; its parent is posted first when there is none (the story was
+        enqueued before this notifier's group existed, or its thread key expired)."""
+        ts = self.redis.get(self.keys.notifier_thread(story))
+        if ts:
+            return str(ts)
+        self._post(parent_for(story, facts, self.slack.activity_channel), facts)
+        return str(self.redis.get(self.keys.notifier_thread(story)) or "")
+
+    def _redacted(self, message: Message) -> Message:
+        text = self.redactor.text(message.text)
+        blocks = self.redactor.clean(message.blocks)
+        return Message(message.channel, text, blocks, message.thread_of, message.parent, message.broadcast)
+
+    def _facts(self, story: str) -> StoryFacts | None:
+        if not self.redis.exists(self.keys.story(story)):
+            return None
+        record = self.store.get(story)
+        return StoryFacts(record.story.title, record.domain, record.state.value, record.cost_usd)
+
+    def _dead_letter(self, entry_id: str, event: FleetEvent, message: Message, error: str) -> None:
+        letter = {"entry": entry_id, "event": event.event, "story": event.story, "error": error}
+        letter.update(channel=message.channel, text=self.redactor.text(message.text), at=f"{time.time():.3f}")
+        pipe = self.redis.pipeline()
+        pipe.lpush(self.keys.notifier_dead(), json.dumps(letter))
+        pipe.ltrim(self.keys.notifier_dead(), 0, self.slack.dead_letters_max - 1)
+        pipe.incr(self.keys.notifier_dead_total())
+        pipe.execute()
+        if not self._auth_failed:  # a refused token is said once, not per message
+            log.warning("slack message dead-lettered", entry=entry_id, kind=event.event, error=error)
+
+    def _report_auth(self, problem: str) -> None:
+        if self._auth_failed:
+            return
+        self._auth_failed = True
+        fix = "set WAVE_SLACK__BOT_TOKEN (or WAVE_SLACK__WEBHOOK_URL) to a valid one and restart the notifier"
+        log.error(f"{problem}: messages go to the dead letters until it is fixed; {fix}")
+        self._problem(problem)
+
+    def _problem(self, problem: str) -> None:
+        self.redis.hset(
+            self.keys.notifier_state(), mapping={"problem": problem, "since": f"{time.time():.0f}"}
+        )
+
+    def _recovered(self) -> None:
+        if self._auth_failed:
+            log.info("slack takes messages again")
+        self._auth_failed = False
+        self.redis.hdel(self.keys.notifier_state(), "problem", "since")
