@@ -393,6 +393,8 @@ class Settings(BaseSettings):
     # Dozzle's address as operators open it (https://logs.example): Slack messages link a story's
     # worker logs at <dozzle_url>/show?name=<container>; None: no links.
     dozzle_url: str | None = None
+    # A worker's container is this prefix and its identity (compose: COMPOSE_PROJECT_NAME "-").
+    dozzle_container_prefix: str = Field(default="wave-", pattern=r"^[a-zA-Z0-9_.-]{0,64}$")
 
     @field_validator("dozzle_url")
     @classmethod

@@ -25,10 +25,10 @@ from slack_sdk.webhook import WebhookClient
 
 from .config import Settings, SlackSettings
 from .errors import ConfigError, SlackDeliveryError
-from .fleet_events import EventConsumer, FleetEvent
+from .fleet_events import EventConsumer, FleetEvent, StoryEvent
 from .notifier_status import GROUP
 from .redact import Redactor, secret_values
-from .slack_format import Message, StoryFacts, parent_for, plan
+from .slack_format import Message, StoryFacts, dozzle_link, parent_for, plan
 from .store import StoryStore
 
 BLOCK_MS = 1000  # how long one read waits for new entries (stopping is checked between reads)
@@ -149,10 +149,13 @@ class Notifier:
 
     def deliver(self, entry_id: str, event: FleetEvent) -> bool:
         """Post every message of one entry; True once each is posted or dead-lettered."""
-        facts = self._facts(event.story) if event.story else None
-        messages = plan(
-            event, facts, self.slack.alerts_channel, self.slack.activity_channel, self.settings.dozzle_url
-        )
+        facts = self._facts(event) if event.story else None
+        dozzle = None
+        if facts and facts.worker and self.settings.dozzle_url:
+            dozzle = dozzle_link(
+                self.settings.dozzle_url, self.settings.dozzle_container_prefix, facts.worker
+            )
+        messages = plan(event, facts, self.slack.alerts_channel, self.slack.activity_channel, dozzle)
         done = self._posted.get(entry_id, 0)
         for message in messages[done:]:
             if not self._post_with_retries(entry_id, event, message, facts):
@@ -205,11 +208,27 @@ class Notifier:
         blocks = self.redactor.clean(message.blocks)
         return Message(message.channel, text, blocks, message.thread_of, message.parent, message.broadcast)
 
-    def _facts(self, story: str) -> StoryFacts | None:
-        if not self.redis.exists(self.keys.story(story)):
+    def _facts(self, event: FleetEvent) -> StoryFacts | None:
+        if not self.redis.exists(self.keys.story(event.story)):
             return None
-        record = self.store.get(story)
-        return StoryFacts(record.story.title, record.domain, record.state.value, record.cost_usd)
+        record = self.store.get(event.story)
+        return StoryFacts(
+            record.story.title, record.domain, record.state.value, record.cost_usd, self._worker(event)
+        )
+
+    def _worker(self, event: FleetEvent) -> str:
+        """The worker that ran the event's role's latest stage, from its stored result ("" if none:
+        the history does not name the attempt, and a stage's result is stored before its event)."""
+        if not isinstance(event, StoryEvent) or not event.role:
+            return ""
+        results = self.redis.hgetall(self.keys.story_results(event.story))
+        mine = [(_order(name), raw) for name, raw in results.items() if f".{event.role}.a" in name]
+        latest = max(mine) if mine else None
+        try:
+            worker = json.loads(latest[1]).get("worker", "") if latest else ""
+        except (ValueError, AttributeError):
+            return ""
+        return worker if isinstance(worker, str) else ""
 
     def _dead_letter(self, entry_id: str, event: FleetEvent, message: Message, error: str) -> None:
         letter = {"entry": entry_id, "event": event.event, "story": event.story, "error": error}
@@ -240,3 +259,10 @@ class Notifier:
             log.info("slack takes messages again")
         self._auth_failed = False
         self.redis.hdel(self.keys.notifier_state(), "problem", "since")
+
+
+def _order(result_name: str) -> tuple[int, int]:
+    """(round, attempt) of a stage result's name ``r{round}.{role}.a{attempt}``."""
+    head, _, attempt = result_name.rpartition(".a")
+    round_ = head.split(".", 1)[0].removeprefix("r")
+    return (int(round_) if round_.isdigit() else 0, int(attempt) if attempt.isdigit() else 0)

@@ -54,6 +54,7 @@ class StoryFacts:
     domain: str = ""
     state: str = ""
     cost_usd: float = 0.0
+    worker: str = ""  # the worker that ran the event's stage (its container's logs are linked)
 
 
 def escape(value: object, limit: int = MAX_FIELD_CHARS) -> str:
@@ -95,13 +96,12 @@ def plan(
     facts: StoryFacts | None,
     alerts: str,
     activity: str,
-    dozzle_url: str | None = None,
+    dozzle: str | None = None,
 ) -> list[Message]:
     """The posts one stream entry makes: a story's enqueue starts its thread, its later events are
     replies there (one that needs a human also alerts); a fleet-wide event is one unthreaded post."""
     line = summary(event)
-    worker = event.worker if isinstance(event, StoryEvent) else str(fields_of(event).get("worker", ""))
-    context = _context(facts, worker, dozzle_url)
+    context = _context(facts, facts.worker if facts else "", dozzle)
     if not event.story:
         icon = ":rotating_light:" if is_alert(event) else ":information_source:"
         return [_message(alerts if is_alert(event) else activity, f"{icon} {line}", context)]
@@ -125,13 +125,20 @@ def parent_for(story: str, facts: StoryFacts | None, activity: str) -> Message:
     return _message(activity, text, [], thread_of=story, parent=True)
 
 
-def _context(facts: StoryFacts | None, worker: str, dozzle_url: str | None) -> list[str]:
+def dozzle_link(dozzle_url: str, container_prefix: str, worker: str) -> str:
+    """Dozzle's page of a worker's container: its name is the prefix and the worker's identity (the
+    worker name up to its first dot: ``auth-be-2.1a2b3c.41`` runs in ``wave-auth-be-2``)."""
+    container = container_prefix + worker.split(".", 1)[0]
+    return f"{dozzle_url}/show?name={quote(container, safe='')}"
+
+
+def _context(facts: StoryFacts | None, worker: str, dozzle: str | None) -> list[str]:
     parts = []
     if facts is not None:
         parts.append(f"state {escape(facts.state, 20)} · cost so far ${facts.cost_usd:.4f}")
-    if worker and dozzle_url:
-        # the link's target is ours; only the escaped worker name is in it, percent-encoded
-        parts.append(f"<{dozzle_url}/show?name={quote(worker, safe='')}|logs of {escape(worker, 80)}>")
+    if worker and dozzle:
+        # the link's target is ours (the worker's name in it percent-encoded), its label escaped
+        parts.append(f"<{dozzle}|logs of {escape(worker, 80)}>")
     elif worker:
         parts.append(f"worker {escape(worker, 80)}")
     return parts

@@ -1,0 +1,244 @@
+"""`wave notifier`: the events stream posted to a local Slack Web API by the real slack_sdk, with real
+worker, supervisor and notifier processes on a real redis-server: one thread per story with its
+events in order, 429s and outages waited out, a refused token reported once and dead-lettered,
+hostile story text made inert and secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from redis import Redis
+
+from wavefleet.config import Settings, SlackSettings
+from wavefleet.domains import Domains
+from wavefleet.lifecycle import StoryState
+from wavefleet.store import StoryStore
+from wavefleet.stories import Story
+from wavefleet.testing import Processes, run_wave, wait_until
+
+sys.path.insert(0, str(Path(__file__).parent))
+from servers.slack_server import Posted, SlackServer
+
+SECRET = "sk-ant-test-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackServer]:
+    server = SlackServer()
+    yield server
+    server.close()
+
+
+def with_slack(settings: Settings, server: SlackServer, **slack: object) -> Settings:
+    values = {
+        "bot_token": SecretStr(server.token),
+        "base_url": server.url,
+        "backoff_s": 0.2,
+        "backoff_max_s": 1.0,
+        "alerts_channel": "#alerts",
+        "activity_channel": "#activity",
+        **slack,
+    }
+    return settings.model_copy(update={"slack": SlackSettings(**values)})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def notified(settings: Settings, slack: SlackServer, tmp_path: Path) -> Iterator[tuple[Settings, Processes]]:
+    """Settings pointing at the local Slack, and Processes using them (the notifier not yet started)."""
+    slacked = with_slack(settings.model_copy(update={"dozzle_url": "https://logs.example"}), slack)
+    procs = Processes(slacked, tmp_path / "logs")
+    yield slacked, procs
+    procs.stop_all()
+
+
+def start_notifier(procs: Processes, redis: Redis, settings: Settings) -> None:
+    """A notifier whose consumer group exists (made at the stream's end: earlier entries are not its)."""
+    procs.wave("notifier", name="notifier")
+    group = settings.keys.events_group("notifier")
+    wait_until(
+        lambda: (
+            redis.exists(settings.keys.events())
+            and any(g["name"] == group for g in redis.xinfo_groups(settings.keys.events()))
+        ),
+        message="the notifier's consumer group",
+        diagnose=procs.logs,
+    )
+
+
+def story_kinds(redis: Redis, settings: Settings, story: str) -> list[str]:
+    """The story's events after its enqueue, in stream order."""
+    entries = redis.xrange(settings.keys.story_events(story))
+    return [f["event"] for _id, f in entries if f.get("event") != "enqueued"]
+
+
+def reply_kinds(replies: list[Posted]) -> list[str]:
+    return [r.text.split("*")[1] for r in replies]  # each reply's text opens with *kind*
+
+
+def test_five_stories_across_worker_processes_give_five_threads_with_their_events_in_order(
+    notified: tuple[Settings, Processes],
+    redis: Redis,
+    store: StoryStore,
+    domains: Domains,
+    slack: SlackServer,
+) -> None:
+    settings, procs = notified
+    procs.team("auth", {"pm": 1, "fe": 2, "be": 2, "qa": 1, "cto": 1})
+    procs.team("payments", {"pm": 1, "fe": 1, "be": 1, "qa": 1, "cto": 1})
+    procs.supervisor()
+    start_notifier(procs, redis, settings)
+    ids = ["AUTH-101", "AUTH-102", "AUTH-103", "PAYMENTS-104", "PAYMENTS-105"]
+    store.enqueue([Story(id=i, title=f"story {i}") for i in ids], domains)
+    wait_until(
+        lambda: all(store.get(i).state is StoryState.DONE for i in ids),
+        timeout_s=120,
+        message="five stories done",
+        diagnose=procs.logs,
+    )
+
+    def threads_complete() -> bool:
+        threads = slack.threads()
+        return all(
+            len(threads.get(str(redis.get(settings.keys.notifier_thread(i))), []))
+            == len(story_kinds(redis, settings, i))
+            for i in ids
+        )
+
+    wait_until(threads_complete, message="every story event posted in its thread", diagnose=procs.logs)
+    parents = slack.parents()
+    assert sorted(p.text.split("*")[1] for p in parents) == ids  # one parent per story, nothing else
+    assert all(p.channel == "#activity" and p.blocks for p in parents)
+    for story in ids:
+        ts = str(redis.get(settings.keys.notifier_thread(story)))
+        replies = slack.threads()[ts]
+        assert reply_kinds(replies) == story_kinds(redis, settings, story)
+        assert {r.channel for r in replies} == {"#activity"}
+        assert "cost so far $" in replies[-1].text and "done" in replies[-1].text
+    workers = {r.worker for i in ids for _name, r in store.results(i)}
+    assert len(workers) > 5  # the stories went through several worker processes
+    linked = [r for i in ids for r in slack.threads()[str(redis.get(settings.keys.notifier_thread(i)))]]
+    links = [r.text for r in linked if "/show?name=wave-" in r.text]
+    assert links and all("https://logs.example/show?name=wave-" in t for t in links)
+
+
+def test_a_429_is_waited_out_for_its_retry_after(
+    notified: tuple[Settings, Processes], redis: Redis, slack: SlackServer
+) -> None:
+    settings, procs = notified
+    start_notifier(procs, redis, settings)
+    slack.rate_limited(retry_after_s=2, times=1)
+    assert run_wave(settings, "stop", "--reason", "drill").returncode == 0
+    wait_until(lambda: slack.messages, message="the halt alert posted", diagnose=procs.logs)
+    [refused] = slack.refused
+    [alert] = slack.messages
+    assert refused.status == 429
+    assert alert.at - refused.at >= 2.0  # the SDK's handler slept Retry-After, not our 0.2 s backoff
+    assert alert.channel == "#alerts" and "fleet_halted" in alert.text and alert.thread_ts is None
+
+
+def test_slack_down_for_a_while_then_back_loses_no_message(
+    notified: tuple[Settings, Processes], redis: Redis, slack: SlackServer
+) -> None:
+    settings, procs = notified
+    start_notifier(procs, redis, settings)
+    slack.close()
+    for reason in ("one", "two", "three"):
+        assert run_wave(settings, "stop", "--reason", reason).returncode == 0
+        assert run_wave(settings, "resume").returncode == 0
+    wait_until(
+        lambda: redis.hget(settings.keys.notifier_state(), "problem"),
+        message="the notifier finding Slack unreachable",
+        diagnose=procs.logs,
+    )
+    slack.reopen()
+    wait_until(lambda: len(slack.messages) == 6, message="all six alerts posted", diagnose=procs.logs)
+    texts = [m.text for m in slack.messages]
+    assert [t.split("*")[1] for t in texts] == ["fleet_halted", "fleet_resumed"] * 3
+    assert [t for t in texts if "reason=" in t] == [
+        m.text for m in slack.messages if "fleet_halted" in m.text
+    ]
+    assert ["one" in texts[0], "two" in texts[2], "three" in texts[4]] == [True] * 3
+    assert redis.get(settings.keys.notifier_dead_total()) is None
+    wait_until(
+        lambda: not redis.hget(settings.keys.notifier_state(), "problem"), message="the problem cleared"
+    )
+
+
+def test_a_refused_token_is_logged_once_and_dead_letters_are_counted_in_status(
+    notified: tuple[Settings, Processes], redis: Redis, slack: SlackServer
+) -> None:
+    settings, procs = notified
+    start_notifier(procs, redis, settings)
+    slack.revoke("token_revoked")
+    for reason in ("a", "b"):
+        assert run_wave(settings, "stop", "--reason", reason).returncode == 0
+        assert run_wave(settings, "resume").returncode == 0
+    wait_until(
+        lambda: redis.get(settings.keys.notifier_dead_total()) == "4",
+        message="four dead letters",
+        diagnose=procs.logs,
+    )
+    lines = [line for line in procs.logs().splitlines() if "refused the bot token" in line]
+    assert len(lines) == 1, procs.logs()
+    assert "WAVE_SLACK__BOT_TOKEN" in lines[0]
+    status = run_wave(settings, "status")
+    assert status.returncode == 0
+    assert (
+        "notifier: 0 waiting, 4 dead letters (Slack refused the bot token (token_revoked))" in status.stdout
+    )
+    letters = [json.loads(x) for x in redis.lrange(settings.keys.notifier_dead(), 0, -1)]
+    assert [x["event"] for x in letters] == ["fleet_resumed", "fleet_halted"] * 2  # newest first
+
+
+def test_hostile_story_text_cannot_ping_or_link_and_secrets_never_reach_slack(
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains, slack: SlackServer, tmp_path: Path
+) -> None:
+    keyed = settings.model_copy(
+        update={"anthropic": settings.anthropic.model_copy(update={"api_key": SecretStr(SECRET)})}
+    )
+    slacked = with_slack(keyed, slack)
+    procs = Processes(slacked, tmp_path / "logs")
+    try:
+        start_notifier(procs, redis, slacked)
+        title = f"<!channel> <https://evil.example|click> & <@U123> see https://evil.example {SECRET}"
+        store.enqueue([Story(id="AUTH-201", title=title)], domains)
+        assert run_wave(slacked, "stop", "--reason", f"<!here> leaked {SECRET}").returncode == 0
+        wait_until(lambda: len(slack.messages) == 2, message="the parent and the halt", diagnose=procs.logs)
+    finally:
+        procs.stop_all()
+    for message in slack.messages:
+        shown = [message.text, *(json.dumps(b, ensure_ascii=False) for b in message.blocks)]
+        for text in shown:
+            assert "<" not in text and ">" not in text  # no <!channel>, <!here>, <@user>, <url|label>
+            assert "://evil" not in text  # a bare URL is defused, Slack does not auto-link it
+        assert SECRET not in message.raw and "[redacted]" in message.text
+    assert "&lt;!channel&gt;" in slack.messages[0].text and "&amp;" in slack.messages[0].text
+
+
+def test_a_webhook_posts_without_threads(
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains, slack: SlackServer, tmp_path: Path
+) -> None:
+    slacked = with_slack(settings, slack, bot_token=None, webhook_url=SecretStr(slack.webhook_url))
+    procs = Processes(slacked, tmp_path / "logs")
+    try:
+        start_notifier(procs, redis, slacked)
+        store.enqueue([Story(id="AUTH-301", title="by webhook")], domains)
+        assert run_wave(slacked, "stop", "--reason", "hook").returncode == 0
+        wait_until(lambda: len(slack.messages) == 2, message="two webhook posts", diagnose=procs.logs)
+    finally:
+        procs.stop_all()
+    assert all(m.webhook and m.thread_ts is None for m in slack.messages)
+    assert redis.get(slacked.keys.notifier_thread("AUTH-301")) is None
+
+
+def test_the_notifier_without_slack_settings_refuses_in_one_line(settings: Settings) -> None:
+    result = run_wave(settings, "notifier")
+    assert result.returncode == 78  # EX_CONFIG
+    assert result.stderr.strip().splitlines() == [
+        "wave: error: Slack is not configured: set WAVE_SLACK__BOT_TOKEN (threads) or WAVE_SLACK__WEBHOOK_URL"
+    ]
