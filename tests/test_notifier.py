@@ -15,7 +15,8 @@ from pydantic import SecretStr
 from redis import Redis
 
 from wavefleet.config import Settings, SlackSettings
-from wavefleet.domains import Domains
+from wavefleet.domains import Domains, load_domains
+from wavefleet.fleet import Fleet
 from wavefleet.lifecycle import StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
@@ -242,3 +243,13 @@ def test_the_notifier_without_slack_settings_refuses_in_one_line(settings: Setti
     assert result.stderr.strip().splitlines() == [
         "wave: error: Slack is not configured: set WAVE_SLACK__BOT_TOKEN (threads) or WAVE_SLACK__WEBHOOK_URL"
     ]
+
+
+def test_wave_up_starts_a_notifier_only_when_slack_is_configured(
+    settings: Settings, slack: SlackServer
+) -> None:
+    domains = load_domains(settings.domains_dir)
+    without = {c.name for c in Fleet(settings, domains, None).children}
+    with_it = {c.name for c in Fleet(with_slack(settings, slack), domains, None).children}
+
+    assert with_it - without == {"NOTIFIER"}

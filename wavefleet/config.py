@@ -399,6 +399,8 @@ class Settings(BaseSettings):
     @field_validator("dozzle_url")
     @classmethod
     def _dozzle_is_a_url(cls, url: str | None) -> str | None:
+        if url == "":  # compose passes an unset variable as empty: no Dozzle
+            return None
         if url is not None:
             parts = urlsplit(url)
             if parts.scheme not in ("https", "http") or not parts.hostname:

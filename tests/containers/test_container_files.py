@@ -261,3 +261,14 @@ def test_make_up_adds_a_missing_users_password_to_an_existing_env_file_and_keeps
     assert "added REDIS_SANDBOX_PASSWORD" in added.stderr
     assert make_env_file(env_file).stderr == ""  # complete: nothing more to add, nothing said
     assert env_file.read_text().splitlines() == lines
+
+
+def test_the_slack_notifier_is_opt_in_and_holds_no_model_key_nor_data() -> None:
+    notifier = compose_file("base")["services"]["notifier"]
+
+    assert notifier["profiles"] == ["slack"]  # it refuses to start without a token or webhook
+    assert notifier["command"] == ["notifier"]
+    assert notifier["extends"] == {"file": "common.yml", "service": "hardened"}
+    assert "volumes" not in notifier
+    assert not [name for name in notifier["environment"] if "API_KEY" in name]
+    assert {"WAVE_SLACK__BOT_TOKEN", "WAVE_SLACK__WEBHOOK_URL"} <= set(notifier["environment"])
