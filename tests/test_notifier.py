@@ -234,6 +234,7 @@ def test_a_webhook_posts_without_threads(
     finally:
         procs.stop_all()
     assert all(m.webhook and m.thread_ts is None for m in slack.messages)
+    assert slack.messages[0].text.startswith(":inbox_tray: *AUTH-301*")
     assert redis.get(slacked.keys.notifier_thread("AUTH-301")) is None
 
 

@@ -24,11 +24,11 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
 from .config import Settings, SlackSettings
-from .errors import ConfigError, SlackDeliveryError
+from .errors import ConfigError, SlackDeliveryError, WaveError
 from .fleet_events import EventConsumer, FleetEvent, StoryEvent
 from .notifier_status import GROUP
 from .redact import Redactor, secret_values
-from .slack_format import Message, StoryFacts, dozzle_link, parent_for, plan
+from .slack_format import Message, StoryFacts, dozzle_link, flattened, parent_for, plan
 from .store import StoryStore
 
 BLOCK_MS = 1000  # how long one read waits for new entries (stopping is checked between reads)
@@ -186,7 +186,7 @@ class Notifier:
         return True
 
     def _post(self, message: Message, facts: StoryFacts | None) -> None:
-        message = self._redacted(message)
+        message = self._redacted(message if self.sender.threads else flattened(message))
         thread_ts = None
         if message.thread_of and self.sender.threads and not message.parent:
             thread_ts = self._thread(message.thread_of, facts)
@@ -209,9 +209,10 @@ class Notifier:
         return Message(message.channel, text, blocks, message.thread_of, message.parent, message.broadcast)
 
     def _facts(self, event: FleetEvent) -> StoryFacts | None:
-        if not self.redis.exists(self.keys.story(event.story)):
+        try:
+            record = self.store.get(event.story)
+        except WaveError:  # gone (NotFoundError) or unreadable: posted without what the store knows
             return None
-        record = self.store.get(event.story)
         return StoryFacts(
             record.story.title, record.domain, record.state.value, record.cost_usd, self._worker(event)
         )

@@ -118,6 +118,17 @@ def plan(
     return [reply, _message(alerts, f":rotating_light: *{story}* {line}", context)]
 
 
+def flattened(message: Message) -> Message:
+    """A story reply as a message of its own (a webhook has no threads): the story id first."""
+    if not message.thread_of or message.parent:
+        return message
+    head = f"*{escape(message.thread_of, 80)}* "
+    blocks = [dict(b) for b in message.blocks]
+    if blocks and blocks[0].get("type") == "section":
+        blocks[0] = {**blocks[0], "text": {"type": "mrkdwn", "text": head + blocks[0]["text"]["text"]}}
+    return Message(message.channel, head + message.text, blocks)
+
+
 def parent_for(story: str, facts: StoryFacts | None, activity: str) -> Message:
     """A thread's first message made late (the enqueue was before the notifier's group existed)."""
     title = escape(facts.title if facts else "", 200)
