@@ -79,7 +79,7 @@ DC_ENV     = FLEET_IMAGE='$(FLEET_IMAGE)' HALT_DIR='$(HALT_DIR)' COMPOSE_PROJECT
 DC         = $(DC_ENV) $(COMPOSE) --env-file $(ENV_FILE) -p $(COMPOSE_PROJECT_NAME) $(DC_FILES)
 # down, ps and logs create nothing: they must work without compose/.env too (checked when they run)
 SECRETS    = REDIS_ADMIN_PASSWORD REDIS_WORKER_PASSWORD REDIS_SUPERVISOR_PASSWORD REDIS_WATCHER_PASSWORD \
-             REDIS_OPERATOR_PASSWORD REDIS_SANDBOX_PASSWORD
+             REDIS_OPERATOR_PASSWORD REDIS_SANDBOX_PASSWORD REDIS_NOTIFIER_PASSWORD
 ENV_OR_NOT = $(if $(wildcard $(ENV_FILE)),--env-file $(ENV_FILE),)
 UNUSED     = $(if $(wildcard $(ENV_FILE)),,$(foreach s,$(SECRETS),$(s)="$${$(s):-unused}"))
 DC_LOOK    = $(UNUSED) $(DC_ENV) $(COMPOSE) $(ENV_OR_NOT) -p $(COMPOSE_PROJECT_NAME) $(DC_FILES)

@@ -18,7 +18,7 @@ set -eu
 die() { echo "compose-secrets: $*" >&2; exit 1; }
 secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
 # one per Redis ACL user of wavefleet/acl.py (docker/redis-start.sh requires each)
-USERS="ADMIN WORKER SUPERVISOR WATCHER OPERATOR SANDBOX"
+USERS="ADMIN WORKER SUPERVISOR WATCHER OPERATOR SANDBOX NOTIFIER"
 value() { sed -n "s/^$1=//p" "$2" | tail -n 1; }
 
 make_env() {

@@ -3,7 +3,8 @@
 # image and a local one both work). Each fleet role has its own Redis user (wavefleet/acl.py, rendered
 # into users.acl.template): the passwords come from the environment (REDIS_ADMIN_PASSWORD,
 # REDIS_WORKER_PASSWORD, REDIS_SUPERVISOR_PASSWORD, REDIS_WATCHER_PASSWORD, REDIS_OPERATOR_PASSWORD, and
-# REDIS_SANDBOX_PASSWORD for `wave sandbox`: without it that user is left out, so nothing logs in as it)
+# REDIS_SANDBOX_PASSWORD for `wave sandbox` and REDIS_NOTIFIER_PASSWORD for `wave notifier`: without
+# one, that user is left out, so nothing logs in as it)
 # and reach Redis only as SHA-256 hashes in an ACL file on tmpfs (/tmp): never into the image, the
 # compose file, a config file or the process list.
 set -eu
@@ -25,10 +26,10 @@ umask 077
 acl="$run_dir/users.acl"
 # The template's comment lines go (an ACL file has none); each @<USER>_SHA256@ becomes a hash.
 script=''
-for user in ADMIN WORKER SUPERVISOR WATCHER OPERATOR SANDBOX; do
+for user in ADMIN WORKER SUPERVISOR WATCHER OPERATOR SANDBOX NOTIFIER; do
     eval "password=\${REDIS_${user}_PASSWORD:-}"
-    if [ -z "$password" ] && [ "$user" = SANDBOX ]; then
-        script="$script -e /@SANDBOX_SHA256@/d"
+    if [ -z "$password" ] && { [ "$user" = SANDBOX ] || [ "$user" = NOTIFIER ]; }; then
+        script="$script -e /@${user}_SHA256@/d"
         continue
     fi
     if [ -z "$password" ]; then

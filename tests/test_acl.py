@@ -212,7 +212,8 @@ def test_the_compose_start_script_gives_each_role_its_user(tmp_path: Path) -> No
         for user in acl.FLEET_ROLES:
             client = Redis(host="127.0.0.1", port=port, username=user, password=passwords[user])
             assert refused(client, "FLUSHALL")
-            assert refused(client, "DEL", HALT) == (user in (acl.WORKER, acl.SUPERVISOR, acl.SANDBOX))
+            protected = (acl.WORKER, acl.SUPERVISOR, acl.SANDBOX, acl.NOTIFIER)
+            assert refused(client, "DEL", HALT) == (user in protected)
         assert all(p not in (tmp_path / "users.acl").read_text() for p in passwords.values())
     finally:
         started.kill()
@@ -265,3 +266,37 @@ def test_on_redis_6_the_users_are_separated_and_the_halt_key_unprotected_is_said
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"major": 6, "protected": False, "flushall": "refused", "del_halt": 1}
+
+
+def test_the_notifier_reads_stories_and_the_events_stream_and_writes_only_its_own_keys(
+    server: EmbeddedRedis,
+) -> None:
+    """`wave notifier` holds the Slack token and reads hostile story text: its Redis user reads
+    stories, reads and acks the events stream through its group, and writes nothing but its keys."""
+    admin = server.client(decode_responses=True)
+    admin.hset("wave:story:AUTH-001", "state", "queued")
+    admin.xadd("wave:events", {"event": "enqueued", "story": "AUTH-001"})
+    client = server.client(acl.NOTIFIER, decode_responses=True)
+    assert client.hgetall("wave:story:AUTH-001") == {"state": "queued"}
+    assert client.hgetall("wave:story:AUTH-001:results") == {}
+    client.xgroup_create("wave:events", "wave:events:notifier", id="0")
+    [[_stream, [(entry, _fields)]]] = client.xreadgroup("wave:events:notifier", "n1", {"wave:events": ">"})
+    assert client.xack("wave:events", "wave:events:notifier", entry) == 1
+    pipe = client.pipeline()
+    pipe.set("wave:notifier:thread:AUTH-001", "1.000001", ex=60)
+    pipe.lpush("wave:notifier:dead", "{}").ltrim("wave:notifier:dead", 0, 9).incr("wave:notifier:deadtotal")
+    pipe.hset("wave:notifier:state", "problem", "x").hdel("wave:notifier:state", "problem")
+    assert pipe.execute()
+    for attack in [
+        ("HSET", "wave:story:AUTH-001", "state", "done"),
+        ("DEL", "wave:story:AUTH-001"),
+        ("SET", HALT, "x"),
+        ("GET", HALT),
+        ("XADD", "wave:events", "*", "event", "fleet_resumed"),
+        ("XTRIM", "wave:events", "MAXLEN", "0"),
+        ("LPUSH", "rq:queue:wave:auth:qa", "x"),
+        ("HGETALL", "wave:running"),
+        ("PUBLISH", "wave:halt", "{}"),
+        ("EVAL", "return 1", "0"),
+    ]:
+        assert refused(client, *attack), attack

@@ -14,13 +14,15 @@ import pytest
 from pydantic import SecretStr
 from redis import Redis
 
+from wavefleet import acl
 from wavefleet.config import Settings, SlackSettings
 from wavefleet.domains import Domains, load_domains
+from wavefleet.embedded import EmbeddedRedis, free_port
 from wavefleet.fleet import Fleet
-from wavefleet.lifecycle import StoryState
+from wavefleet.lifecycle import Event, EventKind, StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, run_wave, wait_until
+from wavefleet.testing import Processes, fast_settings, run_wave, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers.slack_server import Posted, SlackServer
@@ -254,3 +256,29 @@ def test_wave_up_starts_a_notifier_only_when_slack_is_configured(
     with_it = {c.name for c in Fleet(with_slack(settings, slack), domains, None).children}
 
     assert with_it - without == {"NOTIFIER"}
+
+
+def test_the_notifier_runs_as_its_own_narrow_redis_user(
+    slack: SlackServer, tmp_path: Path, domains_dir: Path
+) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", free_port())  # the ACL users of `wave up`
+    server.start()
+    try:
+        base = fast_settings(server, tmp_path / "data", domains_dir)
+        username, password = server.credentials(acl.NOTIFIER)
+        redis_settings = base.redis.model_copy(update={"username": username, "password": SecretStr(password)})
+        settings = with_slack(base.model_copy(update={"redis": redis_settings}), slack)
+        admin = server.client(decode_responses=True)
+        procs = Processes(settings, tmp_path / "logs")
+        try:
+            start_notifier(procs, admin, settings)
+            store = StoryStore(admin, base.keys, base.pipeline.max_rounds)
+            store.enqueue([Story(id="AUTH-401", title="narrow")], load_domains(domains_dir))
+            store.apply("AUTH-401", Event(EventKind.CANCEL, reason="not needed"))
+            wait_until(lambda: len(slack.messages) == 2, message="parent and reply", diagnose=procs.logs)
+        finally:
+            procs.stop_all()
+    finally:
+        server.stop()
+    parent, reply = slack.messages
+    assert reply.thread_ts == parent.ts and "cancelled" in reply.text

@@ -20,7 +20,8 @@ SUPERVISOR = "supervisor"
 WATCHER = "watcher"
 OPERATOR = "operator"
 SANDBOX = "sandbox"
-FLEET_ROLES = (WORKER, SUPERVISOR, WATCHER, OPERATOR, SANDBOX)
+NOTIFIER = "notifier"
+FLEET_ROLES = (WORKER, SUPERVISOR, WATCHER, OPERATOR, SANDBOX, NOTIFIER)
 USERS = (ADMIN, *FLEET_ROLES)
 RQ_PREFIX = "rq:"  # RQ's own keys and channels (fixed by RQ)
 # Printable ASCII without space: a password is one token in every file and command line it meets.
@@ -48,6 +49,14 @@ _SANDBOX_COMMANDS = (
     "+subscribe +unsubscribe"
 )
 
+# `wave notifier` holds the Slack token and reads story text: it reads stories and the events stream
+# through its consumer group, and writes only its own keys (thread ts, dead letters, state).
+_NOTIFIER_COMMANDS = (
+    "-@all +ping +hello +auth +client|setname +client|getname +client|id "
+    "+get +set +hgetall +hset +hdel +lpush +ltrim +incrby +xreadgroup +xack +xgroup|create "
+    "+multi +exec +discard"
+)
+
 
 @dataclass(frozen=True)
 class Rules:
@@ -61,6 +70,8 @@ class Rules:
             return "~*"
         if user == SANDBOX:
             return self._sandbox_keys()
+        if user == NOTIFIER:
+            return self._notifier_keys()
         ours = f"~{self.prefix}:*"
         if user in (WORKER, SUPERVISOR) and self.halt_read_only:
             halt = Keys(self.prefix).halt()
@@ -76,12 +87,27 @@ class Rules:
         writes = (keys.fleet_id(), keys.sandbox_requests(), keys.sandbox_reply("*"), keys.sandbox_runner())
         return " ".join([*(f"{read}{k}" for k in reads), *(f"~{k}" for k in writes)])
 
+    def _notifier_keys(self) -> str:
+        """Read: stories (their hash and stage results); write: the events stream (XREADGROUP and
+        XACK write its group) and its own keys. Nothing of RQ's, the halt's or the running hash's."""
+        keys = Keys(self.prefix)
+        read = "%R~" if self.halt_read_only else "~"
+        own = (
+            keys.notifier_thread("*"),
+            keys.notifier_dead(),
+            keys.notifier_dead_total(),
+            keys.notifier_state(),
+        )
+        return " ".join([f"{read}{keys.story('*')}", f"~{keys.events()}", *(f"~{k}" for k in own)])
+
     def line(self, user: str, secret: str) -> str:
         """`secret` is `#<sha256 hex>` (or a template placeholder)."""
         if user == ADMIN:
             commands = "+@all"
         elif user == SANDBOX:
             commands = _SANDBOX_COMMANDS
+        elif user == NOTIFIER:
+            commands = _NOTIFIER_COMMANDS
         else:
             commands = _FLEET_COMMANDS + _EXTRA[user]
         # resetchannels: Redis 6.2 starts a user with every channel (7 with none)
@@ -91,6 +117,8 @@ class Rules:
         elif user == SANDBOX:
             keys = Keys(self.prefix)
             channels = f"resetchannels &{keys.halt_channel()} &{keys.cancel_channel()}"
+        elif user == NOTIFIER:
+            channels = "resetchannels"  # it subscribes to nothing
         return f"user {user} on {secret} {self.keys_of(user)} {channels} {commands}"
 
     def lines(self, secrets: dict[str, str]) -> list[str]:

@@ -70,8 +70,7 @@ class Fleet:
         if settings.sandbox == "container":  # the one process with Docker access runs the stages' commands
             self.children.append(Child("SANDBOX", ["sandbox"], user=acl.SANDBOX))
         if settings.slack.enabled:  # without a token or webhook `wave notifier` refuses to start
-            # the supervisor's Redis user: it reads stories and the events stream (no narrow user yet)
-            self.children.append(Child("NOTIFIER", ["notifier"], user=acl.SUPERVISOR))
+            self.children.append(Child("NOTIFIER", ["notifier"], user=acl.NOTIFIER))
         for domain in domains:
             for role in Role:
                 for index in range(1, domain.team.size(role) + 1):

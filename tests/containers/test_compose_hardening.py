@@ -32,7 +32,7 @@ from docker_fleet import (
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
-ROLES = ("admin", "worker", "supervisor", "watcher", "operator", "sandbox")
+ROLES = ("admin", "worker", "supervisor", "watcher", "operator", "sandbox", "notifier")
 MODEL_KEYS = {"WAVE_ANTHROPIC__API_KEY": "sk-ant-test-key-0001", "WAVE_XAI__API_KEY": "xai-test-key-0002"}
 DOCKER_GID = str(Path("/var/run/docker.sock").stat().st_gid)
 

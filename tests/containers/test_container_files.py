@@ -146,7 +146,7 @@ def test_dozzle_is_pinned_non_root_and_asks_for_a_login() -> None:
     assert dozzle["ports"] == ["127.0.0.1:${DOZZLE_PORT:-8080}:8080"]
 
 
-@pytest.mark.parametrize("service", ["supervisor", "watcher", "sandbox"])
+@pytest.mark.parametrize("service", ["supervisor", "watcher", "sandbox", "notifier"])
 def test_the_supervisor_the_watcher_and_the_runner_get_their_own_redis_user_and_no_model_key(
     service: str,
 ) -> None:
