@@ -202,6 +202,7 @@ def test_each_service_gets_only_the_secrets_it_uses(created: Created) -> None:
         "supervisor": "supervisor",
         "watcher": "watcher",
         "sandbox": "sandbox",
+        "notifier": "notifier",  # profile slack: created only when that profile is on
         **{f"auth-{m}": "worker" for m in TEAM},
     }
 
