@@ -6,6 +6,9 @@ hostile story text made inert and secrets redacted."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ from redis import Redis
 from wavefleet import acl
 from wavefleet.config import Settings, SlackSettings
 from wavefleet.domains import Domains, load_domains
-from wavefleet.embedded import EmbeddedRedis, free_port
+from wavefleet.embedded import EmbeddedRedis, endpoint_of, free_port, operator_credentials
 from wavefleet.fleet import Fleet
 from wavefleet.lifecycle import Event, EventKind, StoryState
 from wavefleet.store import StoryStore
@@ -282,3 +285,42 @@ def test_the_notifier_runs_as_its_own_narrow_redis_user(
         server.stop()
     parent, reply = slack.messages
     assert reply.thread_ts == parent.ts and "cancelled" in reply.text
+
+
+@pytest.mark.slow
+def test_wave_up_with_slack_configured_runs_the_notifier_on_its_own_redis_user(
+    slack: SlackServer, tmp_path: Path, domains_dir: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVE_")}
+    env.update(
+        WAVE_DATA_DIR=str(tmp_path),
+        WAVE_DOMAINS_DIR=str(domains_dir),
+        WAVE_EMBEDDED_REDIS__PORT=str(free_port()),
+        WAVE_SLACK__BOT_TOKEN=slack.token,
+        WAVE_SLACK__BASE_URL=slack.url,
+        WAVE_SLACK__ALERTS_CHANNEL="#alerts",
+    )
+    up = subprocess.Popen([sys.executable, "-m", "wavefleet.cli", "up", "--no-view"], env=env)
+    try:
+        directory = tmp_path / "redis"
+        wait_until(lambda: endpoint_of(directory) and operator_credentials(directory), message="Redis up")
+        username, password = operator_credentials(directory) or ("", "")
+        operator = Redis.from_url(str(endpoint_of(directory)), username=username, password=password)
+        wait_until(
+            lambda: (
+                operator.exists("wave:events")
+                and any(g["name"] == b"wave:events:notifier" for g in operator.xinfo_groups("wave:events"))
+            ),
+            timeout_s=60,
+            message="the notifier started by wave up",
+        )
+        stop = subprocess.run(
+            [sys.executable, "-m", "wavefleet.cli", "stop", "--reason", "drill"], env=env, check=False
+        )
+        assert stop.returncode == 0
+        wait_until(lambda: slack.messages, message="the halt alert", timeout_s=30)
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=60)
+    [alert] = slack.messages
+    assert alert.channel == "#alerts" and "fleet_halted" in alert.text and "drill" in alert.text
