@@ -99,11 +99,13 @@ def test_five_stories_across_worker_processes_give_five_threads_with_their_event
     procs.supervisor()
     start_notifier(procs, redis, settings)
     ids = ["AUTH-101", "AUTH-102", "AUTH-103", "PAYMENTS-104", "PAYMENTS-105"]
-    store.enqueue([Story(id=i, title=f"story {i}") for i in ids], domains)
+    stories = [Story(id=i, title=f"story {i}") for i in ids[:4]]
+    stories.append(Story(id=ids[4], title="gives up", labels=("offline:give-up=be",)))
+    store.enqueue(stories, domains)
     wait_until(
-        lambda: all(store.get(i).state is StoryState.DONE for i in ids),
+        lambda: [store.get(i).state for i in ids] == [StoryState.DONE] * 4 + [StoryState.FAILED],
         timeout_s=120,
-        message="five stories done",
+        message="four stories done, one failed",
         diagnose=procs.logs,
     )
 
@@ -116,15 +118,19 @@ def test_five_stories_across_worker_processes_give_five_threads_with_their_event
         )
 
     wait_until(threads_complete, message="every story event posted in its thread", diagnose=procs.logs)
-    parents = slack.parents()
+    parents = [p for p in slack.parents() if p.channel == "#activity"]
     assert sorted(p.text.split("*")[1] for p in parents) == ids  # one parent per story, nothing else
-    assert all(p.channel == "#activity" and p.blocks for p in parents)
+    assert all(p.blocks for p in parents)
+    [alert] = [m for m in slack.messages if m.channel == "#alerts"]  # the failure needs a human
+    assert (
+        alert.text.startswith(":rotating_light: *PAYMENTS-105* *stage_failed*") and "→ failed" in alert.text
+    )
     for story in ids:
         ts = str(redis.get(settings.keys.notifier_thread(story)))
         replies = slack.threads()[ts]
         assert reply_kinds(replies) == story_kinds(redis, settings, story)
         assert {r.channel for r in replies} == {"#activity"}
-        assert "cost so far $" in replies[-1].text and "done" in replies[-1].text
+        assert "cost so far $" in replies[-1].text and store.get(story).state.value in replies[-1].text
     workers = {r.worker for i in ids for _name, r in store.results(i)}
     assert len(workers) > 5  # the stories went through several worker processes
     linked = [r for i in ids for r in slack.threads()[str(redis.get(settings.keys.notifier_thread(i)))]]
@@ -173,6 +179,26 @@ def test_slack_down_for_a_while_then_back_loses_no_message(
     wait_until(
         lambda: not redis.hget(settings.keys.notifier_state(), "problem"), message="the problem cleared"
     )
+
+
+def test_a_message_slack_keeps_refusing_is_dead_lettered_after_its_tries_and_the_next_goes_through(
+    settings: Settings, redis: Redis, slack: SlackServer, tmp_path: Path
+) -> None:
+    slacked = with_slack(settings, slack, retries=3)
+    procs = Processes(slacked, tmp_path / "logs")
+    try:
+        start_notifier(procs, redis, slacked)
+        slack.failing(500, times=3)  # each try of the halt alert (the SDK does not retry a 500)
+        assert run_wave(slacked, "stop", "--reason", "lost").returncode == 0
+        assert run_wave(slacked, "resume").returncode == 0
+        wait_until(lambda: slack.messages, message="the resume alert", diagnose=procs.logs)
+    finally:
+        procs.stop_all()
+    assert [r.status for r in slack.refused] == [500, 500, 500]
+    assert [m.text.split("*")[1] for m in slack.messages] == ["fleet_resumed"]
+    assert redis.get(slacked.keys.notifier_dead_total()) == "1"
+    [letter] = [json.loads(x) for x in redis.lrange(slacked.keys.notifier_dead(), 0, -1)]
+    assert letter["event"] == "fleet_halted" and "500" in letter["error"] and "lost" in letter["text"]
 
 
 def test_a_refused_token_is_logged_once_and_dead_letters_are_counted_in_status(
