@@ -179,6 +179,8 @@ def test_slack_down_for_a_while_then_back_loses_no_message(
     wait_until(
         lambda: not redis.hget(settings.keys.notifier_state(), "problem"), message="the problem cleared"
     )
+    said = [line for line in procs.logs().splitlines() if '"level": "warning"' in line or "error" in line]
+    assert len(said) == 1 and "Slack unreachable" in said[0], said  # once per outage, not per try
 
 
 def test_a_message_slack_keeps_refusing_is_dead_lettered_after_its_tries_and_the_next_goes_through(
@@ -215,8 +217,9 @@ def test_a_refused_token_is_logged_once_and_dead_letters_are_counted_in_status(
         message="four dead letters",
         diagnose=procs.logs,
     )
-    lines = [line for line in procs.logs().splitlines() if "refused the bot token" in line]
-    assert len(lines) == 1, procs.logs()
+    lines = [line for line in procs.logs().splitlines() if '"level": "error"' in line]
+    assert len(lines) == 1, procs.logs()  # one error line, not one per message
+    assert "refused the bot token" in lines[0]
     assert "WAVE_SLACK__BOT_TOKEN" in lines[0]
     status = run_wave(settings, "status")
     assert status.returncode == 0
@@ -350,3 +353,26 @@ def test_wave_up_with_slack_configured_runs_the_notifier_on_its_own_redis_user(
         up.wait(timeout=60)
     [alert] = slack.messages
     assert alert.channel == "#alerts" and "fleet_halted" in alert.text and "drill" in alert.text
+
+
+def test_a_notifier_killed_during_an_outage_posts_what_it_had_taken_once_restarted(
+    notified: tuple[Settings, Processes], redis: Redis, slack: SlackServer
+) -> None:
+    settings, procs = notified
+    start_notifier(procs, redis, settings)
+    slack.close()
+    assert run_wave(settings, "stop", "--reason", "before the crash").returncode == 0
+    assert run_wave(settings, "resume").returncode == 0
+    group = settings.keys.events_group("notifier")
+    wait_until(  # the halt taken, tried and not acked (the resume may still be unread)
+        lambda: redis.hget(settings.keys.notifier_state(), "problem"),
+        message="the notifier failing to post the halt",
+        diagnose=procs.logs,
+    )
+    assert redis.xpending(settings.keys.events(), group)["pending"] >= 1
+    procs.stop_all()  # SIGKILL: no chance to finish anything
+    slack.reopen()
+    procs.wave("notifier", name="notifier-again")
+    wait_until(lambda: len(slack.messages) == 2, message="both alerts posted", diagnose=procs.logs)
+    assert [m.text.split("*")[1] for m in slack.messages] == ["fleet_halted", "fleet_resumed"]
+    wait_until(lambda: redis.xpending(settings.keys.events(), group)["pending"] == 0, message="acked")

@@ -292,7 +292,7 @@ def cmd_notifier(app: App, args: argparse.Namespace) -> int:
 
     sender = sender_for(app.settings.slack)  # not configured: one line, exit 3, before any Redis
     logs.setup_for("NOTIFIER", app.settings)
-    notifier = Notifier(app.settings, app.store.redis, sender, f"{socket.gethostname()}-{os.getpid()}")
+    notifier = Notifier(app.settings, app.store.redis, sender, args.consumer)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: notifier.stopping.set())
     notifier.run()
@@ -444,6 +444,8 @@ def _add_process_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_sandbox)
 
     p = sub.add_parser("notifier", help="post the events stream to Slack (WAVE_SLACK__*; README Slack)")
+    # Stable by default: a restarted notifier takes back the entries it had read and not acked.
+    p.add_argument("--consumer", default="notifier", help="its name in the consumer group (one per process)")
     p.set_defaults(handler=cmd_notifier)
 
     p = sub.add_parser("supervisor", help="route stories and advance the pipeline")

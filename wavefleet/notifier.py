@@ -11,6 +11,7 @@ revoked token does not come back by waiting; README "Slack").
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any, Protocol
@@ -36,6 +37,8 @@ AUTH_ERRORS = frozenset({"invalid_auth", "token_revoked", "account_inactive", "n
 WEBHOOK_AUTH = frozenset({"invalid_token", "no_service", "no_team", "team_disabled", "action_prohibited"})
 
 log = structlog.get_logger("wave.notifier")
+# The SDK logs an error for every failed request; the notifier says it once per outage or bad token.
+logging.getLogger("slack_sdk").setLevel(logging.CRITICAL)
 
 
 class Sender(Protocol):
@@ -131,7 +134,7 @@ class Notifier:
         self.redactor = Redactor(secret_values(settings))
         self.stopping = threading.Event()
         self._posted: dict[str, int] = {}  # entry id -> how many of its posts Slack took already
-        self._auth_failed = False
+        self._auth_failed = self._outage = False
 
     def run(self) -> None:
         backlog = self.consumer.pending(self.slack.batch)  # taken before a restart, never acked
@@ -176,6 +179,7 @@ class Notifier:
                 if exc.kind != "transient" or attempt == self.slack.retries:
                     self._dead_letter(entry_id, event, message, str(exc))
                     return True
+                self._report_outage(str(exc))
                 self._problem(f"{exc}: try {attempt} of {self.slack.retries}")
                 if self.stopping.wait(delay):
                     return False
@@ -242,6 +246,11 @@ class Notifier:
         if not self._auth_failed:  # a refused token is said once, not per message
             log.warning("slack message dead-lettered", entry=entry_id, kind=event.event, error=error)
 
+    def _report_outage(self, problem: str) -> None:
+        if not self._outage:  # once per outage, not per try: the state hash has the current one
+            log.warning(f"{problem}: messages wait and are retried with backoff")
+        self._outage = True
+
     def _report_auth(self, problem: str) -> None:
         if self._auth_failed:
             return
@@ -256,9 +265,9 @@ class Notifier:
         )
 
     def _recovered(self) -> None:
-        if self._auth_failed:
+        if self._auth_failed or self._outage:
             log.info("slack takes messages again")
-        self._auth_failed = False
+        self._auth_failed = self._outage = False
         self.redis.hdel(self.keys.notifier_state(), "problem", "since")
 
 
