@@ -376,3 +376,29 @@ def test_a_notifier_killed_during_an_outage_posts_what_it_had_taken_once_restart
     wait_until(lambda: len(slack.messages) == 2, message="both alerts posted", diagnose=procs.logs)
     assert [m.text.split("*")[1] for m in slack.messages] == ["fleet_halted", "fleet_resumed"]
     wait_until(lambda: redis.xpending(settings.keys.events(), group)["pending"] == 0, message="acked")
+
+
+def test_an_entry_trimmed_from_the_stream_while_taken_is_dead_lettered_not_posted_blank(
+    notified: tuple[Settings, Processes], redis: Redis, slack: SlackServer
+) -> None:
+    settings, procs = notified
+    start_notifier(procs, redis, settings)
+    slack.close()
+    assert run_wave(settings, "stop", "--reason", "trimmed").returncode == 0
+    wait_until(
+        lambda: redis.hget(settings.keys.notifier_state(), "problem"),
+        message="the notifier failing to post the halt",
+        diagnose=procs.logs,
+    )
+    procs.stop_all()
+    redis.xtrim(settings.keys.events(), maxlen=0)  # the capped stream moved on during the outage
+    slack.reopen()
+    procs.wave("notifier", name="notifier-again")
+    wait_until(
+        lambda: redis.get(settings.keys.notifier_dead_total()) == "1",
+        message="the trimmed entry dead-lettered",
+        diagnose=procs.logs,
+    )
+    assert slack.messages == []
+    [letter] = [json.loads(x) for x in redis.lrange(settings.keys.notifier_dead(), 0, -1)]
+    assert "trimmed" in letter["error"]

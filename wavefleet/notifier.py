@@ -26,7 +26,7 @@ from slack_sdk.webhook import WebhookClient
 
 from .config import Settings, SlackSettings
 from .errors import ConfigError, SlackDeliveryError, WaveError
-from .fleet_events import EventConsumer, FleetEvent, StoryEvent
+from .fleet_events import EventConsumer, FleetEvent, StoryEvent, UnknownEvent
 from .notifier_status import GROUP
 from .redact import Redactor, secret_values
 from .slack_format import Message, StoryFacts, dozzle_link, flattened, parent_for, plan
@@ -152,6 +152,12 @@ class Notifier:
 
     def deliver(self, entry_id: str, event: FleetEvent) -> bool:
         """Post every message of one entry; True once each is posted or dead-lettered."""
+        if isinstance(event, UnknownEvent) and not event.event and not event.raw:
+            # taken, then trimmed from the capped stream during a long outage: its text is gone
+            self._dead_letter(
+                entry_id, event, Message("", ""), "trimmed from the stream before it was posted"
+            )
+            return True
         facts = self._facts(event) if event.story else None
         dozzle = None
         if facts and facts.worker and self.settings.dozzle_url:
