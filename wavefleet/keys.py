@@ -152,6 +152,15 @@ class Keys:
         """Hash: RQ job id -> queue name of stages stopped by a halt, put back on resume."""
         return self._k("halt", "jobs")
 
+    # The monitor (wavefleet/monitor.py)
+    def monitor_findings(self) -> str:
+        """Hash: ``detector:key`` -> JSON of an open finding (so a restarted monitor does not re-alert)."""
+        return self._k("monitor", "findings")
+
+    def monitor_seen(self) -> str:
+        """Hash: worker name -> when the monitor last saw its heartbeat (worker_silent's memory)."""
+        return self._k("monitor", "seen")
+
     # Cancelling one story
     def cancel_channel(self) -> str:
         """Pub/sub channel carrying ``cancel`` messages naming a story; the story's CANCELLED state
