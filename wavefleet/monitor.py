@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,9 +26,13 @@ from .detectors import DETECTORS, Detector, Finding, Tick
 from .domains import Domains
 from .errors import ExitCode
 from .fleet_events import MonitorCleared, MonitorFinding, emit
+from .keys import Keys
 from .status_view import age
 from .store import StoryStore
 from .text import shown
+
+
+PIPED_WIDTH = 200  # columns of the --once table when stdout is not a terminal
 
 
 def _field(detector: str, key: str) -> str:
@@ -35,10 +40,10 @@ def _field(detector: str, key: str) -> str:
     return f"{detector}:{key}"
 
 
-def open_findings(redis: Redis, settings: Settings) -> list[Finding]:
+def open_findings(redis: Redis, keys: Keys) -> list[Finding]:
     """The findings open now (written by whichever monitor ran last), oldest first."""
     found = []
-    for raw in redis.hvals(settings.keys.monitor_findings()):
+    for raw in redis.hvals(keys.monitor_findings()):
         try:
             found.append(Finding.model_validate_json(raw))
         except ValueError:
@@ -57,12 +62,14 @@ class Monitor:
         *,
         detectors: dict[str, Detector] | None = None,
         clock: Callable[[], float] = time.time,
+        announce: bool = True,
     ) -> None:
         self.redis, self.settings, self.domains = redis, settings, domains
         self.detectors = DETECTORS if detectors is None else detectors
         self.clock = clock
         self.memory: dict[str, Any] = {}  # detectors' memory across ticks (queue depths)
         self.log = logs.get()
+        self.announce = announce  # log each opening and clearing (not `--once`: it prints a table)
 
     def tick(self) -> list[Finding]:
         """Run every detector once; open what is new, clear what went away; the open findings."""
@@ -80,26 +87,26 @@ class Monitor:
                 continue
             judged.add(name)
             current.update({_field(f.detector, f.key): f for f in found})
-        opened = {_field(f.detector, f.key): f for f in open_findings(self.redis, self.settings)}
+        opened = {_field(f.detector, f.key): f for f in open_findings(self.redis, self.settings.keys)}
         for field, finding in current.items():
             if field not in opened:
                 self._open(field, finding.model_copy(update={"opened_at": tick.now}), tick.now)
         for field, finding in opened.items():
             if field not in current and finding.detector in judged:
                 self._clear(field, finding, tick.now)
-        return open_findings(self.redis, self.settings)
+        return open_findings(self.redis, self.settings.keys)
 
     def _open(self, field: str, finding: Finding, now: float) -> None:
         event = MonitorFinding(
             detector=finding.detector, key=finding.key, severity=finding.severity, summary=finding.summary
         )
-        if self._change(field, finding.model_dump_json(), event, now):
+        if self._change(field, finding.model_dump_json(), event, now) and self.announce:
             self.log.warning(finding.summary, detector=finding.detector, key=finding.key)
 
     def _clear(self, field: str, finding: Finding, now: float) -> None:
         summary = f"cleared after {age(now - finding.opened_at)}: {finding.summary}"
         event = MonitorCleared(detector=finding.detector, key=finding.key, summary=summary)
-        if self._change(field, None, event, now):
+        if self._change(field, None, event, now) and self.announce:
             self.log.info(summary, detector=finding.detector, key=finding.key)
 
     def _change(
@@ -153,13 +160,18 @@ class AppLike(Protocol):
 def add_commands(sub: Any) -> None:
     """Register `monitor` on the `wave` parser's subparsers."""
     p = sub.add_parser("monitor", help="watch the fleet for trouble; --once: print open findings (cron/CI)")
-    p.add_argument("--once", action="store_true", help="one pass; exit 1 if any finding is open, 0 if none")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="one pass: print the open findings; exit 3 if any is open, 0 if none (cron, CI)",
+    )
     p.add_argument("--json", action="store_true", help="with --once: the findings as JSON")
     p.set_defaults(handler=cmd_monitor)
 
 
 def cmd_monitor(app: AppLike, args: argparse.Namespace) -> int:
-    monitor = Monitor(app.store.redis, app.settings, app.domains)
+    logs.setup_for("MONITOR", app.settings)  # on stderr: stdout is the table or the JSON
+    monitor = Monitor(app.store.redis, app.settings, app.domains, announce=not args.once)
     if args.once:
         findings = monitor.tick()
         if args.json:
@@ -167,7 +179,6 @@ def cmd_monitor(app: AppLike, args: argparse.Namespace) -> int:
         else:
             print_findings(findings, monitor.clock())
         return ExitCode.FINDINGS if findings else ExitCode.OK
-    logs.setup_for("MONITOR", app.settings)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
@@ -196,4 +207,6 @@ def print_findings(findings: list[Finding], now: float) -> None:
     if not findings:
         print("monitor: no open findings")
         return
-    Console(highlight=False, soft_wrap=False).print(findings_table(findings, now))
+    # cron mail and CI logs have no terminal width: wide enough that a summary stays on its line
+    width = None if sys.stdout.isatty() else PIPED_WIDTH
+    Console(highlight=False, width=width).print(findings_table(findings, now))
