@@ -100,9 +100,11 @@ def test_worker_silent_finds_a_killed_worker_seen_alive_but_not_one_never_seen_o
 ) -> None:
     redis.sadd(settings.keys.workers(), "auth-qa-1.old.1")  # a past fleet's worker: history, not news
     worker = procs.worker("auth", "pm")
-    live = lambda: [  # noqa: E731
-        n for n in redis.smembers(settings.keys.workers()) if redis.exists(settings.keys.worker_heartbeat(n))
-    ]
+
+    def live() -> list[str]:
+        names = redis.smembers(settings.keys.workers())
+        return [n for n in names if redis.exists(settings.keys.worker_heartbeat(n))]
+
     (name,) = wait_until(live, message="the worker's heartbeat", diagnose=procs.logs)
     monitor = make(redis, settings, domains)
     assert about(monitor.tick(), "worker_silent") == []
@@ -174,7 +176,10 @@ def test_budget_burn_projects_todays_spend_to_midnight_against_the_daily_limit(
     redis: Redis, settings: Settings, domains: Domains
 ) -> None:
     limit = domains.get("auth").budgets.daily_usd
-    scope = lambda d: settings.keys.budget(f"domain:{d}:2026-01-01")  # noqa: E731
+
+    def scope(domain: str) -> str:
+        return settings.keys.budget(f"domain:{domain}:2026-01-01")
+
     redis.hset(scope("auth"), "spent_nusd", to_nusd(limit * 0.6))  # 120% by midnight
     redis.hset(scope("payments"), "spent_nusd", to_nusd(limit * 0.2))  # 40%
 

@@ -31,7 +31,6 @@ from .status_view import age
 from .store import StoryStore
 from .text import shown
 
-
 PIPED_WIDTH = 200  # columns of the --once table when stdout is not a terminal
 
 

@@ -258,5 +258,14 @@ def test_make_up_all_runs_every_domain_team_beside_the_shared_services(docker_en
     services = run(*compose_command(), *files, "config", "--services", env=env).stdout.split()
 
     teams = [f"{d}-{m}" for d in ("auth", "payments") for m in TEAM]
-    shared = ["redis", "supervisor", "watcher", "monitor", "sandbox", "sandbox-proxy", "docker-proxy", "dozzle"]
+    shared = [
+        "redis",
+        "supervisor",
+        "watcher",
+        "monitor",
+        "sandbox",
+        "sandbox-proxy",
+        "docker-proxy",
+        "dozzle",
+    ]
     assert sorted(services) == sorted([*shared, *teams])
