@@ -324,3 +324,18 @@ def test_the_live_view_shows_the_open_findings(
 @pytest.fixture(autouse=True)
 def _no_model_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WAVE_ANTHROPIC__API_KEY", raising=False)
+
+
+def test_queue_stalled_leaves_alone_a_queue_a_live_worker_of_its_role_serves(
+    redis: Redis, settings: Settings, domains: Domains
+) -> None:
+    # the keys a live auth PM worker keeps (registered, heartbeat); the job waits its turn behind
+    # the worker's current stage
+    redis.sadd(settings.keys.workers(), "auth-pm-1.ab12cd.42")
+    redis.set(settings.keys.worker_heartbeat("auth-pm-1.ab12cd.42"), "1", ex=60)
+    redis.rpush(f"rq:queue:{settings.keys.queue('auth', 'pm')}", "job-1")
+    redis.rpush(f"rq:queue:{settings.keys.queue('auth', 'fe')}", "job-2")  # no FE worker
+    monitor = make(redis, settings, domains)
+    monitor.tick()
+
+    assert [f.key for f in about(monitor.tick(), "queue_stalled")] == [settings.keys.queue("auth", "fe")]
