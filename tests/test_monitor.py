@@ -118,6 +118,24 @@ def test_worker_silent_finds_a_killed_worker_seen_alive_but_not_one_never_seen_o
     assert [(f.key, f.severity) for f in found] == [(name, "critical")]
 
 
+def test_worker_silent_leaves_alone_a_worker_stopped_cleanly(
+    redis: Redis, settings: Settings, domains: Domains, procs: Processes
+) -> None:
+    worker = procs.worker("auth", "pm")
+    wait_until(
+        lambda: redis.scard(settings.keys.workers()), message="the worker registered", diagnose=procs.logs
+    )
+    wait_until(lambda: redis.keys(settings.keys.worker_heartbeat("*")), message="its heartbeat")
+    monitor = make(redis, settings, domains)
+    monitor.tick()
+
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0, procs.logs()
+
+    assert about(monitor.tick(), "worker_silent") == []
+    assert redis.scard(settings.keys.workers()) == 0
+
+
 def test_worker_silent_forgets_a_worker_silent_longer_than_worker_forget_s_and_clears_it(
     redis: Redis, settings: Settings, domains: Domains
 ) -> None:

@@ -19,6 +19,7 @@ from .budget import day_of
 from .config import Settings
 from .domains import Domains
 from .halt import read_halt
+from .keys import Keys
 from .lifecycle import TERMINAL, Role, StoryState
 from .live_view import worker_role
 from .messages import RunningStage
@@ -56,7 +57,7 @@ class Tick:
     memory: dict[str, Any] = field(default_factory=dict)  # kept across ticks by the monitor
 
     @property
-    def keys(self) -> Any:
+    def keys(self) -> Keys:
         return self.settings.keys
 
 
@@ -109,8 +110,9 @@ def live_workers(tick: Tick) -> list[str]:
 
 
 def worker_silent(tick: Tick) -> list[Finding]:
-    """A worker seen alive (by this or an earlier monitor: kept in Redis) whose heartbeat stopped.
-    Forgotten `worker_forget_s` after it was last seen, so the never-pruned workers set stays history."""
+    """A registered worker seen alive (by this or an earlier monitor: kept in Redis) whose heartbeat
+    stopped. A worker that stopped cleanly leaves the workers set; a killed one stays there forever,
+    so it is forgotten `worker_forget_s` after it was last seen."""
     live = live_workers(tick)
     seen_key = tick.keys.monitor_seen()
     forget = tick.settings.monitor.worker_forget_s
@@ -119,12 +121,14 @@ def worker_silent(tick: Tick) -> list[Finding]:
             pipe.hset(seen_key, mapping=dict.fromkeys(live, f"{tick.now:.3f}"))
         pipe.hgetall(seen_key)
         seen = pipe.execute()[-1]
+    registered = set(live) | set(tick.memory["_tick"]["silent"])
     found, gone = [], []
     for name, at in seen.items():
         last = float(at)
         if name in live:
             continue
-        if tick.now - last > forget:
+        # stopped cleanly (it left the workers set) or silent too long: no longer news
+        if name not in registered or tick.now - last > forget:
             gone.append(name)
             continue
         found.append(

@@ -106,7 +106,7 @@ class Keys:
         return self._k("worker", worker, "jobs")
 
     def workers(self) -> str:
-        """Set of worker names that have registered."""
+        """Set of worker names that have registered and not stopped cleanly (a killed one stays)."""
         return self._k("workers")
 
     def worker_sandboxes(self) -> str:
