@@ -60,6 +60,14 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    """What a process runs, for a failure's message ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return ""
+
+
 def alive(pid: int) -> bool:
     try:
         return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
@@ -161,7 +169,8 @@ def test_after_wave_up_is_killed_the_next_wave_up_starts(tmp_path: Path, domains
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     # Its workers and Redis die with it (a SIGTERM each: they finish cleanly), so no fleet runs headless.
-    wait_until(lambda: not any(alive(p) for p in {old_redis, *workers}), timeout_s=30, message="orphans gone")
+    orphans = lambda: {p: command_line(p) for p in {old_redis, *workers} if alive(p)}  # noqa: E731
+    wait_until(lambda: not orphans(), timeout_s=30, message="orphans gone", diagnose=lambda: str(orphans()))
     with wave_up(env) as second:
         wait_until(lambda: int(str(endpoint(tmp_path)["pid"])) != old_redis, message="a new Redis")
         assert second.poll() is None

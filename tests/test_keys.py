@@ -44,6 +44,8 @@ LAYOUT = [
     ("halt_channel", (), "wave:halt", "acme-2:halt"),
     ("halt_acks", (), "wave:halt:acks", "acme-2:halt:acks"),
     ("halted_jobs", (), "wave:halt:jobs", "acme-2:halt:jobs"),
+    ("monitor_findings", (), "wave:monitor:findings", "acme-2:monitor:findings"),
+    ("monitor_seen", (), "wave:monitor:seen", "acme-2:monitor:seen"),
     ("cancel_channel", (), "wave:cancel", "acme-2:cancel"),
     ("llm_cache", ("ab12",), "wave:llm:cache:ab12", "acme-2:llm:cache:ab12"),
     ("llm_cache_pattern", (), "wave:llm:cache:*", "acme-2:llm:cache:*"),

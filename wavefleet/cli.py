@@ -26,6 +26,7 @@ from .errors import ConflictError, ExitCode, InvalidInputError, RedisUnavailable
 from .halt import read_halt, send_cancel, send_halt, send_resume
 from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.cli import add_commands as add_llm_commands
+from .monitor import add_commands as add_monitor_commands
 from .notifier_status import status_line as notifier_status
 from .sandbox.fleet import summary as sandbox_summary
 from .status_view import follow_events, halt_banner, print_history, print_records, print_story, show
@@ -358,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_halt_commands(sub)
     _add_process_commands(sub)
     add_llm_commands(sub)
+    add_monitor_commands(sub)
     return parser
 
 

@@ -132,6 +132,21 @@ class MetricsSettings(_Section):
     port: int = Field(default=0, ge=0, le=65535)
 
 
+class MonitorSettings(_Section):
+    """`wave monitor` (wavefleet/monitor.py): how often it looks, and when each detector speaks."""
+
+    interval_s: float = Field(default=15.0, gt=0, le=3600)
+    halt_age_s: float = Field(default=1800.0, gt=0)  # halted longer than this: halt_old
+    qa_recycles: int = Field(default=2, ge=1, le=20)  # a story QA sent back this many times
+    # A worker seen alive whose heartbeat stopped stays a finding this long, then is forgotten:
+    # the workers set keeps every name ever registered, and a stopped fleet's are history.
+    worker_forget_s: float = Field(default=3600.0, gt=0)
+    failures_window_s: float = Field(default=900.0, gt=0)  # stories failed in this window...
+    failures_threshold: int = Field(default=3, ge=1)  # ...at least this many, in one domain
+    # No burn-rate projection before this much of the UTC day has passed (one early call is no rate).
+    burn_min_elapsed_s: float = Field(default=3600.0, ge=0, lt=86_400)
+
+
 class WorkerSettings(_Section):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0)
@@ -366,6 +381,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     metrics: MetricsSettings = MetricsSettings()
+    monitor: MonitorSettings = MonitorSettings()
     pipeline: PipelineSettings = PipelineSettings()
     loop: LoopSettings = LoopSettings()
     anthropic: AnthropicSettings = AnthropicSettings()

@@ -11,6 +11,7 @@ class ExitCode(IntEnum):
     OK = 0
     FAILED = 1  # an unexpected error: a bug, reported with a traceback
     USAGE = 2  # the command line itself is wrong
+    FINDINGS = 3  # `wave monitor --once`: a finding is open (cron and CI alert on it)
     INVALID_INPUT = 65  # EX_DATAERR: a story, story file or argument value is malformed
     NOT_FOUND = 66  # EX_NOINPUT: no such story or file
     UNAVAILABLE = 69  # EX_UNAVAILABLE: Redis cannot be reached

@@ -66,6 +66,8 @@ class Fleet:
         self.children = [
             Child("SUPERVISOR", ["supervisor"], user=acl.SUPERVISOR),
             Child("WATCHER", ["watch"], user=acl.WATCHER),
+            # the monitor reads what the supervisor reads and writes only its findings and events
+            Child("MONITOR", ["monitor"], user=acl.SUPERVISOR),
         ]
         if settings.sandbox == "container":  # the one process with Docker access runs the stages' commands
             self.children.append(Child("SANDBOX", ["sandbox"], user=acl.SANDBOX))

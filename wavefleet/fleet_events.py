@@ -72,6 +72,25 @@ class BudgetAlert(_FleetEvent):
     reason: str = ""
 
 
+class MonitorFinding(_FleetEvent):
+    """`wave monitor` opened a finding: one per (detector, key) until it clears (wavefleet/monitor.py)."""
+
+    event: Literal["monitor_finding"] = "monitor_finding"
+    detector: str
+    key: str
+    severity: Literal["warning", "critical"]
+    summary: str
+
+
+class MonitorCleared(_FleetEvent):
+    """A finding `wave monitor` had opened no longer holds."""
+
+    event: Literal["monitor_cleared"] = "monitor_cleared"
+    detector: str
+    key: str
+    summary: str
+
+
 class StoryEvent(_FleetEvent):
     """A story's transition (``enqueued``, a lifecycle EventKind: stage_lost and stage_waiting are the
     recovery actions, a requeue and a retry scheduled) or a note on it (``stage_cancelled``)."""
@@ -93,7 +112,16 @@ class UnknownEvent(_FleetEvent):
     raw: dict[str, str] = Field(default_factory=dict)
 
 
-FleetEvent = FleetHalted | FleetResumed | WorkerDead | BudgetAlert | StoryEvent | UnknownEvent
+FleetEvent = (
+    FleetHalted
+    | FleetResumed
+    | WorkerDead
+    | BudgetAlert
+    | MonitorFinding
+    | MonitorCleared
+    | StoryEvent
+    | UnknownEvent
+)
 
 _FIXED: dict[str, type[_FleetEvent]] = {
     "fleet_halted": FleetHalted,
@@ -102,6 +130,8 @@ _FIXED: dict[str, type[_FleetEvent]] = {
     "budget_warning": BudgetAlert,
     "budget_critical": BudgetAlert,
     "budget_exceeded": BudgetAlert,
+    "monitor_finding": MonitorFinding,
+    "monitor_cleared": MonitorCleared,
 }
 STORY_KINDS = frozenset({"enqueued", "stage_cancelled", *(k.value for k in EventKind)})
 
@@ -165,6 +195,8 @@ __all__ = [
     "FleetEvent",
     "FleetHalted",
     "FleetResumed",
+    "MonitorCleared",
+    "MonitorFinding",
     "StoryEvent",
     "UnknownEvent",
     "WorkerDead",

@@ -106,7 +106,7 @@ class Keys:
         return self._k("worker", worker, "jobs")
 
     def workers(self) -> str:
-        """Set of worker names that have registered."""
+        """Set of worker names that have registered and not stopped cleanly (a killed one stays)."""
         return self._k("workers")
 
     def worker_sandboxes(self) -> str:
@@ -151,6 +151,15 @@ class Keys:
     def halted_jobs(self) -> str:
         """Hash: RQ job id -> queue name of stages stopped by a halt, put back on resume."""
         return self._k("halt", "jobs")
+
+    # The monitor (wavefleet/monitor.py)
+    def monitor_findings(self) -> str:
+        """Hash: ``detector:key`` -> JSON of an open finding (so a restarted monitor does not re-alert)."""
+        return self._k("monitor", "findings")
+
+    def monitor_seen(self) -> str:
+        """Hash: worker name -> when the monitor last saw its heartbeat (worker_silent's memory)."""
+        return self._k("monitor", "seen")
 
     # Cancelling one story
     def cancel_channel(self) -> str:

@@ -99,9 +99,18 @@ class LiveView:
                 )
             )
         parts.append(self.workers_table())
-        # Next round: the notifier's backlog and the monitor's open findings go here, between the
-        # fleet's own state and the work it does.
+        # Next round: the notifier's backlog goes here too, between the fleet's own state and the
+        # work it does.
+        parts.extend(self.findings())
         return Group(*parts, *below)
+
+    def findings(self) -> list[RenderableType]:
+        """The monitor's open findings (what `wave monitor --once` prints), when there are any."""
+        # imported here: the monitor's detectors read worker names with this module's worker_role
+        from .monitor import findings_table, open_findings  # noqa: PLC0415
+
+        found = open_findings(self.store.redis, self.store.keys)
+        return [findings_table(found, time.time())] if found else []
 
     def workers_table(self) -> Table:
         live, dead = self.workers.poll()

@@ -387,6 +387,8 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
         heartbeat.stop()
         with contextlib.suppress(RedisError):
             fleet_sandbox.forget(redis, settings.keys, name)
+            # stopped, not dead: leaves the registered set, so `wave monitor` does not report it
+            redis.srem(settings.keys.workers(), name)
         name_file(os.getpid()).unlink(missing_ok=True)
         log.info("worker stopped")
 

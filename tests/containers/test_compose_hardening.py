@@ -201,6 +201,7 @@ def test_each_service_gets_only_the_secrets_it_uses(created: Created) -> None:
     own = {
         "supervisor": "supervisor",
         "watcher": "watcher",
+        "monitor": "supervisor",  # the supervisor's reads, its own findings: no seventh Redis user
         "sandbox": "sandbox",
         "notifier": "notifier",  # profile slack: created only when that profile is on
         **{f"auth-{m}": "worker" for m in TEAM},

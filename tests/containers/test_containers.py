@@ -17,7 +17,7 @@ from wavefleet.halt import read_halt
 from wavefleet.lifecycle import Role, StoryState
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
-WAVE_SERVICES = ("supervisor", "watcher", "sandbox", *(f"auth-{member}" for member in TEAM))
+WAVE_SERVICES = ("supervisor", "watcher", "monitor", "sandbox", *(f"auth-{member}" for member in TEAM))
 ROLES = ("admin", "worker", "supervisor", "watcher", "operator", "sandbox")
 
 
@@ -258,5 +258,14 @@ def test_make_up_all_runs_every_domain_team_beside_the_shared_services(docker_en
     services = run(*compose_command(), *files, "config", "--services", env=env).stdout.split()
 
     teams = [f"{d}-{m}" for d in ("auth", "payments") for m in TEAM]
-    shared = ["redis", "supervisor", "watcher", "sandbox", "sandbox-proxy", "docker-proxy", "dozzle"]
+    shared = [
+        "redis",
+        "supervisor",
+        "watcher",
+        "monitor",
+        "sandbox",
+        "sandbox-proxy",
+        "docker-proxy",
+        "dozzle",
+    ]
     assert sorted(services) == sorted([*shared, *teams])
