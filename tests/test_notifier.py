@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from wavefleet.config import Settings, SlackSettings
 from wavefleet.domains import Domains, load_domains
 from wavefleet.embedded import EmbeddedRedis, endpoint_of, free_port, operator_credentials
 from wavefleet.fleet import Fleet
+from wavefleet.fleet_events import MonitorCleared, MonitorFinding, emit
 from wavefleet.lifecycle import Event, EventKind, StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
@@ -402,3 +404,23 @@ def test_an_entry_trimmed_from_the_stream_while_taken_is_dead_lettered_not_poste
     assert slack.messages == []
     [letter] = [json.loads(x) for x in redis.lrange(settings.keys.notifier_dead(), 0, -1)]
     assert "trimmed" in letter["error"]
+
+
+def test_a_monitor_finding_is_an_alert_and_its_clearing_a_reply_in_its_thread(
+    notified: tuple[Settings, Processes], redis: Redis, slack: SlackServer
+) -> None:
+    settings, procs = notified
+    start_notifier(procs, redis, settings)
+    found = MonitorFinding(
+        detector="worker_silent", key="auth-be-1", severity="critical", summary="<!here> no beat"
+    )
+    for event in (found, MonitorCleared(detector="worker_silent", key="auth-be-1", summary="beats again")):
+        pipe = redis.pipeline()
+        emit(pipe, settings.keys, event, time.time())
+        pipe.execute()
+    wait_until(lambda: len(slack.messages) == 2, message="the finding and its clearing", diagnose=procs.logs)
+    alert, cleared = slack.messages
+    assert alert.channel == cleared.channel == "#alerts"
+    assert alert.thread_ts is None and cleared.thread_ts == alert.ts
+    assert "monitor_finding" in alert.text and "&lt;!here&gt;" in alert.text and "<!here>" not in alert.text
+    assert "monitor_cleared" in cleared.text and "beats again" in cleared.text

@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Protocol
 
 import structlog
@@ -199,24 +200,24 @@ class Notifier:
         message = self._redacted(message if self.sender.threads else flattened(message))
         thread_ts = None
         if message.thread_of and self.sender.threads and not message.parent:
-            thread_ts = self._thread(message.thread_of, facts)
+            thread_ts = self._thread(message.thread_of, facts, lazy_parent=message.story)
         ts = self.sender.post(message, thread_ts)
         if message.parent and message.thread_of and ts:
             self.redis.set(self.keys.notifier_thread(message.thread_of), ts, ex=self.slack.thread_ttl_s)
 
-    def _thread(self, story: str, facts: StoryFacts | None) -> str:
+    def _thread(self, story: str, facts: StoryFacts | None, lazy_parent: bool = True) -> str | None:
         """The story's thread ts; its parent is posted first when there is none (the story was
         enqueued before this notifier's group existed, or its thread key expired)."""
         ts = self.redis.get(self.keys.notifier_thread(story))
-        if ts:
-            return str(ts)
+        if ts or not lazy_parent:
+            return str(ts) if ts else None  # a finding's alert gone (expired): an unthreaded reply
         self._post(parent_for(story, facts, self.slack.activity_channel), facts)
         return str(self.redis.get(self.keys.notifier_thread(story)) or "")
 
     def _redacted(self, message: Message) -> Message:
         text = self.redactor.text(message.text)
         blocks = self.redactor.clean(message.blocks)
-        return Message(message.channel, text, blocks, message.thread_of, message.parent, message.broadcast)
+        return replace(message, text=text, blocks=blocks)
 
     def _facts(self, event: FleetEvent) -> StoryFacts | None:
         try:

@@ -8,7 +8,7 @@ needs a human goes to the alerts channel, the rest to the activity channel (READ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -44,6 +44,7 @@ class Message:
     thread_of: str | None = None
     parent: bool = False
     broadcast: bool = False  # a thread reply also shown in the channel (alerts == activity)
+    story: bool = True  # thread_of is a story (else a monitor finding: no parent made late)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ class StoryFacts:
     state: str = ""
     cost_usd: float = 0.0
     worker: str = ""  # the worker that ran the event's stage (its container's logs are linked)
+
+
+def finding_thread(event: FleetEvent) -> str | None:
+    """The thread of a monitor finding (``monitor:<detector>:<key>``), by the event's name and fields
+    (the notifier does not depend on the monitor's classes); None for any other event."""
+    if event.event not in ("monitor_finding", "monitor_cleared"):
+        return None
+    fields = fields_of(event)
+    return f"monitor:{fields.get('detector', '')}:{fields.get('key', '')}"
 
 
 def escape(value: object, limit: int = MAX_FIELD_CHARS) -> str:
@@ -104,7 +114,13 @@ def plan(
     context = _context(facts, facts.worker if facts else "", dozzle)
     if not event.story:
         icon = ":rotating_light:" if is_alert(event) else ":information_source:"
-        return [_message(alerts if is_alert(event) else activity, f"{icon} {line}", context)]
+        message = _message(alerts if is_alert(event) else activity, f"{icon} {line}", context)
+        finding = finding_thread(event)
+        if finding is None:
+            return [message]
+        # a finding opens a thread in the alerts channel; its "cleared" is a reply there
+        opened = event.event == "monitor_finding"
+        return [replace(message, thread_of=finding, parent=opened, story=False)]
     story = escape(event.story, 80)
     if event.event == "enqueued":
         title = escape(facts.title if facts else "", 200)
@@ -120,13 +136,13 @@ def plan(
 
 def flattened(message: Message) -> Message:
     """A story reply as a message of its own (a webhook has no threads): the story id first."""
-    if not message.thread_of or message.parent:
+    if not message.thread_of or message.parent or not message.story:
         return message
     head = f"*{escape(message.thread_of, 80)}* "
     blocks = [dict(b) for b in message.blocks]
     if blocks and blocks[0].get("type") == "section":
         blocks[0] = {**blocks[0], "text": {"type": "mrkdwn", "text": head + blocks[0]["text"]["text"]}}
-    return Message(message.channel, head + message.text, blocks)
+    return Message(message.channel, head + message.text, blocks)  # unthreaded
 
 
 def parent_for(story: str, facts: StoryFacts | None, activity: str) -> Message:
