@@ -106,3 +106,14 @@ def test_a_worker_name_gives_its_role_or_none() -> None:
     assert worker_role("my-domain-qa-12.3fa2c1.4242") == Role.QA
     assert worker_role("sandbox.1") is None
     assert worker_role("auth-xx-1.a.1") is None
+
+
+def test_the_notifiers_backlog_and_dead_letters_are_shown_when_there_are_any(
+    store: StoryStore, redis: Redis, settings: Settings
+) -> None:
+    view = LiveView(store, sandbox="none")
+    assert "notifier:" not in painted(view)
+    redis.set(settings.keys.notifier_dead_total(), 3)
+    redis.hset(settings.keys.notifier_state(), "problem", "Slack refused the bot token (invalid_auth)")
+
+    assert "notifier: 0 waiting, 3 dead letters (Slack refused the bot token (invalid_auth))" in painted(view)

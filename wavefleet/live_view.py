@@ -18,6 +18,7 @@ from rich.text import Text
 
 from .keys import Keys
 from .lifecycle import Role
+from .notifier_status import status_line as notifier_status
 from .sandbox.container import runner_beat
 from .status_view import age, halt_banner
 from .store import StoryStore
@@ -99,8 +100,9 @@ class LiveView:
                 )
             )
         parts.append(self.workers_table())
-        # Next round: the notifier's backlog goes here too, between the fleet's own state and the
-        # work it does.
+        notifier = notifier_status(self.store.redis, self.store.keys)  # `wave status`'s line
+        if notifier is not None:
+            parts.append(Text(terminal_safe(notifier), style="yellow"))
         parts.extend(self.findings())
         return Group(*parts, *below)
 
