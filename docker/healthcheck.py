@@ -17,7 +17,7 @@ from wavefleet.config import load_settings
 from wavefleet.connection import connect
 from workers.worker import name_file
 
-ROLES = ("worker", "supervisor", "watch", "sandbox", "docker-proxy")
+ROLES = ("worker", "supervisor", "watch", "sandbox", "monitor", "notifier", "docker-proxy")
 
 
 def wave_process() -> tuple[int, list[str]] | None:

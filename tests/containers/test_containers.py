@@ -13,12 +13,13 @@ import pytest
 from docker_fleet import REPO, TEAM, Fleet, clean_env, compose_command, run, wait_for
 from redis import Redis
 
+from wavefleet import acl
 from wavefleet.halt import read_halt
 from wavefleet.lifecycle import Role, StoryState
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1500)]
 WAVE_SERVICES = ("supervisor", "watcher", "monitor", "sandbox", *(f"auth-{member}" for member in TEAM))
-ROLES = ("admin", "worker", "supervisor", "watcher", "operator", "sandbox")
+ROLES = acl.USERS  # every Redis user compose gives a password
 
 
 def inspect(fleet: Fleet) -> dict[str, dict]:
@@ -267,5 +268,6 @@ def test_make_up_all_runs_every_domain_team_beside_the_shared_services(docker_en
         "sandbox-proxy",
         "docker-proxy",
         "dozzle",
+        "notifier",  # profile slack: `config --services` lists every profile's services
     ]
     assert sorted(services) == sorted([*shared, *teams])
