@@ -25,6 +25,7 @@ LAYOUT = [
     ("notifier_dead", (), "wave:notifier:dead", "acme-2:notifier:dead"),
     ("notifier_dead_total", (), "wave:notifier:deadtotal", "acme-2:notifier:deadtotal"),
     ("notifier_state", (), "wave:notifier:state", "acme-2:notifier:state"),
+    ("metric_counters", (), "wave:metrics:counters", "acme-2:metrics:counters"),
     ("intake_dead", (), "wave:intake:dead", "acme-2:intake:dead"),
     ("supervisor_group", (), "wave:supervisor", "acme-2:supervisor"),
     ("supervisor_lock", (), "wave:supervisor:lock", "acme-2:supervisor:lock"),

@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from redis import ConnectionPool
@@ -316,6 +317,48 @@ class SlackSettings(_Section):
         return url
 
 
+class LangSmithSettings(_Section):
+    """LangSmith tracing (README "LangSmith"): one trace per story. Off unless an API key is set.
+    Runs are posted from a background thread through a bounded queue: when it is full a run is
+    dropped and counted (`wave_trace_runs_dropped_total`), never waited for."""
+
+    api_key: SecretStr | None = None
+    endpoint: str = "https://api.smith.langchain.com"
+    project: str = Field(default="wave", min_length=1, max_length=200)
+    queue_size: int = Field(default=10_000, ge=1, le=1_000_000)  # runs waiting to be sent, per process
+    batch: int = Field(default=100, ge=1, le=10_000)  # runs sent in one request
+    flush_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    text_max_chars: int = Field(default=20_000, ge=100, le=10_000_000)  # of a prompt or reply traced
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_key is not None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _key_over_tls(cls, url: str) -> str:
+        return _https_unless_loopback(url.rstrip("/"), "the LangSmith API key")
+
+
+class SafetySettings(_Section):
+    """The safety gate (README "Safety"): every tool call scored before it runs."""
+
+    # A judge's score below block_below blocks; below escalate_below waits for a human; else allowed.
+    block_below: float = Field(default=0.7, ge=0, le=1)
+    escalate_below: float = Field(default=0.85, ge=0, le=1)
+    blocks_per_stage: int = Field(default=3, ge=1, le=100)  # this many blocks fail the stage
+    approval_ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)  # an approval unused this long expires
+    judge: bool = True  # ask the constitutional judge (Grok) when the rules do not decide
+    judge_timeout_s: float = Field(default=30.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SafetySettings:
+        if self.escalate_below < self.block_below:
+            raise ValueError("escalate_below must be at least block_below")
+        return self
+
+
 class LLMSettings(_Section):
     """The router, response cache and rate limits shared by the whole fleet (flat: one nesting level)."""
 
@@ -406,6 +449,10 @@ class Settings(BaseSettings):
     sandbox: Literal["bwrap", "container", "none"] = "bwrap"
     sandbox_container: ContainerSandboxSettings = ContainerSandboxSettings()
     slack: SlackSettings = SlackSettings()
+    langsmith: LangSmithSettings = LangSmithSettings()
+    safety: SafetySettings = SafetySettings()
+    # Workers with autonomous=true refuse to start until `wave preflight` has passed (README "Safety").
+    autonomous: bool = False
     # Dozzle's address as operators open it (https://logs.example): Slack messages link a story's
     # worker logs at <dozzle_url>/show?name=<container>; None: no links.
     dozzle_url: str | None = None

@@ -232,3 +232,9 @@ class Keys:
         """Hash: the notifier's last problem (``problem``, ``since``) and heartbeat (``seen``),
         which `wave status` shows."""
         return self._k("notifier", "state")
+
+    # Counters kept for /metrics (the supervisor reads them at scrape; any process writes them)
+    def metric_counters(self) -> str:
+        """Hash: fleet-wide counters that no other key holds (field -> integer), e.g.
+        ``halts``, ``trace_runs_dropped``; HINCRBY by whichever process counts."""
+        return self._k("metrics", "counters")
