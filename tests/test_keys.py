@@ -26,6 +26,8 @@ LAYOUT = [
     ("notifier_dead_total", (), "wave:notifier:deadtotal", "acme-2:notifier:deadtotal"),
     ("notifier_state", (), "wave:notifier:state", "acme-2:notifier:state"),
     ("metric_counters", (), "wave:metrics:counters", "acme-2:metrics:counters"),
+    ("metric_stage_durations", ("auth", "fe"), "wave:metrics:stage:auth:fe", "acme-2:metrics:stage:auth:fe"),
+    ("metric_llm", (), "wave:metrics:llm", "acme-2:metrics:llm"),
     ("intake_dead", (), "wave:intake:dead", "acme-2:intake:dead"),
     ("supervisor_group", (), "wave:supervisor", "acme-2:supervisor"),
     ("supervisor_lock", (), "wave:supervisor:lock", "acme-2:supervisor:lock"),
