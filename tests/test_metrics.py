@@ -8,7 +8,9 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,7 +24,7 @@ from wavefleet.halt import send_halt, send_resume
 from wavefleet.lifecycle import StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, env_of, fast_settings, redis_server, wait_until
+from wavefleet.testing import Processes, env_of, fast_settings, redis_server, run_wave, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +45,10 @@ def get(settings: Settings, path: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -82,8 +87,59 @@ def test_metrics_scraped_during_a_run_show_the_counts_it_produced(
             assert seen[("rq_jobs", (("queue", f"wave:auth:{role}"), ("status", "queued")))] == 0
         assert seen[("wave_halted", ())] == 0
         assert "AUTH-1" not in text
+        assert_stage_histograms(seen, store, ids)
+
+        # Model calls from another process (`wave llm call`, no key: the offline provider), the
+        # second one a cache hit: counted by provider, offline, at no cost for the hit.
+        replies = [llm_call(settings, "AUTH-101") for _ in range(2)]
+        assert [r["cache_hit"] for r in replies] == [False, True], replies
+        seen = samples(get(settings, "/metrics")[1])
+        assert seen[("wave_llm_calls_total", (("offline", "true"), ("provider", "offline")))] == 2
+        usage = replies[0]["usage"]
+        assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0, usage
+        for kind in ("input", "output", "cache_read", "cache_write"):
+            label = (("kind", kind), ("provider", "offline"))
+            assert seen[("wave_llm_tokens_total", label)] == usage[f"{kind}_tokens"], kind
+        assert seen[("wave_llm_cost_usd_total", (("provider", "offline"),))] == pytest.approx(
+            replies[0]["cost_usd"], abs=1e-9
+        )
+
+        # A real stop counts one halt; a repeated stop of the halted fleet counts none.
+        assert seen[("wave_halts_total", ())] == 0
+        for _ in range(2):
+            assert run_wave(settings, "stop", "--reason", "metrics test").returncode == 0
+        seen = samples(get(settings, "/metrics")[1])
+        assert seen[("wave_halts_total", ())] == 1 and seen[("wave_halted", ())] == 1
     finally:
         procs.stop_all()
+
+
+def assert_stage_histograms(seen: Samples, store: StoryStore, ids: list[str]) -> None:
+    """Each role's histogram counts exactly the stage attempts the stories' results record."""
+    ran: Counter[str] = Counter()
+    took: Counter[str] = Counter()
+    for story_id in ids:
+        for field, raw in store.redis.hgetall(store.keys.story_results(story_id)).items():
+            result = json.loads(raw)
+            assert result["ok"] is True, (field, result)
+            role = field.split(".")[1]
+            ran[role] += 1
+            took[role] += result.get("duration_s", 0.0)
+    assert set(ran) == {"pm", "fe", "be", "qa", "cto"}, ran
+    for role, n in ran.items():
+        labels = (("domain", "auth"), ("outcome", "ok"), ("role", role))
+        assert seen[("wave_stage_duration_seconds_count", labels)] == n, role
+        assert seen[("wave_stage_duration_seconds_bucket", (labels[0], ("le", "+Inf"), *labels[1:]))] == n
+        assert abs(seen[("wave_stage_duration_seconds_sum", labels)] - took[role]) < 0.001 * n, role
+        failed = (("domain", "auth"), ("outcome", "failed"), ("role", role))
+        assert ("wave_stage_duration_seconds_count", failed) not in seen
+
+
+def llm_call(settings: Settings, story: str) -> dict[str, Any]:
+    out = run_wave(settings, "llm", "call", "say hello", "--task", "planning", "--story", story, "--json")
+    assert out.returncode == 0, out.stderr
+    reply: dict[str, Any] = json.loads(out.stdout)["response"]
+    return reply
 
 
 def test_readyz_fails_while_redis_is_down_or_the_fleet_is_halted_and_healthz_stays_ok(
