@@ -13,15 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
+from wavefleet import notifier_status
 from wavefleet.config import MetricsSettings, Settings
 from wavefleet.connection import connect
 from wavefleet.domains import Domains
 from wavefleet.embedded import free_port
+from wavefleet.fleet_events import EventConsumer
 from wavefleet.halt import send_halt, send_resume
 from wavefleet.lifecycle import StoryState
+from wavefleet.metrics import FleetCollector
+from wavefleet.queues import Dispatcher
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
 from wavefleet.testing import Processes, env_of, fast_settings, redis_server, run_wave, wait_until
@@ -196,3 +201,46 @@ def test_a_bad_metrics_port_is_refused_in_one_line(settings: Settings) -> None:
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "WAVE_METRICS__PORT" in lines[0], out.stderr
+
+
+def scrape_in_process(settings: Settings, redis: Redis, store: StoryStore, domains: Domains) -> Samples:
+    """One scrape of the supervisor's collector, without the HTTP server (the same text format)."""
+    registry = CollectorRegistry(auto_describe=False)
+    dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
+    registry.register(FleetCollector(redis, settings.keys, domains, dispatcher))
+    return samples(generate_latest(registry).decode())
+
+
+def test_counters_other_processes_write_are_exposed_by_family_and_unknown_fields_ignored(
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains
+) -> None:
+    seen = scrape_in_process(settings, redis, store, domains)
+    for name in ("wave_halts_total", "wave_trace_runs_sent_total", "wave_trace_runs_dropped_total"):
+        assert seen[(name, ())] == 0, name  # every known counter exists from the start, at 0
+    assert seen[("wave_notifier_backlog", ())] == 0  # no events stream yet
+
+    counters = settings.keys.metric_counters()
+    for field, n in [("trace_runs_sent", 7), ("trace_runs_dropped", 2), ("safety_block", 3)]:
+        redis.hincrby(counters, field, n)
+    redis.hincrby(counters, "safety_escalate", 1)
+    redis.hincrby(counters, "sandbox_limit_hits:memory", 4)
+    redis.hincrby(counters, "a_field_of_a_newer_version", 9)
+    # The notifier's group has read one event of five and acknowledged none: five are owed.
+    for _ in range(2):
+        send_halt(redis, settings.keys, "backlog test", "test")
+        send_resume(redis, settings.keys, "test")
+    send_halt(redis, settings.keys, "backlog test", "test")
+    consumer = EventConsumer(redis, settings.keys, notifier_status.GROUP, "n1", start="0")
+    assert len(consumer.read(count=1)) == 1
+    redis.incrby(settings.keys.notifier_dead_total(), 2)
+
+    seen = scrape_in_process(settings, redis, store, domains)
+    assert seen[("wave_trace_runs_sent_total", ())] == 7
+    assert seen[("wave_trace_runs_dropped_total", ())] == 2
+    assert seen[("wave_safety_decisions_total", (("decision", "block"),))] == 3
+    assert seen[("wave_safety_decisions_total", (("decision", "escalate"),))] == 1
+    assert seen[("wave_sandbox_limit_hits_total", (("limit", "memory"),))] == 4
+    assert seen[("wave_halts_total", ())] == 3
+    assert seen[("wave_notifier_backlog", ())] == 5
+    assert seen[("wave_notifier_dead_letters_total", ())] == 2
+    assert not [name for name, _ in seen if "newer_version" in name]
