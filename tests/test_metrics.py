@@ -174,6 +174,17 @@ def test_readyz_fails_while_redis_is_down_or_the_fleet_is_halted_and_healthz_sta
             assert status == 503 and json.loads(body)["reason"].startswith("Redis unreachable"), body
             assert len(body.strip().splitlines()) == 1
             assert get(settings, "/healthz")[0] == 200
+            status, body = get(settings, "/metrics")
+            assert status == 503 and "Redis unreachable" in body, body
+
+            # Redis back on its port (its AOF kept the data): ready again without a restart.
+            server.start()
+            wait_until(
+                lambda: get(settings, "/readyz")[0] == 200,
+                message="ready once Redis is back",
+                diagnose=lambda: f"{get(settings, '/readyz')}\n{procs.logs()}",
+            )
+            assert get(settings, "/metrics")[0] == 200
         finally:
             procs.stop_all()
 
