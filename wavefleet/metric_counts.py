@@ -13,6 +13,7 @@ from typing import Protocol
 
 from .keys import Keys
 from .messages import StageResult
+from .sandbox.protocol import ExecReply
 
 # Upper bounds (seconds) of the stage-duration histogram: a stage takes a second to two hours.
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, math.inf)
@@ -29,6 +30,7 @@ COUNTER_FIELDS: dict[str, tuple[str, dict[str, str]]] = {
     "safety_escalate": ("wave_safety_decisions", {"decision": "escalate"}),
 }
 LIMIT_HIT_PREFIX = "sandbox_limit_hits"  # ``sandbox_limit_hits:{limit}`` -> wave_sandbox_limit_hits
+SANDBOX_LIMITS = ("memory", "pids", "time")  # the `limit` label; anything else counts as "other"
 
 
 class Incrementer(Protocol):
@@ -62,3 +64,17 @@ def observe_stage(pipe: Incrementer, keys: Keys, domain: str, role: str, result:
 def count(target: Incrementer, keys: Keys, field: str, n: int = 1) -> None:
     """Add `n` to one field of the fleet-wide counters (a name of COUNTER_FIELDS)."""
     target.hincrby(keys.metric_counters(), field, n)
+
+
+def exec_counts(reply: ExecReply) -> dict[str, int]:
+    """The counter fields one sandbox command adds (none when the runner could not run it)."""
+    if reply.error is not None:
+        return {}
+    counts = {"sandbox_commands": 1, "sandbox_containers": int(reply.started_container)}
+    hits = [h.split(" ", 1)[0] for h in (reply.limit or "").split("; ") if h]
+    if reply.timed_out:
+        hits.append("time")
+    for hit in hits:  # a bounded label: the limits the runner knows, else "other"
+        field = f"{LIMIT_HIT_PREFIX}:{hit if hit in SANDBOX_LIMITS else 'other'}"
+        counts[field] = counts.get(field, 0) + 1
+    return counts

@@ -28,6 +28,7 @@ from wavefleet.config import Settings
 from wavefleet.errors import ConfigError
 from wavefleet.halt import HaltListener, HaltState
 from wavefleet.messages import RunningStage
+from wavefleet.metric_counts import count, exec_counts
 
 from .docker_ops import JOB_LABEL, WORKER_LABEL, DockerOps
 from .protocol import (
@@ -165,7 +166,8 @@ class SandboxRunner:
         except Exception as exc:  # one bad request must never end the runner
             self.log.exception("sandbox request failed", kind=request.kind)
             reply = _REPLY_KINDS[request.kind](error=f"the runner failed: {type(exc).__name__}")
-        self._reply(request.request_id, reply.model_dump_json(), request)
+        counts = exec_counts(reply) if isinstance(reply, ExecReply) else {}
+        self._reply(request.request_id, reply.model_dump_json(), request, counts)
 
     def _answer(self, request: ExecRequest | ReleaseRequest | PingRequest) -> Any:
         if isinstance(request, ExecRequest):
@@ -194,7 +196,8 @@ class SandboxRunner:
         else:
             self.log.warning("sandbox request dropped: no usable id", problem=problem, size=len(raw))
 
-    def _reply(self, request_id: str, reply: str, request: Any) -> None:
+    def _reply(self, request_id: str, reply: str, request: Any, counts: dict[str, int] | None = None) -> None:
+        """Answer, and count what was run for /metrics, in one transaction."""
         wait = request.timeout_s if isinstance(request, ExecRequest) else 0.0
         ttl = math.ceil(wait + self.config.reply_grace_s) + REPLY_TTL_MARGIN_S
         key = self.keys.sandbox_reply(request_id)
@@ -202,6 +205,8 @@ class SandboxRunner:
             with self.redis.pipeline() as pipe:
                 pipe.lpush(key, reply)
                 pipe.expire(key, ttl)
+                for field, n in (counts or {}).items():
+                    count(pipe, self.keys, field, n)
                 pipe.execute()
         except RedisError as exc:  # the worker takes the runner to be down and retries the stage later
             self.log.warning("sandbox reply lost", error=str(exc), request_id=request_id)
