@@ -197,7 +197,7 @@ class SandboxRunner:
             self.log.warning("sandbox request dropped: no usable id", problem=problem, size=len(raw))
 
     def _reply(self, request_id: str, reply: str, request: Any, counts: dict[str, int] | None = None) -> None:
-        """Answer, and count what was run for /metrics, in one transaction."""
+        """Answer (the reply and its TTL together), then count what was run for /metrics."""
         wait = request.timeout_s if isinstance(request, ExecRequest) else 0.0
         ttl = math.ceil(wait + self.config.reply_grace_s) + REPLY_TTL_MARGIN_S
         key = self.keys.sandbox_reply(request_id)
@@ -205,11 +205,23 @@ class SandboxRunner:
             with self.redis.pipeline() as pipe:
                 pipe.lpush(key, reply)
                 pipe.expire(key, ttl)
-                for field, n in (counts or {}).items():
-                    count(pipe, self.keys, field, n)
                 pipe.execute()
         except RedisError as exc:  # the worker takes the runner to be down and retries the stage later
             self.log.warning("sandbox reply lost", error=str(exc), request_id=request_id)
+        self._count(counts or {})
+
+    def _count(self, counts: dict[str, int]) -> None:
+        """Count for /metrics after the reply, never with it: a Redis user of an older ACL, refused
+        the HINCRBY, must not lose the worker its reply."""
+        if not counts:
+            return
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for field, n in counts.items():
+                    count(pipe, self.keys, field, n)
+                pipe.execute()
+        except RedisError as exc:
+            self.log.warning("sandbox metrics not counted", error=str(exc).splitlines()[0])
 
     # Halt, cancel, sweep, heartbeat -------------------------------------------------------------
     def _on_halt(self, state: HaltState) -> None:
