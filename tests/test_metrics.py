@@ -93,6 +93,9 @@ def test_metrics_scraped_during_a_run_show_the_counts_it_produced(
         assert seen[("wave_halted", ())] == 0
         assert "AUTH-1" not in text
         assert_stage_histograms(seen, store, ids)
+        # QA ran the domain's tests once per story, under bwrap (the default sandbox), in its worker
+        assert seen[("wave_sandbox_commands_total", (("mode", "bwrap"),))] == len(ids)
+        assert seen[("wave_sandbox_commands_total", (("mode", "container"),))] == 0
 
         # Model calls from another process (`wave llm call`, no key: the offline provider), the
         # second one a cache hit: counted by provider, offline, at no cost for the hit.
@@ -235,6 +238,7 @@ def test_counters_other_processes_write_are_exposed_by_family_and_unknown_fields
         redis.hincrby(counters, field, n)
     redis.hincrby(counters, "safety_escalate", 1)
     redis.hincrby(counters, "sandbox_limit_hits:memory", 4)
+    redis.hincrby(counters, "sandbox_commands", 6)  # the container runner's
     redis.hincrby(counters, "a_field_of_a_newer_version", 9)
     # The notifier's group has read one event of five and acknowledged none: five are owed.
     for _ in range(2):
@@ -251,6 +255,7 @@ def test_counters_other_processes_write_are_exposed_by_family_and_unknown_fields
     assert seen[("wave_safety_decisions_total", (("decision", "block"),))] == 3
     assert seen[("wave_safety_decisions_total", (("decision", "escalate"),))] == 1
     assert seen[("wave_sandbox_limit_hits_total", (("limit", "memory"),))] == 4
+    assert seen[("wave_sandbox_commands_total", (("mode", "container"),))] == 6
     assert seen[("wave_halts_total", ())] == 3
     assert seen[("wave_notifier_backlog", ())] == 5
     assert seen[("wave_notifier_dead_letters_total", ())] == 2

@@ -24,11 +24,13 @@ COUNTER_FIELDS: dict[str, tuple[str, dict[str, str]]] = {
     "halts": ("wave_halts", {}),
     "trace_runs_sent": ("wave_trace_runs_sent", {}),
     "trace_runs_dropped": ("wave_trace_runs_dropped", {}),
-    "sandbox_commands": ("wave_sandbox_commands", {}),
+    "sandbox_commands": ("wave_sandbox_commands", {"mode": "container"}),  # the runner's
     "sandbox_containers": ("wave_sandbox_containers", {}),
     "safety_block": ("wave_safety_decisions", {"decision": "block"}),
     "safety_escalate": ("wave_safety_decisions", {"decision": "escalate"}),
 }
+SANDBOX_COMMANDS = "sandbox_commands"  # ``sandbox_commands:{bwrap|none}``: a local sandbox's, by mode
+LOCAL_MODES = ("bwrap", "none")
 LIMIT_HIT_PREFIX = "sandbox_limit_hits"  # ``sandbox_limit_hits:{limit}`` -> wave_sandbox_limit_hits
 SANDBOX_LIMITS = ("memory", "pids", "time")  # the `limit` label; anything else counts as "other"
 

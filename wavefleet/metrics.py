@@ -27,7 +27,15 @@ from .domains import Domains
 from .keys import Keys
 from .lifecycle import Role
 from .llm.accounting import TOKEN_KINDS
-from .metric_counts import COUNTER_FIELDS, LIMIT_HIT_PREFIX, OUTCOMES, STAGE_BUCKETS, bucket_label
+from .metric_counts import (
+    COUNTER_FIELDS,
+    LIMIT_HIT_PREFIX,
+    LOCAL_MODES,
+    OUTCOMES,
+    SANDBOX_COMMANDS,
+    STAGE_BUCKETS,
+    bucket_label,
+)
 from .notifier_status import backlog
 from .queues import Dispatcher
 
@@ -193,6 +201,9 @@ def _counter_families(fields: dict[str, str]) -> list[Metric]:
         family = families.get(name) or CounterMetricFamily(name, _HELP[name], labels=list(labels))
         families[name] = family
         family.add_metric(list(labels.values()), _int(fields.get(field)))
+    commands = families["wave_sandbox_commands"]
+    for mode in LOCAL_MODES:
+        commands.add_metric([mode], _int(fields.get(f"{SANDBOX_COMMANDS}:{mode}")))
     hits = CounterMetricFamily(
         "wave_sandbox_limit_hits", "Sandbox commands stopped by a limit", labels=["limit"]
     )
@@ -213,7 +224,7 @@ _HELP = {
     "wave_halts": "Emergency stops that halted a running fleet",
     "wave_trace_runs_sent": "LangSmith runs sent",
     "wave_trace_runs_dropped": "LangSmith runs dropped (queue full or collector unreachable)",
-    "wave_sandbox_commands": "Commands run in sandboxes",
+    "wave_sandbox_commands": "Commands run in sandboxes, by mode (container, bwrap, none)",
     "wave_sandbox_containers": "Sandbox containers started",
     "wave_safety_decisions": "Tool calls the safety gate did not simply allow, by decision",
 }
