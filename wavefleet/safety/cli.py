@@ -15,7 +15,7 @@ import time
 from typing import Any, Literal, Protocol
 
 from ..config import Settings
-from ..errors import ExitCode
+from ..errors import ExitCode, NotFoundError
 from ..lifecycle import Event, EventKind, Rejected
 from ..status_view import age, show
 from ..store import StoryStore
@@ -81,7 +81,8 @@ def decide_action(app: AppLike, ident: str, verdict: Literal["approve", "reject"
     note = f"action {ident} ({action.tool}) {what}; {reason}"
     try:
         outcome = app.store.apply(action.story, Event(EventKind.APPROVE, reason=note))
-    except Rejected as exc:  # cancelled or resumed meanwhile: the verdict waits for a replay, if any
+    except (Rejected, NotFoundError) as exc:  # cancelled, resumed or deleted meanwhile: the verdict
+        # waits for a replay of the action, if any (and expires)
         show(f"{ident}: {verdict}d; story {action.story} not resumed: {exc}")
         return ExitCode.OK
     show(f"{ident}: {verdict}d; {action.story}: {outcome.before.state} -> {outcome.after.state}")

@@ -29,7 +29,7 @@ Verdict = Literal["approve", "reject"]
 def _normal(value: Any) -> Any:
     """Every string (keys too) of the arguments normalised as the rule layer reads them."""
     if isinstance(value, str):
-        return normalize(value)
+        return normalize(value, fold_case=False)  # paths and names differ by case
     if isinstance(value, dict):
         return {_normal(k): _normal(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
