@@ -93,7 +93,7 @@ def test_an_expired_approval_is_not_used(settings: Settings, redis: Redis) -> No
 
 
 def test_a_rejected_action_is_refused_once_with_the_reason(settings: Settings, redis: Redis) -> None:
-    gate, queue = gate_of(settings, redis)
+    gate, _ = gate_of(settings, redis)
     held = gate.check(ACTION, round_=1)
     done = run_wave(settings, "reject", held.action_id, "--reason", "not in this story")
     assert done.returncode == 0, done.stderr
