@@ -27,7 +27,7 @@ LAYOUT = [
     ("notifier_state", (), "wave:notifier:state", "acme-2:notifier:state"),
     ("metric_counters", (), "wave:metrics:counters", "acme-2:metrics:counters"),
     ("safety_review", (), "wave:safety:review", "acme-2:safety:review"),
-    ("safety_verdict", ("AUTH-001", "ab12"), "wave:safety:verdict:AUTH-001:ab12", "acme-2:safety:verdict:AUTH-001:ab12"),
+    ("safety_verdict", ("S-1", "ab"), "wave:safety:verdict:S-1:ab", "acme-2:safety:verdict:S-1:ab"),
     ("intake_dead", (), "wave:intake:dead", "acme-2:intake:dead"),
     ("supervisor_group", (), "wave:supervisor", "acme-2:supervisor"),
     ("supervisor_lock", (), "wave:supervisor:lock", "acme-2:supervisor:lock"),

@@ -86,13 +86,15 @@ def held_action(store: StoryStore, queue: ReviewQueue, procs: Processes, but: se
         ids = {p.id for p in queue.pending()} - but
         return next(iter(ids)) if ids and store.get(STORY_ID).state is StoryState.HELD else None
 
-    return wait_until(
+    action = wait_until(
         found,
         timeout_s=150,
         interval_s=0.2,
         message="the story held with an action in review",
         diagnose=lambda: f"{store.get(STORY_ID)}\n{procs.logs()[-5000:]}",
     )
+    assert action is not None
+    return action
 
 
 @pytest.mark.timeout(400)
