@@ -7,6 +7,7 @@ it, the agent sees the refusal and goes on."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,14 @@ from wavefleet.testing import Processes, run_wave, wait_until
 from workers.git import git
 
 pytestmark = pytest.mark.slow
-NOTES = "deploy/notes.md"
+NOTES = "deploy-notes.md"
 REFUSED = "a human refused this action"
 
 
 class Escalating(ScriptedTeam):
-    """The scripted team, BE starting round 1 by writing deployment notes (the judge escalates any
-    write under deploy/; everything else it allows). `contents` are the notes' text at each try."""
+    """The scripted team, BE starting round 1 by running a command that writes deployment notes
+    (the judge escalates any command naming them; everything else it allows). `contents` are the
+    notes' text at each try."""
 
     def __init__(self, *contents: str) -> None:
         super().__init__()
@@ -50,7 +52,7 @@ class Escalating(ScriptedTeam):
         action = json.loads(text.split("\n")[2])
         with self.seen.lock:
             self.judged.append(action)
-        risky = str(action["arguments"].get("path", "")).startswith("deploy/")
+        risky = NOTES in str(action["arguments"].get("command", ""))
         verdict = {"score": 0.8 if risky else 0.95, "violations": [], "risks": [], "reasoning": "checked"}
         return Reply(text="", tool_calls=[(VERDICT_TOOL, json.dumps(verdict))])
 
@@ -62,9 +64,14 @@ class Escalating(ScriptedTeam):
             if sum(1 for who, _ in turns if who == "assistant") == 0:
                 content = self.contents[min(self.tries, len(self.contents) - 1)]
                 self.tries += 1
-                return ("write_file", {"path": NOTES, "content": content})
+                return ("run", write_notes(content))
             turns = [turns[0], *turns[3:]]  # the rest of BE's script, one step behind
         return super()._decide(provider, system, turns)
+
+
+def write_notes(content: str) -> dict[str, str]:
+    """A command no rule decides (the judge is asked) that writes the deployment notes."""
+    return {"command": f"{sys.executable} -c \"open('{NOTES}', 'w').write('{content}')\""}
 
 
 def _round(turns: list[tuple[str, str]]) -> int:
@@ -117,15 +124,15 @@ def test_an_escalated_action_holds_the_story_and_wave_approve_runs_exactly_that_
         review = run_wave(live, "review")
         assert review.returncode == 0 and first in review.stdout and NOTES in review.stdout
         [pending] = [json.loads(line) for line in run_wave(live, "review", "--json").stdout.splitlines()]
-        assert pending["args"] == {"path": NOTES, "content": "ship v1"} and pending["role"] == "be"
+        assert pending["args"] == write_notes("ship v1") and pending["role"] == "be"
 
         # When the operator approves it, the stage runs again; its model now asks for a slightly
         # different action, which the approval does not cover: the story is held again
         assert run_wave(live, "approve", first).returncode == 0
         second = held_action(store, queue, procs, {first})
         [again] = queue.pending()
-        assert again.args["content"] == "ship v1!"
-        unused = ActionCall(tool="write_file", args={"path": NOTES, "content": "ship v1"})
+        assert again.args == write_notes("ship v1!")
+        unused = ActionCall(tool="run", args=write_notes("ship v1"))
         assert store.redis.get(live.keys.safety_verdict(STORY_ID, action_digest(unused))) == "approve"
 
         # And approving that one lets it run once; the story finishes

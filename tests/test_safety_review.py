@@ -19,8 +19,8 @@ from wavefleet.testing import run_wave, wait_until
 
 STORY = "AUTH-001"
 ACTION = ActionCall(
-    tool="write_file",
-    args={"path": "deploy/notes.md", "content": "ship it"},
+    tool="run",
+    args={"command": "python3 -c \"print('ship it')\""},
     story=STORY,
     domain="auth",
     role="be",
@@ -58,7 +58,7 @@ def test_an_approval_runs_the_exact_action_once_and_never_a_similar_one(
         STORY,
         "be",
         1,
-        "write_file",
+        "run",
     )
 
     # When a human approves it
@@ -68,12 +68,12 @@ def test_an_approval_runs_the_exact_action_once_and_never_a_similar_one(
     assert 0 < redis.ttl(key) <= settings.safety.approval_ttl_s
 
     # Then a similar action (another character, another story) is not approved: it waits again
-    similar = ACTION.model_copy(update={"args": {"path": "deploy/notes.md", "content": "ship it!"}})
+    similar = ACTION.model_copy(update={"args": {"command": "python3 -c \"print('ship it!')\""}})
     assert gate.check(similar, round_=1).decision is Decision.ESCALATE
     other_story = ACTION.model_copy(update={"story": "AUTH-002"})
     assert gate.check(other_story, round_=1).decision is Decision.ESCALATE
     # ... the exact one (spelled with an invisible character the normaliser removes) runs, once
-    exact = ACTION.model_copy(update={"args": {"path": "deploy/notes.md", "content": "ship\u200b it"}})
+    exact = ACTION.model_copy(update={"args": {"command": "python3 -c \"print('ship\u200b it')\""}})
     assert gate.check(exact, round_=1).decision is Decision.ALLOW
     assert gate.check(ACTION, round_=1).decision is Decision.ESCALATE
     assert int(redis.hget(settings.keys.metric_counters(), "safety_escalate") or 0) == 4
@@ -108,8 +108,8 @@ def test_wave_review_lists_the_pending_actions_with_their_context(settings: Sett
     held = gate.check(ACTION, round_=2)
     table = run_wave(settings, "review")
     assert table.returncode == 0
-    assert held.action_id in table.stdout and STORY in table.stdout and "write_file" in table.stdout
-    assert "deploy/notes.md" in table.stdout and "judge score 0.80" in table.stdout
+    assert held.action_id in table.stdout and STORY in table.stdout and "run" in table.stdout
+    assert "print('ship it')" in table.stdout and "judge score 0.80" in table.stdout
     listed = run_wave(settings, "review", "--json")
     import json  # noqa: PLC0415
 

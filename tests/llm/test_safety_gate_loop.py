@@ -95,18 +95,19 @@ def test_an_escalated_call_holds_the_story_and_waits_in_the_review_queue(
     anthropic_server: AnthropicServer,
     xai_server: XaiServer,
 ) -> None:
-    # Given the judge on, scoring every action 0.8 (escalate), and a model writing a file
+    # Given the judge on, scoring every action 0.8 (escalate), and a model running a command
     judged = live.model_copy(update={"safety": SafetySettings(judge=True, judge_timeout_s=5)})
     verdict = {"score": 0.8, "violations": [], "risks": ["touches deployment"], "reasoning": "unsure"}
     xai_server.respond_with(lambda body: Reply(text="", tool_calls=[("verdict", json.dumps(verdict))]))
-    args: dict[str, Any] = {"path": "deploy/notes.md", "content": "ship it"}
-    anthropic_server.respond_with(anthropic_script([[("write_file", args)], [FINISH]]))
+    # (a command no rule decides: the judge is asked)
+    args: dict[str, Any] = {"command": "python3 -c \"open('deploy-notes.md', 'w').write('ship it')\""}
+    anthropic_server.respond_with(anthropic_script([[("run", args)], [FINISH]]))
     tree = git_tree(tmp_path / "tree", {"app.py": "x = 1\n"})
 
     # When the loop runs, the story is held (not failed) and the file is not written
-    with pytest.raises(HoldStory, match=r"write_file awaits a human: judge score 0\.80") as held:
+    with pytest.raises(HoldStory, match=r"run awaits a human: judge score 0\.80") as held:
         loop_of(judged, LLMClient(judged, redis), store, domains, tree).run(SYSTEM, "Go.")
-    assert not (tree / "deploy").exists()
+    assert not (tree / "deploy-notes.md").exists()
 
     # Then the action waits for review with its context, its id in the hold's reason
     [pending] = ReviewQueue(redis, live.keys, approval_ttl_s=60).pending()

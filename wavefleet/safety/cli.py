@@ -19,11 +19,9 @@ from ..errors import ExitCode, NotFoundError
 from ..lifecycle import Event, EventKind, Rejected
 from ..status_view import age, show
 from ..store import StoryStore
-from .review import PendingAction, ReviewQueue, is_action_id
+from .review import ReviewQueue, is_action_id
 
 __all__ = ["add_commands", "decide_action", "is_action_id"]
-
-ARGS_SHOWN = 60  # characters of an action's arguments in the table (--json has them all)
 
 
 class AppLike(Protocol):
@@ -56,22 +54,16 @@ def cmd_review(app: AppLike, args: argparse.Namespace) -> int:
         show("review: no action waits for a human")
         return ExitCode.OK
     now = time.time()
-    show(
-        f"{'ACTION':<16} {'STORY':<12} {'ROLE':<4} {'RND':>3} {'AGE':>4} {'SCORE':>5} TOOL / ARGUMENTS / WHY"
-    )
+    show(f"{'ACTION':<16} {'STORY':<12} {'ROLE':<4} {'RND':>3} {'AGE':>4} {'SCORE':>5} TOOL")
     for a in pending:
         show(
-            f"{a.id:<16} {a.story:<12} {a.role:<4} {a.round:>3} {age(now - a.at):>4} {a.score:>5.2f} "
-            f"{a.tool} {_args_line(a)}"
+            f"{a.id:<16} {a.story:<12} {a.role:<4} {a.round:>3} {age(now - a.at):>4} {a.score:>5.2f} {a.tool}"
         )
-        show(f"{'':<16} why: {a.reason}")
+        # in full: a human approves exactly what runs, so nothing of it is cut off
+        show(f"{'':<16} args: {json.dumps(a.args, sort_keys=True, ensure_ascii=False)}")
+        show(f"{'':<16} why:  {a.reason}")
     show("approve: wave approve ACTION   refuse: wave reject ACTION   (the story resumes either way)")
     return ExitCode.OK
-
-
-def _args_line(action: PendingAction) -> str:
-    text = json.dumps(action.args, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= ARGS_SHOWN else text[: ARGS_SHOWN - 1] + "…"
 
 
 def decide_action(app: AppLike, ident: str, verdict: Literal["approve", "reject"], reason: str) -> int:
