@@ -2,7 +2,8 @@
 (wavefleet/safety/gate.py), and the stage fails once `safety.blocks_per_stage` calls were refused.
 
 Block: the loop shows the model the refusal; escalate: the loop holds the story while the action
-waits in the review queue. `finish` is not gated: it runs nothing, it only returns the role's result.
+waits in the review queue. `finish` is not gated: it runs nothing, it only returns the role's result;
+nor is a call whose arguments are not JSON: the loop answers it with that error, nothing runs.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class SafetyToolGate:
         self.blocks = 0
 
     def authorize(self, call: ToolCall, stage: StageInput) -> GateDecision:
-        if call.name == FINISH:
+        if call.name == FINISH or call.invalid_arguments:  # runs nothing / refused by the loop itself
             return ALLOW
         action = ActionCall(
             tool=call.name,
