@@ -28,6 +28,8 @@ LAYOUT = [
     ("metric_counters", (), "wave:metrics:counters", "acme-2:metrics:counters"),
     ("metric_stage_durations", ("auth", "fe"), "wave:metrics:stage:auth:fe", "acme-2:metrics:stage:auth:fe"),
     ("metric_llm", (), "wave:metrics:llm", "acme-2:metrics:llm"),
+    ("safety_review", (), "wave:safety:review", "acme-2:safety:review"),
+    ("safety_verdict", ("S-1", "ab"), "wave:safety:verdict:S-1:ab", "acme-2:safety:verdict:S-1:ab"),
     ("intake_dead", (), "wave:intake:dead", "acme-2:intake:dead"),
     ("supervisor_group", (), "wave:supervisor", "acme-2:supervisor"),
     ("supervisor_lock", (), "wave:supervisor:lock", "acme-2:supervisor:lock"),
