@@ -11,7 +11,7 @@ import re
 from ..injection import find_injection
 from .base import Hit, block, escalate
 
-__all__ = ["CREDENTIAL_PATH", "content_hits", "secret_hits"]
+__all__ = ["CREDENTIAL_PATH", "content_hits", "has_credential_path", "secret_hits"]
 
 KEY_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(p))
@@ -46,6 +46,17 @@ CREDENTIAL_PATH = re.compile(
     r"|\.npmrc\b|\.pypirc\b|/etc/(?:shadow|gshadow|sudoers)|/proc/(?:self|\d+|\*|\$\$)/environ|\.vault-token"
     r"|\bcredentials\.json\b|service[-_]?account[\w-]*\.json|\.terraformrc|terraform\.tfstate|\.keystore\b"
 )  # fmt: skip
+
+_CREDENTIAL_GATE = tuple(
+    ".env ssh id_ .aws gcloud credentials .kube netrc pgpass .git-cred .docker npmrc pypirc /etc/ environ vault "
+    "account terraform keystore".split()
+)
+
+
+def has_credential_path(t: str) -> bool:
+    """`t` (lower case) names a credentials file."""
+    return any(g in t for g in _CREDENTIAL_GATE) and CREDENTIAL_PATH.search(t) is not None
+
 
 _TAMPER: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
     (name, why, re.compile(p, re.M))
