@@ -28,6 +28,7 @@ from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.cli import add_commands as add_llm_commands
 from .monitor import add_commands as add_monitor_commands
 from .notifier_status import status_line as notifier_status
+from .safety.cli import add_commands as add_safety_commands
 from .sandbox.fleet import summary as sandbox_summary
 from .status_view import follow_events, halt_banner, print_history, print_records, print_story, show
 from .store import StoryStore
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_process_commands(sub)
     add_llm_commands(sub)
     add_monitor_commands(sub)
+    add_safety_commands(sub)
     return parser
 
 

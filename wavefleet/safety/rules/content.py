@@ -47,10 +47,10 @@ CREDENTIAL_PATH = re.compile(
     r"|\bcredentials\.json\b|service[-_]?account[\w-]*\.json|\.terraformrc|terraform\.tfstate|\.keystore\b"
 )  # fmt: skip
 
-_CREDENTIAL_GATE = tuple(
-    ".env ssh id_ .aws gcloud credentials .kube netrc pgpass .git-cred .docker npmrc pypirc /etc/ environ vault "
-    "account terraform keystore".split()
-)
+_CREDENTIAL_GATE = (
+    ".env", "ssh", "id_", ".aws", "gcloud", "credentials", ".kube", "netrc", "pgpass", ".git-cred", ".docker",
+    "npmrc", "pypirc", "/etc/", "environ", "vault", "account", "terraform", "keystore",
+)  # fmt: skip
 
 
 def has_credential_path(t: str) -> bool:
