@@ -41,10 +41,9 @@ def add_commands(sub: Any) -> None:
 
 def cmd_check(app: Any, args: argparse.Namespace) -> int:
     if not args.rules_only:
-        print(
+        sys.stderr.write(
             "wave safety check: the full gate needs the constitutional judge, which is not wired in yet: "
-            "use --rules-only",
-            file=sys.stderr,
+            "use --rules-only\n"
         )
         return int(ExitCode.USAGE)
     # Bytes that are not UTF-8 become U+FFFD in that line's call, never a traceback.
