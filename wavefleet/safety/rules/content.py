@@ -41,7 +41,7 @@ _KEY_GATE = re.compile(
 # SSH keys, cloud and registry credentials, the shadow file, a process's environment.
 CREDENTIAL_PATH = re.compile(
     r"(?:^|[\s/=<>:@(,;|&])\.env(?:\.(?!example|sample|template|dist|defaults?\b|schema)[\w-]+)?(?=$|[\s;&|)<>/,])"
-    r"|\.ssh(?:/|$|\s)|\bid_(?:rsa|dsa|ecdsa|ed25519)(?!\.pub)\b|\.aws/(?:credentials|config)|\.config/gcloud"
+    r"|\.ssh(?:/|$|\s)|\bid_(?:rsa|dsa|ecdsa|ed25519)(?!\.pub)\b|\.aws(?:/|$|\s)|\.config/gcloud"
     r"|application_default_credentials|\.kube/config|\.netrc\b|\.pgpass\b|\.git-credentials|\.docker/config\.json"
     r"|\.npmrc\b|\.pypirc\b|/etc/(?:shadow|gshadow|sudoers)|/proc/(?:self|\d+|\*|\$\$)/environ|\.vault-token"
     r"|\bcredentials\.json\b|service[-_]?account[\w-]*\.json|\.terraformrc|terraform\.tfstate|\.keystore\b"

@@ -27,7 +27,7 @@ _FETCHERS = frozenset(
 )
 _UPLOAD = re.compile(
     r"(?:^|\s)(?:-d|--data(?:-\w+)?|--form(?:-string)?|-t|--upload-file|--post-data|--post-file|--body-data"
-    r"|--body-file|--json)(?:[=\s]|\S)|(?:^|\s)-x\s*(?:post|put|patch)\b|--method[=\s](?:post|put|patch)"
+    r"|--body-file|--json)(?:[=\s]|\S)|(?:^|\s)-[a-z]*[dt](?=\s|$)|(?:^|\s)-x\s*(?:post|put|patch)\b|--method[=\s](?:post|put|patch)"
     r"|(?:^|\s)(?:post|put|patch)\s+\S|\S+(?:=|:=)@\S"
 )
 _SOCKETS = frozenset(["nc", "ncat", "netcat", "socat", "telnet"])
