@@ -43,7 +43,8 @@ def test_each_line_gets_its_decision_in_order(tmp_path: Path) -> None:
 
 
 def test_a_malformed_line_gets_an_error_line_and_the_exit_code_says_so(tmp_path: Path) -> None:
-    stdin = b'not json\n[1, 2]\n{"tool": "run", "args": "rm"}\n\n{"tool": "run", "args": {"command": "ls"}, "x": 1}\n'
+    stdin = b'not json\n[1, 2]\n{"tool": "run", "args": "rm"}\n\n'
+    stdin += b'{"tool": "run", "args": {"command": "ls"}, "x": 1}\n'
     stdin += b'{"tool": "run", "args": {"command": "cat \xff .env"}}\n'  # not UTF-8: still a call
     done = check(stdin, "--rules-only", data_dir=tmp_path)
     assert done.returncode == ExitCode.INVALID_INPUT
