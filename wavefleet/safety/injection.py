@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from .gates import Gate
 from .normalize import normalize
 
 __all__ = ["INJECTION_RULES", "find_injection"]
@@ -100,10 +101,15 @@ INJECTION_RULES: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tupl
     )
 )
 
+_GATE = Gate(word for _, gate, _ in INJECTION_RULES for word in gate)
+
 
 def find_injection(text: str) -> tuple[str, ...]:
     """The names of the injection rules `text` matches (after `normalize`), in rule order."""
     norm = normalize(text)
+    words = _GATE.present(norm)
+    if not words:
+        return ()
     return tuple(
-        name for name, gate, rule in INJECTION_RULES if any(g in norm for g in gate) and rule.search(norm)
+        name for name, gate, rule in INJECTION_RULES if not words.isdisjoint(gate) and rule.search(norm)
     )

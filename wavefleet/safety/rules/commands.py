@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from ..gates import Gate
 from .base import Hit, block, escalate, is_outside_path
 from .shell import Command
 
@@ -66,6 +67,7 @@ _TEXT_RULES: tuple[tuple[Hit, tuple[str, ...], re.Pattern[str]], ...] = tuple(
          r"docker\.sock|/run/containerd|podman\.sock"),
     )
 )  # fmt: skip
+_GATE = Gate(word for _, gate, _ in _TEXT_RULES for word in gate)
 _REDIRECT = re.compile(r"(?:^|[^<>&\d])\d?&?>>?\|?\s*([^\s;&|()<>]+)")
 _FIND_XARGS = re.compile(r"\bfind\s+(\S+)[^\n|]*\|\s*xargs\b[^\n]*?\b(?:rm|shred|unlink|chmod|chown|mv)\b")
 _CD = re.compile(r"(?:^|[\s;&|(])(?:cd|pushd)\s+([^\s;&|()]+)")
@@ -262,7 +264,8 @@ _BY_NAME: dict[str, Callable[[Command], list[Hit]]] = {
 
 def command_hits(t: str, cmds: list[Command]) -> list[Hit]:
     """The text and command rules that fire on normalised command line `t` (its `cmds`)."""
-    hits = [hit for hit, gate, rule in _TEXT_RULES if any(g in t for g in gate) and rule.search(t)]
+    words = _GATE.present(t)
+    hits = [hit for hit, gate, rule in _TEXT_RULES if not words.isdisjoint(gate) and rule.search(t)]
     if ">" in t and any(is_outside_path(m.group(1)) for m in _REDIRECT.finditer(t)):
         hits.append(block("fs.write_outside", "redirects output to a file outside the worktree"))
     if "xargs" in t and any(is_outside_path(m.group(1)) for m in _FIND_XARGS.finditer(t)):

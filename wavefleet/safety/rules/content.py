@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from ..gates import Gate
 from ..injection import find_injection
 from .base import Hit, block, escalate
 
@@ -52,10 +53,12 @@ _CREDENTIAL_GATE = (
     "npmrc", "pypirc", "/etc/", "environ", "vault", "account", "terraform", "keystore",
 )  # fmt: skip
 
+_CREDENTIAL_WORDS = Gate(_CREDENTIAL_GATE)
+
 
 def has_credential_path(t: str) -> bool:
     """`t` (lower case) names a credentials file."""
-    return any(g in t for g in _CREDENTIAL_GATE) and CREDENTIAL_PATH.search(t) is not None
+    return _CREDENTIAL_WORDS.pattern.search(t) is not None and CREDENTIAL_PATH.search(t) is not None
 
 
 _TAMPER: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
