@@ -26,6 +26,8 @@ LAYOUT = [
     ("notifier_dead_total", (), "wave:notifier:deadtotal", "acme-2:notifier:deadtotal"),
     ("notifier_state", (), "wave:notifier:state", "acme-2:notifier:state"),
     ("metric_counters", (), "wave:metrics:counters", "acme-2:metrics:counters"),
+    ("safety_review", (), "wave:safety:review", "acme-2:safety:review"),
+    ("safety_verdict", ("S-1", "ab"), "wave:safety:verdict:S-1:ab", "acme-2:safety:verdict:S-1:ab"),
     ("intake_dead", (), "wave:intake:dead", "acme-2:intake:dead"),
     ("supervisor_group", (), "wave:supervisor", "acme-2:supervisor"),
     ("supervisor_lock", (), "wave:supervisor:lock", "acme-2:supervisor:lock"),

@@ -1,95 +1,81 @@
-"""`wave safety check`: tool calls as JSON lines on stdin, one decision per line on stdout (scripts, CI).
+"""`wave review` (the actions waiting for a human) and the action half of `wave approve` / `wave reject`.
 
-`--rules-only` asks the rule layer alone (no Redis, no model). A malformed line gets an error line of
-its own (`{"error": ...}`) and the exit code says some failed; a blocked call is a result, not a
-failure (exit 0).
+`wave approve ID` and `wave reject ID` take a story id (a held story, as before) or an action id from
+`wave review` (`act-` and 12 hex digits, which no story id is): approving an action lets the story's
+stage run exactly that action once; rejecting it refuses it (the agent sees the refusal). Either way
+the held story resumes.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-from typing import IO, Any
+import time
+from typing import Any, Literal, Protocol
 
-from pydantic import ValidationError
+from ..config import Settings
+from ..errors import ExitCode, NotFoundError
+from ..lifecycle import Event, EventKind, Rejected
+from ..status_view import age, show
+from ..store import StoryStore
+from .review import ReviewQueue, is_action_id
 
-from ..errors import ExitCode
-from .rules import evaluate
-from .types import ActionCall
+__all__ = ["add_commands", "decide_action", "is_action_id"]
 
-__all__ = ["add_commands", "check_lines"]
 
-_FIELDS = ("tool", "args", "story", "domain", "role", "branch")
+class AppLike(Protocol):
+    """What these commands need of `wavefleet.cli.App`."""
+
+    settings: Settings
+
+    @property
+    def store(self) -> StoryStore: ...
+
+
+def _queue(app: AppLike) -> ReviewQueue:
+    return ReviewQueue(app.store.redis, app.settings.keys, approval_ttl_s=app.settings.safety.approval_ttl_s)
 
 
 def add_commands(sub: Any) -> None:
-    """Register `safety check` on the `wave` parser's subparsers."""
-    p = sub.add_parser("safety", help="the safety gate: check tool calls (wave safety check --help)")
-    safety = p.add_subparsers(dest="safety_command", required=True, metavar="SUBCOMMAND")
-    c = safety.add_parser(
-        "check",
-        help='JSON lines {"tool": ..., "args": {...}} on stdin -> one decision per line on stdout',
-        description="Each input line is a tool call; each output line has decision (allow|escalate|block), "
-        "score (1 = safe), rules (those that fired), reason and decided (false: the rules have no opinion, "
-        "the judge would be asked). Exit 0 when every line was read, 65 when a line was malformed.",
-    )
-    c.add_argument("--rules-only", action="store_true", help="the deterministic rule layer alone (no judge)")
-    c.set_defaults(handler=cmd_check)
+    """Register `review` on the `wave` parser's subparsers."""
+    p = sub.add_parser("review", help="the actions the safety gate holds for a human (approve/reject them)")
+    p.add_argument("--json", action="store_true", help="one JSON object per action, all fields")
+    p.set_defaults(handler=cmd_review)
 
 
-def cmd_check(app: Any, args: argparse.Namespace) -> int:
-    if not args.rules_only:
-        sys.stderr.write(
-            "wave safety check: the full gate needs the constitutional judge, which is not wired in yet: "
-            "use --rules-only\n"
+def cmd_review(app: AppLike, args: argparse.Namespace) -> int:
+    pending = _queue(app).pending()
+    if args.json:
+        for action in pending:
+            sys.stdout.write(action.model_dump_json() + "\n")  # data as it is: no terminal_safe
+        return ExitCode.OK
+    if not pending:
+        show("review: no action waits for a human")
+        return ExitCode.OK
+    now = time.time()
+    show(f"{'ACTION':<16} {'STORY':<12} {'ROLE':<4} {'RND':>3} {'AGE':>4} {'SCORE':>5} TOOL")
+    for a in pending:
+        show(
+            f"{a.id:<16} {a.story:<12} {a.role:<4} {a.round:>3} {age(now - a.at):>4} {a.score:>5.2f} {a.tool}"
         )
-        return int(ExitCode.USAGE)
-    # Bytes that are not UTF-8 become U+FFFD in that line's call, never a traceback.
-    source = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
-    return check_lines(source, sys.stdout)
+        # in full: a human approves exactly what runs, so nothing of it is cut off
+        show(f"{'':<16} args: {json.dumps(a.args, sort_keys=True, ensure_ascii=False)}")
+        show(f"{'':<16} why:  {a.reason}")
+    show("approve: wave approve ACTION   refuse: wave reject ACTION   (the story resumes either way)")
+    return ExitCode.OK
 
 
-def check_lines(source: IO[str], out: IO[str]) -> int:
-    """Decide each JSON line of `source` onto `out`; INVALID_INPUT if any line was malformed."""
-    failed = False
-    for number, line in enumerate(source, start=1):
-        if not line.strip():
-            continue
-        try:
-            call = _parse(line)
-        except ValueError as exc:
-            failed = True
-            out.write(json.dumps({"error": f"line {number}: {exc}"}) + "\n")
-            out.flush()
-            continue
-        decision = evaluate(call)
-        result = {
-            "decision": decision.decision.value,
-            "score": decision.score,
-            "rules": list(decision.rules),
-            "reason": decision.reason,
-            "decided": decision.decided,
-        }
-        out.write(json.dumps(result) + "\n")
-        out.flush()
-    return int(ExitCode.INVALID_INPUT if failed else ExitCode.OK)
-
-
-def _parse(line: str) -> ActionCall:
+def decide_action(app: AppLike, ident: str, verdict: Literal["approve", "reject"], reason: str) -> int:
+    """Approve or reject a queued action, then resume its held story (its stage replays the action)."""
+    action = _queue(app).decide(ident, verdict)
+    what = "approved: it runs once" if verdict == "approve" else "rejected: the agent is refused"
+    note = f"action {ident} ({action.tool}) {what}; {reason}"
     try:
-        value = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f'expected an object {{"tool": ..., "args": {{...}}}}, got {type(value).__name__}')
-    unknown = sorted(set(value) - set(_FIELDS))
-    if unknown:
-        raise ValueError(f"unknown field {unknown[0]!r} (fields: {', '.join(_FIELDS)})")
-    try:
-        return ActionCall.model_validate(value)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "call"
-        raise ValueError(f"{where}: {first['msg']}") from None
+        outcome = app.store.apply(action.story, Event(EventKind.APPROVE, reason=note))
+    except (Rejected, NotFoundError) as exc:  # cancelled, resumed or deleted meanwhile: the verdict
+        # waits for a replay of the action, if any (and expires)
+        show(f"{ident}: {verdict}d; story {action.story} not resumed: {exc}")
+        return ExitCode.OK
+    show(f"{ident}: {verdict}d; {action.story}: {outcome.before.state} -> {outcome.after.state}")
+    return ExitCode.OK
