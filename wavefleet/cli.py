@@ -28,6 +28,7 @@ from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.cli import add_commands as add_llm_commands
 from .monitor import add_commands as add_monitor_commands
 from .notifier_status import status_line as notifier_status
+from .safety.check_cli import add_check_commands
 from .safety.cli import add_commands as add_safety_commands
 from .safety.cli import decide_action, is_action_id
 from .sandbox.fleet import summary as sandbox_summary
@@ -365,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_llm_commands(sub)
     add_monitor_commands(sub)
     add_safety_commands(sub)
+    add_check_commands(sub)
     return parser
 
 

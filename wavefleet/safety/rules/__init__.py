@@ -22,7 +22,7 @@ from ..types import ActionCall, Decision, RuleDecision
 from .allow import ordinary_command
 from .base import BLOCK, Hit, block
 from .commands import command_hits
-from .content import CREDENTIAL_PATH, content_hits, secret_hits
+from .content import content_hits, has_credential_path, secret_hits
 from .files import path_hits
 from .git import git_hits
 from .network import network_hits
@@ -43,7 +43,7 @@ def evaluate(call: ActionCall) -> RuleDecision:
     try:
         hits, ordinary = _hits(call)
     except Exception as exc:
-        return RuleDecision(decision=Decision.BLOCK, score=0.0, rules=("rules.error",),
+        return _made(decision=Decision.BLOCK, score=0.0, rules=("rules.error",),
                             reason=f"the rule layer failed ({type(exc).__name__}): refused")  # fmt: skip
     return _decide(hits, ordinary)
 
@@ -79,7 +79,7 @@ def run_hits(command: str, branch: str = "", depth: int = 0) -> tuple[list[Hit],
     for cmd in cmds:
         if cmd.name == "git":
             hits.extend(git_hits(cmd, t, branch))
-    if CREDENTIAL_PATH.search(t):
+    if has_credential_path(t):
         hits.append(block("secrets.credential_file", "touches a credentials file"))
     hits.extend(block(n, "a prompt-injection phrase in a command", 0.2) for n in find_injection(t))
     if depth < 2:
@@ -110,14 +110,20 @@ def _decide(hits: list[Hit], ordinary: bool) -> RuleDecision:
     rules = tuple(dict.fromkeys(h.rule for h in hits))
     if not hits:
         if ordinary:
-            return RuleDecision(decision=Decision.ALLOW, score=ALLOW_SCORE, reason="ordinary work")
-        return RuleDecision(decision=Decision.ALLOW, score=UNDECIDED_SCORE, decided=False,
+            return _made(decision=Decision.ALLOW, score=ALLOW_SCORE, reason="ordinary work")
+        return _made(decision=Decision.ALLOW, score=UNDECIDED_SCORE, decided=False,
                             reason="no rule decides: the judge is asked")  # fmt: skip
     worst = min(hits, key=lambda h: (h.decision != BLOCK, h.score))
     decision = Decision.BLOCK if worst.decision == BLOCK else Decision.ESCALATE
     whys = list(dict.fromkeys(h.why for h in hits if h.decision == worst.decision))
     reason = f"{rules[0] if len(rules) == 1 else ', '.join(rules)}: {'; '.join(whys[:3])}"
-    return RuleDecision(decision=decision, score=worst.score, rules=rules, reason=reason[:300])
+    return _made(decision=decision, score=worst.score, rules=rules, reason=reason[:300])
+
+
+def _made(**fields: Any) -> RuleDecision:
+    """A RuleDecision of values this module chose (scores in [0, 1]): built without re-validation,
+    which is a third of a decision's time."""
+    return RuleDecision.model_construct(**fields)
 
 
 def _strings(value: Any) -> Iterator[str]:

@@ -196,6 +196,8 @@ _PY_MODULES = frozenset(
         "doctest",
     ]
 )
+_URL_HOST = re.compile(r"\b[a-z]+://([^\s/:?#@]*)")
+_LOCAL_HOST = re.compile(r"^(?:localhost|127(?:\.\d{1,3}){3}|0\.0\.0\.0)$")
 _PIP_READ = frozenset(("list", "show", "freeze", "check", "--version", "-v"))
 
 
@@ -211,6 +213,11 @@ def ordinary_command(cmd: Command) -> bool:  # noqa: PLR0911 - one return per ki
         return sub in _SUBCOMMANDS["git"] and not (
             sub == "config" and ("--global" in rest or "--system" in rest)
         )
+    if name in ("npm", "yarn", "pnpm") and args[:1] in (("install",), ("i",)):
+        return _install_declared(name, args)
+    if name in ("curl", "wget", "http"):
+        urls = _URL_HOST.findall(cmd.text)
+        return bool(urls) and all(_LOCAL_HOST.match(h) for h in urls) and "@" not in cmd.text
     if name in _SUBCOMMANDS:
         return not args or args[0] in _SUBCOMMANDS[name] or (name == "make" and args[0].startswith("-"))
     if name in ("npm", "yarn", "pnpm") or name.startswith("pip"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import NamedTuple
 
@@ -46,6 +47,8 @@ def is_outside_path(arg: str) -> bool:
     """`arg` names a place outside the worktree (lower-case normalised text), `..` inside included."""
     if OUTSIDE.match(arg):
         return True
+    if ".." in arg and arg.startswith("/"):
+        return bool(OUTSIDE.match(posixpath.normpath(arg)))
     depth = 0
     for part in arg.split("/"):
         if part == "..":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from ..gates import Gate
 from .base import Hit, block, escalate, is_outside_path
 from .shell import Command
 
@@ -20,47 +21,55 @@ _SH = (
     r"(?:\S*/)?(?:(?:ba|z|da|k|tc|fi|a|mk)?sh|python[\d.]*|perl|ruby|node|php|lua|source|\.|eval)"
     r"(?=\s|$|[;)&|])"
 )
-_TEXT_RULES: tuple[tuple[Hit, re.Pattern[str]], ...] = tuple(
-    (hit, re.compile(p))
-    for hit, p in (
-        (block("rce.pipe_to_shell", "pipes text into a shell"), r"\|\s*(?:sudo\s+)?" + _SHELL),
-        (block("rce.pipe_to_shell", "pipes downloaded or decoded text into an interpreter"),
+# (hit, gate, pattern): the pattern is only tried when one of the gate's substrings is in the text
+# (a substring test is ~20x cheaper than a regex search, and most commands pass no gate).
+_TEXT_RULES: tuple[tuple[Hit, tuple[str, ...], re.Pattern[str]], ...] = tuple(
+    (hit, gate, re.compile(p))
+    for hit, gate, p in (
+        (block("rce.pipe_to_shell", "pipes text into a shell"), ("|",), r"\|\s*(?:sudo\s+)?" + _SHELL),
+        (block("rce.pipe_to_shell", "pipes downloaded or decoded text into an interpreter"), ("|",),
          r"(?:curl|wget|fetch|base64|b64decode|xxd|openssl|\bnc|ncat|rev)\b[^\n]*\|\s*(?:sudo\s+)?" + _SH),
         (block("rce.eval_download", "runs downloaded code"),
+         ("<(", "curl", "wget", "fetch", "exec(", "eval("),
          r"(?:^|[\s;&|(])(?:(?:ba|z|da)?sh|source|\.)\s+<\(|(?:eval|-c|exec|source)\s+(?:\$\(|`)\s*(?:curl|wget|fetch)"
          r"|exec\([^\n]*(?:urlopen|requests\.get|urllib|https?://)|eval\([^\n]*(?:fetch\(|https?://|urlopen)"),
-        (block("rce.download_exec", "downloads a program and runs it"),
+        (block("rce.download_exec", "downloads a program and runs it"), ("://",),
          r"(?:curl|wget)\b[^\n]*(?:https?|ftp)://[^\n]*?(?:&&|;|\|\||\n)\s*(?:sudo\s+)?(?:(?:ba|z|da)?sh\s+\S"
          r"|chmod\s[^\n]*\+x|\./\S|source\s|\.\s+\S|python[\d.]*\s+\S+\.py)"),
-        (block("destructive.fork_bomb", "a fork bomb"),
+        (block("destructive.fork_bomb", "a fork bomb"), ("()", "fork"),
          r"(\S+)\s*\(\)\s*\{\s*\1\s*\|\s*\1\s*&|while\s*(?:true|1)\s*:?\s*os\.fork\(|fork\(\)\s*while|while\s*\(?1\)?\s*\{?\s*fork"),
-        (block("destructive.device_write", "writes to a block device"),
+        (block("destructive.device_write", "writes to a block device"), ("/dev/",),
          r">\s*/dev/(?:sd|hd|nvme|vd|xvd|mmcblk|disk|mapper|md\d|loop|dm-|root|mem|kmem|port)|of=/dev/(?!null|zero|stdout|stderr)"),
         (block("destructive.sql", "drops or empties a database, table or store"),
+         ("drop", "truncate", "delete", "flush"),
          r"\bdrop\s+(?:table|database|schema|user|role|view|collection|keyspace)\b|\btruncate\s+(?:table\s+)?[a-z_\"`][\w.\"`]*\s*(?:;|$|\n|cascade)"
          r"|\bdelete\s+from\s+[\w.\"`]+\s*(?:;|$|\n)|\bflushall\b|\bflushdb\b|dropdatabase\(|(?:^|[\s;&|])dropdb\s"),
-        (block("destructive.code_rmtree", "code deletes a tree outside the worktree"),
+        (block("destructive.code_rmtree", "code deletes a tree outside the worktree"), ("(",),
          r"(?:rmtree|rmsync|rmdirsync|rimraf|unlinksync|os\.remove|os\.unlink|os\.rmdir|removedirs|\.unlink|\.rmdir|fs\.rm)"
          r"\(\s*[rbfu]{0,2}\s*(?:/(?:$|[\s,)*]|etc|usr|var|bin|boot|lib|opt|root|home|sys|proc|dev|srv|mnt)|~|\.\.|os\.path\.expanduser"
          r"|pathlib\.path\.home|path\.home|os\.environ|process\.env\.home|\$home|os\.getenv)"),
-        (block("secrets.env_var", "reads a secret from the environment"),
+        (block("secrets.env_var", "reads a secret from the environment"), ("$",),
          r"\$\{?[a-z_0-9]*(?:api_?key|secret|token|passw(?:or)?d|passwd|credential|private_?key|access_?key)"),
         (block("tamper.logging", "erases history, audit or logs"),
+         ("history", "histfile", "audit", "journal", "/var/log", "systemctl"),
          r"\bhistory\s+-c\b|\bunset\s+histfile\b|\bhistfile=/dev/null|set\s+\+o\s+history|\bauditctl\b"
          r"|journalctl\s+--(?:vacuum|rotate)|(?:\brm\b|shred|truncate|>|\btee\b)[^\n;&|]*?/var/log\b"
          r"|systemctl\s+(?:stop|disable|mask)\s+(?:rsyslog|syslog|auditd|systemd-journald)"),
         (block("tamper.no_verify", "skips git hooks"),
+         ("verify", "husky", "skip=", "hookspath", "pre_commit"),
          r"--no-verify\b|\bhusky=0\b|\bhusky_skip_hooks\b|\bskip=\S+\s+git\b|core\.hookspath|pre_commit_allow_no_config"),
-        (escalate("tamper.mask_failure", "hides a failing test run"),
+        (escalate("tamper.mask_failure", "hides a failing test run"), ("||", "exit", "true"),
          r"(?:pytest|npm\s+(?:run\s+)?test|yarn\s+test|pnpm\s+test|jest|vitest|go\s+test|cargo\s+test|make\s+test|tox|unittest)"
          r"\b[^\n]*?(?:\|\|\s*(?:true|:|exit\s+0|echo)\b|;\s*(?:true|exit\s+0)\s*$)"),
-        (block("fs.git_dir", "touches git's own files (hooks, config)"),
+        (block("fs.git_dir", "touches git's own files (hooks, config)"), (".git/",),
          r"\.git/(?:hooks|config|info|objects|refs|head)\b"),
-        (block("priv.docker_socket", "reaches the Docker socket"),
+        (block("priv.docker_socket", "reaches the Docker socket"), (".sock", "containerd"),
          r"docker\.sock|/run/containerd|podman\.sock"),
     )
 )  # fmt: skip
+_GATE = Gate(word for _, gate, _ in _TEXT_RULES for word in gate)
 _REDIRECT = re.compile(r"(?:^|[^<>&\d])\d?&?>>?\|?\s*([^\s;&|()<>]+)")
+_FIND_XARGS = re.compile(r"\bfind\s+(\S+)[^\n|]*\|\s*xargs\b[^\n]*?\b(?:rm|shred|unlink|chmod|chown|mv)\b")
 _CD = re.compile(r"(?:^|[\s;&|(])(?:cd|pushd)\s+([^\s;&|()]+)")
 _WRITERS = frozenset(
     [
@@ -255,9 +264,12 @@ _BY_NAME: dict[str, Callable[[Command], list[Hit]]] = {
 
 def command_hits(t: str, cmds: list[Command]) -> list[Hit]:
     """The text and command rules that fire on normalised command line `t` (its `cmds`)."""
-    hits = [hit for hit, rule in _TEXT_RULES if rule.search(t)]
+    words = _GATE.present(t)
+    hits = [hit for hit, gate, rule in _TEXT_RULES if not words.isdisjoint(gate) and rule.search(t)]
     if ">" in t and any(is_outside_path(m.group(1)) for m in _REDIRECT.finditer(t)):
         hits.append(block("fs.write_outside", "redirects output to a file outside the worktree"))
+    if "xargs" in t and any(is_outside_path(m.group(1)) for m in _FIND_XARGS.finditer(t)):
+        hits.append(block("destructive.find_delete", "find outside the worktree piped into xargs rm"))
     for cmd in cmds:
         check = _BY_NAME.get(cmd.name) or (_mkfs if cmd.name.startswith("mkfs") else None)
         if check is not None:

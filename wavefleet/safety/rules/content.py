@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 
+from ..gates import Gate
 from ..injection import find_injection
 from .base import Hit, block, escalate
 
-__all__ = ["CREDENTIAL_PATH", "content_hits", "secret_hits"]
+__all__ = ["CREDENTIAL_PATH", "content_hits", "has_credential_path", "secret_hits"]
 
 KEY_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(p))
@@ -41,11 +42,24 @@ _KEY_GATE = re.compile(
 # SSH keys, cloud and registry credentials, the shadow file, a process's environment.
 CREDENTIAL_PATH = re.compile(
     r"(?:^|[\s/=<>:@(,;|&])\.env(?:\.(?!example|sample|template|dist|defaults?\b|schema)[\w-]+)?(?=$|[\s;&|)<>/,])"
-    r"|\.ssh(?:/|$|\s)|\bid_(?:rsa|dsa|ecdsa|ed25519)(?!\.pub)\b|\.aws/(?:credentials|config)|\.config/gcloud"
+    r"|\.ssh(?:/|$|\s)|\bid_(?:rsa|dsa|ecdsa|ed25519)(?!\.pub)\b|\.aws(?:/|$|\s)|\.config/gcloud"
     r"|application_default_credentials|\.kube/config|\.netrc\b|\.pgpass\b|\.git-credentials|\.docker/config\.json"
     r"|\.npmrc\b|\.pypirc\b|/etc/(?:shadow|gshadow|sudoers)|/proc/(?:self|\d+|\*|\$\$)/environ|\.vault-token"
     r"|\bcredentials\.json\b|service[-_]?account[\w-]*\.json|\.terraformrc|terraform\.tfstate|\.keystore\b"
 )  # fmt: skip
+
+_CREDENTIAL_GATE = (
+    ".env", "ssh", "id_", ".aws", "gcloud", "credentials", ".kube", "netrc", "pgpass", ".git-cred", ".docker",
+    "npmrc", "pypirc", "/etc/", "environ", "vault", "account", "terraform", "keystore",
+)  # fmt: skip
+
+_CREDENTIAL_WORDS = Gate(_CREDENTIAL_GATE)
+
+
+def has_credential_path(t: str) -> bool:
+    """`t` (lower case) names a credentials file."""
+    return _CREDENTIAL_WORDS.pattern.search(t) is not None and CREDENTIAL_PATH.search(t) is not None
+
 
 _TAMPER: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
     (name, why, re.compile(p, re.M))

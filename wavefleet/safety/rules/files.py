@@ -6,7 +6,7 @@ import re
 
 from ..normalize import normalize
 from .base import Hit, block, is_outside_path
-from .content import CREDENTIAL_PATH
+from .content import has_credential_path
 
 __all__ = ["path_hits"]
 
@@ -22,7 +22,7 @@ def path_hits(path: str, *, write: bool) -> list[Hit]:
     if is_outside_path(p) or p.startswith("$"):
         rule = "fs.write_outside" if write else "fs.read_outside"
         hits.append(block(rule, f"{'writes' if write else 'reads'} outside the worktree ({path[:80]})"))
-    if CREDENTIAL_PATH.search(p):
+    if has_credential_path(p):
         hits.append(block("secrets.credential_file", f"a credentials file ({path[:80]})"))
     if _GIT_DIR.search(p) and (write or re.search(r"\.git/config|\.git-credentials", p)):
         hits.append(block("fs.git_dir", "git's own files (hooks, config) are not the agent's"))

@@ -77,7 +77,8 @@ def _global(glob: list[str]) -> list[Hit]:
     hits: list[Hit] = []
     for i, opt in enumerate(glob):
         value = glob[i + 1] if i + 1 < len(glob) else ""
-        if opt.startswith(("--git-dir", "--work-tree")) or opt == "-C":
+        # Lower-cased text: `-c` is both -C PATH and -c KEY=VALUE; a value without "=" is a path.
+        if opt.startswith(("--git-dir", "--work-tree")) or (opt == "-c" and "=" not in value):
             path = opt.split("=", 1)[1] if "=" in opt else value
             if is_outside_path(path):
                 hits.append(block("fs.git_outside", "runs git on a repository outside the worktree"))

@@ -27,7 +27,7 @@ _FETCHERS = frozenset(
 )
 _UPLOAD = re.compile(
     r"(?:^|\s)(?:-d|--data(?:-\w+)?|--form(?:-string)?|-t|--upload-file|--post-data|--post-file|--body-data"
-    r"|--body-file|--json)(?:[=\s]|\S)|(?:^|\s)-x\s*(?:post|put|patch)\b|--method[=\s](?:post|put|patch)"
+    r"|--body-file|--json)(?:[=\s]|\S)|(?:^|\s)-[a-z]*[dt](?=\s|$)|(?:^|\s)-x\s*(?:post|put|patch)\b|--method[=\s](?:post|put|patch)"
     r"|(?:^|\s)(?:post|put|patch)\s+\S|\S+(?:=|:=)@\S"
 )
 _SOCKETS = frozenset(["nc", "ncat", "netcat", "socat", "telnet"])
@@ -41,6 +41,10 @@ _SUBST_HOST = re.compile(r"://[^/\s]*(?:\$\(|`)|(?:\$\([^)]*\)|`[^`]*`)\.[a-z0-9
 _CODE_NET = re.compile(
     r"\b(?:requests\.(?:post|put|patch|get)|urlopen\(|urllib\.request|http\.client|socket\.(?:socket|create_connection)"
     r"|gethostbyname|fetch\(|axios\.|smtplib|ftplib|paramiko|httpx\.(?:post|put|get))"
+)
+_HOSTISH = re.compile(
+    r"\b(?:(?!127\.|0\.0\.0\.0)\d{1,3}(?:\.\d{1,3}){3}|[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|io|sh|xyz|ru|cn|me"
+    r"|co|dev|app|info|biz|site|top|tk|cc|us|uk|de|onion|ngrok-free\.app|link|cloud)\b)"
 )
 _INSTALL_FROM_URL = re.compile(
     r"(?:^|\s)(?:git\+|hg\+|svn\+|https?://|github:|gitlab:|bitbucket:|--index-url|-i\s|--extra-index-url|--trusted-host"
@@ -56,16 +60,16 @@ def network_hits(t: str, cmds: list[Command]) -> list[Hit]:
     hits: list[Hit] = []
     if "/dev/tcp/" in t or "/dev/udp/" in t:
         hits.append(block("net.dev_tcp", "opens a socket through /dev/tcp"))
-    if _DNS_TOOLS.search(t) or _SUBST_HOST.search(t):
+    if ("$" in t or "`" in t) and (_DNS_TOOLS.search(t) or _SUBST_HOST.search(t)):
         hits.append(block("net.dns_exfil", "puts a command's output into a host name (DNS exfiltration)"))
     for cmd in cmds:
         hits.extend(_command(cmd))
-    if _CODE_NET.search(t):
-        if nonlocal_hosts(t) or "$" in t:
+    if ("(" in t or "." in t) and _CODE_NET.search(t):
+        if nonlocal_hosts(t) or "$" in t or _HOSTISH.search(t):
             hits.append(block("net.code_upload", "code opens a network connection to another host"))
         elif not _URL.search(t):
             hits.append(escalate("net.code_connect", "code opens a network connection"))
-    if not any(h.rule.startswith("net.") for h in hits) and nonlocal_hosts(t):
+    if "://" in t and not any(h.rule.startswith("net.") for h in hits) and nonlocal_hosts(t):
         hits.append(escalate("net.egress", f"reaches another host ({nonlocal_hosts(t)[0]})", 0.7))
     return hits
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 __all__ = ["Command", "commands", "words"]
 
-_SPLIT = re.compile(r"\|\||&&|\$\(|<\(|>\(|[;|&\n`(){}]")
+_SPLIT = re.compile(r"\|\||&&|\$\(|<\(|>\(|(?<![<>])&(?!>)|[;|\n`()]")
 _ASSIGNMENT = re.compile(r"[a-z_][\w]*=\S*$")
 # Commands that run their arguments as another command, and how many option words they take.
 _WRAPPERS = frozenset(
@@ -98,7 +98,7 @@ def commands(line: str) -> list[Command]:
 
 
 def _peel(toks: list[str], found: list[Command], depth: int) -> None:
-    while toks and (_ASSIGNMENT.match(toks[0]) or toks[0] in ("!", "-", "--")):
+    while toks and (_ASSIGNMENT.match(toks[0]) or toks[0] in ("!", "-", "--", "{", "}")):
         toks = toks[1:]
     if not toks or depth > 8:
         return
