@@ -503,6 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         if args.command not in ("up", "demo"):
             settings = fleet_settings(settings)
+        # Until a service sets its own logging up (`wave worker`, `supervisor`, ...), a command logs
+        # warnings only, on stderr, redacted: never structlog's default (every line, on stdout, where
+        # it would corrupt `--json` and JSON-lines output and skip the redactor).
+        logs.setup_for("WAVE", settings, level="warning")
         code = int(args.handler(App(settings), args))
         sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
         return code

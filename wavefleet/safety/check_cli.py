@@ -1,8 +1,11 @@
 """`wave safety check`: tool calls as JSON lines on stdin, one decision per line on stdout (scripts, CI).
 
-`--rules-only` asks the rule layer alone (no Redis, no model). A malformed line gets an error line of
-its own (`{"error": ...}`) and the exit code says some failed; a blocked call is a result, not a
-failure (exit 0).
+`--rules-only` asks the rule layer alone (no Redis, no model). Without it the call gets the workers'
+decision: the rules, then the constitutional judge for what they leave undecided (charged to the
+line's `story` if it names one, else to the fleet's daily budget), failing closed as in a stage.
+Nothing is queued for review: a check only reports that the call would wait for a human. A
+malformed line gets an error line of its own (`{"error": ...}`) and the exit code says some failed;
+a blocked call is a result, not a failure (exit 0).
 """
 
 from __future__ import annotations
@@ -11,13 +14,20 @@ import argparse
 import io
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from pydantic import ValidationError
 
-from ..errors import ExitCode
+from ..errors import ExitCode, WaveError
+from ..llm.client import LLMClient
+from ..llm.types import LLMRequest, LLMResponse
+from .judge import Judge
 from .rules import evaluate
-from .types import ActionCall
+from .types import ActionCall, Decision, RuleDecision
+
+Decide = Callable[[ActionCall], RuleDecision]
 
 __all__ = ["add_check_commands", "check_lines"]
 
@@ -40,18 +50,51 @@ def add_check_commands(sub: Any) -> None:
 
 
 def cmd_check(app: Any, args: argparse.Namespace) -> int:
-    if not args.rules_only:
-        sys.stderr.write(
-            "wave safety check: the full gate (rules, judge, review queue) runs inside the workers, "
-            "charged to a story's budget; from the command line use --rules-only\n"
-        )
-        return int(ExitCode.USAGE)
+    decide = evaluate if args.rules_only else full_gate(app)
     # Bytes that are not UTF-8 become U+FFFD in that line's call, never a traceback.
     source = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
-    return check_lines(source, sys.stdout)
+    return check_lines(source, sys.stdout, decide)
 
 
-def check_lines(source: IO[str], out: IO[str]) -> int:
+@dataclass(frozen=True)
+class _Payer:
+    """The judge's client bound to the line's story (it must exist), else to the fleet alone."""
+
+    client: LLMClient
+    story: str
+
+    def call(self, request: LLMRequest) -> LLMResponse:
+        return self.client.call(request, story=self.story or None, role="safety-check")
+
+
+def full_gate(app: Any) -> Decide:
+    """The workers' decision without the review queue: rules, then the judge when they are undecided.
+    With the judge off (`safety.judge`) or the LLM layer offline, an undecided call is allowed, as
+    the gate in a stage does; stderr says so once."""
+    settings = app.settings
+    client = LLMClient(settings, app.store.redis)
+    if not settings.safety.judge or client.router.offline:
+        why = "safety.judge is false" if not settings.safety.judge else "the LLM layer is offline"
+        sys.stderr.write(f"wave safety check: {why}: calls the rules leave undecided are allowed\n")
+
+        def rules_then_allow(call: ActionCall) -> RuleDecision:
+            ruled = evaluate(call)
+            return ruled if ruled.decided else ruled.model_copy(update={"decision": Decision.ALLOW})
+
+        return rules_then_allow
+
+    def rules_then_judge(call: ActionCall) -> RuleDecision:
+        ruled = evaluate(call)
+        if ruled.decided:
+            return ruled
+        if call.story:
+            app.store.get(call.story)  # NotFoundError: never charge a story that does not exist
+        return Judge(_Payer(client, call.story), settings.safety).score(call)
+
+    return rules_then_judge
+
+
+def check_lines(source: IO[str], out: IO[str], decide: Decide = evaluate) -> int:
     """Decide each JSON line of `source` onto `out`; INVALID_INPUT if any line was malformed."""
     failed = False
     for number, line in enumerate(source, start=1):
@@ -64,7 +107,13 @@ def check_lines(source: IO[str], out: IO[str]) -> int:
             out.write(json.dumps({"error": f"line {number}: {exc}"}) + "\n")
             out.flush()
             continue
-        decision = evaluate(call)
+        try:
+            decision = decide(call)
+        except WaveError as exc:  # a story that does not exist, a budget exhausted: that line's error
+            failed = True
+            out.write(json.dumps({"error": f"line {number}: {exc}"}) + "\n")
+            out.flush()
+            continue
         result = {
             "decision": decision.decision.value,
             "score": decision.score,

@@ -13,12 +13,12 @@ import json
 import math
 import threading
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import SafetySettings
 from ..errors import BudgetExceededError
-from ..llm.client import StoryLLM
 from ..llm.types import LLMRequest, LLMResponse, Message, TaskKind, ToolSpec
 from .types import ActionCall, Decision, RuleDecision
 
@@ -141,10 +141,16 @@ class _Outcome:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class Judge:
-    """Scores actions through one story's LLM client (so the story pays), within a timeout."""
+class Answers(Protocol):
+    """What the judge asks: one story's client (`StoryLLM`, so the story pays), or the fleet's."""
 
-    def __init__(self, llm: StoryLLM, settings: SafetySettings) -> None:
+    def call(self, request: LLMRequest) -> LLMResponse: ...
+
+
+class Judge:
+    """Scores actions through an LLM client bound to who pays, within a timeout."""
+
+    def __init__(self, llm: Answers, settings: SafetySettings) -> None:
         self.llm = llm
         self.settings = settings
 

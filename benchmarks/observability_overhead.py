@@ -1,0 +1,282 @@
+"""Observability overhead: stories per second with the Slack notifier, LangSmith tracing and /metrics on,
+against all three off, in one run (issue 11's target: at most 10% fewer stories per second).
+
+Each phase is the pipeline overhead benchmark's WAVE phase (benchmarks/pipeline_overhead.py: a real
+redis-server with AOF, one real `wave worker` per role with zero-work agents, a real supervisor,
+`--stories` stories enqueued at once, the clock running until the last is done), on a flushed Redis:
+
+- off: no Slack token, no LangSmith key, no metrics port.
+- on: a real `wave notifier` posting every story's thread (a parent message and a reply per event) to a
+  local Slack Web API; every worker and the supervisor tracing to a local LangSmith collector (root
+  runs, stage runs); the supervisor serving /metrics, scraped every `--scrape-s` seconds by this
+  program (Prometheus scrapes every 15 s by default: once a second is pessimistic).
+
+The local Slack and LangSmith servers run in a process of their own (`--serve`), so their CPU is not
+charged to the fleet (in production they are someone else's machines); it is reported apart. Phases
+alternate off, on, off, on ... (`--rounds`), so a load change on the machine hits both alike; the
+verdict compares the medians. After each "on" phase the program checks the observers did their work
+(threads posted, runs collected, scrapes answered), so a silently broken observer cannot look cheap.
+
+    .venv/bin/python benchmarks/observability_overhead.py                  # 2 rounds of 200 stories
+    .venv/bin/python benchmarks/observability_overhead.py --stories 500 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(BENCH))
+
+import pipeline_overhead as pipeline  # noqa: E402
+from servers.langsmith_server import LangSmithServer  # noqa: E402
+from servers.slack_server import SlackServer  # noqa: E402
+
+from wavefleet.config import Settings  # noqa: E402
+from wavefleet.connection import connect  # noqa: E402
+from wavefleet.embedded import free_port  # noqa: E402
+from wavefleet.testing import Processes, fast_settings, redis_server, wait_until  # noqa: E402
+
+TARGET_RATIO = 0.9  # "on" may cost at most 10% of the stories per second
+EVENTS_PER_STORY = 2  # at least: the thread's parent (enqueued) and the reply for done
+
+
+@dataclass
+class Peers:
+    """The local Slack and LangSmith servers, in their own process."""
+
+    proc: subprocess.Popen[str]
+    slack_url: str
+    slack_token: str
+    langsmith_url: str
+    langsmith_key: str
+
+    def counts(self) -> dict[str, int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("counts\n")
+        self.proc.stdin.flush()
+        return dict(json.loads(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+def start_peers() -> Peers:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    info = json.loads(proc.stdout.readline())
+    return Peers(proc, info["slack_url"], info["slack_token"], info["langsmith_url"], info["langsmith_key"])
+
+
+def serve() -> None:
+    """`--serve`: both servers; answer `counts` lines on stdin with a JSON line; exit when stdin closes."""
+    slack = SlackServer()
+    langsmith = LangSmithServer()
+    print(
+        json.dumps(
+            {
+                "slack_url": slack.url,
+                "slack_token": slack.token,
+                "langsmith_url": langsmith.url,
+                "langsmith_key": langsmith.api_key,
+            }
+        ),
+        flush=True,
+    )
+    for line in sys.stdin:
+        if line.strip() == "counts":
+            counts = {"slack_messages": len(slack.messages), "runs": len(langsmith.runs())}
+            print(json.dumps(counts), flush=True)
+    slack.close()
+    langsmith.close()
+
+
+@dataclass
+class Scraper:
+    """GET /metrics every `interval_s` until stopped; counts answers and failures."""
+
+    host: str
+    port: int
+    interval_s: float
+    ok: int = 0
+    failed: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            started = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+                conn.request("GET", "/metrics")
+                reply = conn.getresponse()
+                reply.read()
+                conn.close()
+                if reply.status != 200:
+                    raise OSError(f"HTTP {reply.status}")
+                self.ok += 1
+                self.seconds.append(time.perf_counter() - started)
+            except OSError:
+                self.failed += 1
+
+
+def settings_on(settings: Settings, peers: Peers) -> Settings:
+    return settings.model_copy(
+        update={
+            "slack": settings.slack.model_copy(
+                update={"bot_token": SecretStr(peers.slack_token), "base_url": peers.slack_url}
+            ),
+            "langsmith": settings.langsmith.model_copy(
+                update={"api_key": SecretStr(peers.langsmith_key), "endpoint": peers.langsmith_url}
+            ),
+            "metrics": settings.metrics.model_copy(update={"port": free_port()}),
+        }
+    )
+
+
+def phase_off(settings: Settings, args: argparse.Namespace, workdir: Path) -> pipeline.Phase:
+    connect(settings).flushall()
+    phase = pipeline.run_wave(settings, args, workdir)
+    phase.label = "observers off"
+    return phase
+
+
+def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers: Peers) -> pipeline.Phase:
+    redis = connect(settings)
+    redis.flushall()
+    before = peers.counts()
+    observers = Processes(settings, workdir / "logs")
+    notifier = observers.wave("notifier", name="notifier")
+    group = settings.keys.events_group("notifier")
+    wait_until(
+        lambda: (
+            bool(redis.exists(settings.keys.events()))
+            and any(g["name"] == group for g in redis.xinfo_groups(settings.keys.events()))
+        ),
+        message="the notifier's consumer group",
+        diagnose=observers.logs,
+    )
+    scraper = Scraper(settings.metrics.host, settings.metrics.port, args.scrape_s).start()
+    try:
+        phase = pipeline.run_wave(settings, args, workdir)
+    finally:
+        scraper.stop()
+    try:
+        phase.label = "observers on"
+        phase.cpu_s["notifier"] = pipeline.cpu_of(notifier.pid)
+        wait_until(
+            lambda: (
+                peers.counts()["slack_messages"] - before["slack_messages"] >= EVENTS_PER_STORY * args.stories
+            ),
+            timeout_s=120,
+            message="the notifier to post every story's thread",
+            diagnose=observers.logs,
+        )
+        wanted_runs = args.stories * (1 + len(pipeline.ROLES))  # a root and 5 stages a story
+        wait_until(
+            lambda: peers.counts()["runs"] - before["runs"] >= wanted_runs,
+            timeout_s=120,
+            message=f"{wanted_runs} LangSmith runs",
+        )
+    finally:
+        observers.stop_all()
+    after = peers.counts()
+    if scraper.ok == 0 or scraper.failed:
+        raise SystemExit(f"/metrics answered {scraper.ok} scrapes and failed {scraper.failed}")
+    phase.notes = [
+        f"Slack messages posted: {after['slack_messages'] - before['slack_messages']}; "
+        f"LangSmith runs collected: {after['runs'] - before['runs']}; /metrics scrapes: {scraper.ok} "
+        f"(median {1000 * statistics.median(scraper.seconds):.1f} ms)"
+    ]
+    return phase
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stories", type=int, default=200, help="stories per phase (default 200)")
+    parser.add_argument("--rounds", type=int, default=2, help="off/on pairs (default 2)")
+    parser.add_argument("--scrape-s", type=float, default=1.0, help="/metrics scrape interval (default 1 s)")
+    parser.add_argument("--domain", default="auth")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per phase")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.serve and (args.stories < 1 or args.rounds < 1 or args.scrape_s <= 0 or args.timeout <= 0):
+        parser.error("--stories, --rounds, --scrape-s and --timeout must be positive")
+    args.profile = False  # what pipeline.run_wave reads
+    args.log_level = "info"
+    return args
+
+
+def report(offs: list[pipeline.Phase], ons: list[pipeline.Phase], stories: int, load: list[Any]) -> bool:
+    pipeline.report([*offs, *ons], stories, load)
+    off = statistics.median(stories / p.elapsed_s for p in offs)
+    on = statistics.median(stories / p.elapsed_s for p in ons)
+    ratio = on / off
+    ok = ratio >= TARGET_RATIO
+    print(
+        f"\n{'PASS' if ok else 'MISS'}: observers on {on:.2f} stories/s vs off {off:.2f} stories/s "
+        f"(medians of {len(ons)} and {len(offs)} phases): {100 * (1 - ratio):.1f}% fewer "
+        f"(target <= {100 * (1 - TARGET_RATIO):.0f}%)"
+    )
+    return ok
+
+
+def main() -> int:
+    args = parse_args()
+    if args.serve:
+        serve()
+        return 0
+    load = [os.getloadavg()]
+    peers = start_peers()
+    offs, ons = [], []
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="wave-obs-") as tmp,
+            redis_server(Path(tmp) / "redis") as server,
+        ):
+            workdir = Path(tmp)
+            settings = fast_settings(
+                server, workdir / "data", REPO / "domains", agent="noop", worker={}, supervisor={}
+            )
+            for _ in range(args.rounds):
+                offs.append(phase_off(settings, args, workdir))
+                ons.append(phase_on(settings_on(settings, peers), args, workdir, peers))
+    finally:
+        peers.close()
+    load.append(os.getloadavg())
+    return 0 if report(offs, ons, args.stories, load) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
