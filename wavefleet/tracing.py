@@ -1,0 +1,279 @@
+"""LangSmith tracing: one trace per story, runs posted from a background thread that never blocks a stage.
+
+A story's root run id and dotted order are made at enqueue (`new_trace`, kept on the story hash)
+and travel with every stage job (`StageJob.trace`); each process adds its runs under them. `put`
+only appends to a bounded queue: full, the run is dropped and counted. One daemon thread per
+process sends batches with the real `langsmith.Client` (`batch_ingest_runs`: POST /runs/batch); a
+LangSmith outage costs that thread time, never the caller's. The thread starts on the first run in
+a process, so an RQ work horse (forked) gets its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from . import logs
+from .config import LangSmithSettings, Settings
+from .keys import Keys
+from .redact import Redactor, secret_values
+
+CLOSE_TIMEOUT_S = 2.0  # what a process waits at its end for runs still queued (a work horse, the supervisor)
+
+
+@dataclass(frozen=True)
+class TraceContext:
+    """Where a run sits in its story's trace: the story hash's `trace` field, a job's `trace`."""
+
+    run_id: str
+    trace_id: str
+    dotted_order: str
+    start_time: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, raw: str | None) -> TraceContext | None:
+        """The context `raw` holds; None for "" (a story from before tracing) or anything malformed."""
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+            return cls(str(data["run_id"]), str(data["trace_id"]), str(data["dotted_order"]), str(data.get("start_time", "")))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def child(self, at: datetime | None = None) -> TraceContext:
+        """A new run under this one: its dotted order is ours, a dot, its start and its id."""
+        at = at or now()
+        run_id = str(uuid.uuid4())
+        return TraceContext(run_id, self.trace_id, f"{self.dotted_order}.{stamp(at)}{run_id}", at.isoformat())
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def stamp(at: datetime) -> str:
+    """LangSmith's dotted-order time: ``20261202T065852123456Z``."""
+    return at.strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def new_trace(at: datetime | None = None) -> TraceContext:
+    """A story's root run: its own trace."""
+    at = at or now()
+    run_id = str(uuid.uuid4())
+    return TraceContext(run_id, run_id, f"{stamp(at)}{run_id}", at.isoformat())
+
+
+class Tracer:
+    """Runs to LangSmith: `start` and `end` queue a run's create and update, never waiting."""
+
+    enabled = True
+
+    def __init__(self, settings: Settings, redis: Redis | None = None, keys: Keys | None = None) -> None:
+        self.config: LangSmithSettings = settings.langsmith
+        self.redis, self.keys = redis, keys or settings.keys
+        self.redactor = Redactor(secret_values(settings))
+        self.dropped = 0  # runs this process dropped (queue full, or LangSmith failing)
+        self.sent = 0
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(self.config.queue_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unreported = {"trace_runs_dropped": 0, "trace_runs_sent": 0}
+        self._failing = False
+        self._error: Exception | None = None
+
+    # The callers' side -----------------------------------------------------------------------
+    def start(self, ctx: TraceContext, parent: TraceContext | None, name: str, run_type: str, **fields: Any) -> None:
+        """Queue the create of run `ctx` (a child of `parent`, None for a story's root)."""
+        run = {
+            "id": ctx.run_id,
+            "trace_id": ctx.trace_id,
+            "dotted_order": ctx.dotted_order,
+            "name": name,
+            "run_type": run_type,
+            "start_time": ctx.start_time or now().isoformat(),
+            "session_name": self.config.project,
+            **self._clean(fields),
+        }
+        if parent is not None:
+            run["parent_run_id"] = parent.run_id
+        self._put("post", run)
+
+    def end(self, ctx: TraceContext, parent: TraceContext | None, **fields: Any) -> None:
+        """Queue the update ending run `ctx` (outputs, error, end_time)."""
+        run = {
+            "id": ctx.run_id,
+            "trace_id": ctx.trace_id,
+            "dotted_order": ctx.dotted_order,
+            "end_time": now().isoformat(),
+            "session_name": self.config.project,
+            **self._clean(fields),
+        }
+        if parent is not None:
+            run["parent_run_id"] = parent.run_id
+        self._put("patch", run)
+
+    def _clean(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Every text redacted (known secret values) and cut to `text_max_chars`."""
+        return {k: _cut(self.redactor.clean(v), self.config.text_max_chars) for k, v in fields.items()}
+
+    def _put(self, op: str, run: dict[str, Any]) -> None:
+        self._ensure_thread()
+        try:
+            self._queue.put_nowait((op, run))
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+                self._unreported["trace_runs_dropped"] += 1
+
+    def _ensure_thread(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with self._lock:  # the first run in this process (or in a forked child: the parent's thread is not here)
+            if self._pid == os.getpid():
+                return
+            if self._pid != -1:  # forked: the parent's queue and lock may be in any state
+                self._lock = threading.Lock()
+                self._queue = queue.Queue(self.config.queue_size)
+                self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._send_loop, name="langsmith-sender", daemon=True)
+            self._thread.start()
+            self._pid = os.getpid()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Send what is queued, waiting at most `timeout`; what is left then is dropped (not counted)."""
+        thread = self._thread
+        if thread is None or self._pid != os.getpid():
+            return
+        self._stop.set()
+        thread.join(timeout)
+
+    # The sender's side -----------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        client = self._client()
+        while True:
+            batch = self._take(self.config.flush_interval_s)
+            if batch:
+                self._send(client, batch)
+            self._report()
+            if self._stop.is_set() and self._queue.empty():
+                return
+
+    def _take(self, wait_s: float) -> list[tuple[str, dict[str, Any]]]:
+        batch: list[tuple[str, dict[str, Any]]] = []
+        deadline = time.monotonic() + wait_s
+        while len(batch) < self.config.batch:
+            remaining = 0.0 if self._stop.is_set() else deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _client(self) -> Any:
+        import langsmith  # noqa: PLC0415 - only a tracing process pays for importing it
+        from urllib3.util.retry import Retry  # noqa: PLC0415
+
+        # its per-batch warnings would repeat every second of an outage: ours says it once
+        logging.getLogger("langsmith.client").setLevel(logging.ERROR)
+        key = self.config.api_key
+        return langsmith.Client(
+            api_url=self.config.endpoint,
+            api_key=key.get_secret_value() if key else None,
+            auto_batch_tracing=False,  # our queue and thread, not the client's
+            info={},  # no GET /info: the batch size limit is ours
+            retry_config=Retry(total=0),  # its request loop retries (3 attempts); no second layer under it
+            timeout_ms=int(self.config.timeout_s * 1000),
+            tracing_error_callback=self._failed,
+            omit_traced_runtime_info=True,
+        )
+
+    def _send(self, client: Any, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        self._error = None
+        create = [run for op, run in batch if op == "post"]
+        update = [run for op, run in batch if op == "patch"]
+        try:
+            client.batch_ingest_runs(create=create, update=update)  # retries 3 times itself, then calls _failed
+        except Exception as exc:  # a bad run (LangSmithUserError): dropped with the batch
+            self._error = exc
+        with self._lock:
+            key = "trace_runs_dropped" if self._error else "trace_runs_sent"
+            self._unreported[key] += len(batch)
+            if self._error:
+                self.dropped += len(batch)
+            else:
+                self.sent += len(batch)
+        if self._error and not self._failing:
+            logs.get().warning("LangSmith unreachable: runs are dropped until it answers", error=str(self._error)[:300])
+        elif not self._error and self._failing:
+            logs.get().info("LangSmith answers again")
+        self._failing = self._error is not None
+
+    def _failed(self, error: Exception) -> None:
+        self._error = error
+
+    def _report(self) -> None:
+        """Add this process's counts to the fleet's counters (one HINCRBY each per batch, not per run)."""
+        if self.redis is None:
+            return
+        with self._lock:
+            counts, self._unreported = self._unreported, {k: 0 for k in self._unreported}
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for field, n in counts.items():
+                    if n:
+                        pipe.hincrby(self.keys.metric_counters(), field, n)
+                pipe.execute()
+        except RedisError:
+            with self._lock:  # try again with the next batch
+                for field, n in counts.items():
+                    self._unreported[field] += n
+
+
+class NoTracer(Tracer):
+    """Tracing off: every call does nothing, no thread, no client."""
+
+    enabled = False
+
+    def __init__(self) -> None:  # noqa: D107 - nothing to hold
+        self.dropped = self.sent = 0
+
+    def start(self, ctx: TraceContext, parent: TraceContext | None, name: str, run_type: str, **fields: Any) -> None:
+        return None
+
+    def end(self, ctx: TraceContext, parent: TraceContext | None, **fields: Any) -> None:
+        return None
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        return None
+
+
+def tracer_for(settings: Settings, redis: Redis | None = None) -> Tracer:
+    """The process's tracer: a real one when `langsmith.api_key` is set, else one that does nothing."""
+    return Tracer(settings, redis) if settings.langsmith.enabled else NoTracer()
+
+
+def _cut(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + f"... [cut: {len(value) - limit} more chars]"
+    if isinstance(value, dict):
+        return {k: _cut(v, limit) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_cut(v, limit) for v in value]
+    return value
