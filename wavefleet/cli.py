@@ -38,6 +38,7 @@ from .watcher import FILE_SOURCE, MAX_REASON_CHARS, HaltFileWatcher, stop_file_p
 if TYPE_CHECKING:
     from .dockerproxy import Profile
     from .health import HealthServer
+    from .trace_roots import StoryTraces
     from .supervisor import Supervisor
 
 EMBEDDED_DIR = "redis"
@@ -307,6 +308,7 @@ def cmd_supervisor(app: App, args: argparse.Namespace) -> int:
     domains = app.domains
     supervisor = Supervisor(app.settings, app.store.redis, connect(app.settings, decode=False), domains)
     server = _health_server(app, supervisor)
+    traces = _story_traces(app)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.stopping.set())
     try:
@@ -314,7 +316,21 @@ def cmd_supervisor(app: App, args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
+        if traces is not None:
+            traces.close()
     return ExitCode.OK
+
+
+def _story_traces(app: App) -> StoryTraces | None:
+    """The stories' LangSmith root runs, a thread of the supervisor, when `langsmith.api_key` is set."""
+    from .trace_roots import StoryTraces  # noqa: PLC0415
+    from .tracing import Tracer  # noqa: PLC0415
+
+    if not app.settings.langsmith.enabled:
+        return None
+    traces = StoryTraces(app.settings, app.store.redis, Tracer(app.settings, app.store.redis))
+    traces.start()
+    return traces
 
 
 def _health_server(app: App, supervisor: Supervisor) -> HealthServer | None:

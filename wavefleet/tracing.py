@@ -96,6 +96,7 @@ class Tracer:
         self._thread: threading.Thread | None = None
         self._unreported = {"trace_runs_dropped": 0, "trace_runs_sent": 0}
         self._failing = False
+        import langsmith  # noqa: F401, PLC0415 - imported once here, before a worker forks its horses
         self._error: Exception | None = None
 
     # The callers' side -----------------------------------------------------------------------
