@@ -29,7 +29,10 @@ def collector() -> Iterator[LangSmithServer]:
 def traced(settings: Settings, collector: LangSmithServer, **overrides: object) -> Settings:
     config = {"api_key": collector.api_key, "endpoint": collector.url, "flush_interval_s": 0.05, **overrides}
     return settings.model_copy(
-        update={"langsmith": LangSmithSettings(**config), "anthropic": settings.anthropic.model_copy(update={"api_key": SecretStr(SECRET)})}  # type: ignore[arg-type]
+        update={
+            "langsmith": LangSmithSettings(**config),
+            "anthropic": settings.anthropic.model_copy(update={"api_key": SecretStr(SECRET)}),
+        }  # type: ignore[arg-type]
     )
 
 
@@ -37,7 +40,9 @@ def counters(redis: Redis, settings: Settings) -> dict[str, int]:
     return {k: int(v) for k, v in redis.hgetall(settings.keys.metric_counters()).items()}
 
 
-def test_runs_arrive_as_one_tree_redacted_and_cut(settings: Settings, redis: Redis, collector: LangSmithServer) -> None:
+def test_runs_arrive_as_one_tree_redacted_and_cut(
+    settings: Settings, redis: Redis, collector: LangSmithServer
+) -> None:
     live = traced(settings, collector, text_max_chars=100)
     tracer = Tracer(live, redis)
     root = new_trace()
@@ -49,11 +54,16 @@ def test_runs_arrive_as_one_tree_redacted_and_cut(settings: Settings, redis: Red
 
     runs = collector.snapshot()
     assert set(runs) == {root.run_id, stage.run_id}
-    assert runs[stage.run_id]["parent_run_id"] == root.run_id and runs[stage.run_id]["trace_id"] == root.run_id
+    assert (
+        runs[stage.run_id]["parent_run_id"] == root.run_id and runs[stage.run_id]["trace_id"] == root.run_id
+    )
     assert runs[stage.run_id]["dotted_order"].startswith(root.dotted_order + ".")
     assert runs[stage.run_id]["outputs"] == {"ok": True} and runs[stage.run_id]["end_time"]
     assert len(runs[stage.run_id]["inputs"]["opening"]) < 160  # cut to text_max_chars, and says so
-    assert SECRET not in b"".join(collector.bodies).decode() and "[redacted]" in runs[root.run_id]["inputs"]["title"]
+    assert (
+        SECRET not in b"".join(collector.bodies).decode()
+        and "[redacted]" in runs[root.run_id]["inputs"]["title"]
+    )
     assert counters(redis, live).get("trace_runs_sent") == 3
 
 
@@ -93,7 +103,9 @@ def test_a_full_queue_drops_and_counts(settings: Settings, redis: Redis, collect
         tracer.start(root.child(), root, "x", "chain")
     # the sender holds at most one batch (5) out of the queue (5): at least 50 - 5 - 5 were dropped
     assert tracer.dropped >= 40
-    wait_until(lambda: counters(redis, live).get("trace_runs_dropped", 0) >= 40, timeout_s=20, message="reported")
+    wait_until(
+        lambda: counters(redis, live).get("trace_runs_dropped", 0) >= 40, timeout_s=20, message="reported"
+    )
 
 
 def test_off_means_no_thread_and_no_request(settings: Settings, collector: LangSmithServer) -> None:

@@ -35,7 +35,11 @@ def test_one_story_is_one_trace_across_every_process(
 ) -> None:
     collector = LangSmithServer()
     traced = settings.model_copy(
-        update={"langsmith": LangSmithSettings(api_key=collector.api_key, endpoint=collector.url, flush_interval_s=0.2)}  # type: ignore[arg-type]
+        update={
+            "langsmith": LangSmithSettings(
+                api_key=collector.api_key, endpoint=collector.url, flush_interval_s=0.2
+            )
+        }  # type: ignore[arg-type]
     )
     team = ScriptedTeam()
     try:
@@ -46,8 +50,12 @@ def test_one_story_is_one_trace_across_every_process(
             root = TraceContext.parse(store.get(STORY_ID).trace)
             assert root is not None
             wait_until(  # the supervisor ends the root, the CTO's horse sends its runs as it exits
-                lambda: collector.snapshot().get(root.run_id, {}).get("end_time")
-                and any(r.get("name") == "cto r2" and r.get("end_time") for r in collector.snapshot().values()),
+                lambda: (
+                    collector.snapshot().get(root.run_id, {}).get("end_time")
+                    and any(
+                        r.get("name") == "cto r2" and r.get("end_time") for r in collector.snapshot().values()
+                    )
+                ),
                 timeout_s=30,
                 message="the root run to end",
                 diagnose=lambda: f"{sorted(collector.snapshot())}\n{procs.logs()[-4000:]}",

@@ -38,8 +38,8 @@ from .watcher import FILE_SOURCE, MAX_REASON_CHARS, HaltFileWatcher, stop_file_p
 if TYPE_CHECKING:
     from .dockerproxy import Profile
     from .health import HealthServer
-    from .trace_roots import StoryTraces
     from .supervisor import Supervisor
+    from .trace_roots import StoryTraces
 
 EMBEDDED_DIR = "redis"
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # writing stdout failed

@@ -62,7 +62,9 @@ class StoryRecord:
     updated_at: float
     cost_usd: float
     story: Story
-    trace: str = ""  # its LangSmith root run (wavefleet/tracing.TraceContext as JSON); "" before tracing existed
+    trace: str = (
+        ""  # its LangSmith root run (wavefleet/tracing.TraceContext as JSON); "" before tracing existed
+    )
 
     @property
     def snapshot(self) -> Snapshot:

@@ -26,7 +26,9 @@ TERMINAL_STATES = frozenset(s.value for s in TERMINAL)
 class StoryTraces:
     """Reads the events stream and posts and ends each story's root run on `tracer`."""
 
-    def __init__(self, settings: Settings, redis: Redis, tracer: Tracer, consumer: str = "supervisor") -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, tracer: Tracer, consumer: str = "supervisor"
+    ) -> None:
         self.store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
         # "0" when the group is new: stories enqueued before the supervisor started get their root too
         self.events = EventConsumer(redis, settings.keys, GROUP, consumer, start="0")
@@ -76,7 +78,13 @@ class StoryTraces:
             record.id,
             "chain",
             inputs={"title": record.title, "domain": record.domain},
-            extra={"metadata": {"story": record.id, "domain": record.domain, "priority": str(record.story.priority)}},
+            extra={
+                "metadata": {
+                    "story": record.id,
+                    "domain": record.domain,
+                    "priority": str(record.story.priority),
+                }
+            },
             tags=[record.domain],
         )
 

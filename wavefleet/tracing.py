@@ -51,7 +51,12 @@ class TraceContext:
             return None
         try:
             data = json.loads(raw)
-            return cls(str(data["run_id"]), str(data["trace_id"]), str(data["dotted_order"]), str(data.get("start_time", "")))
+            return cls(
+                str(data["run_id"]),
+                str(data["trace_id"]),
+                str(data["dotted_order"]),
+                str(data.get("start_time", "")),
+            )
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -97,10 +102,13 @@ class Tracer:
         self._unreported = {"trace_runs_dropped": 0, "trace_runs_sent": 0}
         self._failing = False
         import langsmith  # noqa: F401, PLC0415 - imported once here, before a worker forks its horses
+
         self._error: Exception | None = None
 
     # The callers' side -----------------------------------------------------------------------
-    def start(self, ctx: TraceContext, parent: TraceContext | None, name: str, run_type: str, **fields: Any) -> None:
+    def start(
+        self, ctx: TraceContext, parent: TraceContext | None, name: str, run_type: str, **fields: Any
+    ) -> None:
         """Queue the create of run `ctx` (a child of `parent`, None for a story's root)."""
         run = {
             "id": ctx.run_id,
@@ -146,7 +154,9 @@ class Tracer:
     def _ensure_thread(self) -> None:
         if self._pid == os.getpid():
             return
-        with self._lock:  # the first run in this process (or in a forked child: the parent's thread is not here)
+        with (
+            self._lock
+        ):  # the first run in this process (or in a forked child: the parent's thread is not here)
             if self._pid == os.getpid():
                 return
             if self._pid != -1:  # forked: the parent's queue and lock may be in any state
@@ -182,7 +192,9 @@ class Tracer:
         while len(batch) < self.config.batch:
             remaining = 0.0 if self._stop.is_set() else deadline - time.monotonic()
             try:
-                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                batch.append(
+                    self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                )
             except queue.Empty:
                 break
         return batch
@@ -210,7 +222,9 @@ class Tracer:
         create = [run for op, run in batch if op == "post"]
         update = [run for op, run in batch if op == "patch"]
         try:
-            client.batch_ingest_runs(create=create, update=update)  # retries 3 times itself, then calls _failed
+            client.batch_ingest_runs(
+                create=create, update=update
+            )  # retries 3 times itself, then calls _failed
         except Exception as exc:  # a bad run (LangSmithUserError): dropped with the batch
             self._error = exc
         with self._lock:
@@ -221,7 +235,9 @@ class Tracer:
             else:
                 self.sent += len(batch)
         if self._error and not self._failing:
-            logs.get().warning("LangSmith unreachable: runs are dropped until it answers", error=str(self._error)[:300])
+            logs.get().warning(
+                "LangSmith unreachable: runs are dropped until it answers", error=str(self._error)[:300]
+            )
         elif not self._error and self._failing:
             logs.get().info("LangSmith answers again")
         self._failing = self._error is not None
@@ -234,7 +250,7 @@ class Tracer:
         if self.redis is None:
             return
         with self._lock:
-            counts, self._unreported = self._unreported, {k: 0 for k in self._unreported}
+            counts, self._unreported = self._unreported, dict.fromkeys(self._unreported, 0)
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for field, n in counts.items():
@@ -252,10 +268,12 @@ class NoTracer(Tracer):
 
     enabled = False
 
-    def __init__(self) -> None:  # noqa: D107 - nothing to hold
+    def __init__(self) -> None:
         self.dropped = self.sent = 0
 
-    def start(self, ctx: TraceContext, parent: TraceContext | None, name: str, run_type: str, **fields: Any) -> None:
+    def start(
+        self, ctx: TraceContext, parent: TraceContext | None, name: str, run_type: str, **fields: Any
+    ) -> None:
         return None
 
     def end(self, ctx: TraceContext, parent: TraceContext | None, **fields: Any) -> None:

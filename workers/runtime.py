@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from redis import Redis
@@ -30,7 +30,7 @@ class Runtime:
     sandbox: Sandbox | None = None  # probed at worker start
     agent: Literal["llm", "offline", "noop"] = "offline"  # the `agent` setting, `auto` resolved
     # LangSmith (off: does nothing). Its sender thread starts in the work horse, at its first run.
-    tracer: Tracer = NoTracer()
+    tracer: Tracer = field(default_factory=NoTracer)
 
 
 _current: Runtime | None = None

@@ -28,7 +28,7 @@ from .agents import agent_for
 from .roles import Plan, QAReport, StageInput
 
 
-def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int, trace: str = "") -> str:
+def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int, *, trace: str = "") -> str:
     """Run one stage attempt. A stale attempt (superseded or already applied) is skipped. `trace`:
     the story's LangSmith root run (StageJob.trace), "" untraced."""
     # Every line logged during the stage (the LLM router, the tool loop, the sandbox client, git,

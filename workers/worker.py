@@ -355,7 +355,9 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     llm = LLMClient(settings, redis)
     llm.preload()  # the SDK imports, once, before any work horse is forked
     tracer = tracer_for(settings, redis)  # its thread starts in each work horse, at the first run
-    runtime.install(runtime.Runtime(settings, redis, store, domain, role, identity, name, llm, sandbox, kind, tracer))
+    runtime.install(
+        runtime.Runtime(settings, redis, store, domain, role, identity, name, llm, sandbox, kind, tracer)
+    )
     log = logs.get()
     heartbeat = Heartbeat(
         redis,

@@ -37,7 +37,9 @@ class LangSmithServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._port = int(self._httpd.server_address[1])
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def close(self) -> None:
@@ -95,7 +97,7 @@ def _multipart(raw: bytes, content_type: str) -> list[tuple[str, dict[str, Any]]
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition") or ""
         op, run_id, *rest = str(name).split(".")
-        value = json.loads(part.get_payload(decode=True) or b"null")
+        value = json.loads(bytes(part.get_payload(decode=True) or b"null"))
         run = runs.setdefault((op, run_id), {"id": run_id})
         if rest:
             run[rest[0]] = value
@@ -114,7 +116,9 @@ def _handler_for(server: LangSmithServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             server.requests.append(("GET", self.path))
             if self.path.rstrip("/").endswith("/info"):
-                self._send(200, {"version": "0.10.0", "batch_ingest_config": {"size_limit_bytes": 20_000_000}})
+                self._send(
+                    200, {"version": "0.10.0", "batch_ingest_config": {"size_limit_bytes": 20_000_000}}
+                )
             else:
                 self._send(404, {"detail": "not found"})
 

@@ -21,7 +21,9 @@ from .release import SandboxRelease
 from .tracing import TraceMiddleware
 
 
-def middlewares(extra: Sequence[Middleware] = (), *, tracer: Tracer | None = None, trace: str = "") -> Middlewares:
+def middlewares(
+    extra: Sequence[Middleware] = (), *, tracer: Tracer | None = None, trace: str = ""
+) -> Middlewares:
     """The middleware chain every stage runs under (LangSmith when `tracer` is on and the job came
     with its story's trace), then `extra` (a test's recorder, a benchmark's clock)."""
     chain: list[Middleware] = []

@@ -1,4 +1,4 @@
-"""The stage's part of its story's LangSmith trace: a stage run, an `llm` run per model call, a `tool` run per tool call.
+"""A stage's part of its story's LangSmith trace: a stage run, `llm` runs, `tool` runs.
 
 The stage run is a child of the story's root run (its context came with the job); every run is
 queued on the worker's Tracer and sent by its thread, so a hook costs a queue put, never a request.
