@@ -125,3 +125,24 @@ def test_a_trace_context_survives_its_wire_form_and_refuses_garbage() -> None:
     assert TraceContext.parse(root.to_json()) == root
     assert TraceContext.parse("") is None and TraceContext.parse("{not json") is None
     assert TraceContext.parse('{"run_id": 1}') is None
+
+
+def test_closing_in_an_outage_waits_at_most_its_bound_then_not_at_all_and_counts_what_it_drops(
+    settings: Settings, redis: Redis, collector: LangSmithServer
+) -> None:
+    live = traced(settings, collector)
+    collector.close()
+    tracer, root = Tracer(live, redis), new_trace()
+    for _ in range(10):
+        tracer.start(root.child(), root, "x", "chain")
+    started = time.perf_counter()
+    tracer.close(0.5)  # the client sleeps a second after a refused connection before it tries again
+    first = time.perf_counter() - started
+    assert 0.4 < first < 1.0 and tracer.outage(), first
+    # a work horse forked later (here: the same process going on) knows of the outage and does not wait
+    for _ in range(10):
+        tracer.start(root.child(), root, "x", "chain")
+    started = time.perf_counter()
+    tracer.close(5)
+    assert time.perf_counter() - started < 0.1
+    assert tracer.dropped >= 20 and counters(redis, live).get("trace_runs_dropped", 0) >= 20

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import queue
+import struct
 import threading
 import time
 import uuid
@@ -30,6 +32,9 @@ from .keys import Keys
 from .redact import Redactor, secret_values
 
 CLOSE_TIMEOUT_S = 2.0  # what a process waits at its end for runs still queued (a work horse, the supervisor)
+# After a failed batch, for this long a process ending does not wait for its queued runs: during an
+# outage one stage per worker per minute waits up to CLOSE_TIMEOUT_S at its end (the probe), not each.
+OUTAGE_HOLD_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ def new_trace(at: datetime | None = None) -> TraceContext:
     return TraceContext(run_id, run_id, f"{stamp(at)}{run_id}", at.isoformat())
 
 
+Runs = queue.Queue[tuple[str, dict[str, Any]]]  # ("post" | "patch", the run)
+
+
 class Tracer:
     """Runs to LangSmith: `start` and `end` queue a run's create and update, never waiting."""
 
@@ -96,11 +104,14 @@ class Tracer:
         self.sent = 0
         self._pid = -1
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(self.config.queue_size)
+        self._queue: Runs = queue.Queue(self.config.queue_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unreported = {"trace_runs_dropped": 0, "trace_runs_sent": 0}
-        self._failing = False
+        # When the last batch failed (0.0: it did not), shared with the forked work horses (an
+        # anonymous mmap is MAP_SHARED): a horse knows of the outage its predecessors met.
+        self._outage = mmap.mmap(-1, _OUTAGE.size)
+        self._inflight = 0
         import langsmith  # noqa: F401, PLC0415 - imported once here, before a worker forks its horses
 
         self._error: Exception | None = None
@@ -154,47 +165,61 @@ class Tracer:
     def _ensure_thread(self) -> None:
         if self._pid == os.getpid():
             return
-        with (
-            self._lock
-        ):  # the first run in this process (or in a forked child: the parent's thread is not here)
-            if self._pid == os.getpid():
-                return
-            if self._pid != -1:  # forked: the parent's queue and lock may be in any state
-                self._lock = threading.Lock()
-                self._queue = queue.Queue(self.config.queue_size)
-                self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._send_loop, name="langsmith-sender", daemon=True)
-            self._thread.start()
-            self._pid = os.getpid()
+        # The first run in this process, in a forked work horse (the parent's thread is not here,
+        # its queue may be in any state), or after a close: a fresh queue and a thread of its own.
+        self._lock = threading.Lock()
+        self._queue = queue.Queue(self.config.queue_size)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._send_loop, args=(self._queue, self._stop), name="langsmith-sender", daemon=True
+        )
+        self._thread.start()
+        self._pid = os.getpid()
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
-        """Send what is queued, waiting at most `timeout`; what is left then is dropped (not counted)."""
+        """Send what is queued, waiting at most `timeout` (not at all during a known outage); what
+        is left then is dropped and counted."""
         thread = self._thread
         if thread is None or self._pid != os.getpid():
             return
         self._stop.set()
-        thread.join(timeout)
+        waited = 0.0 if self.outage() else timeout
+        thread.join(waited)
+        if thread.is_alive():
+            if waited:  # LangSmith did not take a batch in `timeout`: the next horses do not wait for it
+                _OUTAGE.pack_into(self._outage, 0, time.time())
+            with self._lock:
+                left = self._queue.qsize() + self._inflight
+                self.dropped += left
+                self._unreported["trace_runs_dropped"] += left
+            self._report()
+        self._pid = -1  # a run after this (a process that goes on) starts a new queue and thread
+
+    def outage(self) -> bool:
+        """Whether a batch failed (here, or in another horse of this worker) less than OUTAGE_HOLD_S ago."""
+        (since,) = _OUTAGE.unpack_from(self._outage)
+        return bool(since) and time.time() - since < OUTAGE_HOLD_S
 
     # The sender's side -----------------------------------------------------------------------
-    def _send_loop(self) -> None:
+    def _send_loop(self, runs: Runs, stop: threading.Event) -> None:
         client = self._client()
         while True:
-            batch = self._take(self.config.flush_interval_s)
+            batch = self._take(runs, stop, self.config.flush_interval_s)
             if batch:
+                self._inflight = len(batch)
                 self._send(client, batch)
+                self._inflight = 0
             self._report()
-            if self._stop.is_set() and self._queue.empty():
+            if stop.is_set() and runs.empty():
                 return
 
-    def _take(self, wait_s: float) -> list[tuple[str, dict[str, Any]]]:
+    def _take(self, runs: Runs, stop: threading.Event, wait_s: float) -> list[tuple[str, dict[str, Any]]]:
         batch: list[tuple[str, dict[str, Any]]] = []
         deadline = time.monotonic() + wait_s
         while len(batch) < self.config.batch:
-            remaining = 0.0 if self._stop.is_set() else deadline - time.monotonic()
+            remaining = 0.0 if stop.is_set() else deadline - time.monotonic()
             try:
-                batch.append(
-                    self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                )
+                batch.append(runs.get(timeout=remaining) if remaining > 0 else runs.get_nowait())
             except queue.Empty:
                 break
         return batch
@@ -234,13 +259,14 @@ class Tracer:
                 self.dropped += len(batch)
             else:
                 self.sent += len(batch)
-        if self._error and not self._failing:
+        (since,) = _OUTAGE.unpack_from(self._outage)
+        if self._error and not since:  # once per outage, whichever horse of the worker met it first
             logs.get().warning(
                 "LangSmith unreachable: runs are dropped until it answers", error=str(self._error)[:300]
             )
-        elif not self._error and self._failing:
+        elif not self._error and since:
             logs.get().info("LangSmith answers again")
-        self._failing = self._error is not None
+        _OUTAGE.pack_into(self._outage, 0, time.time() if self._error else 0.0)
 
     def _failed(self, error: Exception) -> None:
         self._error = error
@@ -281,6 +307,9 @@ class NoTracer(Tracer):
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         return None
+
+
+_OUTAGE = struct.Struct("d")
 
 
 def tracer_for(settings: Settings, redis: Redis | None = None) -> Tracer:
