@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -183,17 +184,22 @@ class Tracer:
         if thread is None or self._pid != os.getpid():
             return
         self._stop.set()
-        waited = 0.0 if self.outage() else timeout
-        thread.join(waited)
+        deadline = time.monotonic() + timeout
+        # until sent, or LangSmith is known down (a refused connection is seen in milliseconds)
+        while thread.is_alive() and not self.outage() and time.monotonic() < deadline:
+            thread.join(0.02)
         if thread.is_alive():
-            if waited:  # LangSmith did not take a batch in `timeout`: the next horses do not wait for it
-                _OUTAGE.pack_into(self._outage, 0, time.time())
+            if not self.outage():  # LangSmith did not take a batch in `timeout`: the next horses do not wait
+                self._mark_outage()
             with self._lock:
                 left = self._queue.qsize() + self._inflight
                 self.dropped += left
                 self._unreported["trace_runs_dropped"] += left
             self._report()
         self._pid = -1  # a run after this (a process that goes on) starts a new queue and thread
+
+    def _mark_outage(self) -> None:
+        _OUTAGE.pack_into(self._outage, 0, time.time())
 
     def outage(self) -> bool:
         """Whether a batch failed (here, or in another horse of this worker) less than OUTAGE_HOLD_S ago."""
@@ -233,6 +239,7 @@ class Tracer:
         key = self.config.api_key
         return langsmith.Client(
             api_url=self.config.endpoint,
+            session=_watched_session(self._mark_outage),
             api_key=key.get_secret_value() if key else None,
             auto_batch_tracing=False,  # our queue and thread, not the client's
             info={},  # no GET /info: the batch size limit is ours
@@ -310,6 +317,25 @@ class NoTracer(Tracer):
 
 
 _OUTAGE = struct.Struct("d")
+
+
+def _watched_session(failed: Callable[[], None]) -> Any:
+    """The client's HTTP session, telling of a failure at its first attempt (the client retries
+    with sleeps of seconds before it reports one): a work horse ending then does not wait."""
+    import requests  # noqa: PLC0415 - the client's own dependency, only in a tracing process
+
+    class WatchedSession(requests.Session):
+        def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+            try:
+                response = super().request(*args, **kwargs)
+            except (requests.ConnectionError, requests.Timeout):
+                failed()
+                raise
+            if response.status_code >= 500:
+                failed()
+            return response
+
+    return WatchedSession()
 
 
 def tracer_for(settings: Settings, redis: Redis | None = None) -> Tracer:

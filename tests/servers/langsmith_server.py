@@ -5,7 +5,7 @@ It answers what the client calls for tracing: ``GET /info``, ``POST /runs/batch`
 /runs/{id}``, and ``POST /runs/multipart`` (its parts ``post.<id>``, ``patch.<id>``,
 ``post.<id>.inputs`` and so on merged into runs). Creates and updates are merged by run id, so a test
 reads each run as LangSmith would show it. ``failing(503)`` answers every write with an error;
-``close()``/``reopen()`` refuse connections, then listen on the same port again.
+``delay_s`` answers late; ``close()``/``reopen()`` refuse connections, then the same port again.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import email.parser
 import email.policy
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +30,7 @@ class LangSmithServer:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self.status = 200
+        self.delay_s = 0.0  # every write answered this late (a LangSmith that hangs)
         self._port = 0
         self._httpd: ThreadingHTTPServer | None = None
         self.open()
@@ -132,6 +134,8 @@ def _handler_for(server: LangSmithServer) -> type[BaseHTTPRequestHandler]:
             raw = _decode(self.rfile.read(int(self.headers.get("Content-Length") or 0)), self.headers)
             server.requests.append((method, self.path))
             server.bodies.append(raw)
+            if server.delay_s:
+                time.sleep(server.delay_s)
             if server.status != 200:
                 self._send(server.status, {"detail": "collector failing"})
                 return
