@@ -4,9 +4,11 @@ each, posting to a local collector. The tree is story root -> stage runs -> llm 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from redis import Redis
 from scripted_team import STORY, STORY_ID, ScriptedTeam
 from servers.anthropic_server import AnthropicServer
 from servers.langsmith_server import LangSmithServer
@@ -18,7 +20,7 @@ from wavefleet.domains import Domains
 from wavefleet.lifecycle import StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import wait_until
+from wavefleet.testing import Processes, wait_until
 from wavefleet.tracing import TraceContext
 
 pytestmark = pytest.mark.slow
@@ -87,3 +89,45 @@ def test_one_story_is_one_trace_across_every_process(
     assert {r["extra"]["metadata"]["provider"] for r in llm} == {"anthropic", "xai"}
     assert all(r["extra"]["metadata"]["verdict"] == "allow" for r in tools)
     assert "finish" in {r["name"] for r in tools}
+
+
+def _story_seconds(live: Settings, store: StoryStore, domains: Domains, story_id: str, logs: Path) -> float:
+    """Enqueue-to-done of one offline story through a fresh team of real worker processes."""
+    procs = Processes(live, logs)
+    try:
+        procs.team("auth")
+        procs.supervisor()
+        started = time.monotonic()
+        store.enqueue(
+            [Story(id=story_id, title=f"Story {story_id}", acceptance_criteria=("it works",))], domains
+        )
+        wait_until(
+            lambda: store.get(story_id).state is StoryState.DONE,
+            timeout_s=120,
+            message=f"{story_id} done",
+            diagnose=lambda: procs.logs()[-4000:],
+        )
+        return time.monotonic() - started
+    finally:
+        procs.stop_all()
+
+
+@pytest.mark.timeout(300)
+def test_a_langsmith_outage_does_not_slow_the_stages_and_the_drops_are_counted(
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains, tmp_path: Path
+) -> None:
+    collector = LangSmithServer()
+    collector.close()  # connection refused for the whole story
+    down = settings.model_copy(
+        update={"langsmith": LangSmithSettings(api_key=collector.api_key, endpoint=collector.url)}  # type: ignore[arg-type]
+    )
+    off = _story_seconds(settings, store, domains, "AUTH-201", tmp_path / "off")
+    traced = _story_seconds(down, store, domains, "AUTH-202", tmp_path / "down")
+    # Four stages run one after another (pm, fe+be, qa, cto). A horse that waited for LangSmith at
+    # its end would add CLOSE_TIMEOUT_S (2 s) each: 8 s. Ours see the refused connection in
+    # milliseconds; 3 s is the noise of two fleet start-ups on a shared 2-core machine.
+    assert traced < off + 3.0, (off, traced)
+    assert int(redis.hget(settings.keys.metric_counters(), "trace_runs_dropped") or 0) > 0
+    logged = "".join(p.read_text(errors="replace") for p in (tmp_path / "down").glob("*.log"))
+    # once per outage and process (five workers, the supervisor), not per run or per batch
+    assert 1 <= logged.count("LangSmith unreachable") <= 6, logged.count("LangSmith unreachable")

@@ -190,7 +190,7 @@ class Tracer:
             thread.join(0.02)
         if thread.is_alive():
             if not self.outage():  # LangSmith did not take a batch in `timeout`: the next horses do not wait
-                self._mark_outage()
+                self._mark_outage(f"no batch taken in {timeout:g} s")
             with self._lock:
                 left = self._queue.qsize() + self._inflight
                 self.dropped += left
@@ -198,8 +198,15 @@ class Tracer:
             self._report()
         self._pid = -1  # a run after this (a process that goes on) starts a new queue and thread
 
-    def _mark_outage(self) -> None:
+    def _mark_outage(self, problem: str) -> None:
+        (since,) = _OUTAGE.unpack_from(self._outage)
         _OUTAGE.pack_into(self._outage, 0, time.time())
+        if not since:  # once per outage, whichever horse of the worker met it first
+            logs.get().warning(
+                "LangSmith unreachable: runs are dropped until it answers",
+                endpoint=self.config.endpoint,
+                error=problem[:300],
+            )
 
     def outage(self) -> bool:
         """Whether a batch failed (here, or in another horse of this worker) less than OUTAGE_HOLD_S ago."""
@@ -266,14 +273,11 @@ class Tracer:
                 self.dropped += len(batch)
             else:
                 self.sent += len(batch)
-        (since,) = _OUTAGE.unpack_from(self._outage)
-        if self._error and not since:  # once per outage, whichever horse of the worker met it first
-            logs.get().warning(
-                "LangSmith unreachable: runs are dropped until it answers", error=str(self._error)[:300]
-            )
-        elif not self._error and since:
-            logs.get().info("LangSmith answers again")
-        _OUTAGE.pack_into(self._outage, 0, time.time() if self._error else 0.0)
+        if self._error is not None:
+            self._mark_outage(str(self._error))
+        elif _OUTAGE.unpack_from(self._outage)[0]:
+            _OUTAGE.pack_into(self._outage, 0, 0.0)
+            logs.get().info("LangSmith answers again", endpoint=self.config.endpoint)
 
     def _failed(self, error: Exception) -> None:
         self._error = error
@@ -319,7 +323,7 @@ class NoTracer(Tracer):
 _OUTAGE = struct.Struct("d")
 
 
-def _watched_session(failed: Callable[[], None]) -> Any:
+def _watched_session(failed: Callable[[str], None]) -> Any:
     """The client's HTTP session, telling of a failure at its first attempt (the client retries
     with sleeps of seconds before it reports one): a work horse ending then does not wait."""
     import requests  # noqa: PLC0415 - the client's own dependency, only in a tracing process
@@ -328,11 +332,11 @@ def _watched_session(failed: Callable[[], None]) -> Any:
         def request(self, *args: Any, **kwargs: Any) -> requests.Response:
             try:
                 response = super().request(*args, **kwargs)
-            except (requests.ConnectionError, requests.Timeout):
-                failed()
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                failed(f"{type(exc).__name__}: {exc}")
                 raise
             if response.status_code >= 500:
-                failed()
+                failed(f"HTTP {response.status_code}")
             return response
 
     return WatchedSession()
