@@ -4,7 +4,9 @@ each, posting to a local collector. The tree is story root -> stage runs -> llm 
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,23 @@ def _story_seconds(live: Settings, store: StoryStore, domains: Domains, story_id
         procs.stop_all()
 
 
+def _horse_tails(logs: Path) -> list[float]:
+    """Per stage job: seconds from the stage's result being stored ("stage finished", logged right
+    after) to its work horse ending the job (rq's "Successfully completed"): what tracing adds."""
+    tails = []
+    for log in logs.glob("auth-*.log"):
+        finished: float | None = None
+        for line in log.read_text(errors="replace").splitlines():
+            entry = json.loads(line) if line.startswith("{") else {}
+            at = datetime.fromisoformat(entry.get("timestamp", "1970-01-01T00:00:00Z")).timestamp()
+            if entry.get("event") == "stage finished":
+                finished = at
+            elif str(entry.get("event", "")).startswith("Successfully completed") and finished is not None:
+                tails.append(at - finished)
+                finished = None
+    return tails
+
+
 @pytest.mark.timeout(300)
 def test_a_langsmith_outage_does_not_slow_the_stages_and_the_drops_are_counted(
     settings: Settings, redis: Redis, store: StoryStore, domains: Domains, tmp_path: Path
@@ -123,10 +142,13 @@ def test_a_langsmith_outage_does_not_slow_the_stages_and_the_drops_are_counted(
     )
     off = _story_seconds(settings, store, domains, "AUTH-201", tmp_path / "off")
     traced = _story_seconds(down, store, domains, "AUTH-202", tmp_path / "down")
-    # Four stages run one after another (pm, fe+be, qa, cto). A horse that waited for LangSmith at
-    # its end would add CLOSE_TIMEOUT_S (2 s) each: 8 s. Ours see the refused connection in
-    # milliseconds; 3 s is the noise of two fleet start-ups on a shared 2-core machine.
-    assert traced < off + 3.0, (off, traced)
+    tails_off, tails_down = _horse_tails(tmp_path / "off"), _horse_tails(tmp_path / "down")
+    print(f"story s: off {off:.2f}, LangSmith down {traced:.2f}; horse tails s: {tails_off} {tails_down}")
+    # The stage's result is stored before its horse sends what it traced. A horse that waited for
+    # LangSmith would end CLOSE_TIMEOUT_S (2 s) late; ours sees the refused connection in
+    # milliseconds. 0.5 s is room for a loaded 2-core machine's scheduling. (Whole-story times are
+    # printed, not compared: other fleets on this machine move them by seconds.)
+    assert len(tails_down) >= 4 and max(tails_down) < max(tails_off) + 0.5, (tails_off, tails_down)
     assert int(redis.hget(settings.keys.metric_counters(), "trace_runs_dropped") or 0) > 0
     logged = "".join(p.read_text(errors="replace") for p in (tmp_path / "down").glob("*.log"))
     # once per outage and process (five workers, the supervisor), not per run or per batch

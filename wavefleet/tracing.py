@@ -10,6 +10,7 @@ a process, so an RQ work horse (forked) gets its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -113,7 +114,9 @@ class Tracer:
         # anonymous mmap is MAP_SHARED): a horse knows of the outage its predecessors met.
         self._outage = mmap.mmap(-1, _OUTAGE.size)
         self._inflight = 0
-        import langsmith  # noqa: F401, PLC0415 - imported once here, before a worker forks its horses
+        # Built here, once, before a worker forks its horses (it takes half a second; a horse that
+        # built its own would wait that long at its end). It opens no connection and no thread yet.
+        self._langsmith = self._client()
 
         self._error: Exception | None = None
 
@@ -184,6 +187,8 @@ class Tracer:
         if thread is None or self._pid != os.getpid():
             return
         self._stop.set()
+        with contextlib.suppress(queue.Full):  # wakes the sender waiting for runs (full: it is not waiting)
+            self._queue.put_nowait(_WAKE)
         deadline = time.monotonic() + timeout
         # until sent, or LangSmith is known down (a refused connection is seen in milliseconds)
         while thread.is_alive() and not self.outage() and time.monotonic() < deadline:
@@ -215,7 +220,7 @@ class Tracer:
 
     # The sender's side -----------------------------------------------------------------------
     def _send_loop(self, runs: Runs, stop: threading.Event) -> None:
-        client = self._client()
+        client = self._langsmith
         while True:
             batch = self._take(runs, stop, self.config.flush_interval_s)
             if batch:
@@ -232,7 +237,10 @@ class Tracer:
         while len(batch) < self.config.batch:
             remaining = 0.0 if stop.is_set() else deadline - time.monotonic()
             try:
-                batch.append(runs.get(timeout=remaining) if remaining > 0 else runs.get_nowait())
+                item = runs.get(timeout=remaining) if remaining > 0 else runs.get_nowait()
+                if item is _WAKE:
+                    continue  # stop is set: what is left is taken without waiting
+                batch.append(item)
             except queue.Empty:
                 break
         return batch
@@ -321,6 +329,7 @@ class NoTracer(Tracer):
 
 
 _OUTAGE = struct.Struct("d")
+_WAKE: tuple[str, dict[str, Any]] = ("wake", {})  # put by close: the sender stops waiting for runs
 
 
 def _watched_session(failed: Callable[[str], None]) -> Any:
