@@ -32,7 +32,7 @@ def traced(settings: Settings, collector: LangSmithServer, **overrides: object) 
         update={
             "langsmith": LangSmithSettings(**config),
             "anthropic": settings.anthropic.model_copy(update={"api_key": SecretStr(SECRET)}),
-        }  # type: ignore[arg-type]
+        }
     )
 
 

@@ -43,7 +43,7 @@ def test_one_story_is_one_trace_across_every_process(
             "langsmith": LangSmithSettings(
                 api_key=collector.api_key, endpoint=collector.url, flush_interval_s=0.2
             )
-        }  # type: ignore[arg-type]
+        }
     )
     team = ScriptedTeam()
     try:
@@ -138,7 +138,7 @@ def test_a_langsmith_outage_does_not_slow_the_stages_and_the_drops_are_counted(
     collector = LangSmithServer()
     collector.close()  # connection refused for the whole story
     down = settings.model_copy(
-        update={"langsmith": LangSmithSettings(api_key=collector.api_key, endpoint=collector.url)}  # type: ignore[arg-type]
+        update={"langsmith": LangSmithSettings(api_key=collector.api_key, endpoint=collector.url)}
     )
     off = _story_seconds(settings, store, domains, "AUTH-201", tmp_path / "off")
     traced = _story_seconds(down, store, domains, "AUTH-202", tmp_path / "down")

@@ -3,9 +3,9 @@ decision (allow, block, escalate), each model call an `llm` run with tokens, und
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
+import pytest
 from agentkit import STORY, anthropic_script, stage_context
 from redis import Redis
 from servers.anthropic_server import AnthropicServer
@@ -34,7 +34,7 @@ def test_tool_runs_carry_the_gate_decision_and_llm_runs_their_tokens(
 ) -> None:
     collector = LangSmithServer()
     traced = live.model_copy(
-        update={"langsmith": LangSmithSettings(api_key=collector.api_key, endpoint=collector.url)}  # type: ignore[arg-type]
+        update={"langsmith": LangSmithSettings(api_key=collector.api_key, endpoint=collector.url)}
     )
     anthropic_server.respond_with(
         anthropic_script(
@@ -49,8 +49,10 @@ def test_tool_runs_carry_the_gate_decision_and_llm_runs_their_tokens(
     tracing = TraceMiddleware(tracer, root)
     ctx = stage_context(live, client, store, domains, tree, gate=Gate(), middleware=[tracing])
     try:
-        with contextlib.suppress(HoldStory):  # the escalation holds the story
-            ctx.middleware.around_stage(ctx.stage, lambda: loop_for(ctx, tree).run(SYSTEM, "Go."))
+        tracing.before_stage(ctx.stage)  # as Middlewares.around_stage does for a role's agent
+        with pytest.raises(HoldStory) as held:  # the escalation holds the story
+            loop_for(ctx, tree).run(SYSTEM, "Go.")
+        tracing.on_stage_error(ctx.stage, held.value)
         tracer.close(10)
         runs = list(collector.snapshot().values())
     finally:
