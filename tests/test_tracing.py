@@ -96,11 +96,13 @@ def test_a_collector_outage_never_slows_the_caller_and_drops_with_a_count(
 
 def test_a_full_queue_drops_and_counts(settings: Settings, redis: Redis, collector: LangSmithServer) -> None:
     live = traced(settings, collector, queue_size=5, batch=5, flush_interval_s=3600)
-    collector.failing(503)
+    collector.delay_s = 3.0  # the sender hangs on its first batch: nothing leaves the queue meanwhile
     tracer = Tracer(live, redis)
     root = new_trace()
+    started = time.perf_counter()
     for _ in range(50):
         tracer.start(root.child(), root, "x", "chain")
+    assert time.perf_counter() - started < 0.5  # never waits for room
     # the sender holds at most one batch (5) out of the queue (5): at least 50 - 5 - 5 were dropped
     assert tracer.dropped >= 40
     wait_until(
