@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .dockerproxy import Profile
     from .health import HealthServer
     from .supervisor import Supervisor
+    from .trace_roots import StoryTraces
 
 EMBEDDED_DIR = "redis"
 OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # writing stdout failed
@@ -312,6 +313,7 @@ def cmd_supervisor(app: App, args: argparse.Namespace) -> int:
     domains = app.domains
     supervisor = Supervisor(app.settings, app.store.redis, connect(app.settings, decode=False), domains)
     server = _health_server(app, supervisor)
+    traces = _story_traces(app)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.stopping.set())
     try:
@@ -319,7 +321,21 @@ def cmd_supervisor(app: App, args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.close()
+        if traces is not None:
+            traces.close()
     return ExitCode.OK
+
+
+def _story_traces(app: App) -> StoryTraces | None:
+    """The stories' LangSmith root runs, a thread of the supervisor, when `langsmith.api_key` is set."""
+    from .trace_roots import StoryTraces  # noqa: PLC0415
+    from .tracing import Tracer  # noqa: PLC0415
+
+    if not app.settings.langsmith.enabled:
+        return None
+    traces = StoryTraces(app.settings, app.store.redis, Tracer(app.settings, app.store.redis))
+    traces.start()
+    return traces
 
 
 def _health_server(app: App, supervisor: Supervisor) -> HealthServer | None:

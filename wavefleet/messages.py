@@ -47,6 +47,9 @@ class StageJob(_Message):
     role: Role
     round: int = Field(ge=0)
     attempt: int = Field(ge=0)
+    # The story's LangSmith root run (wavefleet/tracing.TraceContext as JSON): the stage's run is its
+    # child. "" for a story from before tracing, and in jobs queued by an older supervisor.
+    trace: str = ""
 
     @property
     def job_id(self) -> str:
@@ -54,13 +57,16 @@ class StageJob(_Message):
 
     def kwargs(self) -> dict[str, Any]:
         """The RQ job's keyword arguments (``round_``: `round` is a builtin in the job function)."""
-        return {
+        kwargs: dict[str, Any] = {
             "story_id": self.story_id,
             "domain": self.domain,
             "role": self.role.value,
             "round_": self.round,
             "attempt": self.attempt,
         }
+        if self.trace:  # absent when empty: a worker of the previous version still takes the job
+            kwargs["trace"] = self.trace
+        return kwargs
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> StageJob:

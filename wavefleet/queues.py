@@ -97,6 +97,7 @@ class Dispatcher:
             role=role,
             round=record.round,
             attempt=record.attempts.get(role, 0),
+            trace=record.trace,
         )
         self.queue(record.domain, role).enqueue_call(
             STAGE_FUNCTION,

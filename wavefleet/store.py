@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -33,6 +34,7 @@ from .messages import (
 from .metric_counts import observe_stage
 from .stories import Story
 from .text import terminal_safe
+from .tracing import new_trace
 
 STAGE_CANCELLED = "stage_cancelled"  # a history entry, not a lifecycle event: the cancel was that
 
@@ -61,6 +63,9 @@ class StoryRecord:
     updated_at: float
     cost_usd: float
     story: Story
+    trace: str = (
+        ""  # its LangSmith root run (wavefleet/tracing.TraceContext as JSON); "" before tracing existed
+    )
 
     @property
     def snapshot(self) -> Snapshot:
@@ -220,6 +225,8 @@ return {}
             "cost_usd": "0",
             "spec": story.model_dump_json(),
             "batch": token,
+            # always written (a few bytes): turning tracing on later traces every story enqueued since
+            "trace": new_trace(datetime.fromtimestamp(now, UTC)).to_json(),
         }
         event = {"event": "enqueued", "to": StoryState.QUEUED.value, "story": story.id, "at": f"{now:.6f}"}
         intake = intake_fields(RouteMessage(story=story.id))
@@ -518,6 +525,7 @@ def _parse_record(data: dict[str, str]) -> StoryRecord:
         created_at=float(data.get("created_at", 0)),
         updated_at=float(data.get("updated_at", 0)),
         cost_usd=float(data.get("cost_usd", 0)),
+        trace=data.get("trace", ""),
         story=Story.model_validate_json(data["spec"]),
     )
 

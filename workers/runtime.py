@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from redis import Redis
@@ -13,6 +13,7 @@ from wavefleet.lifecycle import Role
 from wavefleet.llm.client import LLMClient
 from wavefleet.sandbox import Sandbox
 from wavefleet.store import StoryStore
+from wavefleet.tracing import NoTracer, Tracer
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Runtime:
     llm: LLMClient | None = None
     sandbox: Sandbox | None = None  # probed at worker start
     agent: Literal["llm", "offline", "noop"] = "offline"  # the `agent` setting, `auto` resolved
+    # LangSmith (off: does nothing). Its sender thread starts in the work horse, at its first run.
+    tracer: Tracer = field(default_factory=NoTracer)
 
 
 _current: Runtime | None = None

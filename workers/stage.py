@@ -28,15 +28,21 @@ from .agents import agent_for
 from .roles import Plan, QAReport, StageInput
 
 
-def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int) -> str:
-    """Run one stage attempt. A stale attempt (superseded or already applied) is skipped."""
+def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int, *, trace: str = "") -> str:
+    """Run one stage attempt. A stale attempt (superseded or already applied) is skipped. `trace`:
+    the story's LangSmith root run (StageJob.trace), "" untraced."""
     # Every line logged during the stage (the LLM router, the tool loop, the sandbox client, git,
     # httpx) carries the job's fields; the previous ones (none, or the worker's same) come back after.
     with structlog.contextvars.bound_contextvars(story=story_id, stage=role, round=round_):
-        return _run_stage(story_id, role, round_, attempt)
+        try:
+            return _run_stage(story_id, role, round_, attempt, trace)
+        finally:
+            # the work horse exits after this job: what it traced is sent first (bounded; during a
+            # LangSmith outage the horse ends at most CLOSE_TIMEOUT_S later, its result already stored)
+            runtime.current().tracer.close()
 
 
-def _run_stage(story_id: str, role: str, round_: int, attempt: int) -> str:
+def _run_stage(story_id: str, role: str, round_: int, attempt: int, trace: str = "") -> str:
     rt = runtime.current()
     stage_role = Role(role)
     job = job_id(story_id, round_, stage_role, attempt)
@@ -64,7 +70,7 @@ def _run_stage(story_id: str, role: str, round_: int, attempt: int) -> str:
     ctx: AgentContext | None = None
     try:
         stage = _stage_input(rt, record, stage_role)
-        ctx = _context(rt, stage, job)
+        ctx = _context(rt, stage, job, trace)
         output = ctx.middleware.around_stage(
             stage,
             lambda: delivery.after_review(stage, agent.run(stage, ctx), agent.label),  # GO: push
@@ -112,7 +118,7 @@ def is_current(record: StoryRecord, role: Role, round_: int, attempt: int) -> bo
     return role in record.pending and record.round == round_ and record.attempts.get(role) == attempt
 
 
-def _context(rt: runtime.Runtime, stage: StageInput, job: str) -> AgentContext:
+def _context(rt: runtime.Runtime, stage: StageInput, job: str, trace: str = "") -> AgentContext:
     llm = rt.llm or LLMClient(rt.settings, rt.redis)
     sandbox = rt.sandbox or sandbox_for(rt.settings, network=rt.domain.sandbox.network, redis=rt.redis)
     labels = StageLabels(
@@ -126,7 +132,8 @@ def _context(rt: runtime.Runtime, stage: StageInput, job: str) -> AgentContext:
     )
     sandbox = sandbox.for_stage(labels)
     events = StoryEventSink(rt.store, stage)
-    return context_for(stage, llm, sandbox, events=events, limits=limits_from(rt.settings.loop))
+    limits = limits_from(rt.settings.loop)
+    return context_for(stage, llm, sandbox, events=events, limits=limits, tracer=rt.tracer, trace=trace)
 
 
 def _usage(ctx: AgentContext | None) -> SandboxUsage | None:

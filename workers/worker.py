@@ -33,6 +33,7 @@ from wavefleet.processes import die_with_parent
 from wavefleet.sandbox import UNSANDBOXED, Sandbox, sandbox_for
 from wavefleet.sandbox import fleet as fleet_sandbox
 from wavefleet.store import StoryStore
+from wavefleet.tracing import tracer_for
 
 # Imported here, in the worker, so every forked work horse inherits the module instead of importing
 # it again for each job (12-22 ms of CPU per job, measured by benchmarks/pipeline_overhead.py).
@@ -353,7 +354,10 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
     llm = LLMClient(settings, redis)
     llm.preload()  # the SDK imports, once, before any work horse is forked
-    runtime.install(runtime.Runtime(settings, redis, store, domain, role, identity, name, llm, sandbox, kind))
+    tracer = tracer_for(settings, redis)  # its thread starts in each work horse, at the first run
+    runtime.install(
+        runtime.Runtime(settings, redis, store, domain, role, identity, name, llm, sandbox, kind, tracer)
+    )
     log = logs.get()
     heartbeat = Heartbeat(
         redis,

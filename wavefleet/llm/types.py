@@ -101,6 +101,7 @@ class ToolResult(_Model):
     tool_call_id: str
     content: str
     is_error: bool = False
+    verdict: str = "allow"  # the gate's decision: "allow", or "block" (then is_error); shown in traces
 
 
 class Message(_Model):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from wavefleet import logs
 from wavefleet.llm.client import LLMClient
 from wavefleet.sandbox import RemoteSandbox, Sandbox
+from wavefleet.tracing import NoTracer, TraceContext, Tracer
 
 from ..git import Workspace
 from ..roles import StageInput
@@ -18,12 +19,18 @@ from .context import AgentContext, EventSink, LoopLimits, ToolGate
 from .middleware import Middleware, Middlewares
 from .release import SandboxRelease
 from .safety_gate import safety_gate_for
+from .tracing import TraceMiddleware
 
 
-def middlewares(extra: Sequence[Middleware] = ()) -> Middlewares:
-    """The middleware chain every stage runs under (empty until tracing, metrics, Slack, safety),
-    then `extra` (a test's recorder, a benchmark's clock)."""
+def middlewares(
+    extra: Sequence[Middleware] = (), *, tracer: Tracer | None = None, trace: str = ""
+) -> Middlewares:
+    """The middleware chain every stage runs under (LangSmith when `tracer` is on and the job came
+    with its story's trace), then `extra` (a test's recorder, a benchmark's clock)."""
     chain: list[Middleware] = []
+    root = TraceContext.parse(trace)
+    if tracer is not None and tracer.enabled and root is not None:
+        chain.append(TraceMiddleware(tracer, root))
     return Middlewares([*chain, *extra])
 
 
@@ -43,6 +50,8 @@ def context_for(
     limits: LoopLimits | None = None,
     gate: ToolGate | None = None,
     middleware: Sequence[Middleware] = (),
+    tracer: Tracer = NoTracer(),  # noqa: B008 - a stateless no-op
+    trace: str = "",
 ) -> AgentContext:
     # Appended last, so its after-hooks run first (they run in reverse): the other observers see
     # the stage's containers gone and its usage known.
@@ -54,6 +63,6 @@ def context_for(
         sandbox=sandbox,
         gate=gate or safety_gate_for(stage, llm),  # every tool call scored (README Safety)
         events=events or LogEvents(),
-        middleware=middlewares([*middleware, *release]),
+        middleware=middlewares([*middleware, *release], tracer=tracer, trace=trace),
         limits=limits or LoopLimits(),
     )

@@ -142,7 +142,9 @@ class ToolLoop(Generic[M]):
         decision = self.ctx.gate.authorize(call, self.ctx.stage)
         if decision.verdict is Verdict.BLOCK:
             self.ctx.events.emit("tool_blocked", decision.reason, tool=call.name)
-            return ToolResult(tool_call_id=call.id, content=f"blocked: {decision.reason}", is_error=True)
+            return ToolResult(
+                tool_call_id=call.id, content=f"blocked: {decision.reason}", is_error=True, verdict="block"
+            )
         if decision.verdict is Verdict.ESCALATE:
             self.ctx.events.emit("tool_escalated", decision.reason, tool=call.name)
             raise HoldStory(f"{call.name} awaits a human: {decision.reason}")
