@@ -105,7 +105,7 @@ def serve() -> None:
     )
     for line in sys.stdin:
         if line.strip() == "counts":
-            counts = {"slack_messages": len(slack.messages), "runs": len(langsmith.runs())}
+            counts = {"slack_messages": len(slack.messages), "runs": len(langsmith.snapshot())}
             print(json.dumps(counts), flush=True)
     slack.close()
     langsmith.close()
@@ -113,7 +113,7 @@ def serve() -> None:
 
 @dataclass
 class Scraper:
-    """GET /metrics every `interval_s` until stopped; counts answers and failures."""
+    """GET /metrics every `interval_s` until stopped; counts answers, and failures after the first."""
 
     host: str
     port: int
@@ -148,21 +148,26 @@ class Scraper:
                 self.ok += 1
                 self.seconds.append(time.perf_counter() - started)
             except OSError:
-                self.failed += 1
+                if self.ok:  # before the first answer the supervisor (started by run_wave) is not up yet
+                    self.failed += 1
 
 
-def settings_on(settings: Settings, peers: Peers) -> Settings:
-    return settings.model_copy(
-        update={
-            "slack": settings.slack.model_copy(
-                update={"bot_token": SecretStr(peers.slack_token), "base_url": peers.slack_url}
-            ),
-            "langsmith": settings.langsmith.model_copy(
-                update={"api_key": SecretStr(peers.langsmith_key), "endpoint": peers.langsmith_url}
-            ),
-            "metrics": settings.metrics.model_copy(update={"port": free_port()}),
-        }
-    )
+OBSERVERS = ("slack", "tracing", "metrics")
+
+
+def settings_on(settings: Settings, peers: Peers, observers: set[str]) -> Settings:
+    update: dict[str, Any] = {}
+    if "slack" in observers:
+        update["slack"] = settings.slack.model_copy(
+            update={"bot_token": SecretStr(peers.slack_token), "base_url": peers.slack_url}
+        )
+    if "tracing" in observers:
+        update["langsmith"] = settings.langsmith.model_copy(
+            update={"api_key": SecretStr(peers.langsmith_key), "endpoint": peers.langsmith_url}
+        )
+    if "metrics" in observers:
+        update["metrics"] = settings.metrics.model_copy(update={"port": free_port()})
+    return settings.model_copy(update=update)
 
 
 def phase_off(settings: Settings, args: argparse.Namespace, workdir: Path) -> pipeline.Phase:
@@ -217,7 +222,7 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
     phase.notes = [
         f"Slack messages posted: {after['slack_messages'] - before['slack_messages']}; "
         f"LangSmith runs collected: {after['runs'] - before['runs']}; /metrics scrapes: {scraper.ok} "
-        f"(median {1000 * statistics.median(scraper.seconds):.1f} ms)"
+        f"(median {1000 * statistics.median(scraper.seconds or [0.0]):.1f} ms)"
     ]
     return phase
 
@@ -229,8 +234,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scrape-s", type=float, default=1.0, help="/metrics scrape interval (default 1 s)")
     parser.add_argument("--domain", default="auth")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per phase")
+    parser.add_argument(
+        "--observers",
+        default=",".join(OBSERVERS),
+        help=f"which to turn on in the 'on' phases, comma-separated (default {','.join(OBSERVERS)})",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.observers = {o.strip() for o in args.observers.split(",") if o.strip()}
+    if not args.observers or args.observers - set(OBSERVERS):
+        parser.error(f"--observers takes some of {', '.join(OBSERVERS)}")
     if not args.serve and (args.stories < 1 or args.rounds < 1 or args.scrape_s <= 0 or args.timeout <= 0):
         parser.error("--stories, --rounds, --scrape-s and --timeout must be positive")
     args.profile = False  # what pipeline.run_wave reads
@@ -239,7 +252,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def report(offs: list[pipeline.Phase], ons: list[pipeline.Phase], stories: int, load: list[Any]) -> bool:
-    pipeline.report([*offs, *ons], stories, load)
+    pipeline.report([*offs, *ons], stories, load, against_bare=False)
     off = statistics.median(stories / p.elapsed_s for p in offs)
     on = statistics.median(stories / p.elapsed_s for p in ons)
     ratio = on / off
@@ -271,7 +284,7 @@ def main() -> int:
             )
             for _ in range(args.rounds):
                 offs.append(phase_off(settings, args, workdir))
-                ons.append(phase_on(settings_on(settings, peers), args, workdir, peers))
+                ons.append(phase_on(settings_on(settings, peers, args.observers), args, workdir, peers))
     finally:
         peers.close()
     load.append(os.getloadavg())

@@ -334,7 +334,9 @@ def bare_worker(queue_name: str) -> None:
 
 
 # Report ----------------------------------------------------------------------------------------
-def report(phases: list[Phase], stories: int, load: list[tuple[float, float, float]]) -> None:
+def report(
+    phases: list[Phase], stories: int, load: list[tuple[float, float, float]], *, against_bare: bool = True
+) -> None:
     for phase in phases:
         print(f"\n== {phase.label}: {phase.jobs} jobs in {phase.elapsed_s:.2f} s = {phase.rate:.1f} jobs/s")
         if phase.label.startswith("WAVE"):
@@ -361,7 +363,7 @@ def report(phases: list[Phase], stories: int, load: list[tuple[float, float, flo
         f"\nload average (1 / 5 / 15 min): {start} at start, {end} at end, on {os.cpu_count()} cores"
         + ("  ** the machine was busy: wall-clock rates are pessimistic **" if load[0][0] > 1 else "")
     )
-    if len(phases) == 2:
+    if against_bare and len(phases) == 2:
         wave, bare = phases
         ratio = wave.rate / bare.rate
         cpu_ratio = (sum(bare.cpu_s.values()) / bare.jobs) / (sum(wave.cpu_s.values()) / wave.jobs)
