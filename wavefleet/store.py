@@ -446,7 +446,12 @@ return {}
 
         Safe to be resent after a lost reply (redis-py does): the result is overwritten with itself
         and the supervisor ignores the second message. Model spend reaches the story through the
-        budget's settlement, not here."""
+        budget's settlement, not here. Its output and error are redacted first (they quote model
+        output, commands' output, files)."""
+        redactor = process_redactor()
+        result = result.model_copy(
+            update={"output": redactor.clean(result.output), "error": redactor.text(result.error)}
+        )
         with self.redis.pipeline() as pipe:
             pipe.hset(
                 self.keys.story_results(story_id), _result_field(round_, role, attempt), result.to_json()
