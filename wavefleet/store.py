@@ -30,6 +30,7 @@ from .messages import (
     job_id,
     parse_job_id,
 )
+from .redact import process_redactor
 from .stories import Story
 from .text import terminal_safe
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wavefleet.errors import StageError
-from wavefleet.redact import CREDENTIALS
 from wavefleet.lifecycle import Decision, Role
+from wavefleet.redact import CREDENTIALS
 from wavefleet.stories import offline_labels
 
 from . import commands, jail

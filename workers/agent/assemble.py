@@ -18,14 +18,14 @@ from ..roles import StageInput
 from .context import AgentContext, AllowAll, EventSink, LoopLimits, ToolGate
 from .middleware import Middleware, Middlewares
 from .release import SandboxRelease
-from .untrusted import UntrustedOutput, injection_scanner
+from .untrusted import UntrustedOutput
 
 
 def middlewares(extra: Sequence[Middleware] = ()) -> Middlewares:
     """The middleware chain every stage runs under, then `extra` (a test's recorder, a benchmark's
     clock). UntrustedOutput is first, so its `tool_result` runs last and every other middleware's
     after-hooks (tracing) see the result as the model does."""
-    chain: list[Middleware] = [UntrustedOutput(injection_scanner(), shapes_for_process())]
+    chain: list[Middleware] = [UntrustedOutput(redactor=shapes_for_process())]
     return Middlewares([*chain, *extra])
 
 

@@ -11,13 +11,13 @@ it escaped, with one line telling the model it is data, not instructions.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from wavefleet import logs
 from wavefleet.llm.types import ToolCall, ToolResult
 from wavefleet.redact import SHAPES_ONLY, Redactor
+from wavefleet.safety.injection import find_injection
 
 from .middleware import Middleware
 
@@ -35,12 +35,12 @@ NOTICE = (
 def wrap(content: str, rules: tuple[str, ...]) -> str:
     """`content` marked as untrusted data that matched `rules`; a closing tag inside cannot end it."""
     named = ",".join(rules)
-    # Case-insensitive: "</UNTRUSTED-DATA>" must not close the element for a lenient reader either.
     inner = _escape_closing(content)
     return f'{NOTICE.format(rules=named)}\n{OPEN} rules="{named}">\n{inner}\n{CLOSE}'
 
 
 def _escape_closing(text: str) -> str:
+    # Case-insensitive: "</UNTRUSTED-DATA>" must not close the element for a lenient reader either.
     lowered = text.lower()
     if "</untrusted-data" not in lowered:
         return text
@@ -52,16 +52,10 @@ def _escape_closing(text: str) -> str:
     return "".join(out)
 
 
-def injection_scanner() -> Scanner:
-    """`find_injection` of the rule layer (wavefleet/safety/injection.py)."""
-    module = importlib.import_module("wavefleet.safety.injection")
-    return cast(Scanner, module.find_injection)
-
-
 class UntrustedOutput(Middleware):
     """Redacts every tool result and wraps one that matched the injection rules (see the module)."""
 
-    def __init__(self, scan: Scanner, redactor: Redactor = SHAPES_ONLY) -> None:
+    def __init__(self, scan: Scanner = find_injection, redactor: Redactor = SHAPES_ONLY) -> None:
         self.scan = scan
         self.redactor = redactor
 
