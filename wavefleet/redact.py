@@ -51,7 +51,7 @@ SHAPES: dict[str, str] = {
 # enough for logs and events; left out of tool output, where code such as `password = ask()` must
 # reach the model as it is (a blanked line would make its edits fail).
 ASSIGNMENT = (
-    r"(?i:\b(?:password|passwd|secret|secret[_-]?key|api[_-]?key|access[_-]?token|auth[_-]?token"
+    r"(?i:(?<![A-Za-z0-9])(?:password|passwd|secret|secret[_-]?key|api[_-]?key|access[_-]?token|auth[_-]?token"
     r"|client[_-]?secret|private[_-]?key))[\"']?\s*[:=]\s*"
     r"(?:[\"'](?P<w>[^\"'\s]{8,})[\"']|(?P<W>[A-Za-z0-9_\-+/=!#$%^*~]{8,}))"
 )
@@ -185,7 +185,16 @@ class Redactor:
         """The names of the shapes `value` holds (``known`` for a settings value), sorted, once each."""
         if not self._trigger.search(value.lower()):
             return ()
-        return tuple(sorted({m.lastgroup or "?" for m in self.pattern.finditer(value)}))
+        found = {m.lastgroup or "?" for m in self.pattern.finditer(value) if self._value(m) != REDACTED}
+        return tuple(sorted(found))
+
+    def _value(self, match: re.Match[str]) -> str:
+        """The secret in `match`: its value group's text (a URL's password), else all of it. A value
+        already ``[redacted]`` is no secret: text redacted once is not flagged again."""
+        for group in self._values.get(match.lastgroup or "", ()):
+            if match.start(group) >= 0:
+                return match.group(group)
+        return match.group()
 
     def _replace(self, match: re.Match[str]) -> str:
         for group in self._values.get(match.lastgroup or "", ()):
