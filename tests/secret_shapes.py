@@ -42,7 +42,8 @@ SHAPES: dict[str, tuple[str, str]] = {
         "T0001/B0002/XyZ123abcDEF456",
     ),
     "private_key": (
-        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU\n-----END OPENSSH PRIVATE KEY-----",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU\n"
+        "-----END OPENSSH PRIVATE KEY-----",
         "b3BlbnNzaC1rZXktdjEAAAAABG5vbmU",
     ),
     "private_key_cut": ("line: -----BEGIN RSA PRIVATE KEY----- MIIEpAIBAAKCAQEA7", "MIIEpAIBAAKCAQEA7"),

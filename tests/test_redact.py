@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
+from redis import Redis
 from secret_shapes import SHAPES
 
+from wavefleet.config import Settings
+from wavefleet.domains import Domains
+from wavefleet.fleet_events import FleetHalted, emit
+from wavefleet.lifecycle import Role
+from wavefleet.messages import StageResult
 from wavefleet.redact import CREDENTIALS, REDACTED, SHAPES_ONLY, Redactor
+from wavefleet.store import StoryStore
+from wavefleet.stories import Story
 
 ORDINARY = [
     "2026-12-02T07:10:00Z [info] [AUTH-BE-1] stage finished agent=offline ok=True duration_s=1.2",
@@ -57,3 +68,30 @@ def test_the_structlog_processor_cleans_nested_values() -> None:
     key = SHAPES["github_pat_classic"][1]
     event = CREDENTIALS(None, "info", {"event": f"push with {key}", "args": ("x", {"h": [key]}), "n": 3})
     assert event == {"event": f"push with {REDACTED}", "args": ["x", {"h": [REDACTED]}], "n": 3}
+
+
+def test_the_events_streams_and_stored_results_are_redacted_where_they_are_written(
+    store: StoryStore, domains: Domains, redis: Redis, settings: Settings
+) -> None:
+    # Given a story, and texts holding every shape
+    store.enqueue([Story(id="AUTH-001", title="a story")], domains)
+    texts = "\n".join(text for text, _secret in SHAPES.values())
+
+    # When an agent reports them, a fleet event carries them and a stage result quotes them
+    store.record_agent_event("AUTH-001", "tool_blocked", texts, {"role": "be", "detail": texts})
+    with redis.pipeline() as pipe:
+        emit(pipe, settings.keys, FleetHalted(reason=texts, by="ops"), time.time())
+        pipe.execute()
+    result = StageResult(ok=False, error=texts, output={"summary": texts, "lines": [texts]})
+    store.record_result("AUTH-001", 0, Role.PM, 1, job="AUTH-001_r0_pm_a1", result=result)
+
+    # Then no secret is in either stream or the stored result, and the entries still say something
+    written = [
+        json.dumps(f)
+        for s in (settings.keys.events(), settings.keys.story_events("AUTH-001"))
+        for _, f in redis.xrange(s)
+    ]
+    written.append(json.dumps(redis.hgetall(settings.keys.story_results("AUTH-001"))))
+    everything = "\n".join(written)
+    assert [n for n, (_t, secret) in SHAPES.items() if secret in everything] == []
+    assert everything.count(REDACTED) >= 4 * len(SHAPES)
