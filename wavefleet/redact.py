@@ -81,15 +81,20 @@ TRIGGERS = (
     "hooks.slack.com",
     "-----begin",
     "eyj",
-    "://",
 )
+URL_TRIGGER = r"://[^\s/@]*@"  # a URL with a user part: most URLs have none, and skip the full pass
 ASSIGNMENT_TRIGGERS = (
     "passw",
     "secret",
     "api_key",
     "api-key",
     "apikey",
-    "token",
+    "access_token",
+    "access-token",
+    "accesstoken",
+    "auth_token",
+    "auth-token",
+    "authtoken",
     "private_key",
     "private-key",
 )
@@ -128,7 +133,8 @@ def _url_password(url: str) -> str | None:
 
 def _trigger(secrets: list[str], assignments: bool) -> re.Pattern[str]:
     words = [*TRIGGERS, *(ASSIGNMENT_TRIGGERS if assignments else ()), *(s.lower() for s in secrets)]
-    return re.compile("|".join(map(re.escape, sorted(set(words), key=len, reverse=True))))
+    literals = "|".join(map(re.escape, sorted(set(words), key=len, reverse=True)))
+    return re.compile(f"{literals}|{URL_TRIGGER}")
 
 
 def _compile(secrets: list[str], assignments: bool) -> re.Pattern[str]:
