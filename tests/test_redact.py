@@ -44,6 +44,11 @@ def test_ordinary_text_is_left_alone(text: str) -> None:
     assert SHAPES_ONLY.text(text) == text and SHAPES_ONLY.find(text) == ()
 
 
+def test_a_private_key_block_cut_short_blanks_its_base64_lines_not_the_rest_of_the_text() -> None:
+    text = 'x = 1\nHEADER = "-----BEGIN RSA PRIVATE KEY-----"\nMIIEpAIBAAKCAQEA7abc0123456789\ndef load():\n'
+    assert CREDENTIALS.text(text) == 'x = 1\nHEADER = "[redacted]\ndef load():\n'
+
+
 def test_only_the_value_is_blanked_where_there_is_a_context() -> None:
     assert CREDENTIALS.text("redis://wave:hunter2hunter2@redis:6379") == "redis://wave:[redacted]@redis:6379"
     assert CREDENTIALS.text("password='hunter2hunter2'") == "password='[redacted]'"

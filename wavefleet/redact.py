@@ -42,8 +42,10 @@ SHAPES: dict[str, str] = {
     "github_token": r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
     "slack_token": r"\b(?:xox[abposr]|xapp)-[A-Za-z0-9\-]{10,}",
     "slack_webhook": r"hooks\.slack\.com/services/(?P<v>[A-Za-z0-9/_\-]{8,})",
-    # to its END line; a block cut short (one log line of it) to the end of the text
-    "private_key": r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*)",
+    # to its END line; a block cut short (one log line of it): the rest of its line and the base64
+    # lines after it (not the rest of the text: code that names the header must stay readable)
+    "private_key": r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----"
+    r"(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|[^\n]*(?:\n[A-Za-z0-9+/=]{16,}(?=\n|$))*)",
     "jwt": r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
     "url_password": r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s/:@]*:(?P<v>[^\s/@]{3,})@",
 }
