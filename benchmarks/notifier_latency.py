@@ -1,13 +1,19 @@
-"""How long a halt takes to reach Slack: `wave stop`'s write to the halt alert posted.
+"""How long a halt takes to reach Slack: the EMERGENCY-STOP file created to the halt alert posted.
 
-A real redis-server, a real `wave notifier` process and the real slack_sdk against the local Slack
-Web API (tests/servers/slack_server.py, in this process: it stamps when it accepted each message).
-Each round halts the fleet (`send_halt`, what `wave stop` calls), waits for the alert, resumes and
-waits for that alert too. Latency: the server's accept time minus the time just before the halt was
-written. Target: p99 <= 1 s over 20 halts.
+A real redis-server, a real `wave watch` process (inotify on the halt folder), a real `wave notifier`
+process and the real slack_sdk against the local Slack Web API (tests/servers/slack_server.py, in
+this process: it stamps when it accepted each message). Each round creates the stop file, waits for
+the halt alert, removes the file, resumes (what `wave resume` does) and waits for that alert too.
+Latency: the server's accept time minus the time just before the file was created, so it spans the
+whole path: inotify, the watcher's halt write, the events stream, the notifier, one HTTPS-less
+request on loopback. Target (issue 11): p99 <= 1 s over 20 halts.
 
-    .venv/bin/python benchmarks/notifier_latency.py             # about 10 s
+`--from send` starts the clock at `send_halt` instead (what `wave stop` calls; no watcher), which
+isolates the notifier's part.
+
+    .venv/bin/python benchmarks/notifier_latency.py             # about 15 s
     .venv/bin/python benchmarks/notifier_latency.py --halts 100
+    .venv/bin/python benchmarks/notifier_latency.py --from send
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,12 +32,13 @@ from pydantic import SecretStr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from redis import Redis  # noqa: E402
 from servers.slack_server import SlackServer  # noqa: E402
 
-from wavefleet.config import SlackSettings  # noqa: E402
+from wavefleet.config import Settings, SlackSettings  # noqa: E402
 from wavefleet.connection import connect  # noqa: E402
 from wavefleet.halt import send_halt, send_resume  # noqa: E402
-from wavefleet.testing import env_of, fast_settings, redis_server, wait_until  # noqa: E402
+from wavefleet.testing import Processes, fast_settings, redis_server, wait_until  # noqa: E402
 
 TARGET_S = 1.0
 
@@ -41,20 +47,51 @@ def posted(slack: SlackServer, count: int) -> Callable[[], bool]:
     return lambda: len(slack.messages) >= count
 
 
+def halt_by_file(settings: Settings) -> Callable[[int], None]:
+    def halt(index: int) -> None:
+        settings.halt_file.write_text(f"drill {index}\n")
+
+    return halt
+
+
+def halt_by_send(settings: Settings, redis: Redis) -> Callable[[int], None]:
+    def halt(index: int) -> None:
+        send_halt(redis, settings.keys, f"drill {index}", "benchmark")
+
+    return halt
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--halts", type=int, default=20)
+    parser.add_argument(
+        "--from",
+        dest="start",
+        choices=("file", "send"),
+        default="file",
+        help="start the clock at the stop file's creation (default) or at send_halt",
+    )
     args = parser.parse_args()
+    if args.halts < 1:
+        parser.error("--halts must be positive")
     slack = SlackServer()
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp) / "redis") as server:
         settings = fast_settings(server, Path(tmp) / "data", REPO / "domains")
         slacked = SlackSettings(bot_token=SecretStr(slack.token), base_url=slack.url)
         settings = settings.model_copy(update={"slack": slacked})
         redis = connect(settings)
-        log = (Path(tmp) / "notifier.log").open("wb")
-        notifier = subprocess.Popen(
-            [sys.executable, "-m", "wavefleet.cli", "notifier"], env=env_of(settings), stdout=log, stderr=log
-        )
+        procs = Processes(settings, Path(tmp) / "logs")
+        procs.wave("notifier", name="notifier")
+        halt = halt_by_send(settings, redis)
+        if args.start == "file":
+            settings.halt_file.parent.mkdir(parents=True, exist_ok=True)
+            procs.watcher()
+            wait_until(
+                lambda: redis.exists(settings.keys.watcher_heartbeat()),
+                message="the watcher's heartbeat",
+                diagnose=procs.logs,
+            )
+            halt = halt_by_file(settings)
         try:
             group = settings.keys.events_group("notifier")
             wait_until(
@@ -68,18 +105,21 @@ def main() -> None:
             for index in range(args.halts):
                 before = len(slack.messages)
                 started = time.time()
-                send_halt(redis, settings.keys, f"drill {index}", "benchmark")
-                wait_until(posted(slack, before + 1), interval_s=0.001, message="the halt alert")
+                halt(index)
+                wait_until(
+                    posted(slack, before + 1), interval_s=0.001, message="the halt alert", diagnose=procs.logs
+                )
                 latencies.append(slack.messages[before].at - started)
+                settings.halt_file.unlink(missing_ok=True)  # else the watcher halts again at once
                 send_resume(redis, settings.keys, "benchmark")
                 wait_until(posted(slack, before + 2), interval_s=0.001, message="the resume")
         finally:
-            notifier.terminate()
-            notifier.wait(timeout=10)
+            procs.stop_all()
             slack.close()
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     result = {
+        "from": "stop file created" if args.start == "file" else "send_halt",
         "halts": len(latencies),
         "p50_ms": round(statistics.median(latencies) * 1000, 1),
         "p99_ms": round(p99 * 1000, 1),

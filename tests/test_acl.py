@@ -99,7 +99,8 @@ def test_the_watcher_and_the_operator_set_and_clear_the_halt_key(server: Embedde
 
 def test_the_sandbox_runner_reads_the_fleet_state_and_writes_only_its_own_keys(server: EmbeddedRedis) -> None:
     """`wave sandbox` holds the Docker API: its Redis user reads the halt flag, the running hash and
-    the worker heartbeats, and writes nothing but its requests, replies, heartbeat and the fleet id."""
+    the worker heartbeats, and writes nothing but its requests, replies, heartbeat, the fleet id and
+    its metric counters."""
     server.client().set(HALT, "{}")
     client = server.client(acl.SANDBOX, decode_responses=True)
     assert client.get(HALT) == "{}" and client.hgetall("wave:running") == {}
@@ -109,6 +110,7 @@ def test_the_sandbox_runner_reads_the_fleet_state_and_writes_only_its_own_keys(s
         client.lpush("wave:sandbox:reply:" + "a" * 32, "{}")
         and client.blpop(["wave:sandbox:requests"], 0.01) is None
     )
+    assert client.hincrby("wave:metrics:counters", "sandbox_commands", 1) == 1  # its /metrics counts
     for attack in [
         ("DEL", HALT),
         ("SET", HALT, "x"),
@@ -119,6 +121,8 @@ def test_the_sandbox_runner_reads_the_fleet_state_and_writes_only_its_own_keys(s
         ("PUBLISH", "wave:halt", "{}"),
         ("EVAL", "return 1", "0"),
         ("SUBSCRIBE", "wave:events"),
+        ("HINCRBY", "wave:story:AUTH-001", "cost_usd", "1"),  # HINCRBY on its counters only
+        ("HSET", "wave:metrics:counters", "halts", "0"),  # and only counting up
     ]:
         assert refused(client, *attack), attack
 

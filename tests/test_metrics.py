@@ -8,21 +8,28 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
+from wavefleet import notifier_status
 from wavefleet.config import MetricsSettings, Settings
 from wavefleet.connection import connect
 from wavefleet.domains import Domains
 from wavefleet.embedded import free_port
+from wavefleet.fleet_events import EventConsumer
 from wavefleet.halt import send_halt, send_resume
 from wavefleet.lifecycle import StoryState
+from wavefleet.metrics import FleetCollector
+from wavefleet.queues import Dispatcher
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, env_of, fast_settings, redis_server, wait_until
+from wavefleet.testing import Processes, env_of, fast_settings, redis_server, run_wave, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +50,10 @@ def get(settings: Settings, path: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -82,8 +92,62 @@ def test_metrics_scraped_during_a_run_show_the_counts_it_produced(
             assert seen[("rq_jobs", (("queue", f"wave:auth:{role}"), ("status", "queued")))] == 0
         assert seen[("wave_halted", ())] == 0
         assert "AUTH-1" not in text
+        assert_stage_histograms(seen, store, ids)
+        # QA ran the domain's tests once per story, under bwrap (the default sandbox), in its worker
+        assert seen[("wave_sandbox_commands_total", (("mode", "bwrap"),))] == len(ids)
+        assert seen[("wave_sandbox_commands_total", (("mode", "container"),))] == 0
+
+        # Model calls from another process (`wave llm call`, no key: the offline provider), the
+        # second one a cache hit: counted by provider, offline, at no cost for the hit.
+        replies = [llm_call(settings, "AUTH-101") for _ in range(2)]
+        assert [r["cache_hit"] for r in replies] == [False, True], replies
+        seen = samples(get(settings, "/metrics")[1])
+        assert seen[("wave_llm_calls_total", (("offline", "true"), ("provider", "offline")))] == 2
+        usage = replies[0]["usage"]
+        assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0, usage
+        for kind in ("input", "output", "cache_read", "cache_write"):
+            label = (("kind", kind), ("provider", "offline"))
+            assert seen[("wave_llm_tokens_total", label)] == usage[f"{kind}_tokens"], kind
+        assert seen[("wave_llm_cost_usd_total", (("provider", "offline"),))] == pytest.approx(
+            replies[0]["cost_usd"], abs=1e-9
+        )
+
+        # A real stop counts one halt; a repeated stop of the halted fleet counts none.
+        assert seen[("wave_halts_total", ())] == 0
+        for _ in range(2):
+            assert run_wave(settings, "stop", "--reason", "metrics test").returncode == 0
+        seen = samples(get(settings, "/metrics")[1])
+        assert seen[("wave_halts_total", ())] == 1 and seen[("wave_halted", ())] == 1
     finally:
         procs.stop_all()
+
+
+def assert_stage_histograms(seen: Samples, store: StoryStore, ids: list[str]) -> None:
+    """Each role's histogram counts exactly the stage attempts the stories' results record."""
+    ran: Counter[str] = Counter()
+    took: Counter[str] = Counter()
+    for story_id in ids:
+        for field, raw in store.redis.hgetall(store.keys.story_results(story_id)).items():
+            result = json.loads(raw)
+            assert result["ok"] is True, (field, result)
+            role = field.split(".")[1]
+            ran[role] += 1
+            took[role] += result.get("duration_s", 0.0)
+    assert set(ran) == {"pm", "fe", "be", "qa", "cto"}, ran
+    for role, n in ran.items():
+        labels = (("domain", "auth"), ("outcome", "ok"), ("role", role))
+        assert seen[("wave_stage_duration_seconds_count", labels)] == n, role
+        assert seen[("wave_stage_duration_seconds_bucket", (labels[0], ("le", "+Inf"), *labels[1:]))] == n
+        assert abs(seen[("wave_stage_duration_seconds_sum", labels)] - took[role]) < 0.001 * n, role
+        failed = (("domain", "auth"), ("outcome", "failed"), ("role", role))
+        assert ("wave_stage_duration_seconds_count", failed) not in seen
+
+
+def llm_call(settings: Settings, story: str) -> dict[str, Any]:
+    out = run_wave(settings, "llm", "call", "say hello", "--task", "planning", "--story", story, "--json")
+    assert out.returncode == 0, out.stderr
+    reply: dict[str, Any] = json.loads(out.stdout)["response"]
+    return reply
 
 
 def test_readyz_fails_while_redis_is_down_or_the_fleet_is_halted_and_healthz_stays_ok(
@@ -113,6 +177,17 @@ def test_readyz_fails_while_redis_is_down_or_the_fleet_is_halted_and_healthz_sta
             assert status == 503 and json.loads(body)["reason"].startswith("Redis unreachable"), body
             assert len(body.strip().splitlines()) == 1
             assert get(settings, "/healthz")[0] == 200
+            status, body = get(settings, "/metrics")
+            assert status == 503 and "Redis unreachable" in body, body
+
+            # Redis back on its port (its AOF kept the data): ready again without a restart.
+            server.start()
+            wait_until(
+                lambda: get(settings, "/readyz")[0] == 200,
+                message="ready once Redis is back",
+                diagnose=lambda: f"{get(settings, '/readyz')}\n{procs.logs()}",
+            )
+            assert get(settings, "/metrics")[0] == 200
         finally:
             procs.stop_all()
 
@@ -140,3 +215,48 @@ def test_a_bad_metrics_port_is_refused_in_one_line(settings: Settings) -> None:
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "WAVE_METRICS__PORT" in lines[0], out.stderr
+
+
+def scrape_in_process(settings: Settings, redis: Redis, store: StoryStore, domains: Domains) -> Samples:
+    """One scrape of the supervisor's collector, without the HTTP server (the same text format)."""
+    registry = CollectorRegistry(auto_describe=False)
+    dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
+    registry.register(FleetCollector(redis, settings.keys, domains, dispatcher))
+    return samples(generate_latest(registry).decode())
+
+
+def test_counters_other_processes_write_are_exposed_by_family_and_unknown_fields_ignored(
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains
+) -> None:
+    seen = scrape_in_process(settings, redis, store, domains)
+    for name in ("wave_halts_total", "wave_trace_runs_sent_total", "wave_trace_runs_dropped_total"):
+        assert seen[(name, ())] == 0, name  # every known counter exists from the start, at 0
+    assert seen[("wave_notifier_backlog", ())] == 0  # no events stream yet
+
+    counters = settings.keys.metric_counters()
+    for field, n in [("trace_runs_sent", 7), ("trace_runs_dropped", 2), ("safety_block", 3)]:
+        redis.hincrby(counters, field, n)
+    redis.hincrby(counters, "safety_escalate", 1)
+    redis.hincrby(counters, "sandbox_limit_hits:memory", 4)
+    redis.hincrby(counters, "sandbox_commands", 6)  # the container runner's
+    redis.hincrby(counters, "a_field_of_a_newer_version", 9)
+    # The notifier's group has read one event of five and acknowledged none: five are owed.
+    for _ in range(2):
+        send_halt(redis, settings.keys, "backlog test", "test")
+        send_resume(redis, settings.keys, "test")
+    send_halt(redis, settings.keys, "backlog test", "test")
+    consumer = EventConsumer(redis, settings.keys, notifier_status.GROUP, "n1", start="0")
+    assert len(consumer.read(count=1)) == 1
+    redis.incrby(settings.keys.notifier_dead_total(), 2)
+
+    seen = scrape_in_process(settings, redis, store, domains)
+    assert seen[("wave_trace_runs_sent_total", ())] == 7
+    assert seen[("wave_trace_runs_dropped_total", ())] == 2
+    assert seen[("wave_safety_decisions_total", (("decision", "block"),))] == 3
+    assert seen[("wave_safety_decisions_total", (("decision", "escalate"),))] == 1
+    assert seen[("wave_sandbox_limit_hits_total", (("limit", "memory"),))] == 4
+    assert seen[("wave_sandbox_commands_total", (("mode", "container"),))] == 6
+    assert seen[("wave_halts_total", ())] == 3
+    assert seen[("wave_notifier_backlog", ())] == 5
+    assert seen[("wave_notifier_dead_letters_total", ())] == 2
+    assert not [name for name, _ in seen if "newer_version" in name]

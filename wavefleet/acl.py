@@ -42,10 +42,10 @@ _FLEET_COMMANDS = (
 _EXTRA = {WORKER: " +info", SUPERVISOR: " +info", WATCHER: "", OPERATOR: " +info"}
 # `wave sandbox` (the runner) holds the Docker API, so its Redis user is the narrowest: the commands
 # it sends, by name (redis-py's connection set-up and health PING, its request loop, replies,
-# heartbeat, the fleet id made once, the sweep's reads, the halt and cancel subscription).
+# heartbeat, the fleet id made once, the sweep's reads, the halt and cancel subscription, its metric counts).
 _SANDBOX_COMMANDS = (
     "-@all +ping +hello +auth +client|setname +client|getname +client|id "
-    "+get +set +exists +hget +hgetall +blpop +lpush +expire +del +multi +exec +discard "
+    "+get +set +exists +hget +hgetall +blpop +lpush +expire +del +multi +exec +discard +hincrby "
     "+subscribe +unsubscribe"
 )
 
@@ -80,11 +80,18 @@ class Rules:
 
     def _sandbox_keys(self) -> str:
         """Read: the halt flag, the running hash, worker heartbeats (the sweep); write: the fleet id
-        (SET NX) and its own request list, replies and heartbeat. Nothing of RQ's or a story's."""
+        (SET NX), its own request list, replies and heartbeat, and the metric counters. Nothing of
+        RQ's or a story's."""
         keys = Keys(self.prefix)
         read = "%R~" if self.halt_read_only else "~"  # read-only key patterns need Redis 7
         reads = (keys.halt(), keys.running(), keys.worker_heartbeat("*"))
-        writes = (keys.fleet_id(), keys.sandbox_requests(), keys.sandbox_reply("*"), keys.sandbox_runner())
+        writes = (
+            keys.fleet_id(),
+            keys.sandbox_requests(),
+            keys.sandbox_reply("*"),
+            keys.sandbox_runner(),
+            keys.metric_counters(),  # HINCRBY of its commands, containers and limit hits
+        )
         return " ".join([*(f"{read}{k}" for k in reads), *(f"~{k}" for k in writes)])
 
     def _notifier_keys(self) -> str:

@@ -28,6 +28,9 @@ from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.cli import add_commands as add_llm_commands
 from .monitor import add_commands as add_monitor_commands
 from .notifier_status import status_line as notifier_status
+from .safety.check_cli import add_check_commands
+from .safety.cli import add_commands as add_safety_commands
+from .safety.cli import decide_action, is_action_id
 from .sandbox.fleet import summary as sandbox_summary
 from .status_view import follow_events, halt_banner, print_history, print_records, print_story, show
 from .store import StoryStore
@@ -176,6 +179,8 @@ def cmd_events(app: App, args: argparse.Namespace) -> int:
 def _transition(kind: EventKind, verb: str) -> Callable[[App, argparse.Namespace], int]:
     def command(app: App, args: argparse.Namespace) -> int:
         reason = args.reason or f"{verb} by {_operator()}"
+        if kind in (EventKind.APPROVE, EventKind.REJECT) and is_action_id(args.id):  # `wave review`'s
+            return decide_action(app, args.id, "approve" if kind is EventKind.APPROVE else "reject", reason)
         try:
             outcome = app.store.apply(args.id, Event(kind, reason=reason))
         except Rejected as exc:
@@ -360,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_process_commands(sub)
     add_llm_commands(sub)
     add_monitor_commands(sub)
+    add_safety_commands(sub)
+    add_check_commands(sub)
     return parser
 
 
@@ -412,9 +419,15 @@ def _add_story_commands(sub: Any) -> None:
             "approve",
             EventKind.APPROVE,
             "approved",
-            "approve a held story: GO after a CTO HOLD (then delivered), else resume it",
+            "approve a held story: GO after a CTO HOLD (then delivered), else resume it; or an "
+            "action of `wave review` (act-...): it runs once and its story resumes",
         ),
-        ("reject", EventKind.REJECT, "rejected", "reject a held story (it is killed)"),
+        (
+            "reject",
+            EventKind.REJECT,
+            "rejected",
+            "reject a held story (it is killed), or an action of `wave review` (refused; the story resumes)",
+        ),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("id")

@@ -174,6 +174,11 @@ class LoopStopped(StageError):
         self.guard = guard
 
 
+class SafetyBlocksError(StageError):
+    """The safety gate refused too many of a stage's tool calls (`safety.blocks_per_stage`): the
+    stage fails rather than let the agent keep trying variants of a refused action."""
+
+
 class SlackDeliveryError(WaveError):
     """Slack did not take a message. ``kind``: ``auth`` (the token or webhook was refused: every
     message would be, so it is reported once), ``transient`` (an outage, a 5xx, 429s past the SDK's

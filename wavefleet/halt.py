@@ -33,9 +33,11 @@ RECONNECT_DELAYS_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 # The flag and its event change together, in one script, so there is no halt without its event, nor
 # an event without a halt: a second stop of a halted fleet, or a resume of a running one, adds none.
-# KEYS: the halt flag, the events stream. ARGV: the flag's JSON, the stream's cap, the event's fields.
+# KEYS: the halt flag, the events stream, the metric counters (`halts` counts the stops that halted).
+# ARGV: the flag's JSON, the stream's cap, the event's fields.
 _HALT = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('HINCRBY', KEYS[3], 'halts', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 return 1
 """
@@ -74,7 +76,16 @@ def send_halt(redis: Redis, keys: Keys, reason: str, by: str) -> HaltState:
         current = HaltState(reason=reason or "emergency stop", by=by, at=time.time())
         event = _entry(FleetHalted(reason=current.reason, by=by), current.at)
         with redis.pipeline() as pipe:
-            pipe.eval(_HALT, 2, keys.halt(), keys.events(), current.to_json(), EVENTS_MAXLEN, *event)
+            pipe.eval(
+                _HALT,
+                3,
+                keys.halt(),
+                keys.events(),
+                keys.metric_counters(),
+                current.to_json(),
+                EVENTS_MAXLEN,
+                *event,
+            )
             pipe.publish(keys.halt_channel(), json.dumps({"type": HALT, **asdict(current)}))
             pipe.execute()
     else:  # publish again: costs nothing and reaches anyone who missed the first message

@@ -238,3 +238,24 @@ class Keys:
         """Hash: fleet-wide counters that no other key holds (field -> integer), e.g.
         ``halts``, ``trace_runs_dropped``; HINCRBY by whichever process counts."""
         return self._k("metrics", "counters")
+
+    def metric_stage_durations(self, domain: str, role: str) -> str:
+        """Hash: one domain and role's stage-duration histogram: ``{outcome}:le:{bound}`` cumulative
+        counts, ``{outcome}:count`` and ``{outcome}:sum_ms`` (outcome: ok, failed, transient, held)."""
+        return self._k("metrics", "stage", domain, role)
+
+    def metric_llm(self) -> str:
+        """Hash: answered model calls by provider: ``{provider}:calls:{offline 0|1}``,
+        ``{provider}:cost_nusd``, ``{provider}:tokens:{input|output|cache_read|cache_write}``."""
+        return self._k("metrics", "llm")
+
+    # The safety gate's review queue (wavefleet/safety/review.py)
+    def safety_review(self) -> str:
+        """Hash: the actions waiting for a human (action id -> JSON: story, role, round, tool,
+        normalised arguments, the rules' and the judge's reasons, when)."""
+        return self._k("safety", "review")
+
+    def safety_verdict(self, story: str, digest: str) -> str:
+        """String with a TTL: a human's ``approve`` or ``reject`` of one exact action of a story (the
+        sha256 of its tool and normalised arguments), consumed (GETDEL) by the stage that replays it."""
+        return self._k("safety", "verdict", story, digest)

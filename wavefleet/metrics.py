@@ -11,14 +11,32 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from .domains import Domains
 from .keys import Keys
 from .lifecycle import Role
+from .llm.accounting import TOKEN_KINDS
+from .metric_counts import (
+    COUNTER_FIELDS,
+    LIMIT_HIT_PREFIX,
+    LOCAL_MODES,
+    OUTCOMES,
+    SANDBOX_COMMANDS,
+    STAGE_BUCKETS,
+    bucket_label,
+)
+from .notifier_status import backlog
 from .queues import Dispatcher
 
 # A scrape reads at most this many story hashes of each kind (active, most recently finished) and
@@ -36,12 +54,13 @@ class FleetCollector(Collector):
         self.domains = domains
         self.dispatcher = dispatcher
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         yield self._stories()
         yield self._jobs()
         yield self._workers()
         yield self._halted()
         yield self._cache()
+        yield from self._counted()
 
     def _stories(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily("wave_stories", "Stories by domain and state", labels=["domain", "state"])
@@ -106,6 +125,109 @@ class FleetCollector(Collector):
             if len(parts) == 3:
                 family.add_metric(parts, float(n))
         return family
+
+    def _counted(self) -> list[Metric]:
+        """The families processes count into Redis (metric_counts.py), read in one round trip."""
+        pairs = [(d, r.value) for d in self.domains.names() for r in Role]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for domain, role in pairs:
+                pipe.hgetall(self.keys.metric_stage_durations(domain, role))
+            pipe.hgetall(self.keys.metric_llm())
+            pipe.hgetall(self.keys.metric_counters())
+            pipe.get(self.keys.notifier_dead_total())
+            pipe.xinfo_groups(self.keys.events())
+            *stages, llm, counters, dead, groups = pipe.execute(raise_on_error=False)
+        for reply in [*stages, llm, counters, dead]:
+            if isinstance(reply, Exception):
+                raise reply
+        groups = [] if isinstance(groups, ResponseError) else groups  # no events stream yet
+        return [
+            _stage_histogram(zip(pairs, stages, strict=True)),
+            *_llm_families(llm),
+            *_counter_families(counters),
+            GaugeMetricFamily(
+                "wave_notifier_backlog",
+                "Events the notifier has not handled yet",
+                value=backlog(groups, self.keys),
+            ),
+            CounterMetricFamily(
+                "wave_notifier_dead_letters", "Slack messages given up on", value=int(dead or 0)
+            ),
+        ]
+
+
+def _stage_histogram(rows: Iterator[tuple[tuple[str, str], dict[str, str]]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(
+        "wave_stage_duration_seconds",
+        "Stage attempts' durations by domain, role and outcome (ok, failed, transient, held)",
+        labels=["domain", "role", "outcome"],
+    )
+    for (domain, role), fields in rows:
+        for outcome in OUTCOMES:
+            if f"{outcome}:count" not in fields:
+                continue
+            le = [bucket_label(b) for b in STAGE_BUCKETS]
+            buckets = [(b, float(fields.get(f"{outcome}:le:{b}", 0))) for b in le]
+            sum_s = int(fields.get(f"{outcome}:sum_ms", 0)) / 1000
+            family.add_metric([domain, role, outcome], buckets, sum_s)
+    return family
+
+
+def _llm_families(fields: dict[str, str]) -> list[Metric]:
+    calls = CounterMetricFamily(
+        "wave_llm_calls",
+        "Answered model calls (cache hits included) by provider",
+        labels=["provider", "offline"],
+    )
+    tokens = CounterMetricFamily(
+        "wave_llm_tokens", "Model tokens by provider and kind", labels=["provider", "kind"]
+    )
+    cost = CounterMetricFamily("wave_llm_cost_usd", "Model spend in USD by provider", labels=["provider"])
+    for field, raw in sorted(fields.items()):
+        provider, _, what = field.partition(":")
+        if what in ("calls:0", "calls:1"):
+            calls.add_metric([provider, "true" if what == "calls:1" else "false"], int(raw))
+        elif what == "cost_nusd":
+            cost.add_metric([provider], int(raw) / 1e9)
+        elif what.startswith("tokens:") and what[7:] in TOKEN_KINDS:
+            tokens.add_metric([provider, what[7:]], int(raw))
+    return [calls, tokens, cost]
+
+
+def _counter_families(fields: dict[str, str]) -> list[Metric]:
+    """Every known field of the fleet-wide counters (0 when none counted yet); others are ignored."""
+    families: dict[str, CounterMetricFamily] = {}
+    for field, (name, labels) in COUNTER_FIELDS.items():
+        family = families.get(name) or CounterMetricFamily(name, _HELP[name], labels=list(labels))
+        families[name] = family
+        family.add_metric(list(labels.values()), _int(fields.get(field)))
+    commands = families["wave_sandbox_commands"]
+    for mode in LOCAL_MODES:
+        commands.add_metric([mode], _int(fields.get(f"{SANDBOX_COMMANDS}:{mode}")))
+    hits = CounterMetricFamily(
+        "wave_sandbox_limit_hits", "Sandbox commands stopped by a limit", labels=["limit"]
+    )
+    for field, raw in sorted(fields.items()):
+        if field.startswith(LIMIT_HIT_PREFIX + ":"):
+            hits.add_metric([field.partition(":")[2]], _int(raw))
+    return [*families.values(), hits]
+
+
+def _int(raw: Any) -> int:
+    try:
+        return int(raw or 0)
+    except ValueError:  # a field some other version wrote differently: not worth failing a scrape
+        return 0
+
+
+_HELP = {
+    "wave_halts": "Emergency stops that halted a running fleet",
+    "wave_trace_runs_sent": "LangSmith runs sent",
+    "wave_trace_runs_dropped": "LangSmith runs dropped (queue full or collector unreachable)",
+    "wave_sandbox_commands": "Commands run in sandboxes, by mode (container, bwrap, none)",
+    "wave_sandbox_containers": "Sandbox containers started",
+    "wave_safety_decisions": "Tool calls the safety gate did not simply allow, by decision",
+}
 
 
 def worker_role(name: str) -> str:

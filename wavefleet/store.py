@@ -30,6 +30,7 @@ from .messages import (
     job_id,
     parse_job_id,
 )
+from .metric_counts import observe_stage
 from .redact import process_redactor
 from .safety.intake import redacted, story_flags
 from .stories import Story
@@ -447,9 +448,18 @@ return {}
         }
 
     def record_result(
-        self, story_id: str, round_: int, role: Role, attempt: int, *, job: str, result: StageResult
+        self,
+        story_id: str,
+        round_: int,
+        role: Role,
+        attempt: int,
+        *,
+        job: str,
+        result: StageResult,
+        domain: str | None = None,
     ) -> None:
-        """Store a stage's result and tell the supervisor, in one transaction.
+        """Store a stage's result and tell the supervisor, in one transaction; given the story's
+        `domain` (the worker gives it), its duration also goes on the stage-duration histogram.
 
         Safe to be resent after a lost reply (redis-py does): the result is overwritten with itself
         and the supervisor ignores the second message. Model spend reaches the story through the
@@ -460,6 +470,8 @@ return {}
             update={"output": redactor.clean(result.output), "error": redactor.text(result.error)}
         )
         with self.redis.pipeline() as pipe:
+            if domain is not None:
+                observe_stage(pipe, self.keys, domain, role.value, result)
             pipe.hset(
                 self.keys.story_results(story_id), _result_field(round_, role, attempt), result.to_json()
             )

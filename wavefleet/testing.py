@@ -84,6 +84,9 @@ def fast_settings(server: EmbeddedRedis, data_dir: Path, domains_dir: Path, **ov
             "lock_ttl_s": 2.0,
         },
         "log_format": "json",
+        # The judge is the safety tests' to turn on: other tests' local model servers script replies
+        # for their agents, not verdicts (an unparsable verdict blocks: fail closed).
+        "safety": {"judge": False},
     }
     values.update(overrides)
     return Settings(**values)

@@ -19,8 +19,14 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from redis.exceptions import RedisError
+
+from wavefleet import logs
 from wavefleet.errors import SandboxUnavailableError
+from wavefleet.metric_counts import LIMIT_HIT_PREFIX, SANDBOX_COMMANDS, count
 from wavefleet.sandbox import Outcome, RemoteSandbox, Sandbox
+
+from . import runtime
 
 __all__ = ["Outcome", "host_env", "run", "run_capped", "run_in"]
 
@@ -79,16 +85,37 @@ def run_in(
     if isinstance(sandbox, RemoteSandbox):
         return sandbox.execute(list(argv), worktree, timeout_s=timeout_s, max_output_bytes=max_output_bytes)
     invocation = sandbox.wrap(list(argv), worktree)
-    outcome = run_capped(
-        invocation.argv,
-        cwd=invocation.cwd,
-        env=invocation.env,
-        timeout_s=timeout_s,
-        max_output_bytes=max_output_bytes,
-    )
+    try:
+        outcome = run_capped(
+            invocation.argv,
+            cwd=invocation.cwd,
+            env=invocation.env,
+            timeout_s=timeout_s,
+            max_output_bytes=max_output_bytes,
+        )
+    except subprocess.TimeoutExpired:
+        _count_local(sandbox.mode, timed_out=True)
+        raise
+    _count_local(sandbox.mode, timed_out=False)
     if outcome.exit_code != 0 and (why := sandbox.unavailable(outcome.exit_code, outcome.output, worktree)):
         raise SandboxUnavailableError(why)
     return outcome
+
+
+def _count_local(mode: str, *, timed_out: bool) -> None:
+    """Count a local sandbox's command for /metrics (the container runner counts its own), in a
+    worker only; a Redis hiccup costs the count, never the command."""
+    rt = runtime.installed()
+    if rt is None:
+        return
+    try:
+        with rt.redis.pipeline(transaction=False) as pipe:
+            count(pipe, rt.settings.keys, f"{SANDBOX_COMMANDS}:{mode}")
+            if timed_out:
+                count(pipe, rt.settings.keys, f"{LIMIT_HIT_PREFIX}:time")
+            pipe.execute()
+    except RedisError as exc:
+        logs.get().warning("sandbox command not counted", error=str(exc).splitlines()[0])
 
 
 def run_capped(

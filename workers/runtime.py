@@ -42,3 +42,8 @@ def current() -> Runtime:
     if _current is None:
         raise RuntimeError("stage jobs run only inside a `wave worker` process")
     return _current
+
+
+def installed() -> Runtime | None:
+    """The worker's context, or None outside a `wave worker` process (a test, a CLI)."""
+    return _current

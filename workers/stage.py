@@ -80,7 +80,9 @@ def _run_stage(story_id: str, role: str, round_: int, attempt: int) -> str:
     result = result.model_copy(
         update={"duration_s": round(time.monotonic() - started, 3), "sandbox_usage": _usage(ctx)}
     )
-    rt.store.record_result(story_id, round_, stage_role, attempt, job=job, result=result)
+    rt.store.record_result(
+        story_id, round_, stage_role, attempt, job=job, result=result, domain=record.domain
+    )
     log.info(
         "stage finished",
         agent=agent.label,

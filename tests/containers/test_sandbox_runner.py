@@ -114,6 +114,8 @@ def test_a_memory_hog_is_contained_and_reported(runner: Runner) -> None:
     usage = runner.release(labels).usage
     assert usage is not None and usage.limits_hit == [f"memory limit ({MEMORY_MB} MiB)"]
     assert usage.commands == 2 and usage.containers == 1 and usage.cpu_s > 0 and usage.wall_s > 0
+    # counted for /metrics by the runner itself (under its narrow Redis user), just after each reply
+    counted(runner, {"sandbox_commands": "2", "sandbox_containers": "1", "sandbox_limit_hits:memory": "1"})
     # cgroup v1 here: the engine's max_usage (v2: memory.peak where the kernel has it)
     assert usage.peak_memory_bytes is not None and usage.peak_memory_bytes > MEMORY_MB * 2**20 // 2
 
@@ -161,6 +163,16 @@ def test_a_command_past_its_timeout_is_killed_with_its_container(runner: Runner)
     assert not [c for c in fleet_containers(runner.fleet) if c["Names"] == first.container]
     second = runner.exec(labels, tree, ["true"])
     assert second.exit_code == 0 and second.started_container and second.container != first.container
+    counted(runner, {"sandbox_commands": "2", "sandbox_containers": "2", "sandbox_limit_hits:time": "1"})
+
+
+def counted(runner: Runner, expected: dict[str, str]) -> None:
+    key = runner.settings().keys.metric_counters()
+    wait_until(
+        lambda: runner.admin.hgetall(key) == expected,
+        message=f"the runner's metric counts {expected}",
+        diagnose=lambda: f"{runner.admin.hgetall(key)}\n{runner.logs()}",
+    )
 
 
 def test_requests_the_runner_refuses_are_answered_and_it_carries_on(runner: Runner, tmp_path: Path) -> None:

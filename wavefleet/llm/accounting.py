@@ -16,9 +16,11 @@ from redis import Redis
 
 from ..batch import Batch
 from ..keys import Keys
+from ..money import to_nusd
 from .types import LLMResponse
 
 CALLS_MAXLEN = 10_000  # per story; a story making more calls than this has other problems
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")  # the `kind` label of wave_llm_tokens
 
 
 def call_entry(response: LLMResponse, *, role: str, at: float | None = None) -> dict[str, str]:
@@ -49,6 +51,18 @@ def record_call(target: Redis | Batch, keys: Keys, story: str, entry: dict[str, 
         target.command("xadd", keys.story_llm_calls(story), fields, maxlen=CALLS_MAXLEN, approximate=True)
     else:
         target.xadd(keys.story_llm_calls(story), fields, maxlen=CALLS_MAXLEN, approximate=True)
+
+
+def count_call(batch: Batch, keys: Keys, response: LLMResponse) -> None:
+    """Queue the fleet-wide metric counts of one answered call (a cache hit is a call at no cost
+    and no tokens: nothing was spent on it)."""
+    key, provider, usage = keys.metric_llm(), str(response.provider), response.usage
+    batch.command("hincrby", key, f"{provider}:calls:{1 if response.offline else 0}", 1)
+    if response.cache_hit:
+        return
+    batch.command("hincrby", key, f"{provider}:cost_nusd", to_nusd(response.cost_usd))
+    for kind in TOKEN_KINDS:
+        batch.command("hincrby", key, f"{provider}:tokens:{kind}", getattr(usage, f"{kind}_tokens"))
 
 
 def story_calls(redis: Redis, keys: Keys, story: str) -> list[dict[str, str]]:

@@ -32,7 +32,7 @@ from ..domains import Domain, Domains, load_domains
 from ..errors import BudgetExceededError, InvalidInputError, ProviderError, ProviderRateLimitedError
 from ..logs import get as get_log
 from ..money import to_nusd
-from .accounting import call_entry, record_call
+from .accounting import call_entry, count_call, record_call
 from .breaker import Breakers, BreakerState, parse_state
 from .cache import ResponseCache, canonical_json, request_digest
 from .offline import OfflineProvider
@@ -304,6 +304,7 @@ class LLMClient:
             self.breakers.success(name, probe=at.route.probe, batch=batch)
         self.cache.put(at.digest, spend.completion, batch=batch)
         self._count_miss(at, batch)
+        count_call(batch, self.keys, response)
         if at.story:
             record_call(batch, self.keys, at.story, call_entry(response, role=at.role))
         replies = batch.execute()
@@ -314,6 +315,7 @@ class LLMClient:
         response = at.response(cached, 0.0, 0.0, cache_hit=True)
         batch = Batch(self.redis)
         self.cache.count(batch, provider=str(response.provider), role=at.role, hit=True)
+        count_call(batch, self.keys, response)
         if at.story:
             record_call(batch, self.keys, at.story, call_entry(response, role=at.role))
         batch.execute()

@@ -77,7 +77,8 @@ def normalize(text: str, *, fold_case: bool = True) -> str:
 _ANSI_C = re.compile(r"\$'((?:[^'\\]|\\.)*)'", re.S)
 _ANSI_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|u[0-9a-fA-F]{1,4}|U[0-9a-fA-F]{1,8}|[0-7]{1,3}|c.|.)", re.S)
 _SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "e": "\x1b", "f": "\f", "v": "\v"}
-_IFS = re.compile(r"\$\{IFS[^}]*\}|\$IFS(?![A-Za-z0-9_])", re.I)
+# `$IFSx` is, strictly, another (empty) variable; read as a space anyway: over-approximate.
+_IFS = re.compile(r"\$\{IFS[^}]*\}|\$IFS", re.I)
 # Expansions that are empty in `sh -c CMD` (no positional arguments): `r$@m`, `c${*}at`, `$9`.
 _EMPTY = re.compile(r"\$\{[@*1-9]\}|\$[@*1-9]|\$\{[A-Za-z_]\w*:0:0\}")
 _QUOTED = re.compile(r"'([^']*)'|\"((?:[^\"\\]|\\.)*)\"|\\(.)", re.S)
@@ -98,6 +99,8 @@ def shell_normalize(cmd: str, *, fold_case: bool = True) -> str:
         text = _EMPTY.sub("", _IFS.sub(" ", text))
     if "'" in text or '"' in text or "\\" in text:
         text = _QUOTED.sub(_unquote, text).replace("'", "").replace('"', "")
+        # A backslash kept literal by single quotes is read again by `bash -c '...'`, `eval`: drop it.
+        text = text.replace("\\", "")
     if "=" in text and "$" in text:
         text = _substitute(text)
     text = _NEWLINES.sub("\n", _SPACES.sub(" ", text)).strip()

@@ -28,6 +28,7 @@ from wavefleet.config import Settings
 from wavefleet.errors import ConfigError
 from wavefleet.halt import HaltListener, HaltState
 from wavefleet.messages import RunningStage
+from wavefleet.metric_counts import count, exec_counts
 
 from .docker_ops import JOB_LABEL, WORKER_LABEL, DockerOps
 from .protocol import (
@@ -165,7 +166,8 @@ class SandboxRunner:
         except Exception as exc:  # one bad request must never end the runner
             self.log.exception("sandbox request failed", kind=request.kind)
             reply = _REPLY_KINDS[request.kind](error=f"the runner failed: {type(exc).__name__}")
-        self._reply(request.request_id, reply.model_dump_json(), request)
+        counts = exec_counts(reply) if isinstance(reply, ExecReply) else {}
+        self._reply(request.request_id, reply.model_dump_json(), request, counts)
 
     def _answer(self, request: ExecRequest | ReleaseRequest | PingRequest) -> Any:
         if isinstance(request, ExecRequest):
@@ -194,7 +196,8 @@ class SandboxRunner:
         else:
             self.log.warning("sandbox request dropped: no usable id", problem=problem, size=len(raw))
 
-    def _reply(self, request_id: str, reply: str, request: Any) -> None:
+    def _reply(self, request_id: str, reply: str, request: Any, counts: dict[str, int] | None = None) -> None:
+        """Answer (the reply and its TTL together), then count what was run for /metrics."""
         wait = request.timeout_s if isinstance(request, ExecRequest) else 0.0
         ttl = math.ceil(wait + self.config.reply_grace_s) + REPLY_TTL_MARGIN_S
         key = self.keys.sandbox_reply(request_id)
@@ -205,6 +208,20 @@ class SandboxRunner:
                 pipe.execute()
         except RedisError as exc:  # the worker takes the runner to be down and retries the stage later
             self.log.warning("sandbox reply lost", error=str(exc), request_id=request_id)
+        self._count(counts or {})
+
+    def _count(self, counts: dict[str, int]) -> None:
+        """Count for /metrics after the reply, never with it: a Redis user of an older ACL, refused
+        the HINCRBY, must not lose the worker its reply."""
+        if not counts:
+            return
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for field, n in counts.items():
+                    count(pipe, self.keys, field, n)
+                pipe.execute()
+        except RedisError as exc:
+            self.log.warning("sandbox metrics not counted", error=str(exc).splitlines()[0])
 
     # Halt, cancel, sweep, heartbeat -------------------------------------------------------------
     def _on_halt(self, state: HaltState) -> None:

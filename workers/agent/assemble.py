@@ -15,9 +15,10 @@ from wavefleet.sandbox import RemoteSandbox, Sandbox
 
 from ..git import Workspace
 from ..roles import StageInput
-from .context import AgentContext, AllowAll, EventSink, LoopLimits, ToolGate
+from .context import AgentContext, EventSink, LoopLimits, ToolGate
 from .middleware import Middleware, Middlewares
 from .release import SandboxRelease
+from .safety_gate import safety_gate_for
 from .untrusted import UntrustedOutput
 
 
@@ -54,7 +55,7 @@ def context_for(
         llm=llm.for_story(stage.story.id, stage.domain.name, stage.role.value),
         workspace=Workspace(stage.domain, stage.data_dir),
         sandbox=sandbox,
-        gate=gate or AllowAll(),
+        gate=gate or safety_gate_for(stage, llm),  # every tool call scored (README Safety)
         events=events or LogEvents(),
         middleware=middlewares([*middleware, *release]),
         limits=limits or LoopLimits(),

@@ -1,0 +1,116 @@
+"""Rules on text an agent writes or sends: secret shapes, credential files, disabled checks, injection.
+
+Key shapes are matched case-sensitively on text that is only Unicode-normalised (an AWS key is upper
+case); everything else on the lower-cased text.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..gates import Gate
+from ..injection import find_injection
+from .base import Hit, block, escalate
+
+__all__ = ["CREDENTIAL_PATH", "content_hits", "has_credential_path", "secret_hits"]
+
+KEY_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(p))
+    for name, p in (
+        ("anthropic", r"\bsk-ant-[A-Za-z0-9_-]{20,}"),
+        ("openai", r"\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{32,}"),
+        ("xai", r"\bxai-[A-Za-z0-9]{20,}"),
+        ("aws", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b"),
+        ("aws secret", r"(?i)aws_?secret_?access_?key\W{0,3}[=:]\s*\W?[A-Za-z0-9/+]{40}\b"),
+        ("github", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
+        ("gitlab", r"\bglpat-[A-Za-z0-9_-]{20,}"),
+        ("slack", r"\bxox[abposre]-[A-Za-z0-9-]{10,}|hooks\.slack\.com/services/T\w+/B\w+/\w+"),
+        ("private key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"),
+        ("jwt", r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),
+        ("google", r"\bAIza[0-9A-Za-z_-]{35}\b"),
+        ("stripe", r"\b[sr]k_live_[0-9a-zA-Z]{20,}"),
+        ("npm", r"\bnpm_[A-Za-z0-9]{36}\b"),
+        ("url password", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@'\"]+:(?![$<{*x]|pass(?:word)?@|secret@|changeme@"
+         r"|example@|test@|postgres@|redis@|guest@)[^/\s@'\"]{3,}@"),
+    )
+)  # fmt: skip
+_KEY_GATE = re.compile(
+    r"sk-|xai-|A[KSGIRN][IPSO]A|aws|gh[pousr]_|github_pat|glpat|xox|slack|PRIVATE|eyJ|AIza|_live_|npm_|://"
+)
+
+# Files that hold credentials (matched anywhere in a path or command): .env (not its templates),
+# SSH keys, cloud and registry credentials, the shadow file, a process's environment.
+CREDENTIAL_PATH = re.compile(
+    r"(?:^|[\s/=<>:@(,;|&])\.env(?:\.(?!example|sample|template|dist|defaults?\b|schema)[\w-]+)?(?=$|[\s;&|)<>/,])"
+    r"|\.ssh(?:/|$|\s)|\bid_(?:rsa|dsa|ecdsa|ed25519)(?!\.pub)\b|\.aws(?:/|$|\s)|\.config/gcloud"
+    r"|application_default_credentials|\.kube/config|\.netrc\b|\.pgpass\b|\.git-credentials|\.docker/config\.json"
+    r"|\.npmrc\b|\.pypirc\b|/etc/(?:shadow|gshadow|sudoers)|/proc/(?:self|\d+|\*|\$\$)/environ|\.vault-token"
+    r"|\bcredentials\.json\b|service[-_]?account[\w-]*\.json|\.terraformrc|terraform\.tfstate|\.keystore\b"
+)  # fmt: skip
+
+_CREDENTIAL_GATE = (
+    ".env", "ssh", "id_", ".aws", "gcloud", "credentials", ".kube", "netrc", "pgpass", ".git-cred", ".docker",
+    "npmrc", "pypirc", "/etc/", "environ", "vault", "account", "terraform", "keystore",
+)  # fmt: skip
+
+_CREDENTIAL_WORDS = Gate(_CREDENTIAL_GATE)
+
+
+def has_credential_path(t: str) -> bool:
+    """`t` (lower case) names a credentials file."""
+    return _CREDENTIAL_WORDS.pattern.search(t) is not None and CREDENTIAL_PATH.search(t) is not None
+
+
+_TAMPER: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
+    (name, why, re.compile(p, re.M))
+    for name, why, p in (
+        (
+            "tamper.skip_tests",
+            "marks tests skipped",
+            r"@pytest\.mark\.skip\b(?!if)|\bpytest\.skip\(|@unittest\.skip\b(?!if|unless)|\b(?:it|test|describe|context)"
+            r"\.skip\(|(?<![\w.])x(?:it|describe|test)\(|@disabled\b|\bt\.skip(?:now)?\(",
+        ),
+        (
+            "tamper.lint_disable",
+            "turns a linter or type checker off for a whole file",
+            r"^\s*#\s*(?:ruff|flake8)\s*:\s*noqa\s*$|#\s*mypy\s*:\s*ignore-errors|/\*\s*eslint-disable\s*\*/"
+            r"|^\s*//\s*eslint-disable\s*$|//\s*@ts-nocheck|#\s*pylint\s*:\s*disable\s*=\s*all\b"
+            r"|^\s*#\s*type\s*:\s*ignore\s*$",
+        ),
+        (
+            "tamper.logging",
+            "turns logging off",
+            r"\blogging\.disable\(|\blogger\.disabled\s*=\s*true|\bconsole\.(?:log|error|warn)\s*=\s*(?:\(\)|function)"
+            r"|\blogging\.root\.handlers\s*=\s*\[\]|\bsetlevel\(\s*logging\.critical\s*\+",
+        ),
+    )
+)  # fmt: skip
+_TAMPER_GATE = re.compile(
+    r"skip|x(?:it|describe|test)\(|noqa|ignore|eslint|nocheck|pylint|@disabled|logg|console\."
+)
+_CI_PATH = re.compile(
+    r"(?:^|/)(?:\.github/workflows/|\.gitlab-ci\.ya?ml$|\.circleci/|jenkinsfile$|\.pre-commit-config\.ya?ml$"
+    r"|\.husky/|azure-pipelines\.ya?ml$|\.travis\.ya?ml$|\.buildkite/)"
+)
+
+
+def secret_hits(raw: str) -> list[Hit]:
+    """A secret-shaped value in `raw` (Unicode-normalised, case kept): refused wherever it goes."""
+    if not _KEY_GATE.search(raw):
+        return []
+    names = [name for name, shape in KEY_SHAPES if shape.search(raw)]
+    return [block("secrets.key_shape", f"holds a {' and '.join(names)} secret")] if names else []
+
+
+def content_hits(text: str, raw: str, path: str = "") -> list[Hit]:
+    """Rules on content written to a file (`text` lower-cased, `raw` case kept, `path` its file)."""
+    hits = secret_hits(raw)
+    for name in find_injection(text):
+        hits.append(block(name, "writes a prompt-injection phrase", 0.2))
+    if _TAMPER_GATE.search(text):
+        for name, why, rule in _TAMPER:
+            if rule.search(text):
+                hits.append(escalate(name, why))
+    if path and _CI_PATH.search(path):
+        hits.append(escalate("tamper.ci_config", f"changes CI or hook configuration ({path})", 0.7))
+    return hits
