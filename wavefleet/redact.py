@@ -38,16 +38,24 @@ SHAPES: dict[str, str] = {
     "openai_key": rf"\bsk-(?={_KEY}*\d){_KEY}{{20,}}",
     "xai_key": r"\bxai-[A-Za-z0-9]{20,}",
     "aws_access_key_id": r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[0-9A-Z]{16}\b",
-    "aws_secret_access_key": r"(?i:aws_secret_access_key)[\"']?\s*[:=]\s*[\"']?(?P<v>[A-Za-z0-9/+=]{40,})",
+    "aws_secret_access_key": r"(?i:aws_?secret_?access_?key)[\"']?\s*[:=]\s*[\"']?(?P<v>[A-Za-z0-9/+=]{40,})",
     "github_token": r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
-    "slack_token": r"\b(?:xox[abposr]|xapp)-[A-Za-z0-9\-]{10,}",
+    "slack_token": r"\b(?:xox[abposre]|xapp)-[A-Za-z0-9\-]{10,}",
     "slack_webhook": r"hooks\.slack\.com/services/(?P<v>[A-Za-z0-9/_\-]{8,})",
     # to its END line; a block cut short (one log line of it): the rest of its line and the base64
     # lines after it (not the rest of the text: code that names the header must stay readable)
-    "private_key": r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----"
-    r"(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|[^\n]*(?:\n[A-Za-z0-9+/=]{16,}(?=\n|$))*)",
+    "private_key": r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+    r"(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|[^\n]*(?:\n[A-Za-z0-9+/=]{16,}(?=\n|$))*)",
     "jwt": r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
-    "url_password": r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s/:@]*:(?P<v>[^\s/@]{3,})@",
+    # not a placeholder (user:password@, :changeme@, :${DB_PASS}@, :<pass>@, :xxx@): docs and
+    # examples are full of them, and the gate would block their every mention
+    "url_password": r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s/:@'\"]*:"
+    r"(?![$<{*]|x{3}|pass(?:word)?@|secret@|changeme@|example@|test@|postgres@|redis@|guest@)"
+    r"(?P<v>[^\s/@'\"]{3,})@",
+    "gitlab_token": rf"\bglpat-{_KEY}{{20,}}",
+    "google_api_key": r"\bAIza[0-9A-Za-z_\-]{35}\b",
+    "stripe_live_key": r"\b[sr]k_live_[0-9a-zA-Z]{20,}",
+    "npm_token": r"\bnpm_[A-Za-z0-9]{36}\b",
 }
 # Not a key shape but a context: a value assigned to a name that says it is a secret. Precise
 # enough for logs and events; left out of tool output, where code such as `password = ask()` must
@@ -72,6 +80,11 @@ TRIGGERS = (
     "anpa",
     "aipa",
     "aws_secret",
+    "awssecret",
+    "glpat-",
+    "aiza",
+    "k_live_",
+    "npm_",
     "ghp_",
     "gho_",
     "ghu_",
