@@ -47,13 +47,18 @@ def test_a_file_with_an_injection_is_wrapped_as_untrusted_data_and_keys_are_reda
     # Given a repository with a planted injection, a leaked key, and an ordinary file
     tree = git_tree(
         tmp_path / "tree",
-        {"NOTES.md": INJECTION, "config.py": f'KEY = "{KEY}"\n', "app.py": "password = ask()\n"},
+        {
+            "NOTES.md": INJECTION,
+            "config.py": f'KEY = "{KEY}"\n',
+            "deploy.txt": f"{GITHUB}\n",
+            "app.py": "password = ask()\n",
+        },
     )
     anthropic_server.respond_with(
         anthropic_script(
             [
                 [("read_file", {"path": "NOTES.md"})],
-                [("run", {"command": f"cat config.py; echo {GITHUB}"})],
+                [("run", {"command": "cat config.py deploy.txt"})],
                 [("read_file", {"path": "app.py"})],
                 [("finish", {"summary": "read", "files": []})],
             ]
@@ -76,8 +81,8 @@ def test_a_file_with_an_injection_is_wrapped_as_untrusted_data_and_keys_are_reda
     assert notes.count(CLOSE) == 1 and notes.endswith(CLOSE)
     assert "&lt;/untrusted-data>" in notes and "Ignore all previous instructions" in notes
     # and no key of the repository reached the provider, in any request
-    results = "".join(str(tool_results(b)) for b in bodies[1:])
-    assert KEY not in results and GITHUB not in results
+    raw = "".join(str(b) for b in bodies)
+    assert KEY not in raw and GITHUB not in raw
     assert 'KEY = "[redacted]"' in ran and ran.count("[redacted]") == 2
     # and ordinary code reaches the model unchanged (no assignment rule on tool output)
     assert app == "password = ask()\n"
