@@ -105,6 +105,7 @@ def test_a_flagged_story_is_held_not_planned_and_no_secret_is_written_anywhere(
     # When a story whose text holds an injection and every key shape is enqueued
     enqueued = run_wave(settings, "enqueue", "-f", story_file(tmp_path))
     assert enqueued.returncode == 0, enqueued.stderr
+    assert "flagged at intake: injection.ignore_previous" in enqueued.stdout, enqueued.stdout
 
     # Then the supervisor holds it with the rules named, and dispatches no stage
     wait_until(
