@@ -31,6 +31,7 @@ from .notifier_status import status_line as notifier_status
 from .safety.check_cli import add_check_commands
 from .safety.cli import add_commands as add_safety_commands
 from .safety.cli import decide_action, is_action_id
+from .safety.intake import story_flags
 from .sandbox.fleet import summary as sandbox_summary
 from .status_view import follow_events, halt_banner, print_history, print_records, print_story, show
 from .store import StoryStore
@@ -95,7 +96,9 @@ def cmd_enqueue(app: App, args: argparse.Namespace) -> int:
     stories = _stories_from_args(args)
     app.store.enqueue(stories, app.domains)
     for story in stories:
-        show(f"enqueued {story.id} -> {app.domains.for_story(story.id).name}")
+        flags = story_flags(story)  # the store checked the same: said here so the operator knows now
+        held = f" (flagged at intake: {', '.join(flags)}; held for review)" if flags else ""
+        show(f"enqueued {story.id} -> {app.domains.for_story(story.id).name}{held}")
     return ExitCode.OK
 
 

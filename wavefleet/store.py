@@ -32,6 +32,8 @@ from .messages import (
     parse_job_id,
 )
 from .metric_counts import observe_stage
+from .redact import process_redactor
+from .safety.intake import redacted, story_flags
 from .stories import Story
 from .text import terminal_safe
 from .tracing import new_trace
@@ -66,6 +68,7 @@ class StoryRecord:
     trace: str = (
         ""  # its LangSmith root run (wavefleet/tracing.TraceContext as JSON); "" before tracing existed
     )
+    intake: tuple[str, ...] = ()  # the rules the intake check flagged (wavefleet/safety/intake.py)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -98,6 +101,7 @@ class StoryRecord:
             "stage": self.stage,
             "reason": self.reason,
             "approved": self.approved,
+            "intake": list(self.intake),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "cost_usd": self.cost_usd,
@@ -208,6 +212,8 @@ return {}
     def _write_new(self, story: Story, domain: str, now: float, token: str) -> dict[str, Any]:
         """One story's part of the enqueue script: its fresh hash, its history entry, its intake message."""
         stamp = repr(now)  # what redis-py sends for a float, so the fields read back as before
+        flags = story_flags(story)  # on the text as given; what is stored is redacted
+        story = redacted(story)
         fields = {
             "id": story.id,
             "domain": domain,
@@ -227,6 +233,7 @@ return {}
             "batch": token,
             # always written (a few bytes): turning tracing on later traces every story enqueued since
             "trace": new_trace(datetime.fromtimestamp(now, UTC)).to_json(),
+            "intake": ",".join(flags),
         }
         event = {"event": "enqueued", "to": StoryState.QUEUED.value, "story": story.id, "at": f"{now:.6f}"}
         intake = intake_fields(RouteMessage(story=story.id))
@@ -463,7 +470,12 @@ return {}
 
         Safe to be resent after a lost reply (redis-py does): the result is overwritten with itself
         and the supervisor ignores the second message. Model spend reaches the story through the
-        budget's settlement, not here."""
+        budget's settlement, not here. Its output and error are redacted first (they quote model
+        output, commands' output, files)."""
+        redactor = process_redactor()
+        result = result.model_copy(
+            update={"output": redactor.clean(result.output), "error": redactor.text(result.error)}
+        )
         with self.redis.pipeline() as pipe:
             if domain is not None:
                 observe_stage(pipe, self.keys, domain, role.value, result)
@@ -527,6 +539,7 @@ def _parse_record(data: dict[str, str]) -> StoryRecord:
         cost_usd=float(data.get("cost_usd", 0)),
         trace=data.get("trace", ""),
         story=Story.model_validate_json(data["spec"]),
+        intake=tuple(f for f in data.get("intake", "").split(",") if f),
     )
 
 

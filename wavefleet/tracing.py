@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from . import logs
 from .config import LangSmithSettings, Settings
 from .keys import Keys
-from .redact import Redactor, secret_values
+from .redact import redactor_for
 
 CLOSE_TIMEOUT_S = 2.0  # what a process waits at its end for runs still queued (a work horse, the supervisor)
 # After a failed batch, for this long a process ending does not wait for its queued runs: during an
@@ -101,7 +101,7 @@ class Tracer:
     def __init__(self, settings: Settings, redis: Redis | None = None, keys: Keys | None = None) -> None:
         self.config: LangSmithSettings = settings.langsmith
         self.redis, self.keys = redis, keys or settings.keys
-        self.redactor = Redactor(secret_values(settings))
+        self.redactor = redactor_for(settings)
         self.dropped = 0  # runs this process dropped (queue full, or LangSmith failing)
         self.sent = 0
         self._pid = -1

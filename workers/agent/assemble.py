@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from wavefleet import logs
 from wavefleet.llm.client import LLMClient
+from wavefleet.redact import shapes_for_process
 from wavefleet.sandbox import RemoteSandbox, Sandbox
 from wavefleet.tracing import NoTracer, TraceContext, Tracer
 
@@ -20,14 +21,17 @@ from .middleware import Middleware, Middlewares
 from .release import SandboxRelease
 from .safety_gate import safety_gate_for
 from .tracing import TraceMiddleware
+from .untrusted import UntrustedOutput
 
 
 def middlewares(
     extra: Sequence[Middleware] = (), *, tracer: Tracer | None = None, trace: str = ""
 ) -> Middlewares:
-    """The middleware chain every stage runs under (LangSmith when `tracer` is on and the job came
-    with its story's trace), then `extra` (a test's recorder, a benchmark's clock)."""
-    chain: list[Middleware] = []
+    """The middleware chain every stage runs under, then `extra` (a test's recorder, a benchmark's
+    clock). UntrustedOutput is first, so its `tool_result` runs last and every other middleware's
+    after-hooks see the result as the model does; then LangSmith, when `tracer` is on and the job
+    came with its story's trace."""
+    chain: list[Middleware] = [UntrustedOutput(redactor=shapes_for_process())]
     root = TraceContext.parse(trace)
     if tracer is not None and tracer.enabled and root is not None:
         chain.append(TraceMiddleware(tracer, root))

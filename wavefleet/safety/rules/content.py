@@ -1,42 +1,19 @@
 """Rules on text an agent writes or sends: secret shapes, credential files, disabled checks, injection.
 
-Key shapes are matched case-sensitively on text that is only Unicode-normalised (an AWS key is upper
-case); everything else on the lower-cased text.
+Key shapes are the redactor's (wavefleet/redact.py, the one definition), matched on text that is
+only Unicode-normalised (an AWS key is upper case); everything else on the lower-cased text.
 """
 
 from __future__ import annotations
 
 import re
 
+from ...redact import SHAPES_ONLY
 from ..gates import Gate
 from ..injection import find_injection
 from .base import Hit, block, escalate
 
 __all__ = ["CREDENTIAL_PATH", "content_hits", "has_credential_path", "secret_hits"]
-
-KEY_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile(p))
-    for name, p in (
-        ("anthropic", r"\bsk-ant-[A-Za-z0-9_-]{20,}"),
-        ("openai", r"\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{32,}"),
-        ("xai", r"\bxai-[A-Za-z0-9]{20,}"),
-        ("aws", r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b"),
-        ("aws secret", r"(?i)aws_?secret_?access_?key\W{0,3}[=:]\s*\W?[A-Za-z0-9/+]{40}\b"),
-        ("github", r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
-        ("gitlab", r"\bglpat-[A-Za-z0-9_-]{20,}"),
-        ("slack", r"\bxox[abposre]-[A-Za-z0-9-]{10,}|hooks\.slack\.com/services/T\w+/B\w+/\w+"),
-        ("private key", r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"),
-        ("jwt", r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),
-        ("google", r"\bAIza[0-9A-Za-z_-]{35}\b"),
-        ("stripe", r"\b[sr]k_live_[0-9a-zA-Z]{20,}"),
-        ("npm", r"\bnpm_[A-Za-z0-9]{36}\b"),
-        ("url password", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@'\"]+:(?![$<{*x]|pass(?:word)?@|secret@|changeme@"
-         r"|example@|test@|postgres@|redis@|guest@)[^/\s@'\"]{3,}@"),
-    )
-)  # fmt: skip
-_KEY_GATE = re.compile(
-    r"sk-|xai-|A[KSGIRN][IPSO]A|aws|gh[pousr]_|github_pat|glpat|xox|slack|PRIVATE|eyJ|AIza|_live_|npm_|://"
-)
 
 # Files that hold credentials (matched anywhere in a path or command): .env (not its templates),
 # SSH keys, cloud and registry credentials, the shadow file, a process's environment.
@@ -96,9 +73,7 @@ _CI_PATH = re.compile(
 
 def secret_hits(raw: str) -> list[Hit]:
     """A secret-shaped value in `raw` (Unicode-normalised, case kept): refused wherever it goes."""
-    if not _KEY_GATE.search(raw):
-        return []
-    names = [name for name, shape in KEY_SHAPES if shape.search(raw)]
+    names = SHAPES_ONLY.find(raw)  # the fleet's one definition of credential shapes (redact.py)
     return [block("secrets.key_shape", f"holds a {' and '.join(names)} secret")] if names else []
 
 
