@@ -43,7 +43,7 @@ from .agent.tools import file_tools
 from .git import Workspace
 from .roles import StageInput
 
-BOMB_TIMEOUT_S = 4.0  # a bomb not stopped by a limit is killed at this bound (the probe checks it is)
+BOMB_TIMEOUT_S = 3.0  # a bomb not stopped by a limit is killed at this bound (the probe checks it is)
 CONNECT_TIMEOUT_S = 2.0
 BOMB_MEMORY_MIB = 1024  # what the memory bomb tries to hold; bounded so a probe never starves the host
 BOMB_PROCESSES = 400  # what the fork bomb tries to start; bounded for the same reason
@@ -166,10 +166,10 @@ class _Nothing(BaseModel):
 _MEMORY_BOMB = (
     "import sys, time\n"
     "held = [b'\\x01' * (64 << 20) for _ in range(int(sys.argv[1]) // 64)]\n"
-    "print('HELD', flush=True)\n"
+    "open('reached', 'w').close()\n"
     "time.sleep(60)\n"
 )
-_FORK_BOMB = 'i=0; while [ $i -lt "$1" ]; do sleep "$2" & i=$((i+1)); done; echo SPAWNED; wait'
+_FORK_BOMB = 'i=0; while [ $i -lt "$1" ]; do sleep "$2" & i=$((i+1)); done; : > reached; wait'
 _CONNECT = (
     "import socket, sys\n"
     "for host, port in zip(sys.argv[1::2], sys.argv[2::2]):\n"
@@ -202,19 +202,24 @@ def _configured_sandbox(settings: Settings, redis: Redis) -> tuple[Sandbox, str]
     return sandbox, sys.executable
 
 
-def _in_sandbox(settings: Settings, redis: Redis, argv: list[str], timeout_s: float) -> str | None:
-    """The command's output, or None when it was killed at `timeout_s`."""
+def _in_sandbox(
+    settings: Settings, redis: Redis, argv: list[str], timeout_s: float
+) -> tuple[str | None, bool]:
+    """The command's output (None: it was killed at `timeout_s`), and whether it wrote the file
+    `reached` in its worktree (a bomb does once it has all it tried for)."""
     sandbox, _python = _configured_sandbox(settings, redis)
     with scratch_tree() as tree:
         try:
-            return commands.run_in(sandbox, argv, tree, timeout_s=timeout_s, max_output_bytes=4000).output
+            outcome = commands.run_in(sandbox, argv, tree, timeout_s=timeout_s, max_output_bytes=4000)
+            output: str | None = outcome.output
         except subprocess.TimeoutExpired:
-            return None
+            output = None
         except StageError as exc:  # a remote sandbox's limit hit ends the stage: the bomb was stopped
-            return f"LIMIT {exc}"
+            output = f"LIMIT {exc}"
         finally:
             if isinstance(sandbox, RemoteSandbox):
                 sandbox.release()
+        return output, (tree / "reached").exists()
 
 
 def _survivors(token: str) -> list[int]:
@@ -235,9 +240,9 @@ def sandbox_limits(settings: Settings, redis: Redis) -> str:
     python = _configured_sandbox(settings, redis)[1]
     details = []
     memory = _in_sandbox(settings, redis, [python, "-c", _MEMORY_BOMB, str(BOMB_MEMORY_MIB)], BOMB_TIMEOUT_S)
-    if memory is not None and "HELD" in memory and "LIMIT" not in memory:
+    if memory[0] is not None and memory[1] and not memory[0].startswith("LIMIT"):
         raise ProbeFailed(f"the memory bomb held {BOMB_MEMORY_MIB} MiB and ended on its own")
-    details.append(_how("memory bomb", memory))
+    details.append(_how("memory bomb", memory, f"held {BOMB_MEMORY_MIB} MiB"))
     token = f"61.{secrets.randbelow(10**6):06d}"  # the sleeps' argument: how survivors are found
     forks = _in_sandbox(
         settings, redis, ["sh", "-c", _FORK_BOMB, "sh", str(BOMB_PROCESSES), token], BOMB_TIMEOUT_S
@@ -248,7 +253,7 @@ def sandbox_limits(settings: Settings, redis: Redis) -> str:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         raise ProbeFailed(f"{len(left)} processes of the fork bomb outlived it on the host")
-    details.append(_how("fork bomb", forks))
+    details.append(_how("fork bomb", forks, f"started {BOMB_PROCESSES} processes"))
     return "; ".join(details)
 
 
@@ -259,9 +264,11 @@ def _wait_gone(token: str, within_s: float = 3.0) -> list[int]:
     return left
 
 
-def _how(what: str, output: str | None) -> str:
-    if output is None:
-        return f"{what} killed at the {BOMB_TIMEOUT_S:g} s bound"
+def _how(what: str, ran: tuple[str | None, bool], reached: str) -> str:
+    output, got_all = ran
+    if output is None:  # no limit stopped it first: said, so the operator knows only time bounds it
+        first = f" (it {reached} first: no limit refused it)" if got_all else ""
+        return f"{what} killed at the {BOMB_TIMEOUT_S:g} s bound{first}"
     if output.startswith("LIMIT"):
         return f"{what} stopped by the sandbox's limit"
     return f"{what} refused ({output.strip().splitlines()[-1][:80] if output.strip() else 'no output'})"
@@ -272,7 +279,7 @@ def sandbox_network(settings: Settings, redis: Redis) -> str:
     python = _configured_sandbox(settings, redis)[1]
     parts = urlsplit(settings.redis.url)
     targets = [parts.hostname or "127.0.0.1", str(parts.port or 6379), "1.1.1.1", "53"]
-    output = _in_sandbox(settings, redis, [python, "-c", _CONNECT, *targets], 10.0)
+    output = _in_sandbox(settings, redis, [python, "-c", _CONNECT, *targets], 10.0)[0]
     if output is None:
         raise ProbeFailed("the connect attempts did not end within 10 s")
     connected = [line for line in output.splitlines() if line.startswith("CONNECTED")]
