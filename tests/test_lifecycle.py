@@ -80,6 +80,27 @@ PATHS = [
         snap(S.PLANNING, 0, (PM,), {PM: 4}),
         (PM,),
     ),
+    (
+        "a story flagged at intake is held, not planned",
+        snap(S.QUEUED),
+        ev(EventKind.INTAKE_HELD, reason="story intake: injection.ignore_previous"),
+        snap(S.HELD, held_from=S.QUEUED),
+        (),
+    ),
+    (
+        "approving a story held at intake plans it",
+        snap(S.HELD, held_from=S.QUEUED),
+        ev(EventKind.APPROVE),
+        PLANNING,
+        (PM,),
+    ),
+    (
+        "rejecting a story held at intake kills it",
+        snap(S.HELD, held_from=S.QUEUED),
+        ev(EventKind.REJECT),
+        snap(S.KILLED),
+        (),
+    ),
     ("PM done starts development round 1 with FE and BE", PLANNING, done(PM, 0), DEVELOPING, (FE, BE)),
     (
         "FE done first waits for BE",

@@ -11,6 +11,7 @@ from typing import Any
 from redis.client import Pipeline
 
 from .keys import Keys
+from .redact import process_redactor
 
 EVENTS_MAXLEN = 100_000  # fleet-wide event stream is capped (approximately); per-story streams are not
 
@@ -20,9 +21,11 @@ class History:
         self.keys = keys
 
     def add(self, pipe: Pipeline, story_id: str | None, fields: dict[str, Any], now: float) -> None:
-        """Add one entry to `pipe`: on the story's stream (if it is about a story) and the fleet's."""
+        """Add one entry to `pipe`: on the story's stream (if it is about a story) and the fleet's,
+        every value redacted (a reason quotes model output, an error, a story's text)."""
+        redactor = process_redactor()
         entry: dict[Any, Any] = {
-            **{k: str(v) for k, v in fields.items()},
+            **{k: redactor.text(str(v)) for k, v in fields.items()},
             "story": story_id or "",
             "at": f"{now:.6f}",
         }

@@ -56,6 +56,7 @@ STAGES: dict[StoryState, tuple[Role, ...]] = {
 TRANSITIONS: frozenset[tuple[StoryState, StoryState]] = frozenset(
     {
         (StoryState.QUEUED, StoryState.PLANNING),
+        (StoryState.QUEUED, StoryState.HELD),  # the intake check flagged the story: a human looks first
         (StoryState.PLANNING, StoryState.DEVELOPING),
         (StoryState.DEVELOPING, StoryState.TESTING),
         (StoryState.TESTING, StoryState.REVIEWING),
@@ -88,6 +89,7 @@ MAX_STAGE_ATTEMPTS = 5
 
 class EventKind(StrEnum):
     ROUTE = "route"  # supervisor picked up a queued story
+    INTAKE_HELD = "intake_held"  # the story's text was flagged at intake (injection, secrets): not planned
     STAGE_DONE = "stage_done"  # a worker finished a stage (payload: the stage's outcome)
     STAGE_FAILED = "stage_failed"  # a worker's agent gave up on a stage
     STAGE_LOST = "stage_lost"  # the worker running a stage died; run it again
@@ -181,6 +183,13 @@ def _route(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     if snap.state is not StoryState.QUEUED:
         raise Rejected(f"already routed ({snap.state})")
     return _enter(snap, StoryState.PLANNING, round_=0)
+
+
+def _intake_held(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
+    if snap.state is not StoryState.QUEUED:
+        raise Rejected(f"already routed ({snap.state})")
+    held = replace(snap, state=StoryState.HELD, held_from=StoryState.QUEUED, pending=frozenset())
+    return Outcome(snap, held, reason=event.reason)
 
 
 def _check_current(snap: Snapshot, event: Event) -> Role:
@@ -295,6 +304,8 @@ def _cancel(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
 def _approve(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
     if snap.state is not StoryState.HELD:
         raise Rejected(f"only a held story can be approved; this one is {snap.state}")
+    if snap.held_from is StoryState.QUEUED:  # held at intake: the human's approval routes it
+        return _enter(snap, StoryState.PLANNING, round_=0, reason=event.reason)
     if snap.pending and snap.held_from in WORKING:  # held mid-stage: run the unfinished stages again
         return _reenter(snap, snap.held_from, event.reason)
     if snap.held_from is not StoryState.REVIEWING:
@@ -330,6 +341,7 @@ def _retry(snap: Snapshot, event: Event, max_rounds: int) -> Outcome:
 
 _HANDLERS = {
     EventKind.ROUTE: _route,
+    EventKind.INTAKE_HELD: _intake_held,
     EventKind.STAGE_DONE: _stage_done,
     EventKind.STAGE_FAILED: _stage_failed,
     EventKind.STAGE_LOST: _stage_lost,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .redact import Redactor, secret_values
+from .redact import Redactor, redactor_for, secret_values, use_for_process
 from .text import terminal_safe
 
 if TYPE_CHECKING:
@@ -41,7 +41,9 @@ def identity(domain: str, role: str, index: int) -> str:
 
 
 def setup_for(process: str, settings: Settings, *, level: str | None = None) -> None:
-    """`setup` with the format, level and secrets the settings give."""
+    """`setup` with the format, level and secrets the settings give; their redactor becomes the
+    process's (the events stream and stored results use it too)."""
+    use_for_process(redactor_for(settings))
     setup(
         process,
         fmt=settings.log_format,

@@ -29,7 +29,7 @@ from .config import Settings, SlackSettings
 from .errors import ConfigError, SlackDeliveryError, WaveError
 from .fleet_events import EventConsumer, FleetEvent, StoryEvent, UnknownEvent
 from .notifier_status import GROUP
-from .redact import Redactor, secret_values
+from .redact import redactor_for
 from .slack_format import Message, StoryFacts, dozzle_link, flattened, parent_for, plan
 from .store import StoryStore
 
@@ -132,7 +132,7 @@ class Notifier:
         self.redis, self.sender = redis, sender
         self.store = StoryStore(redis, self.keys, settings.pipeline.max_rounds)
         self.consumer = EventConsumer(redis, self.keys, GROUP, name)
-        self.redactor = Redactor(secret_values(settings))
+        self.redactor = redactor_for(settings)
         self.stopping = threading.Event()
         self._posted: dict[str, int] = {}  # entry id -> how many of its posts Slack took already
         self._auth_failed = self._outage = False

@@ -30,6 +30,8 @@ from .messages import (
     job_id,
     parse_job_id,
 )
+from .redact import process_redactor
+from .safety.intake import redacted, story_flags
 from .stories import Story
 from .text import terminal_safe
 
@@ -60,6 +62,7 @@ class StoryRecord:
     updated_at: float
     cost_usd: float
     story: Story
+    intake: tuple[str, ...] = ()  # the rules the intake check flagged (wavefleet/safety/intake.py)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -92,6 +95,7 @@ class StoryRecord:
             "stage": self.stage,
             "reason": self.reason,
             "approved": self.approved,
+            "intake": list(self.intake),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "cost_usd": self.cost_usd,
@@ -202,6 +206,8 @@ return {}
     def _write_new(self, story: Story, domain: str, now: float, token: str) -> dict[str, Any]:
         """One story's part of the enqueue script: its fresh hash, its history entry, its intake message."""
         stamp = repr(now)  # what redis-py sends for a float, so the fields read back as before
+        flags = story_flags(story)  # on the text as given; what is stored is redacted
+        story = redacted(story)
         fields = {
             "id": story.id,
             "domain": domain,
@@ -219,6 +225,7 @@ return {}
             "cost_usd": "0",
             "spec": story.model_dump_json(),
             "batch": token,
+            "intake": ",".join(flags),
         }
         event = {"event": "enqueued", "to": StoryState.QUEUED.value, "story": story.id, "at": f"{now:.6f}"}
         intake = intake_fields(RouteMessage(story=story.id))
@@ -446,7 +453,12 @@ return {}
 
         Safe to be resent after a lost reply (redis-py does): the result is overwritten with itself
         and the supervisor ignores the second message. Model spend reaches the story through the
-        budget's settlement, not here."""
+        budget's settlement, not here. Its output and error are redacted first (they quote model
+        output, commands' output, files)."""
+        redactor = process_redactor()
+        result = result.model_copy(
+            update={"output": redactor.clean(result.output), "error": redactor.text(result.error)}
+        )
         with self.redis.pipeline() as pipe:
             pipe.hset(
                 self.keys.story_results(story_id), _result_field(round_, role, attempt), result.to_json()
@@ -507,6 +519,7 @@ def _parse_record(data: dict[str, str]) -> StoryRecord:
         updated_at=float(data.get("updated_at", 0)),
         cost_usd=float(data.get("cost_usd", 0)),
         story=Story.model_validate_json(data["spec"]),
+        intake=tuple(f for f in data.get("intake", "").split(",") if f),
     )
 
 

@@ -35,6 +35,7 @@ from .messages import (
 )
 from .queues import Dispatcher
 from .retries import RetrySchedule
+from .safety.intake import hold_reason
 from .store import StoryRecord, StoryStore
 
 CONSUMER = "supervisor"
@@ -208,7 +209,7 @@ class Supervisor:
         try:
             message = parse_intake(fields)
             if isinstance(message, RouteMessage):
-                self._apply(story_id, Event(EventKind.ROUTE))
+                self._route(story_id)
             elif isinstance(message, ResultMessage):
                 self._apply(story_id, self._result_event(message))
             elif isinstance(message, MisroutedMessage):
@@ -232,6 +233,14 @@ class Supervisor:
             self.redis.xadd(
                 self.keys.intake_dead(), {**fields, "error": str(exc)[:500]}, maxlen=10_000, approximate=True
             )
+
+    def _route(self, story_id: str) -> None:
+        """Plan a queued story, or hold it if its intake check flagged it (a human decides first)."""
+        flags = self.store.get(story_id).intake
+        if flags:
+            self._apply(story_id, Event(EventKind.INTAKE_HELD, reason=hold_reason(flags)))
+        else:
+            self._apply(story_id, Event(EventKind.ROUTE))
 
     def _result_event(self, message: ResultMessage) -> Event:
         role, round_, attempt = message.role, message.round, message.attempt
@@ -327,7 +336,7 @@ class Supervisor:
                     continue
                 if record.state is StoryState.QUEUED:
                     with contextlib.suppress(Rejected):
-                        self._apply(story_id, Event(EventKind.ROUTE))
+                        self._route(story_id)
                 elif record.state in WORKING:
                     self._dispatch(story_id)
                 elif record.state is StoryState.HALTED:  # resumed while no supervisor was running

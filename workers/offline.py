@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from wavefleet.errors import StageError
 from wavefleet.lifecycle import Decision, Role
+from wavefleet.redact import CREDENTIALS
 from wavefleet.stories import offline_labels
 
 from . import commands, jail
@@ -37,11 +38,6 @@ if TYPE_CHECKING:
 
 LABEL = "offline"
 MAX_REVIEW_LINES = 1500
-SECRET_PATTERNS = (
-    re.compile(r"AKIA[0-9A-Z]{16}"),
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r"(?i)(password|secret|api_key|token)\s*=\s*['\"][^'\"]{12,}['\"]"),
-)
 DELETED_FILE = re.compile(r"^diff --git a/(\S+) b/\S+\ndeleted file mode", re.MULTILINE)
 
 
@@ -125,8 +121,10 @@ class OfflineAgent:
         added = [
             line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")
         ]
-        if any(p.search(line) for p in SECRET_PATTERNS for line in added):
-            return Review(agent=LABEL, decision=Decision.KILL, reasons=["the diff adds a credential"])
+        shapes = CREDENTIALS.find("\n".join(added))  # the fleet's one definition of credential shapes
+        if shapes:
+            reasons = [f"the diff adds a credential ({', '.join(shapes)})"]
+            return Review(agent=LABEL, decision=Decision.KILL, reasons=reasons)
         if any("test" in path for path in DELETED_FILE.findall(diff)):
             return Review(agent=LABEL, decision=Decision.KILL, reasons=["the diff deletes tests"])
         changed = sum(1 for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---"))

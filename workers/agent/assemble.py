@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from wavefleet import logs
 from wavefleet.llm.client import LLMClient
+from wavefleet.redact import shapes_for_process
 from wavefleet.sandbox import RemoteSandbox, Sandbox
 
 from ..git import Workspace
@@ -18,12 +19,14 @@ from .context import AgentContext, EventSink, LoopLimits, ToolGate
 from .middleware import Middleware, Middlewares
 from .release import SandboxRelease
 from .safety_gate import safety_gate_for
+from .untrusted import UntrustedOutput
 
 
 def middlewares(extra: Sequence[Middleware] = ()) -> Middlewares:
-    """The middleware chain every stage runs under (empty until tracing, metrics, Slack, safety),
-    then `extra` (a test's recorder, a benchmark's clock)."""
-    chain: list[Middleware] = []
+    """The middleware chain every stage runs under, then `extra` (a test's recorder, a benchmark's
+    clock). UntrustedOutput is first, so its `tool_result` runs last and every other middleware's
+    after-hooks (tracing) see the result as the model does."""
+    chain: list[Middleware] = [UntrustedOutput(redactor=shapes_for_process())]
     return Middlewares([*chain, *extra])
 
 

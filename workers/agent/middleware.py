@@ -3,6 +3,9 @@
 Tracing, metrics, Slack and safety observers subclass `Middleware` and override what they need; the
 loop never changes for them. Hooks are called as methods (a typo is an attribute error, not silence).
 A failing observer is logged and never fails the stage: the stage's own outcome is what counts.
+One hook transforms instead of observing: `tool_result`, the one place a tool's result is changed
+before the model (and every observer) sees it (redaction, untrusted-data marking); a failing
+transform withholds the result rather than pass it on unchecked.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class Middleware:
     def before_tool_call(self, stage: StageInput, call: ToolCall) -> None: ...
     def after_tool_call(self, stage: StageInput, call: ToolCall, result: ToolResult) -> None: ...
     def on_tool_error(self, stage: StageInput, call: ToolCall, error: BaseException) -> None: ...
+
+    def tool_result(self, stage: StageInput, call: ToolCall, result: ToolResult) -> ToolResult:
+        """The result the model reads (and the after-hooks see): `result` itself unless overridden."""
+        return result
 
 
 class Middlewares:
@@ -84,8 +91,19 @@ class Middlewares:
                 _observe(m.on_tool_error, stage, call, exc)
             raise
         for m in reversed(self.chain):
+            result = _transform(m, stage, call, result)
+        for m in reversed(self.chain):
             _observe(m.after_tool_call, stage, call, result)
         return result
+
+
+def _transform(m: Middleware, stage: StageInput, call: ToolCall, result: ToolResult) -> ToolResult:
+    try:
+        return m.tool_result(stage, call, result)
+    except Exception as exc:  # unchecked output must not reach the model: withheld, and said why
+        logs.get().error("tool result transform failed", middleware=type(m).__name__, error=repr(exc))
+        content = f"the output of {call.name} was withheld: its safety check failed ({type(exc).__name__})"
+        return ToolResult(tool_call_id=result.tool_call_id, content=content, is_error=True)
 
 
 def _observe(hook: Callable[..., None], *args: object) -> None:
