@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from redis.exceptions import RedisError
 
 from wavefleet.config import Settings
-from wavefleet.embedded import EmbeddedRedis
+from wavefleet.embedded import free_port
 from wavefleet.errors import ExitCode
 from wavefleet.safety.preflight import PASS_TTL_S, safety_digest
-from wavefleet.testing import Processes, fast_settings, free_port, run_wave, wait_until
+from wavefleet.testing import Processes, run_wave, wait_until
 
 PROBES = [
     "jail",
@@ -59,7 +60,7 @@ def preflight(settings: Settings) -> tuple[int, dict[str, Any], subprocess.Compl
 
 
 def scratch_dirs() -> set[Path]:
-    return set(Path("/tmp").glob("wave-preflight-*"))  # noqa: S108 - where tempfile puts them here
+    return set(Path("/tmp").glob("wave-preflight-*"))
 
 
 @pytest.fixture
@@ -126,20 +127,27 @@ def test_no_watcher_fails_the_watcher_check(settings: Settings) -> None:
     assert "halt-watcher" in table.stdout and "preflight FAILED: halt-watcher" in table.stdout
 
 
-def test_a_redis_without_a_password_fails_the_password_check(
-    tmp_path: Path, settings: Settings
-) -> None:
-    server = EmbeddedRedis(tmp_path / "open-redis", free_port(), users=False)  # no password
-    server.start()
+def test_a_redis_without_a_password_fails_the_password_check(tmp_path: Path, settings: Settings) -> None:
+    port = free_port()  # a plain redis-server, as installed: no password (the fixture's always has one)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    server = subprocess.Popen([*argv, "--appendonly", "yes"], stdout=subprocess.DEVNULL)
     try:
-        open_settings = fast_settings(server, tmp_path / "data", settings.domains_dir)
-        open_settings = with_(open_settings, redis={"url": server.url})
+        wait_until(lambda: _answers(port), timeout_s=15, message="the plain redis-server")
+        open_settings = with_(settings, redis={"url": f"redis://127.0.0.1:{port}/0"})
         code, probes, done = preflight(open_settings)
     finally:
         server.kill()
+        server.wait(timeout=10)
     assert code == ExitCode.PREFLIGHT_FAILED, done.stderr
     assert not probes["redis-password"]["passed"]
     assert "without a password" in probes["redis-password"]["detail"]
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(Redis(port=port, socket_connect_timeout=0.5).ping())
+    except RedisError:
+        return False
 
 
 def worker(settings: Settings) -> subprocess.CompletedProcess[str]:
