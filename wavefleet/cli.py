@@ -137,8 +137,9 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     notifier = notifier_status(app.store.redis, app.settings.keys)
     if notifier and not args.json:
         show(notifier)
-    if not args.json:
-        show(preflight_status(app.store.redis, app.settings))
+    preflight = preflight_status(app.store.redis, app.settings)
+    if preflight and not args.json:
+        show(preflight)
     if left_out and not args.json:
         if not records:
             show(f"no active stories; {left_out} finished (wave status --all, or --recent N)")

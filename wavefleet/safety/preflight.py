@@ -350,10 +350,12 @@ def pass_state(redis: Redis, settings: Settings) -> tuple[str, PreflightPass | N
 
 
 def status_line(redis: Redis, settings: Settings) -> str:
+    """`wave status`'s line: the autonomous mode and the last pass; empty when neither is there to
+    tell (autonomous mode off and no pass), as the other status lines stay quiet when all is usual."""
     state, found = pass_state(redis, settings)
     mode = "on" if settings.autonomous else "off"
     if found is None:
-        return f"autonomous mode {mode}; preflight: missing (`wave preflight`)"
+        return f"autonomous mode {mode}; preflight: missing (`wave preflight`)" if settings.autonomous else ""
     at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(found.at))
     if state == "stale":
         return f"autonomous mode {mode}; preflight: stale (passed at {at} for other safety settings)"
