@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from redis.exceptions import RedisError
 from wavefleet.config import Settings
 from wavefleet.embedded import free_port
 from wavefleet.errors import ExitCode
-from wavefleet.safety.preflight import PASS_TTL_S, safety_digest
+from wavefleet.safety.preflight import PASS_TTL_S, Probe, run_all, safety_digest
 from wavefleet.testing import Processes, run_wave, wait_until
 
 PROBES = [
@@ -176,3 +177,21 @@ def test_an_autonomous_worker_starts_only_after_a_matching_pass(
     assert again.returncode == ExitCode.PREFLIGHT_FAILED, again.stderr
     assert "other safety settings" in again.stderr
     assert "preflight: stale" in run_wave(changed, "status").stdout
+
+
+def test_a_crashing_or_overrunning_probe_is_a_one_line_fail() -> None:
+    def crash() -> str:
+        raise RuntimeError("boom\nsecond line")
+
+    release = threading.Event()  # the overrunning probe waits on it; set afterwards, so its thread ends
+    results = run_all(
+        [
+            Probe("crash", "raises", crash),
+            Probe("hang", "overruns", lambda: str(release.wait(30)), timeout_s=0.2),
+            Probe("fine", "passes", lambda: "ok"),
+        ]
+    )
+    release.set()
+    assert [(r.name, r.passed) for r in results] == [("crash", False), ("hang", False), ("fine", True)]
+    assert results[0].detail == "the probe crashed: RuntimeError: boom second line"
+    assert results[1].detail == "no answer within 0.2 s" and results[1].seconds < 5
