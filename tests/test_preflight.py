@@ -18,7 +18,8 @@ from redis.exceptions import RedisError
 from wavefleet.config import Settings
 from wavefleet.embedded import free_port
 from wavefleet.errors import ExitCode
-from wavefleet.safety.preflight import PASS_TTL_S, Probe, run_all, safety_digest
+from wavefleet.safety.autonomy import PASS_TTL_S, safety_digest
+from wavefleet.safety.preflight import Probe, run_all
 from wavefleet.testing import Processes, run_wave, wait_until
 
 PROBES = [

@@ -28,10 +28,10 @@ from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.cli import add_commands as add_llm_commands
 from .monitor import add_commands as add_monitor_commands
 from .notifier_status import status_line as notifier_status
+from .safety.autonomy import record_pass, require_pass
+from .safety.autonomy import status_line as preflight_status
 from .safety.cli import add_commands as add_safety_commands
 from .safety.cli import decide_action, is_action_id
-from .safety.preflight import require_pass
-from .safety.preflight import status_line as preflight_status
 from .sandbox.fleet import summary as sandbox_summary
 from .status_view import follow_events, halt_banner, print_history, print_records, print_story, show
 from .store import StoryStore
@@ -316,7 +316,7 @@ def cmd_preflight(app: App, args: argparse.Namespace) -> int:
             show(line)
     if not all(r.passed for r in results):
         return ExitCode.PREFLIGHT_FAILED
-    preflight.record_pass(redis, app.settings, _operator())
+    record_pass(redis, app.settings, _operator())
     return ExitCode.OK
 
 
