@@ -45,6 +45,7 @@ LAYOUT = [
     ("sandbox_runner", (), "wave:sandbox:runner", "acme-2:sandbox:runner"),
     ("fleet_id", (), "wave:fleet:id", "acme-2:fleet:id"),
     ("watcher_heartbeat", (), "wave:watcher:hb", "acme-2:watcher:hb"),
+    ("preflight_pass", (), "wave:preflight:pass", "acme-2:preflight:pass"),
     ("halt", (), "wave:halt", "acme-2:halt"),
     ("halt_channel", (), "wave:halt", "acme-2:halt"),
     ("halt_acks", (), "wave:halt:acks", "acme-2:halt:acks"),

@@ -28,6 +28,8 @@ from .lifecycle import Event, EventKind, Rejected, Role, StoryState
 from .llm.cli import add_commands as add_llm_commands
 from .monitor import add_commands as add_monitor_commands
 from .notifier_status import status_line as notifier_status
+from .safety.autonomy import record_pass, require_pass
+from .safety.autonomy import status_line as preflight_status
 from .safety.check_cli import add_check_commands
 from .safety.cli import add_commands as add_safety_commands
 from .safety.cli import decide_action, is_action_id
@@ -140,6 +142,9 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     notifier = notifier_status(app.store.redis, app.settings.keys)
     if notifier and not args.json:
         show(notifier)
+    preflight = preflight_status(app.store.redis, app.settings)
+    if preflight and not args.json:
+        show(preflight)
     if left_out and not args.json:
         if not records:
             show(f"no active stories; {left_out} finished (wave status --all, or --recent N)")
@@ -290,10 +295,33 @@ def cmd_sandbox(app: App, args: argparse.Namespace) -> int:
 def cmd_worker(app: App, args: argparse.Namespace) -> int:
     from workers.worker import run_worker  # noqa: PLC0415 - the CLI's other commands do not need RQ workers
 
+    require_pass(app.store.redis, app.settings)  # WAVE_AUTONOMOUS: only after a matching `wave preflight`
     domain = app.domains.get(args.domain)
     role = Role(args.role)
     logs.setup_for(logs.identity(domain.name, role.value, args.index), app.settings)
     run_worker(app.settings, domain, role, args.index, burst=args.burst)
+    return ExitCode.OK
+
+
+def cmd_preflight(app: App, args: argparse.Namespace) -> int:
+    from workers.preflight import worker_probes  # noqa: PLC0415 - as `wave worker`: the probes attack through it
+
+    from .safety import preflight  # noqa: PLC0415
+
+    logs.setup_for("PREFLIGHT", app.settings)
+    redis = app.store.redis
+    probes = worker_probes(app.settings, redis, next(iter(app.domains)))
+    results = preflight.run_all(
+        [*probes, *preflight.fleet_probes(app.settings, redis, preflight.capture_log)]
+    )
+    if args.json:
+        sys.stdout.write(preflight.report(results, as_json=True) + "\n")  # data as it is
+    else:
+        for line in preflight.report(results, as_json=False).splitlines():
+            show(line)
+    if not all(r.passed for r in results):
+        return ExitCode.PREFLIGHT_FAILED
+    record_pass(redis, app.settings, _operator())
     return ExitCode.OK
 
 
@@ -473,6 +501,12 @@ def _add_process_commands(sub: Any) -> None:
     p.add_argument("--index", type=whole(1, MAX_WORKER_INDEX), default=1)
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser(
+        "preflight", help="the safety probes, as real attacks on this setup (README Safety: preflight)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object: passed, and each probe")
+    p.set_defaults(handler=cmd_preflight)
 
     p = sub.add_parser("sandbox", help="run agent commands in hardened containers (the one Docker client)")
     p.set_defaults(handler=cmd_sandbox)

@@ -12,6 +12,7 @@ class ExitCode(IntEnum):
     FAILED = 1  # an unexpected error: a bug, reported with a traceback
     USAGE = 2  # the command line itself is wrong
     FINDINGS = 3  # `wave monitor --once`: a finding is open (cron and CI alert on it)
+    PREFLIGHT_FAILED = 4  # `wave preflight`: a probe failed; an autonomous worker: no matching pass
     INVALID_INPUT = 65  # EX_DATAERR: a story, story file or argument value is malformed
     NOT_FOUND = 66  # EX_NOINPUT: no such story or file
     UNAVAILABLE = 69  # EX_UNAVAILABLE: Redis cannot be reached
@@ -31,6 +32,12 @@ class ConfigError(WaveError):
     """A setting, environment variable or domain file is malformed."""
 
     exit_code = ExitCode.CONFIG
+
+
+class PreflightError(WaveError):
+    """Autonomous mode without a passing `wave preflight` for the settings in force."""
+
+    exit_code = ExitCode.PREFLIGHT_FAILED
 
 
 class InvalidInputError(WaveError):

@@ -136,6 +136,11 @@ class Keys:
         """String with a TTL: present while an EMERGENCY-STOP watcher is alive (the supervisor's /readyz)."""
         return self._k("watcher", "hb")
 
+    def preflight_pass(self) -> str:
+        """String with a TTL (24 h): the last passing `wave preflight`, JSON {at, by, digest, sandbox};
+        the digest is of the safety-relevant settings it proved, which autonomous workers must match."""
+        return self._k("preflight", "pass")
+
     def halt(self) -> str:
         """String: the durable halt flag, JSON {reason, by, at}; absent while the fleet runs."""
         return self._k("halt")

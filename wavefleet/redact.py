@@ -63,6 +63,9 @@ SHAPES: dict[str, str] = {
 ASSIGNMENT = (
     r"(?i:(?<![A-Za-z0-9])(?:password|passwd|secret|secret[_-]?key|api[_-]?key|access[_-]?token|auth[_-]?token"
     r"|client[_-]?secret|private[_-]?key))[\"']?\s*[:=]\s*"
+    # not when the value is itself a shape (a URL with a password, a key block): that shape's own
+    # branch must match it, or the assignment would take its first word and leave the secret
+    r"(?!-----BEGIN|[a-zA-Z][a-zA-Z0-9+.\-]*://)"
     r"(?:[\"'](?P<w>[^\"'\s]{8,})[\"']|(?P<W>[A-Za-z0-9_\-+/=!#$%^*~]{8,}))"
 )
 
