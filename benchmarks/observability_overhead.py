@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
+from redis import Redis
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -132,7 +133,8 @@ class Scraper:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -182,6 +184,33 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
     redis.flushall()
     before = peers.counts()
     observers = Processes(settings, workdir / "logs")
+    notifier = start_notifier(observers, settings, redis) if settings.slack.enabled else None
+    scraper = Scraper(settings.metrics.host, settings.metrics.port, args.scrape_s)
+    if settings.metrics.port:
+        scraper.start()
+    try:
+        phase = pipeline.run_wave(settings, args, workdir)
+    finally:
+        scraper.stop()
+    try:
+        phase.label = f"observers on ({', '.join(sorted(args.observers))})"
+        if notifier is not None:
+            phase.cpu_s["notifier"] = pipeline.cpu_of(notifier.pid)
+        wait_for_observers(settings, args.stories, peers, before, observers)
+    finally:
+        observers.stop_all()
+    after = peers.counts()
+    if settings.metrics.port and (scraper.ok == 0 or scraper.failed):
+        raise SystemExit(f"/metrics answered {scraper.ok} scrapes and failed {scraper.failed}")
+    phase.notes = [
+        f"Slack messages posted: {after['slack_messages'] - before['slack_messages']}; "
+        f"LangSmith runs collected: {after['runs'] - before['runs']}; /metrics scrapes: {scraper.ok} "
+        f"(median {1000 * statistics.median(scraper.seconds or [0.0]):.1f} ms)"
+    ]
+    return phase
+
+
+def start_notifier(observers: Processes, settings: Settings, redis: Redis) -> subprocess.Popen[bytes]:
     notifier = observers.wave("notifier", name="notifier")
     group = settings.keys.events_group("notifier")
     wait_until(
@@ -192,39 +221,28 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
         message="the notifier's consumer group",
         diagnose=observers.logs,
     )
-    scraper = Scraper(settings.metrics.host, settings.metrics.port, args.scrape_s).start()
-    try:
-        phase = pipeline.run_wave(settings, args, workdir)
-    finally:
-        scraper.stop()
-    try:
-        phase.label = "observers on"
-        phase.cpu_s["notifier"] = pipeline.cpu_of(notifier.pid)
+    return notifier
+
+
+def wait_for_observers(
+    settings: Settings, stories: int, peers: Peers, before: dict[str, int], observers: Processes
+) -> None:
+    """Every story's thread posted and every root and stage run collected: an observer that did less
+    than its work must not look cheap."""
+    if settings.slack.enabled:
         wait_until(
-            lambda: (
-                peers.counts()["slack_messages"] - before["slack_messages"] >= EVENTS_PER_STORY * args.stories
-            ),
+            lambda: peers.counts()["slack_messages"] - before["slack_messages"] >= EVENTS_PER_STORY * stories,
             timeout_s=120,
             message="the notifier to post every story's thread",
             diagnose=observers.logs,
         )
-        wanted_runs = args.stories * (1 + len(pipeline.ROLES))  # a root and 5 stages a story
+    if settings.langsmith.enabled:
+        wanted_runs = stories * (1 + len(pipeline.ROLES))  # a root and 5 stages a story
         wait_until(
             lambda: peers.counts()["runs"] - before["runs"] >= wanted_runs,
             timeout_s=120,
             message=f"{wanted_runs} LangSmith runs",
         )
-    finally:
-        observers.stop_all()
-    after = peers.counts()
-    if scraper.ok == 0 or scraper.failed:
-        raise SystemExit(f"/metrics answered {scraper.ok} scrapes and failed {scraper.failed}")
-    phase.notes = [
-        f"Slack messages posted: {after['slack_messages'] - before['slack_messages']}; "
-        f"LangSmith runs collected: {after['runs'] - before['runs']}; /metrics scrapes: {scraper.ok} "
-        f"(median {1000 * statistics.median(scraper.seconds or [0.0]):.1f} ms)"
-    ]
-    return phase
 
 
 def parse_args() -> argparse.Namespace:
