@@ -34,6 +34,7 @@ from docker_fleet import (
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 ROLES = ("admin", "worker", "supervisor", "watcher", "operator", "sandbox", "notifier")
 MODEL_KEYS = {"WAVE_ANTHROPIC__API_KEY": "sk-ant-test-key-0001", "WAVE_XAI__API_KEY": "xai-test-key-0002"}
+LANGSMITH_KEY = {"WAVE_LANGSMITH__API_KEY": "lsv2-test-key-0003"}  # tracing: the workers and the supervisor
 DOCKER_GID = str(Path("/var/run/docker.sock").stat().st_gid)
 
 
@@ -51,7 +52,9 @@ class Created:
         return {role: env_file_value(self.env_file, f"REDIS_{role.upper()}_PASSWORD") for role in ROLES}
 
     def environment(self, service: str) -> dict[str, str]:
-        return dict(entry.split("=", 1) for entry in self.containers[service]["Config"]["Env"])
+        # a pass-through variable the shell did not set is a bare NAME (Docker: unset); it holds nothing
+        env = self.containers[service]["Config"]["Env"]
+        return dict(entry.split("=", 1) for entry in env if "=" in entry)
 
 
 def make_up_without_compose(
@@ -85,7 +88,7 @@ def created(
         FLEET_IMAGE=worker_image, REDIS_IMAGE=redis_image, DOZZLE_IMAGE=base_image,
         HALT_DIR=str(halt_dir), COMPOSE_PROFILES="dozzle", COMPOSE_PROJECT_NAME=project,
         DOCKER_GID=DOCKER_GID, SANDBOX_IMAGE=sandbox_image, DOZZLE_USERS_FILE=str(users_file),
-        REDIS_PORT="0", DOZZLE_PORT="0", **MODEL_KEYS,
+        REDIS_PORT="0", DOZZLE_PORT="0", **MODEL_KEYS, **LANGSMITH_KEY,
     )  # fmt: skip
     files = ["-f", "compose/base.yml", "-f", "compose/auth.yml"]
     compose = [*compose_command(), "--env-file", str(env_file), "-p", project, *files]
@@ -212,6 +215,8 @@ def test_each_service_gets_only_the_secrets_it_uses(created: Created) -> None:
         values = set(env.values())
         held = {role for role, secret in secrets.items() if secret in values}
         keys = {name for name, key in MODEL_KEYS.items() if key in values}
+        traces = LANGSMITH_KEY["WAVE_LANGSMITH__API_KEY"] in values
+        assert traces == (service == "supervisor" or own.get(service) == "worker"), service
         if service == "redis":
             assert held == set(ROLES) and not keys
         elif service in own:
