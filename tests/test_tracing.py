@@ -93,7 +93,7 @@ def test_a_horse_never_talks_to_langsmith_and_costs_one_redis_command(
         calls.append(args)
         return original(*args, **kwargs)
 
-    redis.execute_command = counted  # type: ignore[method-assign]
+    redis.execute_command = counted
     started = time.perf_counter()
     for _ in range(100):
         horse.start(root.child(), root, "tool", "tool", inputs={"args": {"path": "a.py"}})
