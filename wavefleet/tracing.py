@@ -12,6 +12,7 @@ dropped and counted, and the outbox, full, drops and counts the horses' runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -215,6 +216,8 @@ class LangSmithTracer(Tracer):
         if thread is None:
             return
         self._stop.set()
+        with contextlib.suppress(queue.Full):  # wakes the sender waiting for runs (full: it is not waiting)
+            self._queue.put_nowait(_WAKE)
         thread.join(timeout)
         if thread.is_alive():
             with self._lock:
@@ -242,19 +245,14 @@ class LangSmithTracer(Tracer):
     def _take(self, wait_s: float) -> list[Run]:
         batch: list[Run] = []
         deadline = time.monotonic() + wait_s
-        while len(batch) < self.config.batch and not self._stop.is_set():
-            remaining = deadline - time.monotonic()
+        while len(batch) < self.config.batch:
+            remaining = 0.0 if self._stop.is_set() else deadline - time.monotonic()
             try:
-                batch.append(
-                    self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                )
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-        while self._stop.is_set() and len(batch) < self.config.batch:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+            if item is not _WAKE:  # _WAKE: stop is set, what is left is taken without waiting
+                batch.append(item)
         return batch
 
     def _drain_into(self, batch: list[Run]) -> bool:
@@ -349,6 +347,9 @@ class NoTracer(Tracer):
 
     def end(self, ctx: TraceContext, parent: TraceContext | None, **fields: Any) -> None:
         return None
+
+
+_WAKE: Run = ("wake", {})  # put by close: the sender stops waiting for runs
 
 
 def tracer_for(settings: Settings, redis: Redis) -> Tracer:
