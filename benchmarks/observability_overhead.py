@@ -190,12 +190,15 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
         scraper.start()
     try:
         phase = pipeline.run_wave(settings, args, workdir)
+        backlog = redis.llen(settings.keys.trace_outbox())  # the fleet is stopped (SIGKILL) with the clock
     finally:
         scraper.stop()
     try:
         phase.label = f"observers on ({', '.join(sorted(args.observers))})"
         if notifier is not None:
             phase.cpu_s["notifier"] = pipeline.cpu_of(notifier.pid)
+        if settings.langsmith.enabled:  # what the killed supervisor left in the outbox: the next sends it
+            observers.supervisor()
         wait_for_observers(settings, args.stories, peers, before, observers)
     finally:
         observers.stop_all()
@@ -205,7 +208,8 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
     phase.notes = [
         f"Slack messages posted: {after['slack_messages'] - before['slack_messages']}; "
         f"LangSmith runs collected: {after['runs'] - before['runs']}; /metrics scrapes: {scraper.ok} "
-        f"(median {1000 * statistics.median(scraper.seconds or [0.0]):.1f} ms)"
+        f"(median {1000 * statistics.median(scraper.seconds or [0.0]):.1f} ms); trace outbox entries "
+        f"(stages) left when the last story finished: {backlog}"
     ]
     return phase
 

@@ -17,7 +17,9 @@ from test_fleet import user_env, wave
 
 from wavefleet import acl
 from wavefleet.embedded import EmbeddedRedis, free_port
+from wavefleet.keys import Keys
 from wavefleet.testing import wait_until
+from wavefleet.trace_outbox import Outbox
 
 REPO = Path(__file__).resolve().parent.parent
 HALT = "wave:halt"
@@ -304,3 +306,14 @@ def test_the_notifier_reads_stories_and_the_events_stream_and_writes_only_its_ow
         ("EVAL", "return 1", "0"),
     ]:
         assert refused(client, *attack), attack
+
+
+def test_a_worker_pushes_to_the_trace_outbox_and_the_supervisor_drains_it(server: EmbeddedRedis) -> None:
+    keys = Keys()
+    worker, supervisor = server.client(acl.WORKER), server.client(acl.SUPERVISOR, decode_responses=True)
+    run = ("post", {"id": "r-1", "name": "pm r0"})
+    assert Outbox(worker, keys, bound=10).push([run], lost=2) == 2  # RPUSH and HINCRBY, in one script
+    assert Outbox(supervisor, keys, bound=10).take(100) == [run]  # LPOP
+    assert int(supervisor.hget(keys.metric_counters(), "trace_runs_dropped") or 0) >= 2
+    for user in (acl.NOTIFIER, acl.SANDBOX):  # neither has any business with it
+        assert refused(server.client(user), "RPUSH", keys.trace_outbox(), "x"), user

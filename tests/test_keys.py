@@ -26,6 +26,7 @@ LAYOUT = [
     ("notifier_dead_total", (), "wave:notifier:deadtotal", "acme-2:notifier:deadtotal"),
     ("notifier_state", (), "wave:notifier:state", "acme-2:notifier:state"),
     ("metric_counters", (), "wave:metrics:counters", "acme-2:metrics:counters"),
+    ("trace_outbox", (), "wave:trace:outbox", "acme-2:trace:outbox"),
     ("metric_stage_durations", ("auth", "fe"), "wave:metrics:stage:auth:fe", "acme-2:metrics:stage:auth:fe"),
     ("metric_llm", (), "wave:metrics:llm", "acme-2:metrics:llm"),
     ("safety_review", (), "wave:safety:review", "acme-2:safety:review"),

@@ -358,13 +358,14 @@ def cmd_supervisor(app: App, args: argparse.Namespace) -> int:
 
 
 def _story_traces(app: App) -> StoryTraces | None:
-    """The stories' LangSmith root runs, a thread of the supervisor, when `langsmith.api_key` is set."""
+    """The stories' LangSmith root runs and the workers' runs (the trace outbox), sent by a thread of
+    the supervisor, when `langsmith.api_key` is set."""
     from .trace_roots import StoryTraces  # noqa: PLC0415
-    from .tracing import Tracer  # noqa: PLC0415
+    from .tracing import LangSmithTracer  # noqa: PLC0415
 
     if not app.settings.langsmith.enabled:
         return None
-    traces = StoryTraces(app.settings, app.store.redis, Tracer(app.settings, app.store.redis))
+    traces = StoryTraces(app.settings, app.store.redis, LangSmithTracer(app.settings, app.store.redis))
     traces.start()
     return traces
 

@@ -319,13 +319,16 @@ class SlackSettings(_Section):
 
 class LangSmithSettings(_Section):
     """LangSmith tracing (README "LangSmith"): one trace per story. Off unless an API key is set.
-    Runs are posted from a background thread through a bounded queue: when it is full a run is
-    dropped and counted (`wave_trace_runs_dropped_total`), never waited for."""
+    A work horse leaves its runs in a bounded Redis list (the trace outbox) in one command; the
+    supervisor's thread sends them. Beyond a bound a run is dropped and counted
+    (`wave_trace_runs_dropped_total`), never waited for."""
 
     api_key: SecretStr | None = None
     endpoint: str = "https://api.smith.langchain.com"
     project: str = Field(default="wave", min_length=1, max_length=200)
     queue_size: int = Field(default=10_000, ge=1, le=1_000_000)  # runs waiting to be sent, per process
+    # stage entries waiting in the trace outbox (Redis) for the supervisor; beyond, dropped and counted
+    outbox_size: int = Field(default=10_000, ge=1, le=1_000_000)
     batch: int = Field(default=100, ge=1, le=10_000)  # runs sent in one request
     flush_interval_s: float = Field(default=1.0, gt=0, le=3600)
     timeout_s: float = Field(default=10.0, gt=0, le=300)

@@ -244,6 +244,11 @@ class Keys:
         ``halts``, ``trace_runs_dropped``; HINCRBY by whichever process counts."""
         return self._k("metrics", "counters")
 
+    def trace_outbox(self) -> str:
+        """List: LangSmith runs work horses left for the supervisor to send, one JSON entry per
+        stage (wavefleet/trace_outbox.py); bounded by ``langsmith.outbox_size`` entries."""
+        return self._k("trace", "outbox")
+
     def metric_stage_durations(self, domain: str, role: str) -> str:
         """Hash: one domain and role's stage-duration histogram: ``{outcome}:le:{bound}`` cumulative
         counts, ``{outcome}:count`` and ``{outcome}:sum_ms`` (outcome: ok, failed, transient, held)."""

@@ -2,7 +2,8 @@
 
 On a story's ``enqueued`` entry it creates the root run whose context the enqueue wrote on the story
 hash (the stages' runs are its children, made by the workers); on a terminal state it ends it with
-the story's state, reason and cost. A producer never waits on it: it reads the capped stream.
+the story's state, reason and cost. A producer never waits on it: it reads the capped stream. Its
+tracer's thread also sends the workers' runs, which it pops from the trace outbox.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .config import Settings
 from .fleet_events import EventConsumer, FleetEvent, StoryEvent
 from .lifecycle import TERMINAL
 from .store import StoryStore
-from .tracing import CLOSE_TIMEOUT_S, TraceContext, Tracer
+from .tracing import CLOSE_TIMEOUT_S, LangSmithTracer, TraceContext
 
 GROUP = "tracer"
 TERMINAL_STATES = frozenset(s.value for s in TERMINAL)
@@ -27,7 +28,7 @@ class StoryTraces:
     """Reads the events stream and posts and ends each story's root run on `tracer`."""
 
     def __init__(
-        self, settings: Settings, redis: Redis, tracer: Tracer, consumer: str = "supervisor"
+        self, settings: Settings, redis: Redis, tracer: LangSmithTracer, consumer: str = "supervisor"
     ) -> None:
         self.store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
         # "0" when the group is new: stories enqueued before the supervisor started get their root too
@@ -37,6 +38,7 @@ class StoryTraces:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self.tracer.start_sending()  # it also drains the trace outbox: the workers' runs
         self._thread = threading.Thread(target=self.run, name="langsmith-roots", daemon=True)
         self._thread.start()
 

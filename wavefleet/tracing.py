@@ -1,11 +1,13 @@
-"""LangSmith tracing: one trace per story, runs posted from a background thread that never blocks a stage.
+"""LangSmith tracing: one trace per story, its runs travel horse -> Redis outbox -> supervisor -> LangSmith.
 
 A story's root run id and dotted order are made at enqueue (`new_trace`, kept on the story hash)
-and travel with every stage job (`StageJob.trace`); each process adds its runs under them. `put`
-only appends to a bounded queue: full, the run is dropped and counted. One daemon thread per
-process sends batches with the real `langsmith.Client` (`batch_ingest_runs`: POST /runs/batch); a
-LangSmith outage costs that thread time, never the caller's. The thread starts on the first run in
-a process, so an RQ work horse (forked) gets its own.
+and travel with every stage job (`StageJob.trace`); each process adds its runs under them. A work
+horse's `OutboxTracer` keeps its runs in memory (bounded) and leaves them in the trace outbox in one
+Redis command at the stage's end: no thread, no HTTP, nothing to wait for in a horse. The
+supervisor's `LangSmithTracer` (one daemon thread, one long-lived `langsmith.Client`, kept-alive
+connection) sends its own root runs and what it pops from the outbox (`batch_ingest_runs`: POST
+/runs/batch); a LangSmith outage costs that thread time, never a stage: batches that fail are
+dropped and counted, and the outbox, full, drops and counts the horses' runs.
 """
 
 from __future__ import annotations
@@ -13,14 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import mmap
-import os
 import queue
-import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,11 +30,9 @@ from . import logs
 from .config import LangSmithSettings, Settings
 from .keys import Keys
 from .redact import redactor_for
+from .trace_outbox import Outbox, Run
 
-CLOSE_TIMEOUT_S = 2.0  # what a process waits at its end for runs still queued (a work horse, the supervisor)
-# After a failed batch, for this long a process ending does not wait for its queued runs: during an
-# outage one stage per worker per minute waits up to CLOSE_TIMEOUT_S at its end (the probe), not each.
-OUTAGE_HOLD_S = 60.0
+CLOSE_TIMEOUT_S = 2.0  # what the supervisor waits at its end for runs still queued
 
 
 @dataclass(frozen=True)
@@ -90,11 +86,9 @@ def new_trace(at: datetime | None = None) -> TraceContext:
     return TraceContext(run_id, run_id, f"{stamp(at)}{run_id}", at.isoformat())
 
 
-Runs = queue.Queue[tuple[str, dict[str, Any]]]  # ("post" | "patch", the run)
-
-
 class Tracer:
-    """Runs to LangSmith: `start` and `end` queue a run's create and update, never waiting."""
+    """A process's runs: `start` and `end` record a run's create and update, never waiting. How
+    they travel is the subclass's (`OutboxTracer` in a work horse, `LangSmithTracer` in the supervisor)."""
 
     enabled = True
 
@@ -102,29 +96,13 @@ class Tracer:
         self.config: LangSmithSettings = settings.langsmith
         self.redis, self.keys = redis, keys or settings.keys
         self.redactor = redactor_for(settings)
-        self.dropped = 0  # runs this process dropped (queue full, or LangSmith failing)
+        self.dropped = 0  # runs this process dropped (a bound reached, or LangSmith failing)
         self.sent = 0
-        self._pid = -1
-        self._lock = threading.Lock()
-        self._queue: Runs = queue.Queue(self.config.queue_size)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._unreported = {"trace_runs_dropped": 0, "trace_runs_sent": 0}
-        # When the last batch failed (0.0: it did not), shared with the forked work horses (an
-        # anonymous mmap is MAP_SHARED): a horse knows of the outage its predecessors met.
-        self._outage = mmap.mmap(-1, _OUTAGE.size)
-        self._inflight = 0
-        # Built here, once, before a worker forks its horses (it takes half a second; a horse that
-        # built its own would wait that long at its end). It opens no connection and no thread yet.
-        self._langsmith = self._client()
 
-        self._error: Exception | None = None
-
-    # The callers' side -----------------------------------------------------------------------
     def start(
         self, ctx: TraceContext, parent: TraceContext | None, name: str, run_type: str, **fields: Any
     ) -> None:
-        """Queue the create of run `ctx` (a child of `parent`, None for a story's root)."""
+        """Record the create of run `ctx` (a child of `parent`, None for a story's root)."""
         run = {
             "id": ctx.run_id,
             "trace_id": ctx.trace_id,
@@ -140,7 +118,7 @@ class Tracer:
         self._put("post", run)
 
     def end(self, ctx: TraceContext, parent: TraceContext | None, **fields: Any) -> None:
-        """Queue the update ending run `ctx` (outputs, error, end_time)."""
+        """Record the update ending run `ctx` (outputs, error, end_time)."""
         run = {
             "id": ctx.run_id,
             "trace_id": ctx.trace_id,
@@ -158,7 +136,72 @@ class Tracer:
         return {k: _cut(self.redactor.clean(v), self.config.text_max_chars) for k, v in fields.items()}
 
     def _put(self, op: str, run: dict[str, Any]) -> None:
-        self._ensure_thread()
+        raise NotImplementedError
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Hand on what this process recorded (bounded by `timeout`)."""
+
+
+class OutboxTracer(Tracer):
+    """A work horse's runs: kept in memory (at most `queue_size`; beyond, dropped and counted) and
+    left in the trace outbox in one Redis command by `close` (at the stage's end)."""
+
+    def __init__(self, settings: Settings, redis: Redis, keys: Keys | None = None) -> None:
+        super().__init__(settings, redis, keys)
+        self.outbox = Outbox(redis, self.keys, self.config.outbox_size)
+        self._runs: list[Run] = []
+        self._lost = 0  # dropped here, not counted in Redis yet
+
+    def _put(self, op: str, run: dict[str, Any]) -> None:
+        if len(self._runs) < self.config.queue_size:
+            self._runs.append((op, run))
+        else:
+            self.dropped += 1
+            self._lost += 1
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        runs, lost, self._runs, self._lost = self._runs, self._lost, [], 0
+        if not runs and not lost:
+            return
+        try:
+            dropped = self.outbox.push(runs, lost)
+        except RedisError as exc:  # the fleet's Redis is away: these runs are lost, the stage is not
+            logs.get().warning("trace outbox unavailable: runs dropped", runs=len(runs), error=str(exc)[:200])
+            dropped = lost + len(runs)
+        self.dropped += dropped - lost
+        self.sent += len(runs) - (dropped - lost)  # handed to the outbox
+
+
+Runs = queue.Queue[Run]
+
+
+class LangSmithTracer(Tracer):
+    """The supervisor's sender: its own runs (the stories' roots) through a bounded queue, and the
+    horses' runs popped from the trace outbox, posted in batches by one daemon thread with one
+    long-lived `langsmith.Client`. A failed batch (after the client's own bounded retries with
+    backoff) is dropped and counted; LangSmith unreachable is logged once, answering again once."""
+
+    def __init__(self, settings: Settings, redis: Redis | None = None, keys: Keys | None = None) -> None:
+        super().__init__(settings, redis, keys)
+        self.outbox = Outbox(redis, self.keys, self.config.outbox_size) if redis is not None else None
+        self._lock = threading.Lock()
+        self._queue: Runs = queue.Queue(self.config.queue_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unreported = {"trace_runs_dropped": 0, "trace_runs_sent": 0}
+        self._inflight = 0
+        self._down = False  # the last batch failed (logged once per outage)
+        self._error: Exception | None = None
+        self._langsmith = self._client()
+
+    def start_sending(self) -> None:
+        """Start the sender thread (the supervisor: also when it records no run of its own)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._send_loop, name="langsmith-sender", daemon=True)
+            self._thread.start()
+
+    def _put(self, op: str, run: dict[str, Any]) -> None:
+        self.start_sending()
         try:
             self._queue.put_nowait((op, run))
         except queue.Full:
@@ -166,84 +209,64 @@ class Tracer:
                 self.dropped += 1
                 self._unreported["trace_runs_dropped"] += 1
 
-    def _ensure_thread(self) -> None:
-        if self._pid == os.getpid():
-            return
-        # The first run in this process, in a forked work horse (the parent's thread is not here,
-        # its queue may be in any state), or after a close: a fresh queue and a thread of its own.
-        self._lock = threading.Lock()
-        self._queue = queue.Queue(self.config.queue_size)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._send_loop, args=(self._queue, self._stop), name="langsmith-sender", daemon=True
-        )
-        self._thread.start()
-        self._pid = os.getpid()
-
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
-        """Send what is queued, waiting at most `timeout` (not at all during a known outage); what
-        is left then is dropped and counted."""
+        """Send what is queued, waiting at most `timeout`; what is left then is dropped and counted
+        (what is still in the outbox stays there for the next supervisor)."""
         thread = self._thread
-        if thread is None or self._pid != os.getpid():
+        if thread is None:
             return
         self._stop.set()
         with contextlib.suppress(queue.Full):  # wakes the sender waiting for runs (full: it is not waiting)
             self._queue.put_nowait(_WAKE)
-        deadline = time.monotonic() + timeout
-        # until sent, or LangSmith is known down (a refused connection is seen in milliseconds)
-        while thread.is_alive() and not self.outage() and time.monotonic() < deadline:
-            thread.join(0.02)
+        thread.join(timeout)
         if thread.is_alive():
-            if not self.outage():  # LangSmith did not take a batch in `timeout`: the next horses do not wait
-                self._mark_outage(f"no batch taken in {timeout:g} s")
             with self._lock:
                 left = self._queue.qsize() + self._inflight
                 self.dropped += left
                 self._unreported["trace_runs_dropped"] += left
-            self._report()
-        self._pid = -1  # a run after this (a process that goes on) starts a new queue and thread
-
-    def _mark_outage(self, problem: str) -> None:
-        (since,) = _OUTAGE.unpack_from(self._outage)
-        _OUTAGE.pack_into(self._outage, 0, time.time())
-        if not since:  # once per outage, whichever horse of the worker met it first
-            logs.get().warning(
-                "LangSmith unreachable: runs are dropped until it answers",
-                endpoint=self.config.endpoint,
-                error=problem[:300],
-            )
-
-    def outage(self) -> bool:
-        """Whether a batch failed (here, or in another horse of this worker) less than OUTAGE_HOLD_S ago."""
-        (since,) = _OUTAGE.unpack_from(self._outage)
-        return bool(since) and time.time() - since < OUTAGE_HOLD_S
+        self._report()
 
     # The sender's side -----------------------------------------------------------------------
-    def _send_loop(self, runs: Runs, stop: threading.Event) -> None:
-        client = self._langsmith
+    def _send_loop(self) -> None:
+        more = False  # the outbox had more than a batch: take again without waiting
         while True:
-            batch = self._take(runs, stop, self.config.flush_interval_s)
-            if batch:
-                self._inflight = len(batch)
-                self._send(client, batch)
-                self._inflight = 0
+            wait_s = 0.0 if more or self._stop.is_set() else self.config.flush_interval_s
+            batch = self._take(wait_s)  # the roots first: a story's root is posted before its stages
+            more = self._drain_into(batch)
+            for at in range(0, len(batch), self.config.batch):
+                chunk = batch[at : at + self.config.batch]
+                self._inflight = len(batch) - at
+                self._send(chunk)
+            self._inflight = 0
             self._report()
-            if stop.is_set() and runs.empty():
+            if self._stop.is_set() and self._queue.empty() and not more:
                 return
 
-    def _take(self, runs: Runs, stop: threading.Event, wait_s: float) -> list[tuple[str, dict[str, Any]]]:
-        batch: list[tuple[str, dict[str, Any]]] = []
+    def _take(self, wait_s: float) -> list[Run]:
+        batch: list[Run] = []
         deadline = time.monotonic() + wait_s
         while len(batch) < self.config.batch:
-            remaining = 0.0 if stop.is_set() else deadline - time.monotonic()
+            remaining = 0.0 if self._stop.is_set() else deadline - time.monotonic()
             try:
-                item = runs.get(timeout=remaining) if remaining > 0 else runs.get_nowait()
-                if item is _WAKE:
-                    continue  # stop is set: what is left is taken without waiting
-                batch.append(item)
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
+            if item is not _WAKE:  # _WAKE: stop is set, what is left is taken without waiting
+                batch.append(item)
         return batch
+
+    def _drain_into(self, batch: list[Run]) -> bool:
+        """Add the horses' runs from the outbox; whether it may hold more."""
+        room = self.config.batch - len(batch)
+        if self.outbox is None or room <= 0:
+            return self.outbox is not None
+        try:
+            taken = self.outbox.take(room)
+        except RedisError as exc:  # Redis away: the supervisor says so; the runs wait in Redis
+            logs.get().warning("trace outbox: redis unavailable", error=str(exc)[:200])
+            return False
+        batch.extend(taken)
+        return len(taken) >= room
 
     def _client(self) -> Any:
         import langsmith  # noqa: PLC0415 - only a tracing process pays for importing it
@@ -254,7 +277,6 @@ class Tracer:
         key = self.config.api_key
         return langsmith.Client(
             api_url=self.config.endpoint,
-            session=_watched_session(self._mark_outage),
             api_key=key.get_secret_value() if key else None,
             auto_batch_tracing=False,  # our queue and thread, not the client's
             info={},  # no GET /info: the batch size limit is ours
@@ -264,14 +286,12 @@ class Tracer:
             omit_traced_runtime_info=True,
         )
 
-    def _send(self, client: Any, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    def _send(self, batch: list[Run]) -> None:
         self._error = None
         create = [run for op, run in batch if op == "post"]
         update = [run for op, run in batch if op == "patch"]
-        try:
-            client.batch_ingest_runs(
-                create=create, update=update
-            )  # retries 3 times itself, then calls _failed
+        try:  # retries 3 times itself (1 s, 2 s backoff), then calls _failed
+            self._langsmith.batch_ingest_runs(create=create, update=update)
         except Exception as exc:  # a bad run (LangSmithUserError): dropped with the batch
             self._error = exc
         with self._lock:
@@ -281,17 +301,21 @@ class Tracer:
                 self.dropped += len(batch)
             else:
                 self.sent += len(batch)
-        if self._error is not None:
-            self._mark_outage(str(self._error))
-        elif _OUTAGE.unpack_from(self._outage)[0]:
-            _OUTAGE.pack_into(self._outage, 0, 0.0)
+        if self._error is not None and not self._down:
+            logs.get().warning(
+                "LangSmith unreachable: runs are dropped until it answers",
+                endpoint=self.config.endpoint,
+                error=str(self._error)[:300],
+            )
+        elif self._error is None and self._down:
             logs.get().info("LangSmith answers again", endpoint=self.config.endpoint)
+        self._down = self._error is not None
 
     def _failed(self, error: Exception) -> None:
         self._error = error
 
     def _report(self) -> None:
-        """Add this process's counts to the fleet's counters (one HINCRBY each per batch, not per run)."""
+        """Add the counts to the fleet's counters (one HINCRBY each per batch, not per run)."""
         if self.redis is None:
             return
         with self._lock:
@@ -324,36 +348,13 @@ class NoTracer(Tracer):
     def end(self, ctx: TraceContext, parent: TraceContext | None, **fields: Any) -> None:
         return None
 
-    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
-        return None
+
+_WAKE: Run = ("wake", {})  # put by close: the sender stops waiting for runs
 
 
-_OUTAGE = struct.Struct("d")
-_WAKE: tuple[str, dict[str, Any]] = ("wake", {})  # put by close: the sender stops waiting for runs
-
-
-def _watched_session(failed: Callable[[str], None]) -> Any:
-    """The client's HTTP session, telling of a failure at its first attempt (the client retries
-    with sleeps of seconds before it reports one): a work horse ending then does not wait."""
-    import requests  # noqa: PLC0415 - the client's own dependency, only in a tracing process
-
-    class WatchedSession(requests.Session):
-        def request(self, *args: Any, **kwargs: Any) -> requests.Response:
-            try:
-                response = super().request(*args, **kwargs)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                failed(f"{type(exc).__name__}: {exc}")
-                raise
-            if response.status_code >= 500:
-                failed(f"HTTP {response.status_code}")
-            return response
-
-    return WatchedSession()
-
-
-def tracer_for(settings: Settings, redis: Redis | None = None) -> Tracer:
-    """The process's tracer: a real one when `langsmith.api_key` is set, else one that does nothing."""
-    return Tracer(settings, redis) if settings.langsmith.enabled else NoTracer()
+def tracer_for(settings: Settings, redis: Redis) -> Tracer:
+    """A worker's tracer: its horses' runs to the outbox when `langsmith.api_key` is set, else nothing."""
+    return OutboxTracer(settings, redis) if settings.langsmith.enabled else NoTracer()
 
 
 def _cut(value: Any, limit: int) -> Any:

@@ -37,8 +37,8 @@ def run_stage(story_id: str, domain: str, role: str, round_: int, attempt: int, 
         try:
             return _run_stage(story_id, role, round_, attempt, trace)
         finally:
-            # the work horse exits after this job: what it traced is sent first (bounded; during a
-            # LangSmith outage the horse ends at most CLOSE_TIMEOUT_S later, its result already stored)
+            # the work horse exits after this job: what it traced goes to the trace outbox first (one
+            # Redis command; the supervisor sends it to LangSmith: the horse never waits for LangSmith)
             runtime.current().tracer.close()
 
 

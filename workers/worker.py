@@ -354,7 +354,7 @@ def run_worker(settings: Settings, domain: Domain, role: Role, index: int, *, bu
     store = StoryStore(redis, settings.keys, settings.pipeline.max_rounds)
     llm = LLMClient(settings, redis)
     llm.preload()  # the SDK imports, once, before any work horse is forked
-    tracer = tracer_for(settings, redis)  # its thread starts in each work horse, at the first run
+    tracer = tracer_for(settings, redis)  # each work horse leaves its runs in the trace outbox
     runtime.install(
         runtime.Runtime(settings, redis, store, domain, role, identity, name, llm, sandbox, kind, tracer)
     )

@@ -17,7 +17,8 @@ from wavefleet.domains import Domains
 from wavefleet.errors import HoldStory
 from wavefleet.llm.client import LLMClient
 from wavefleet.store import StoryStore
-from wavefleet.tracing import Tracer, new_trace
+from wavefleet.testing import wait_until
+from wavefleet.tracing import LangSmithTracer, OutboxTracer, new_trace
 from workers.agent.tracing import TraceMiddleware
 
 SYSTEM = "You are a careful engineer."
@@ -45,7 +46,7 @@ def test_tool_runs_carry_the_gate_decision_and_llm_runs_their_tokens(
             ]
         )
     )
-    tracer, root = Tracer(traced, redis), new_trace()
+    tracer, root = OutboxTracer(traced, redis), new_trace()  # a work horse's
     tracing = TraceMiddleware(tracer, root)
     ctx = stage_context(live, client, store, domains, tree, gate=Gate(), middleware=[tracing])
     try:
@@ -53,7 +54,12 @@ def test_tool_runs_carry_the_gate_decision_and_llm_runs_their_tokens(
         with pytest.raises(HoldStory) as held:  # the escalation holds the story
             loop_for(ctx, tree).run(SYSTEM, "Go.")
         tracing.on_stage_error(ctx.stage, held.value)
-        tracer.close(10)
+        tracer.close()  # the stage's end: to the trace outbox; the supervisor's sender posts them
+        sender = LangSmithTracer(traced, redis)
+        sender.start_sending()
+        outbox = traced.keys.trace_outbox()
+        wait_until(lambda: redis.llen(outbox) == 0, timeout_s=10, message="the outbox drained")
+        sender.close(10)
         runs = list(collector.snapshot().values())
     finally:
         collector.close()

@@ -13,11 +13,19 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client killed with its kept-alive connection open (a supervisor at a benchmark's end)
+        if not isinstance(sys.exc_info()[1], ConnectionResetError):
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -36,7 +44,7 @@ class LangSmithServer:
         self.open()
 
     def open(self) -> LangSmithServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_for(self))
+        self._httpd = _Server(("127.0.0.1", self._port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._port = int(self._httpd.server_address[1])
         threading.Thread(

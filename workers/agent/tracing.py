@@ -1,7 +1,8 @@
 """A stage's part of its story's LangSmith trace: a stage run, `llm` runs, `tool` runs.
 
 The stage run is a child of the story's root run (its context came with the job); every run is
-queued on the worker's Tracer and sent by its thread, so a hook costs a queue put, never a request.
+kept by the horse's OutboxTracer and left in the trace outbox at the stage's end, so a hook costs a
+list append, never a request.
 """
 
 from __future__ import annotations
