@@ -35,7 +35,7 @@ UNDECIDED_SCORE = 0.85  # no opinion: neither allowed nor refused by the rules; 
 _READERS = frozenset(("read_file", "list_files", "search"))
 _WRITERS = frozenset(("write_file", "edit_file"))
 _B64 = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
-_HEX = re.compile(r"\\x([0-9a-fA-F]{2})")
+_HEX = re.compile(r"\\x([0-9a-fA-F]{2})|\\([0-7]{3})")
 
 
 def evaluate(call: ActionCall) -> RuleDecision:
@@ -90,7 +90,7 @@ def run_hits(command: str, branch: str = "", depth: int = 0) -> tuple[list[Hit],
 
 
 def _decoded(command: str, raw: str, t: str) -> Iterator[str]:
-    """Payloads hidden in base64 or \\x escapes (`echo cm0gLXJmIC8= | base64 -d | sh`): decoded, to be
+    """Payloads hidden in base64, \\x or octal escapes (`echo cm0gLXJmIC8= | base64 -d | sh`): decoded, to be
     read by the same rules."""
     if "base64" in t or "b64decode" in t or "atob" in t or "frombase64" in t:
         for token in _B64.findall(raw):
@@ -102,8 +102,8 @@ def _decoded(command: str, raw: str, t: str) -> Iterator[str]:
                 continue
             if text.isprintable() or text.strip().isprintable():
                 yield text
-    if "\\x" in command:
-        yield _HEX.sub(lambda m: chr(int(m.group(1), 16)), command)
+    if "\\" in command and _HEX.search(command):
+        yield _HEX.sub(lambda m: chr(int(m.group(1), 16) if m.group(1) else int(m.group(2), 8)), command)
 
 
 def _decide(hits: list[Hit], ordinary: bool) -> RuleDecision:

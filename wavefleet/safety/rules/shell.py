@@ -9,6 +9,7 @@ real shell would keep as one word is split too, which can only make more rules f
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from typing import NamedTuple
 
@@ -79,6 +80,18 @@ _WITH_VALUE = frozenset(
 )
 
 
+# What a globbed program name (`/bin/r? -rf /`, `/???/?m`) may stand for: every name a rule reads.
+_GLOB_TARGETS = (
+    "rm", "rmdir", "unlink", "shred", "dd", "find", "chmod", "chown", "mv", "cp", "ln", "tee", "truncate",
+    "tar", "sed", "perl", "ruby", "node", "php", "python", "python3", "curl", "wget", "nc", "ncat", "netcat",
+    "socat", "telnet", "ssh", "scp", "rsync", "sudo", "su", "doas", "env", "eval", "exec", "xargs", "git",
+    "mkfs", "mke2fs", "wipefs", "fdisk", "shutdown", "reboot", "kill", "docker", "kubectl", *sorted(_SHELLS),
+)  # fmt: skip
+_KNOWN = frozenset(_GLOB_TARGETS)
+# `[rm,-rf,/]` of `subprocess.run(['rm','-rf','/'])` (quotes already gone): a list of words.
+_LIST_PUNCT = re.compile(r"[\[\],]")
+
+
 class Command(NamedTuple):
     name: str  # the program's base name: /usr/bin/rm -> rm
     args: tuple[str, ...]
@@ -92,33 +105,55 @@ def words(segment: str) -> list[str]:
 def commands(line: str) -> list[Command]:
     """Every simple command of `line` (normalised text), wrappers included as commands of their own."""
     found: list[Command] = []
+    if "<<<" in line:  # `sh <<< 'rm -rf /'`: the here-string is the shell's input
+        line = line.replace("<<<", " <<< ")
     for segment in _SPLIT.split(line):
-        _peel(segment.split(), found, depth=0)
+        listed = _LIST_PUNCT.sub(" ", segment) if "," in segment and "[" in segment else segment
+        _peel(listed.split(), found, depth=0)
     return found
 
 
 def _peel(toks: list[str], found: list[Command], depth: int) -> None:
+    assigned = False
     while toks and (_ASSIGNMENT.match(toks[0]) or toks[0] in ("!", "-", "--", "{", "}")):
+        assigned = assigned or "=" in toks[0]
         toks = toks[1:]
     if not toks or depth > 8:
         return
     name = toks[0].rsplit("/", 1)[-1] or toks[0]
     args = toks[1:]
+    _hidden(toks, name, assigned, found, depth)
     found.append(Command(name, tuple(args), " ".join(args)))
     if name == "find":
         _find_exec(args, found, depth)
         return
     if name in _SHELLS or name.startswith("python") or name in ("perl", "ruby", "node"):
+        if "<<<" in args:
+            _peel(args[args.index("<<<") + 1 :], found, depth + 1)
         inner = _after_c_flag(args)
         if inner is not None and name in _SHELLS:
             _peel(inner, found, depth + 1)
         return
     if name not in _WRAPPERS:
         return
+    if name == "env":  # `env -S'rm -rf /'` (-S split-string, lower-cased, value attached)
+        args = [a[2:] if a.startswith("-s") and len(a) > 2 else a for a in args]
     i = 0
     while i < len(args) and (args[i].startswith("-") or _ASSIGNMENT.match(args[i]) or _is_duration(args[i])):
         i += 2 if args[i] in _WITH_VALUE and name not in ("env", "eval") else 1
     _peel(args[i:], found, depth + 1)
+
+
+def _hidden(toks: list[str], name: str, assigned: bool, found: list[Command], depth: int) -> None:
+    """Programs the split cannot see: behind a quoted assignment's words, or named by a glob."""
+    if assigned:  # `A='x y' rm -rf /`: the quotes are gone, so the value's words hide the program
+        for j in range(1, min(len(toks), 8)):
+            if toks[j] in _KNOWN:
+                _peel(toks[j:], found, depth + 1)
+                break
+    if any(c in name for c in "?*["):  # a glob runs whatever it matches: read it as each of them
+        for match in fnmatch.filter(_GLOB_TARGETS, name):
+            _peel([match, *toks[1:]], found, depth + 1)
 
 
 def _after_c_flag(args: list[str]) -> list[str] | None:
