@@ -10,11 +10,12 @@ check all use it (`find` says which shapes a text holds, `text` blanks them).
 
 from __future__ import annotations
 
+import base64
 import functools
 import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -149,6 +150,23 @@ def _url_password(url: str) -> str | None:
         return None
 
 
+def encoded_forms(secret: str) -> set[str]:
+    """`secret` as other writers spell it: percent-encoded (a URL, a form), with JSON's escaped
+    slashes, and base64'd (Basic auth, a dumped header) at each of the three byte offsets it may
+    start at inside a longer payload, standard and URL-safe; the base64 forms keep only the
+    characters that depend on the secret alone (never a partial first or last group)."""
+    forms = {secret, quote(secret, safe=""), quote_plus(secret), secret.replace("/", "\\/")}
+    raw = secret.encode()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode().rstrip("=")
+        start = 4 if offset else 0  # the first group mixes the bytes before the secret
+        tail = (offset + len(raw)) % 3  # a last group cut short also holds the bytes after it
+        end = len(encoded) - (tail + 1 if tail else 0)
+        core = encoded[start:end] if end > start else ""
+        forms.update((core, core.replace("+", "-").replace("/", "_")))
+    return {f for f in forms if len(f) >= MIN_SECRET_CHARS}
+
+
 def _trigger(secrets: list[str], assignments: bool) -> re.Pattern[str]:
     words = [*TRIGGERS, *(ASSIGNMENT_TRIGGERS if assignments else ()), *(s.lower() for s in secrets)]
     literals = "|".join(map(re.escape, sorted(set(words), key=len, reverse=True)))
@@ -176,8 +194,9 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = (), *, assignments: bool = True) -> None:
         self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
-        self.pattern = _compile(self.secrets, assignments)
-        self._trigger = _trigger(self.secrets, assignments)
+        forms = sorted({form for s in self.secrets for form in encoded_forms(s)}, key=len, reverse=True)
+        self.pattern = _compile(forms, assignments)
+        self._trigger = _trigger(forms, assignments)
         names = ["known", *SHAPES] + (["assignment"] if assignments else [])
         self._values = {name: _value_groups(self.pattern, name) for name in names}
 
