@@ -76,6 +76,11 @@ _FIND_XARGS = re.compile(
     r"\b(?:find|echo|printf|ls)\s+([^\n|]*)\|\s*xargs\b[^\n]*?\b(?:rm|shred|unlink|chmod|chown|mv)\b"
 )
 _TARGET_DIR = re.compile(r"(?:^|\s)(?:-t\s*|--target-directory[=\s])(\S+)")
+# Options whose value is a file or folder the program writes (pytest empties its --basetemp).
+_WRITE_OPTION = re.compile(
+    r"(?:^|\s)--(?:output|output-file|out|outfile|basetemp|junitxml|junit-xml|log-file|cache-dir|report-dir"
+    r"|result-log|html|json-report-file|cov-report=\w+:)[=\s]?([^\s;&|()]+)"
+)
 _CD = re.compile(r"(?:^|[\s;&|(])(?:cd|pushd)\s+([^\s;&|()]+)")
 _WRITERS = frozenset(
     [
@@ -288,6 +293,8 @@ def command_hits(t: str, cmds: list[Command]) -> list[Hit]:
         is_outside_path(w) for m in _FIND_XARGS.finditer(t) for w in m.group(1).split() if w[0] != "-"
     ):
         hits.append(block("destructive.find_delete", "find outside the worktree piped into xargs rm"))
+    if "--" in t and any(is_outside_path(m.group(1)) for m in _WRITE_OPTION.finditer(t)):
+        hits.append(block("fs.write_outside", "an option writes (or empties) a path outside the worktree"))
     for cmd in cmds:
         check = _BY_NAME.get(cmd.name) or (_mkfs if cmd.name.startswith("mkfs") else None)
         if check is not None:

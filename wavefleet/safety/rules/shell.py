@@ -88,6 +88,20 @@ _GLOB_TARGETS = (
     "mkfs", "mke2fs", "wipefs", "fdisk", "shutdown", "reboot", "kill", "docker", "kubectl", *sorted(_SHELLS),
 )  # fmt: skip
 _KNOWN = frozenset(_GLOB_TARGETS)
+# Programs with an option whose value is a command they run (lower case, as the rules read them).
+_OPT = r"(?:=(.*))?$"
+_RUNS_OPTION: dict[str, re.Pattern[str]] = {
+    "git": re.compile(r"^(?:-x|--exec)" + _OPT),
+    "go": re.compile(r"^-exec" + _OPT),
+    "tar": re.compile(
+        r"^(?:--to-command|--checkpoint-action|--use-compress-program|-i|--info-script|--new-volume-script)"
+        + _OPT
+    ),
+    "zip": re.compile(r"^(?:-tt|--unzip-command)" + _OPT),
+    "make": re.compile(r"^(?:shell|\.shellflags)" + _OPT),
+    "rsync": re.compile(r"^(?:-e|--rsh|--rsync-path)" + _OPT),
+    "rg": re.compile(r"^--pre" + _OPT),
+}
 # `[rm,-rf,/]` of `subprocess.run(['rm','-rf','/'])` (quotes already gone): a list of words.
 _LIST_PUNCT = re.compile(r"[\[\],]")
 
@@ -134,6 +148,8 @@ def _peel(toks: list[str], found: list[Command], depth: int) -> None:
         if inner is not None and name in _SHELLS:
             _peel(inner, found, depth + 1)
         return
+    if name in _RUNS_OPTION:
+        _option_commands(_RUNS_OPTION[name], args, found, depth)
     if name not in _WRAPPERS:
         return
     if name == "env":  # `env -S'rm -rf /'` (-S split-string, lower-cased, value attached)
@@ -154,6 +170,17 @@ def _hidden(toks: list[str], name: str, assigned: bool, found: list[Command], de
     if any(c in name for c in "?*["):  # a glob runs whatever it matches: read it as each of them
         for match in fnmatch.filter(_GLOB_TARGETS, name):
             _peel([match, *toks[1:]], found, depth + 1)
+
+
+def _option_commands(option: re.Pattern[str], args: list[str], found: list[Command], depth: int) -> None:
+    """The command an option runs (`git rebase -x CMD`, `go test -exec CMD`, `tar --to-command=CMD`,
+    `make SHELL=CMD`): its words up to the end of the segment (more than it is: over-approximate)."""
+    for i, arg in enumerate(args):
+        m = option.match(arg)
+        if m:
+            value = (m.group(1) or "").removeprefix("exec=")
+            _peel(([value] if value else []) + args[i + 1 :], found, depth + 1)
+            return
 
 
 def _after_c_flag(args: list[str]) -> list[str] | None:
