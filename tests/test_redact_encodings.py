@@ -10,7 +10,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from wavefleet.redact import Redactor
+from wavefleet.redact import CREDENTIALS, SHAPES_ONLY, Redactor
 
 # A value with the characters encodings change (/, +, =) and one without any.
 SECRETS = ["wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY+a=", "Zq8vN3pLr2Xs9TkW"]
@@ -50,5 +50,24 @@ def _encoded_parts(secret: str) -> list[str]:
 
 
 def test_ordinary_text_with_no_secret_in_it_is_kept() -> None:
-    line = f"Authorization: Basic {b64('admin:not-it-at-all')} GET /a?b=c%2Fd"
+    line = f"payload={b64('admin:not-it-at-all')} GET /a?b=c%2Fd"
     assert Redactor(SECRETS).text(line) == line
+
+
+OPAQUE = "d41d8cd98f00b204e9800998ecf8427e.Zk3"  # a token of no known shape
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"Authorization: Bearer {OPAQUE}",
+        f"curl -H 'authorization: token {OPAQUE}' https://api.x.io",
+        f'{{"headers": {{"Authorization": "Basic {OPAQUE}"}}}}',
+    ],
+)
+def test_an_authorization_header_value_is_blanked_whatever_its_shape(line: str) -> None:
+    # in logs and events, and in the tool output a model reads (no assignment rule there)
+    for redactor in (CREDENTIALS, SHAPES_ONLY):
+        cleaned = redactor.text(line)
+        assert OPAQUE not in cleaned and "[redacted]" in cleaned, cleaned
+        assert redactor.find(line) == ("authorization_header",)

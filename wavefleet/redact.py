@@ -1,11 +1,12 @@
 """The redactor: secrets blanked out of every text the fleet writes, in one compiled regular-expression pass.
 
-It knows two things: the secret values the settings hold (every SecretStr, the password in a URL)
-and the shapes of credentials (Anthropic, OpenAI-style, xAI, AWS, GitHub, Slack keys and tokens,
-private-key blocks, JWTs, passwords in URLs, and, unless asked for shapes only, `password=`-style
-assignments). It is THE definition of those shapes: logs, the events stream, Slack, traces, stored
-results, the tool output a model reads, the story intake check and the offline CTO's credential
-check all use it (`find` says which shapes a text holds, `text` blanks them).
+It knows two things: the secret values the settings hold (every SecretStr, the password in a URL;
+each also percent-encoded, JSON-escaped and base64'd) and the shapes of credentials (Anthropic,
+OpenAI-style, xAI, AWS, GitHub, Slack keys and tokens, private-key blocks, JWTs, passwords in URLs,
+Authorization header values, and, unless asked for shapes only, `password=`-style assignments).
+It is THE definition of those shapes: logs, the events stream, Slack, traces, stored results, the
+tool output a model reads, the story intake check and the offline CTO's credential check all use it
+(`find` says which shapes a text holds, `text` blanks them).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ SHAPES: dict[str, str] = {
     "google_api_key": r"\bAIza[0-9A-Za-z_\-]{35}\b",
     "stripe_live_key": r"\b[sr]k_live_[0-9a-zA-Z]{20,}",
     "npm_token": r"\bnpm_[A-Za-z0-9]{36}\b",
+    # a credential of any shape in an HTTP Authorization header (an opaque API token, Basic auth)
+    "authorization_header": r"(?i:authorization)[\"']?\s*[:=]\s*[\"']?(?i:bearer|basic|token|digest)\s+"
+    r"(?![$<{])(?P<v>[A-Za-z0-9._~+/\-]{16,}=*)",
 }
 # Not a key shape but a context: a value assigned to a name that says it is a secret. Precise
 # enough for logs and events; left out of tool output, where code such as `password = ask()` must
@@ -100,6 +104,7 @@ TRIGGERS = (
     "hooks.slack.com",
     "-----begin",
     "eyj",
+    "authorization",
 )
 URL_TRIGGER = r"://[^\s/@]*@"  # a URL with a user part: most URLs have none, and skip the full pass
 ASSIGNMENT_TRIGGERS = (
