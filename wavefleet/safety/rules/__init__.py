@@ -23,7 +23,7 @@ from ..types import ActionCall, Decision, RuleDecision
 from .allow import ordinary_command
 from .base import BLOCK, Hit, block, escalate
 from .commands import command_hits
-from .content import content_hits, has_credential_path, secret_hits
+from .content import content_hits, globs_credential_file, has_credential_path, secret_hits
 from .files import path_hits
 from .git import git_hits
 from .network import network_hits
@@ -91,7 +91,7 @@ def run_hits(command: str, branch: str = "", depth: int = 0) -> tuple[list[Hit],
     for cmd in cmds:
         if cmd.name == "git":
             hits.extend(git_hits(cmd, t, branch))
-    if has_credential_path(t):
+    if has_credential_path(t) or (("*" in t or "?" in t or "[" in t) and globs_credential_file(t)):
         hits.append(block("secrets.credential_file", "touches a credentials file"))
     hits.extend(block(n, "a prompt-injection phrase in a command", 0.2) for n in find_injection(t))
     if depth < 2:
