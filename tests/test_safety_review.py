@@ -72,11 +72,16 @@ def test_an_approval_runs_the_exact_action_once_and_never_a_similar_one(
     assert gate.check(similar, round_=1).decision is Decision.ESCALATE
     other_story = ACTION.model_copy(update={"story": "AUTH-002"})
     assert gate.check(other_story, round_=1).decision is Decision.ESCALATE
-    # ... the exact one (spelled with an invisible character the normaliser removes) runs, once
-    exact = ACTION.model_copy(update={"args": {"command": "python3 -c \"print('ship\u200b it')\""}})
-    assert gate.check(exact, round_=1).decision is Decision.ALLOW
+    # ... nor one the normaliser reads the same but that runs differently (an invisible character,
+    # a Cyrillic look-alike): an approval is for the characters that run, not their normal form
+    invisible = ACTION.model_copy(update={"args": {"command": "python3 -c \"print('ship\u200b it')\""}})
+    assert gate.check(invisible, round_=1).decision is Decision.ESCALATE
+    lookalike = ACTION.model_copy(update={"args": {"command": "python3 -c \"print('ship \u0456t')\""}})
+    assert gate.check(lookalike, round_=1).decision is Decision.ESCALATE
+    # ... the exact one runs, once
+    assert gate.check(ACTION, round_=1).decision is Decision.ALLOW
     assert gate.check(ACTION, round_=1).decision is Decision.ESCALATE
-    assert int(redis.hget(settings.keys.metric_counters(), "safety_escalate") or 0) == 4
+    assert int(redis.hget(settings.keys.metric_counters(), "safety_escalate") or 0) == 6
 
 
 def test_an_expired_approval_is_not_used(settings: Settings, redis: Redis) -> None:

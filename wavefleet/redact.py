@@ -1,20 +1,22 @@
 """The redactor: secrets blanked out of every text the fleet writes, in one compiled regular-expression pass.
 
-It knows two things: the secret values the settings hold (every SecretStr, the password in a URL)
-and the shapes of credentials (Anthropic, OpenAI-style, xAI, AWS, GitHub, Slack keys and tokens,
-private-key blocks, JWTs, passwords in URLs, and, unless asked for shapes only, `password=`-style
-assignments). It is THE definition of those shapes: logs, the events stream, Slack, traces, stored
-results, the tool output a model reads, the story intake check and the offline CTO's credential
-check all use it (`find` says which shapes a text holds, `text` blanks them).
+It knows two things: the secret values the settings hold (every SecretStr, the password in a URL;
+each also percent-encoded, JSON-escaped and base64'd) and the shapes of credentials (Anthropic,
+OpenAI-style, xAI, AWS, GitHub, Slack keys and tokens, private-key blocks, JWTs, passwords in URLs,
+Authorization header values, and, unless asked for shapes only, `password=`-style assignments).
+It is THE definition of those shapes: logs, the events stream, Slack, traces, stored results, the
+tool output a model reads, the story intake check and the offline CTO's credential check all use it
+(`find` says which shapes a text holds, `text` blanks them).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -56,6 +58,9 @@ SHAPES: dict[str, str] = {
     "google_api_key": r"\bAIza[0-9A-Za-z_\-]{35}\b",
     "stripe_live_key": r"\b[sr]k_live_[0-9a-zA-Z]{20,}",
     "npm_token": r"\bnpm_[A-Za-z0-9]{36}\b",
+    # a credential of any shape in an HTTP Authorization header (an opaque API token, Basic auth)
+    "authorization_header": r"(?i:authorization)[\"']?\s*[:=]\s*[\"']?(?i:bearer|basic|token|digest)\s+"
+    r"(?![$<{])(?P<v>[A-Za-z0-9._~+/\-]{16,}=*)",
 }
 # Not a key shape but a context: a value assigned to a name that says it is a secret. Precise
 # enough for logs and events; left out of tool output, where code such as `password = ask()` must
@@ -99,6 +104,7 @@ TRIGGERS = (
     "hooks.slack.com",
     "-----begin",
     "eyj",
+    "authorization",
 )
 URL_TRIGGER = r"://[^\s/@]*@"  # a URL with a user part: most URLs have none, and skip the full pass
 ASSIGNMENT_TRIGGERS = (
@@ -149,6 +155,23 @@ def _url_password(url: str) -> str | None:
         return None
 
 
+def encoded_forms(secret: str) -> set[str]:
+    """`secret` as other writers spell it: percent-encoded (a URL, a form), with JSON's escaped
+    slashes, and base64'd (Basic auth, a dumped header) at each of the three byte offsets it may
+    start at inside a longer payload, standard and URL-safe; the base64 forms keep only the
+    characters that depend on the secret alone (never a partial first or last group)."""
+    forms = {secret, quote(secret, safe=""), quote_plus(secret), secret.replace("/", "\\/")}
+    raw = secret.encode()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode().rstrip("=")
+        start = 4 if offset else 0  # the first group mixes the bytes before the secret
+        tail = (offset + len(raw)) % 3  # a last group cut short also holds the bytes after it
+        end = len(encoded) - (tail + 1 if tail else 0)
+        core = encoded[start:end] if end > start else ""
+        forms.update((core, core.replace("+", "-").replace("/", "_")))
+    return {f for f in forms if len(f) >= MIN_SECRET_CHARS}
+
+
 def _trigger(secrets: list[str], assignments: bool) -> re.Pattern[str]:
     words = [*TRIGGERS, *(ASSIGNMENT_TRIGGERS if assignments else ()), *(s.lower() for s in secrets)]
     literals = "|".join(map(re.escape, sorted(set(words), key=len, reverse=True)))
@@ -176,8 +199,9 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = (), *, assignments: bool = True) -> None:
         self.secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
-        self.pattern = _compile(self.secrets, assignments)
-        self._trigger = _trigger(self.secrets, assignments)
+        forms = sorted({form for s in self.secrets for form in encoded_forms(s)}, key=len, reverse=True)
+        self.pattern = _compile(forms, assignments)
+        self._trigger = _trigger(forms, assignments)
         names = ["known", *SHAPES] + (["assignment"] if assignments else [])
         self._values = {name: _value_groups(self.pattern, name) for name in names}
 

@@ -97,6 +97,11 @@ EXAMPLES: dict[str, tuple[Any, Any]] = {
     "git.push_protected": ("git push origin main", "git push origin wave/s1-be"),
     "git.push": ("git push origin wave/s1-be", "git commit -m push"),
     "git.reset_shared": ("git reset --hard origin/main", "git reset --soft HEAD~1"),
+    "rce.written_code": (
+        write("conftest.py", "import shutil\nshutil.rmtree('/home')\n"),
+        write("conftest.py", "import shutil\nshutil.rmtree(tmp_path)\n"),
+    ),
+    "fs.symlink_outside": ("ln -s /etc conf", "ln -s ../README.md docs/README.md"),
     "git.reset_hard": ("git reset --hard", "git reset HEAD src/a.py"),
     "git.switch_protected": ("git checkout main", "git checkout -b wave/s1-fe"),
     "git.commit_protected": (

@@ -59,8 +59,9 @@ def cmd_review(app: AppLike, args: argparse.Namespace) -> int:
         show(
             f"{a.id:<16} {a.story:<12} {a.role:<4} {a.round:>3} {age(now - a.at):>4} {a.score:>5.2f} {a.tool}"
         )
-        # in full: a human approves exactly what runs, so nothing of it is cut off
-        show(f"{'':<16} args: {json.dumps(a.args, sort_keys=True, ensure_ascii=False)}")
+        # in full: a human approves exactly what runs, so nothing of it is cut off; ASCII escapes make
+        # a look-alike letter or an invisible character visible (`\u0430`, `\u200b`)
+        show(f"{'':<16} args: {json.dumps(a.args, sort_keys=True, ensure_ascii=True)}")
         show(f"{'':<16} why:  {a.reason}")
     show("approve: wave approve ACTION   refuse: wave reject ACTION   (the story resumes either way)")
     return ExitCode.OK

@@ -23,9 +23,12 @@ def story_flags(story: Story) -> tuple[str, ...]:
     """The rules the story's text trips, injection rules first (empty: the story may be planned)."""
     injection: set[str] = set()
     shapes: set[str] = set()
-    for text in _texts(story):  # one field at a time: no phrase is made of two fields' ends
-        injection.update(find_injection(text))
+    texts = _texts(story)
+    for text in texts:  # credentials one field at a time: no key is made of two fields' ends
         shapes.update(CREDENTIALS.find(text))
+    # a phrase is read as the planner reads the story, fields one after another: an author who
+    # splits "ignore all previous" / "instructions" across the title and the description is caught
+    injection.update(find_injection("\n".join(texts)))
     return (*sorted(injection), *(SHAPE_RULE + name for name in sorted(shapes)))
 
 

@@ -3,8 +3,8 @@
 `normalize` undoes Unicode tricks (NFKC compatibility forms, zero-width and bidi characters,
 Cyrillic/Greek look-alikes of Latin letters) and folds case; `shell_normalize` also undoes shell
 obfuscation (quoting inside words, `$IFS`, ANSI-C `$'\\x72m'` escapes, empty expansions, simple
-variable indirection, backslash-newlines). Both are pure, never raise on any string, and are meant to
-over-approximate: the result is for matching rules against, never for running.
+variable indirection, `$(echo WORD)`, backslash-newlines). Both are pure, never raise on any string,
+and are meant to over-approximate: the result is for matching rules against, never for running.
 """
 
 # ruff: noqa: RUF001 - the look-alike table below is made of ambiguous characters on purpose
@@ -83,6 +83,11 @@ _IFS = re.compile(r"\$\{IFS[^}]*\}|\$IFS", re.I)
 _EMPTY = re.compile(r"\$\{[@*1-9]\}|\$[@*1-9]|\$\{[A-Za-z_]\w*:0:0\}")
 _QUOTED = re.compile(r"'([^']*)'|\"((?:[^\"\\]|\\.)*)\"|\\(.)", re.S)
 _ASSIGN = re.compile(r"(?:^|(?<=[\s;&|(]))([A-Za-z_]\w*)=([^\s;&|()<>`$]*)(?=[\s;&|)]|$)")
+# A word printed by a substitution is the word (`$(echo rm) -rf /`); `$(pwd)` is `$PWD`.
+_PRINTED = re.compile(
+    r"\$\(\s*(?:echo|printf)\s+([^()`;|&\n]*?)\s*\)|`\s*(?:echo|printf)\s+([^`;|&\n]*?)\s*`", re.I
+)
+_PWD = re.compile(r"\$\(\s*pwd\s*\)|`\s*pwd\s*`", re.I)
 _VAR = re.compile(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)")
 _SPACES = re.compile(r"[ \t\f\v\r]+")
 _NEWLINES = re.compile(r" ?\n[\s]*")
@@ -101,6 +106,8 @@ def shell_normalize(cmd: str, *, fold_case: bool = True) -> str:
         text = _QUOTED.sub(_unquote, text).replace("'", "").replace('"', "")
         # A backslash kept literal by single quotes is read again by `bash -c '...'`, `eval`: drop it.
         text = text.replace("\\", "")
+    if "$(" in text or "`" in text:
+        text = _PWD.sub("$PWD", _PRINTED.sub(lambda m: m.group(1) or m.group(2) or "", text))
     if "=" in text and "$" in text:
         text = _substitute(text)
     text = _NEWLINES.sub("\n", _SPACES.sub(" ", text)).strip()

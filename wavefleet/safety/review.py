@@ -1,9 +1,10 @@
 """The review queue: escalated actions waiting for a human, and the human's one-use verdict on each.
 
-An action is known by the sha256 of its exact form (tool and the canonical JSON of its normalised
-arguments), per story. `wave approve ACTION-ID` stores `approve` under that digest (with a TTL) and
-removes the action from the queue in one script; the story's stage, replaying the action, consumes the
-verdict with GETDEL: one approval runs one action once, never a similar one, and expires unused.
+An action is known by the sha256 of its exact form (tool and the canonical JSON of its arguments as
+they run: keys sorted, every character kept), per story. `wave approve ACTION-ID` stores `approve`
+under that digest (with a TTL) and removes the action from the queue in one script; the story's stage,
+replaying the action, consumes the verdict with GETDEL: one approval runs one action once, never a
+similar one, and expires unused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from redis import Redis
 
 from ..errors import InvalidInputError, NotFoundError
 from ..keys import Keys
-from .normalize import normalize
 from .types import ActionCall
 
 ACTION_ID_PREFIX = "act-"
@@ -26,24 +26,11 @@ ACTION_ID_HEX = 12
 Verdict = Literal["approve", "reject"]
 
 
-def _normal(value: Any) -> Any:
-    """Every string (keys too) of the arguments normalised as the rule layer reads them."""
-    if isinstance(value, str):
-        return normalize(value, fold_case=False)  # paths and names differ by case
-    if isinstance(value, dict):
-        return {_normal(k): _normal(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_normal(v) for v in value]
-    return value
-
-
-def normalized_args(action: ActionCall) -> dict[str, Any]:
-    return cast(dict[str, Any], _normal(action.args))
-
-
 def action_digest(action: ActionCall) -> str:
-    """The sha256 of the exact action: any difference in tool or normalised arguments differs."""
-    canonical = json.dumps(normalized_args(action), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    """The sha256 of the exact action: any difference in tool or arguments differs. Not normalised:
+    `ex\u0430mple.com` (a Cyrillic "a") or a zero-width space in a branch name is another action that
+    runs differently, so an approval of one must not run the other."""
+    canonical = json.dumps(action.args, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(f"{action.tool}\n{canonical}".encode()).hexdigest()
 
 
@@ -108,7 +95,7 @@ class ReviewQueue:
             role=action.role,
             round=round_,
             tool=action.tool,
-            args=normalized_args(action),
+            args=action.args,  # as it runs: the human approves what runs, not its normal form
             score=score,
             rules=rules,
             reason=reason,

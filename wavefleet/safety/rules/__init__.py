@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import shlex
 from collections.abc import Iterator
@@ -20,9 +21,9 @@ from ..injection import find_injection
 from ..normalize import normalize, shell_normalize
 from ..types import ActionCall, Decision, RuleDecision
 from .allow import ordinary_command
-from .base import BLOCK, Hit, block
+from .base import BLOCK, Hit, block, escalate
 from .commands import command_hits
-from .content import content_hits, has_credential_path, secret_hits
+from .content import content_hits, globs_credential_file, has_credential_path, secret_hits
 from .files import path_hits
 from .git import git_hits
 from .network import network_hits
@@ -35,7 +36,18 @@ UNDECIDED_SCORE = 0.85  # no opinion: neither allowed nor refused by the rules; 
 _READERS = frozenset(("read_file", "list_files", "search"))
 _WRITERS = frozenset(("write_file", "edit_file"))
 _B64 = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
-_HEX = re.compile(r"\\x([0-9a-fA-F]{2})")
+# Files an ordinary command runs: build and task files, shell scripts, npm's scripts, shell rc files.
+_SCRIPT = re.compile(
+    r"(?:^|/)(?:makefile|gnumakefile|[\w.-]+\.mk|justfile|dockerfile|procfile|package\.json|\.envrc"
+    r"|\.(?:bash|zsh)rc|\.profile|[\w.-]+\.(?:sh|bash|zsh|ksh))$"
+)
+_CODE = re.compile(r"\.(?:py|pyw|js|mjs|cjs|ts|tsx|jsx|rb|pl|php|lua)$")
+# What code must not do when run (names of docs-free rules: `sudo` in a string is no finding).
+_CODE_RULES = (
+    "rce.", "destructive.code_rmtree", "destructive.rm_outside", "destructive.find_delete", "net.code_upload",
+    "net.upload", "net.reverse_shell", "net.dev_tcp", "net.dns_exfil", "net.raw_socket", "priv.docker_socket",
+)  # fmt: skip
+_HEX = re.compile(r"\\x([0-9a-fA-F]{2})|\\([0-7]{3})")
 
 
 def evaluate(call: ActionCall) -> RuleDecision:
@@ -64,7 +76,7 @@ def _hits(call: ActionCall) -> tuple[list[Hit], bool]:
         content = args.get("content") if tool == "write_file" else args.get("new_text")
         raw = normalize(str(content or ""), fold_case=False)
         hits = path_hits(path, write=True) + content_hits(raw.lower(), raw, normalize(path))
-        return hits, True
+        return hits + _written_commands(normalize(path), str(content or ""), call.branch), True
     raw = normalize("\n".join(_strings(args)), fold_case=False)
     hits = secret_hits(raw) + [block(n, "a prompt-injection phrase", 0.2) for n in find_injection(raw)]
     return hits, tool == "finish"
@@ -79,7 +91,7 @@ def run_hits(command: str, branch: str = "", depth: int = 0) -> tuple[list[Hit],
     for cmd in cmds:
         if cmd.name == "git":
             hits.extend(git_hits(cmd, t, branch))
-    if has_credential_path(t):
+    if has_credential_path(t) or (("*" in t or "?" in t or "[" in t) and globs_credential_file(t)):
         hits.append(block("secrets.credential_file", "touches a credentials file"))
     hits.extend(block(n, "a prompt-injection phrase in a command", 0.2) for n in find_injection(t))
     if depth < 2:
@@ -89,8 +101,31 @@ def run_hits(command: str, branch: str = "", depth: int = 0) -> tuple[list[Hit],
     return hits, bool(cmds) and all(ordinary_command(c) for c in cmds)
 
 
+def _written_commands(path: str, content: str, branch: str) -> list[Hit]:
+    """The commands a written file holds, when an ordinary command runs it next (`make test`, `npm
+    test`, `pytest` loading a conftest.py): a script's refusals are the file's; code that would run
+    a destructive, remote or leaking command waits for a human (it may be a test of such a rule)."""
+    if _SCRIPT.search(path):
+        if path.endswith("package.json"):
+            content = "\n".join(_strings(_json_or_text(content)))  # each script a line of its own
+        return [h for h in run_hits(content, branch)[0] if h.decision == BLOCK]
+    if _CODE.search(path):
+        ran = {h.rule for h in run_hits(content, branch)[0] if h.decision == BLOCK}
+        named = sorted(r for r in ran if r.startswith(_CODE_RULES))
+        if named:
+            return [escalate("rce.written_code", f"writes code that would run: {', '.join(named)}")]
+    return []
+
+
+def _json_or_text(content: str) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content
+
+
 def _decoded(command: str, raw: str, t: str) -> Iterator[str]:
-    """Payloads hidden in base64 or \\x escapes (`echo cm0gLXJmIC8= | base64 -d | sh`): decoded, to be
+    """Payloads hidden in base64, \\x or octal escapes (`echo cm0gLXJmIC8= | base64 -d | sh`): decoded, to be
     read by the same rules."""
     if "base64" in t or "b64decode" in t or "atob" in t or "frombase64" in t:
         for token in _B64.findall(raw):
@@ -102,8 +137,8 @@ def _decoded(command: str, raw: str, t: str) -> Iterator[str]:
                 continue
             if text.isprintable() or text.strip().isprintable():
                 yield text
-    if "\\x" in command:
-        yield _HEX.sub(lambda m: chr(int(m.group(1), 16)), command)
+    if "\\" in command and _HEX.search(command):
+        yield _HEX.sub(lambda m: chr(int(m.group(1), 16) if m.group(1) else int(m.group(2), 8)), command)
 
 
 def _decide(hits: list[Hit], ordinary: bool) -> RuleDecision:

@@ -203,7 +203,9 @@ _PIP_READ = frozenset(("list", "show", "freeze", "check", "--version", "-v"))
 
 def ordinary_command(cmd: Command) -> bool:  # noqa: PLR0911 - one return per kind of program
     """`cmd` is everyday work of a development agent, with every path inside the worktree."""
-    if any(is_outside_path(a) for a in cmd.args if not a.startswith("-")):
+    if any(is_outside_path(a) for a in cmd.args if not a.startswith("-")) or any(
+        is_outside_path(a.split("=", 1)[1]) for a in cmd.args if a.startswith("-") and "=" in a
+    ):  # `--output=/etc/x`: an option's value is a path too
         return False
     name, args = cmd.name, cmd.args
     if name in _PLAIN:

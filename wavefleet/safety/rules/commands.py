@@ -7,6 +7,7 @@ Read on `shell_normalize`d text: text rules look at the whole line (pipes, redir
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Callable
 
@@ -45,7 +46,8 @@ _TEXT_RULES: tuple[tuple[Hit, tuple[str, ...], re.Pattern[str]], ...] = tuple(
          r"\bdrop\s+(?:table|database|schema|user|role|view|collection|keyspace)\b|\btruncate\s+(?:table\s+)?[a-z_\"`][\w.\"`]*\s*(?:;|$|\n|cascade)"
          r"|\bdelete\s+from\s+[\w.\"`]+\s*(?:;|$|\n)|\bflushall\b|\bflushdb\b|dropdatabase\(|(?:^|[\s;&|])dropdb\s"),
         (block("destructive.code_rmtree", "code deletes a tree outside the worktree"), ("(",),
-         r"(?:rmtree|rmsync|rmdirsync|rimraf|unlinksync|os\.remove|os\.unlink|os\.rmdir|removedirs|\.unlink|\.rmdir|fs\.rm)"
+         r"(?:rmtree|rmsync|rmdirsync|rimraf|unlinksync|os\.remove|os\.unlink|os\.rmdir|removedirs|\.unlink|\.rmdir|fs\.rm"
+         r"|\.rm_rf|\.rm_r|\.remove_dir|\.remove_entry\w*|remove_tree|\bunlink\s+glob)"
          r"\(\s*[rbfu]{0,2}\s*(?:/(?:$|[\s,)*]|etc|usr|var|bin|boot|lib|opt|root|home|sys|proc|dev|srv|mnt)|~|\.\.|os\.path\.expanduser"
          r"|pathlib\.path\.home|path\.home|os\.environ|process\.env\.home|\$home|os\.getenv)"),
         (block("secrets.env_var", "reads a secret from the environment"), ("$",),
@@ -69,7 +71,16 @@ _TEXT_RULES: tuple[tuple[Hit, tuple[str, ...], re.Pattern[str]], ...] = tuple(
 )  # fmt: skip
 _GATE = Gate(word for _, gate, _ in _TEXT_RULES for word in gate)
 _REDIRECT = re.compile(r"(?:^|[^<>&\d])\d?&?>>?\|?\s*([^\s;&|()<>]+)")
-_FIND_XARGS = re.compile(r"\bfind\s+(\S+)[^\n|]*\|\s*xargs\b[^\n]*?\b(?:rm|shred|unlink|chmod|chown|mv)\b")
+# What is piped into `xargs rm`: paths printed by find, echo, printf, ls (`echo / | xargs rm -rf`).
+_FIND_XARGS = re.compile(
+    r"\b(?:find|echo|printf|ls)\s+([^\n|]*)\|\s*xargs\b[^\n]*?\b(?:rm|shred|unlink|chmod|chown|mv)\b"
+)
+_TARGET_DIR = re.compile(r"(?:^|\s)(?:-t\s*|--target-directory[=\s])(\S+)")
+# Options whose value is a file or folder the program writes (pytest empties its --basetemp).
+_WRITE_OPTION = re.compile(
+    r"(?:^|\s)--(?:output|output-file|out|outfile|basetemp|junitxml|junit-xml|log-file|cache-dir|report-dir"
+    r"|result-log|html|json-report-file|cov-report=\w+:)[=\s]?([^\s;&|()]+)"
+)
 _CD = re.compile(r"(?:^|[\s;&|(])(?:cd|pushd)\s+([^\s;&|()]+)")
 _WRITERS = frozenset(
     [
@@ -116,8 +127,10 @@ def _rm(cmd: Command) -> list[Hit]:
 
 
 def _find(cmd: Command) -> list[Hit]:
-    paths = []
-    for a in cmd.args:
+    paths, args = [], list(cmd.args)
+    while args and re.fullmatch(r"-[phl]|-o\d|-d", args[0]):  # -P -H -L -O3 -D opts (lower case)
+        args = args[2:] if args[0] == "-d" else args[1:]
+    for a in args:
         if a.startswith(("-", "(", "!")):
             break
         paths.append(a)
@@ -159,13 +172,19 @@ def _chmod(cmd: Command) -> list[Hit]:
 
 def _writes(cmd: Command) -> list[Hit]:
     ops = _operands(cmd)
-    if cmd.name == "sed" and not re.search(r"(?:^|\s)(?:-\w*i|--in-place)", cmd.text):
+    if cmd.name in ("sed", "perl", "ruby") and not re.search(r"(?:^|\s)(?:-\w*i|--in-place)", cmd.text):
         return []
     if cmd.name == "tar":
         ops = [m.group(1) for m in re.finditer(r"(?:-c|--directory[=\s])\s*(\S+)", cmd.text)]
-    targets = ops[-1:] if cmd.name in ("cp", "ln", "install", "rsync") else ops
+    targets = ops[-1:] if cmd.name in ("cp", "ln", "install", "rsync", "mv") else ops
+    targets += _TARGET_DIR.findall(cmd.text)  # cp -t DIR / --target-directory=DIR: the target is first
     if any(is_outside_path(a) for a in targets):
         return [block("fs.write_outside", f"{cmd.name} writes outside the worktree")]
+    if cmd.name == "ln" and re.search(r"(?:^|\s)-\w*s|--symbolic", cmd.text) and len(ops) > 1:
+        # a link to a place outside: the file tools would then write there through it
+        link_dir = posixpath.dirname(ops[-1])
+        if any(is_outside_path(posixpath.normpath(posixpath.join(link_dir, a))) for a in ops[:-1]):
+            return [block("fs.symlink_outside", "ln -s links to a place outside the worktree")]
     return []
 
 
@@ -227,6 +246,8 @@ _BY_NAME: dict[str, Callable[[Command], list[Hit]]] = {
             "patch",
             "unzip",
             "mkfifo",
+            "perl",
+            "ruby",
         ),
         _writes,
     ),
@@ -268,8 +289,12 @@ def command_hits(t: str, cmds: list[Command]) -> list[Hit]:
     hits = [hit for hit, gate, rule in _TEXT_RULES if not words.isdisjoint(gate) and rule.search(t)]
     if ">" in t and any(is_outside_path(m.group(1)) for m in _REDIRECT.finditer(t)):
         hits.append(block("fs.write_outside", "redirects output to a file outside the worktree"))
-    if "xargs" in t and any(is_outside_path(m.group(1)) for m in _FIND_XARGS.finditer(t)):
+    if "xargs" in t and any(
+        is_outside_path(w) for m in _FIND_XARGS.finditer(t) for w in m.group(1).split() if w[0] != "-"
+    ):
         hits.append(block("destructive.find_delete", "find outside the worktree piped into xargs rm"))
+    if "--" in t and any(is_outside_path(m.group(1)) for m in _WRITE_OPTION.finditer(t)):
+        hits.append(block("fs.write_outside", "an option writes (or empties) a path outside the worktree"))
     for cmd in cmds:
         check = _BY_NAME.get(cmd.name) or (_mkfs if cmd.name.startswith("mkfs") else None)
         if check is not None:

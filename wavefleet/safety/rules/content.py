@@ -6,6 +6,7 @@ only Unicode-normalised (an AWS key is upper case); everything else on the lower
 
 from __future__ import annotations
 
+import fnmatch
 import re
 
 from ...redact import SHAPES_ONLY
@@ -13,7 +14,7 @@ from ..gates import Gate
 from ..injection import find_injection
 from .base import Hit, block, escalate
 
-__all__ = ["CREDENTIAL_PATH", "content_hits", "has_credential_path", "secret_hits"]
+__all__ = ["CREDENTIAL_PATH", "content_hits", "globs_credential_file", "has_credential_path", "secret_hits"]
 
 # Files that hold credentials (matched anywhere in a path or command): .env (not its templates),
 # SSH keys, cloud and registry credentials, the shadow file, a process's environment.
@@ -31,6 +32,28 @@ _CREDENTIAL_GATE = (
 )  # fmt: skip
 
 _CREDENTIAL_WORDS = Gate(_CREDENTIAL_GATE)
+
+
+# Names of credentials files a glob may spell (`cat .[e]nv`, `cat ./.??v`, `head id_[r]sa`).
+_CREDENTIAL_NAMES = (
+    ".env", ".env.local", ".env.development", ".env.production", ".env.staging", ".env.test", "id_rsa",
+    "id_dsa", "id_ecdsa", "id_ed25519", ".netrc", ".pgpass", ".git-credentials", ".npmrc", ".pypirc",
+    ".vault-token", "credentials", "credentials.json", "shadow", "environ", ".terraformrc",
+)  # fmt: skip
+_GLOB = re.compile(r"[^\s;&|()<>]*[?*\[][^\s;&|()<>]*")
+
+
+def globs_credential_file(t: str) -> bool:
+    """`t` (lower case) has a glob matching a credentials file's name. As the shell reads it: a
+    dotfile only by a pattern that starts with a dot, and two literal characters at least (`ls *`
+    is no finding)."""
+    for word in _GLOB.findall(t):
+        name = word.rsplit("/", 1)[-1]
+        if sum(c not in "?*[]" for c in name) < 2:
+            continue
+        if any(fnmatch.fnmatchcase(f, name) for f in _CREDENTIAL_NAMES if name[0] == "." or f[0] != "."):
+            return True
+    return False
 
 
 def has_credential_path(t: str) -> bool:

@@ -82,6 +82,8 @@ def _global(glob: list[str]) -> list[Hit]:
             path = opt.split("=", 1)[1] if "=" in opt else value
             if is_outside_path(path):
                 hits.append(block("fs.git_outside", "runs git on a repository outside the worktree"))
+        if opt.startswith("--config-env") and _CONFIG_EXEC.search(f"{opt} {value}"):
+            hits.append(block("git.config_exec", "git --config-env sets a key that can run a program"))
         if opt == "-c" and _CONFIG_EXEC.search(value):
             hits.append(block("git.config_exec", f"git -c {value.split('=')[0]} can run a program"))
     return hits

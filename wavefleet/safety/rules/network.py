@@ -40,7 +40,9 @@ _DNS_TOOLS = re.compile(
 _SUBST_HOST = re.compile(r"://[^/\s]*(?:\$\(|`)|(?:\$\([^)]*\)|`[^`]*`)\.[a-z0-9-]+\.[a-z]{2,}")
 _CODE_NET = re.compile(
     r"\b(?:requests\.(?:post|put|patch|get)|urlopen\(|urllib\.request|http\.client|socket\.(?:socket|create_connection)"
-    r"|gethostbyname|fetch\(|axios\.|smtplib|ftplib|paramiko|httpx\.(?:post|put|get))"
+    r"|gethostbyname|fetch\(|axios\.|smtplib|ftplib|paramiko|httpx\.(?:post|put|get)"
+    r"|\bnet\.(?:connect|createconnection)\(|require\(\s*(?:net|tls|dgram)\s*\)|\btls\.connect\(|https?\.(?:request|get)\(|dgram\.createsocket"
+    r"|tcpsocket\.(?:new|open)|udpsocket|io::socket|\bsockaddr_in\(|fsockopen\(|stream_socket_client)"
 )
 _HOSTISH = re.compile(
     r"\b(?:(?!127\.|0\.0\.0\.0)\d{1,3}(?:\.\d{1,3}){3}|[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|io|sh|xyz|ru|cn|me"
