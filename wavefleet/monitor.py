@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError, WatchError
@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import logs
+from .app_like import AppLike
 from .config import Settings
 from .detectors import DETECTORS, Detector, Finding, Tick
 from .domains import Domains
@@ -28,7 +29,6 @@ from .errors import ExitCode
 from .fleet_events import MonitorCleared, MonitorFinding, emit
 from .keys import Keys
 from .status_view import age
-from .store import StoryStore
 from .text import shown
 
 PIPED_WIDTH = 200  # columns of the --once table when stdout is not a terminal
@@ -144,18 +144,6 @@ class Monitor:
 
 
 # The command ---------------------------------------------------------------------------------
-class AppLike(Protocol):
-    """What `wave monitor` needs of `wavefleet.cli.App`."""
-
-    settings: Settings
-
-    @property
-    def store(self) -> StoryStore: ...
-
-    @property
-    def domains(self) -> Domains: ...
-
-
 def add_commands(sub: Any) -> None:
     """Register `monitor` on the `wave` parser's subparsers."""
     p = sub.add_parser("monitor", help="watch the fleet for trouble; --once: print open findings (cron/CI)")

@@ -5,34 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from .. import logs
+from ..app_like import AppLike
 from ..arguments import amount, day, whole
 from ..budget import MAX_GRANT_TOKENS, MAX_GRANT_USD, Budget, Scope, day_of, scopes_for
-from ..config import Settings
-from ..domains import Domain, Domains
+from ..domains import Domain
 from ..errors import ExitCode, InvalidInputError
 from ..money import to_nusd, to_usd
-from ..store import StoryStore
 from ..text import terminal_safe
 from .accounting import CallTotals, format_call, story_calls
 from .cache import ResponseCache
 from .client import LLMClient
 from .router import DEFAULT_ROUTES
 from .types import MAX_TOKENS_PER_CALL, LLMRequest, LLMResponse, Message, TaskKind
-
-
-class AppLike(Protocol):
-    """What these commands need of `wavefleet.cli.App`."""
-
-    settings: Settings
-
-    @property
-    def store(self) -> StoryStore: ...
-
-    @property
-    def domains(self) -> Domains: ...
 
 
 def add_commands(sub: Any) -> None:

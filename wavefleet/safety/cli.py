@@ -12,25 +12,15 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from ..config import Settings
+from ..app_like import AppLike
 from ..errors import ExitCode, NotFoundError
 from ..lifecycle import Event, EventKind, Rejected
 from ..status_view import age, show
-from ..store import StoryStore
 from .review import ReviewQueue, is_action_id
 
 __all__ = ["add_commands", "decide_action", "is_action_id"]
-
-
-class AppLike(Protocol):
-    """What these commands need of `wavefleet.cli.App`."""
-
-    settings: Settings
-
-    @property
-    def store(self) -> StoryStore: ...
 
 
 def _queue(app: AppLike) -> ReviewQueue:
