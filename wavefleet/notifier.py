@@ -232,8 +232,8 @@ class Notifier:
         return replace(message, text=text, blocks=blocks)
 
     def _read(self, event: FleetEvent) -> StoryFacts | None:
-        """The story's facts and thread ts (kept for `_thread`) in one round trip, which also carries
-        the acks of the entries done before this one."""
+        """The story's facts and thread ts (kept for `_thread`; an enqueue starts the thread, so it
+        has none) in one round trip, which also carries the acks of the entries done before it."""
         self._threads = {}
         if not event.story:
             return None
@@ -241,16 +241,18 @@ class Notifier:
         if self._owed_acks:
             pipe.xack(self.keys.events(), self.keys.events_group(GROUP), *self._owed_acks)
         pipe.hmget(self.keys.story(event.story), FACT_FIELDS)
-        pipe.get(self.keys.notifier_thread(event.story))
         role = event.role if isinstance(event, StoryEvent) else ""
         if role:
             pipe.hgetall(self.keys.story_results(event.story))
-        replies = pipe.execute()[1:] if self._owed_acks else pipe.execute()
+        if event.event != "enqueued":
+            pipe.get(self.keys.notifier_thread(event.story))
+        replies = pipe.execute()[1 if self._owed_acks else 0 :]
         self._owed_acks = []
-        if replies[1]:
-            self._threads[event.story] = str(replies[1])
-        worker = _worker(replies[2], role) if role else ""
-        return _facts(dict(zip(FACT_FIELDS, replies[0], strict=True)), worker)
+        story = dict(zip(FACT_FIELDS, replies.pop(0), strict=True))
+        worker = _worker(replies.pop(0), role) if role else ""
+        if replies and replies[0]:
+            self._threads[event.story] = str(replies[0])
+        return _facts(story, worker)
 
     def _dead_letter(self, entry_id: str, event: FleetEvent, message: Message, error: str) -> None:
         letter = {"entry": entry_id, "event": event.event, "story": event.story, "error": error}
