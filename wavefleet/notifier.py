@@ -147,9 +147,9 @@ class Notifier:
         backlog = self.consumer.pending(self.slack.batch)  # taken before a restart, never acked
         log.info("notifier started", pending=len(backlog), threads=self.sender.threads)
         while not self.stopping.is_set():
-            if not backlog:
-                self._ack_owed()  # before waiting: nothing done stays unacked while idle
-                backlog = self.consumer.read(self.slack.batch, block_ms=BLOCK_MS)
+            if not backlog:  # what is done is acked before waiting: nothing stays unacked while idle
+                backlog = self.consumer.read(self.slack.batch, block_ms=BLOCK_MS, ack=self._owed_acks)
+                self._owed_acks = []
             while backlog and not self.stopping.is_set():
                 entry_id, event = backlog[0]
                 if not self.deliver(entry_id, event):
