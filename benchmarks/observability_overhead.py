@@ -185,6 +185,8 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
     before = peers.counts()
     observers = Processes(settings, workdir / "logs")
     notifier = start_notifier(observers, settings, redis) if settings.slack.enabled else None
+    # its start (interpreter, imports: ~0.45 s) is before the clock and not a per-message cost
+    notifier_start_cpu = pipeline.cpu_of(notifier.pid) if notifier is not None else 0.0
     scraper = Scraper(settings.metrics.host, settings.metrics.port, args.scrape_s)
     if settings.metrics.port:
         scraper.start()
@@ -196,7 +198,7 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
     try:
         phase.label = f"observers on ({', '.join(sorted(args.observers))})"
         if notifier is not None:
-            phase.cpu_s["notifier"] = pipeline.cpu_of(notifier.pid)
+            phase.cpu_s["notifier"] = pipeline.cpu_of(notifier.pid) - notifier_start_cpu
         if settings.langsmith.enabled:  # what the killed supervisor left in the outbox: the next sends it
             observers.supervisor()
         wait_for_observers(settings, args.stories, peers, before, observers)

@@ -221,6 +221,21 @@ def test_consumer_groups_each_get_every_entry_and_an_unacked_one_comes_back(
     assert [i for i, _e in again.pending()] == [first[1][0], first[2][0]]
 
 
+def test_a_read_acks_what_it_is_given_in_the_same_round_trip_before_waiting(
+    redis: Redis, settings: Settings
+) -> None:
+    keys = settings.keys
+    consumer = EventConsumer(redis, keys, "notifier", "n1")
+    first = redis.xadd(keys.events(), {"event": "fleet_halted", "reason": "r", "by": "t", "at": "1"})
+    [(taken, _event)] = consumer.read(count=10)
+    second = redis.xadd(keys.events(), {"event": "fleet_resumed", "by": "t", "at": "2"})
+    assert [i for i, _e in consumer.read(count=10, block_ms=100, ack=[taken])] == [second]
+    assert taken == first and [
+        p["message_id"]
+        for p in redis.xpending_range(keys.events(), keys.events_group("notifier"), "-", "+", 10)
+    ] == [second]  # the first acked by the read that took the second
+
+
 def test_a_crossing_is_on_the_stream_with_its_flag_even_if_the_settling_worker_dies_at_once(
     redis: Redis, settings: Settings, domains: Domains
 ) -> None:

@@ -53,7 +53,7 @@ _SANDBOX_COMMANDS = (
 # through its consumer group, and writes only its own keys (thread ts, dead letters, state).
 _NOTIFIER_COMMANDS = (
     "-@all +ping +hello +auth +client|setname +client|getname +client|id "
-    "+get +set +hgetall +hset +hdel +lpush +ltrim +incrby +xreadgroup +xack +xgroup|create "
+    "+get +set +hgetall +hmget +hset +hdel +lpush +ltrim +incrby +xreadgroup +xack +xgroup|create "
     "+multi +exec +discard"
 )
 

@@ -26,15 +26,16 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
 
 from .config import Settings, SlackSettings
-from .errors import ConfigError, SlackDeliveryError, WaveError
+from .errors import ConfigError, SlackDeliveryError
 from .fleet_events import EventConsumer, FleetEvent, StoryEvent, UnknownEvent
 from .notifier_status import GROUP
 from .redact import redactor_for
 from .slack_format import Message, StoryFacts, dozzle_link, flattened, parent_for, plan
-from .store import StoryStore
 
 BLOCK_MS = 1000  # how long one read waits for new entries (stopping is checked between reads)
 AUTH_ERRORS = frozenset({"invalid_auth", "token_revoked", "account_inactive", "not_authed", "token_expired"})
+# The story hash's fields a post shows (read alone: the whole record is most of a post's Redis cost).
+FACT_FIELDS = ("id", "title", "domain", "state", "cost_usd")
 WEBHOOK_AUTH = frozenset({"invalid_token", "no_service", "no_team", "team_disabled", "action_prohibited"})
 
 log = structlog.get_logger("wave.notifier")
@@ -130,26 +131,37 @@ class Notifier:
     def __init__(self, settings: Settings, redis: Redis, sender: Sender, name: str) -> None:
         self.settings, self.slack, self.keys = settings, settings.slack, settings.keys
         self.redis, self.sender = redis, sender
-        self.store = StoryStore(redis, self.keys, settings.pipeline.max_rounds)
         self.consumer = EventConsumer(redis, self.keys, GROUP, name)
         self.redactor = redactor_for(settings)
         self.stopping = threading.Event()
         self._posted: dict[str, int] = {}  # entry id -> how many of its posts Slack took already
         self._auth_failed = self._outage = False
+        # Cost per message (benchmarks/README.md "Notifier cost"): an entry's acks go with the next
+        # entry's reads, in one round trip; the state hash's problem is cleared only when one may be
+        # there (at start, after one of ours), not after every post.
+        self._owed_acks: list[str] = []
+        self._threads: dict[str, str] = {}  # the current entry's story -> thread ts, read with its facts
+        self._problem_said = True  # a problem may be left by an earlier notifier: the first post clears it
 
     def run(self) -> None:
         backlog = self.consumer.pending(self.slack.batch)  # taken before a restart, never acked
         log.info("notifier started", pending=len(backlog), threads=self.sender.threads)
         while not self.stopping.is_set():
-            if not backlog:
-                backlog = self.consumer.read(self.slack.batch, block_ms=BLOCK_MS)
+            if not backlog:  # what is done is acked before waiting: nothing stays unacked while idle
+                backlog = self.consumer.read(self.slack.batch, block_ms=BLOCK_MS, ack=self._owed_acks)
+                self._owed_acks = []
             while backlog and not self.stopping.is_set():
                 entry_id, event = backlog[0]
                 if not self.deliver(entry_id, event):
                     break  # stopping mid-backoff: the entry stays pending for the next start
-                self.consumer.ack([entry_id])
+                self._owed_acks.append(entry_id)  # acked with the next entry's reads (or before idling)
                 self._posted.pop(entry_id, None)
                 backlog.pop(0)
+        self._ack_owed()
+
+    def _ack_owed(self) -> None:
+        self.consumer.ack(self._owed_acks)
+        self._owed_acks = []
 
     def deliver(self, entry_id: str, event: FleetEvent) -> bool:
         """Post every message of one entry; True once each is posted or dead-lettered."""
@@ -159,7 +171,7 @@ class Notifier:
                 entry_id, event, Message("", ""), "trimmed from the stream before it was posted"
             )
             return True
-        facts = self._facts(event) if event.story else None
+        facts = self._read(event)
         dozzle = None
         if facts and facts.worker and self.settings.dozzle_url:
             dozzle = dozzle_link(
@@ -208,7 +220,7 @@ class Notifier:
     def _thread(self, story: str, facts: StoryFacts | None, lazy_parent: bool = True) -> str | None:
         """The story's thread ts; its parent is posted first when there is none (the story was
         enqueued before this notifier's group existed, or its thread key expired)."""
-        ts = self.redis.get(self.keys.notifier_thread(story))
+        ts = self._threads.get(story) or self.redis.get(self.keys.notifier_thread(story))
         if ts or not lazy_parent:
             return str(ts) if ts else None  # a finding's alert gone (expired): an unthreaded reply
         self._post(parent_for(story, facts, self.slack.activity_channel), facts)
@@ -219,28 +231,28 @@ class Notifier:
         blocks = self.redactor.clean(message.blocks)
         return replace(message, text=text, blocks=blocks)
 
-    def _facts(self, event: FleetEvent) -> StoryFacts | None:
-        try:
-            record = self.store.get(event.story)
-        except WaveError:  # gone (NotFoundError) or unreadable: posted without what the store knows
+    def _read(self, event: FleetEvent) -> StoryFacts | None:
+        """The story's facts and thread ts (kept for `_thread`; an enqueue starts the thread, so it
+        has none) in one round trip, which also carries the acks of the entries done before it."""
+        self._threads = {}
+        if not event.story:
             return None
-        return StoryFacts(
-            record.story.title, record.domain, record.state.value, record.cost_usd, self._worker(event)
-        )
-
-    def _worker(self, event: FleetEvent) -> str:
-        """The worker that ran the event's role's latest stage, from its stored result ("" if none:
-        the history does not name the attempt, and a stage's result is stored before its event)."""
-        if not isinstance(event, StoryEvent) or not event.role:
-            return ""
-        results = self.redis.hgetall(self.keys.story_results(event.story))
-        mine = [(_order(name), raw) for name, raw in results.items() if f".{event.role}.a" in name]
-        latest = max(mine) if mine else None
-        try:
-            worker = json.loads(latest[1]).get("worker", "") if latest else ""
-        except (ValueError, AttributeError):
-            return ""
-        return worker if isinstance(worker, str) else ""
+        pipe = self.redis.pipeline(transaction=False)
+        if self._owed_acks:
+            pipe.xack(self.keys.events(), self.keys.events_group(GROUP), *self._owed_acks)
+        pipe.hmget(self.keys.story(event.story), FACT_FIELDS)
+        role = event.role if isinstance(event, StoryEvent) else ""
+        if role:
+            pipe.hgetall(self.keys.story_results(event.story))
+        if event.event != "enqueued":
+            pipe.get(self.keys.notifier_thread(event.story))
+        replies = pipe.execute()[1 if self._owed_acks else 0 :]
+        self._owed_acks = []
+        story = dict(zip(FACT_FIELDS, replies.pop(0), strict=True))
+        worker = _worker(replies.pop(0), role) if role else ""
+        if replies and replies[0]:
+            self._threads[event.story] = str(replies[0])
+        return _facts(story, worker)
 
     def _dead_letter(self, entry_id: str, event: FleetEvent, message: Message, error: str) -> None:
         letter = {"entry": entry_id, "event": event.event, "story": event.story, "error": error}
@@ -267,6 +279,7 @@ class Notifier:
         self._problem(problem)
 
     def _problem(self, problem: str) -> None:
+        self._problem_said = True
         self.redis.hset(
             self.keys.notifier_state(), mapping={"problem": problem, "since": f"{time.time():.0f}"}
         )
@@ -275,7 +288,9 @@ class Notifier:
         if self._auth_failed or self._outage:
             log.info("slack takes messages again")
         self._auth_failed = self._outage = False
-        self.redis.hdel(self.keys.notifier_state(), "problem", "since")
+        if self._problem_said:
+            self.redis.hdel(self.keys.notifier_state(), "problem", "since")
+            self._problem_said = False
 
 
 def _order(result_name: str) -> tuple[int, int]:
@@ -283,3 +298,27 @@ def _order(result_name: str) -> tuple[int, int]:
     head, _, attempt = result_name.rpartition(".a")
     round_ = head.split(".", 1)[0].removeprefix("r")
     return (int(round_) if round_.isdigit() else 0, int(attempt) if attempt.isdigit() else 0)
+
+
+def _facts(story: dict[str, str | None], worker: str) -> StoryFacts | None:
+    """What the story hash says (the fields read directly: parsing the whole record is most of the
+    cost of a post); None when it is gone or unreadable (posted without what the store knows)."""
+    try:
+        cost = float(story.get("cost_usd") or 0)
+    except ValueError:
+        return None
+    if not story.get("id"):
+        return None
+    return StoryFacts(story["title"] or "", story["domain"] or "", story["state"] or "", cost, worker)
+
+
+def _worker(results: dict[str, str], role: str) -> str:
+    """The worker that ran `role`'s latest stage, from its stored result ("" if none: the history
+    does not name the attempt, and a stage's result is stored before its event)."""
+    mine = [(_order(name), raw) for name, raw in results.items() if f".{role}.a" in name]
+    latest = max(mine) if mine else None
+    try:
+        worker = json.loads(latest[1]).get("worker", "") if latest else ""
+    except (ValueError, AttributeError):
+        return ""
+    return worker if isinstance(worker, str) else ""
