@@ -100,3 +100,11 @@ def test_the_events_streams_and_stored_results_are_redacted_where_they_are_writt
     everything = "\n".join(written)
     assert [n for n, (_t, secret) in SHAPES.items() if secret in everything] == []
     assert everything.count(REDACTED) >= 4 * len(SHAPES)
+
+
+def test_a_path_ending_in_password_is_a_file_name_not_an_assignment() -> None:
+    # a sandbox attack report keyed by the files it tried (tests/test_sandbox.py) kept its findings
+    report = '{"/data/redis/password": "FileNotFoundError", "C:\\\\cfg\\\\password": "PermissionError"}'
+    assert CREDENTIALS.text(report) == report
+    # while a dotted configuration key is still an assignment of a secret
+    assert "hunter22hunter" not in CREDENTIALS.text("spring.datasource.password=hunter22hunter")

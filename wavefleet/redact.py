@@ -66,7 +66,8 @@ SHAPES: dict[str, str] = {
 # enough for logs and events; left out of tool output, where code such as `password = ask()` must
 # reach the model as it is (a blanked line would make its edits fail).
 ASSIGNMENT = (
-    r"(?i:(?<![A-Za-z0-9])(?:password|passwd|secret|secret[_-]?key|api[_-]?key|access[_-]?token|auth[_-]?token"
+    # not after a path separator: `.../redis/password": "FileNotFoundError"` names a file, not a secret
+    r"(?i:(?<![A-Za-z0-9/\\])(?:password|passwd|secret|secret[_-]?key|api[_-]?key|access[_-]?token|auth[_-]?token"
     r"|client[_-]?secret|private[_-]?key))[\"']?\s*[:=]\s*"
     # not when the value is itself a shape (a URL with a password, a key block): that shape's own
     # branch must match it, or the assignment would take its first word and leave the secret
