@@ -22,9 +22,10 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from wavefleet import logs
-from wavefleet.errors import SandboxUnavailableError
+from wavefleet.errors import SandboxLimitError, SandboxUnavailableError
 from wavefleet.metric_counts import LIMIT_HIT_PREFIX, SANDBOX_COMMANDS, count
 from wavefleet.sandbox import Outcome, RemoteSandbox, Sandbox
+from wavefleet.sandbox.limits import confined, limit_error
 
 from . import runtime
 
@@ -81,28 +82,37 @@ def run_in(
     """Run a command that does work (a test command, an agent's command) inside `sandbox`: a local
     one is started here, a remote one runs it where it lives. Raises `subprocess.TimeoutExpired`
     (the command killed), SandboxUnavailableError if the sandbox itself could not run it, and, from
-    a remote sandbox, SandboxLimitError (the command hit a resource limit: the stage fails)."""
+    SandboxLimitError (the command hit its memory or pids limit and was killed: the stage fails)."""
     if isinstance(sandbox, RemoteSandbox):
         return sandbox.execute(list(argv), worktree, timeout_s=timeout_s, max_output_bytes=max_output_bytes)
     invocation = sandbox.wrap(list(argv), worktree)
-    try:
-        outcome = run_capped(
-            invocation.argv,
-            cwd=invocation.cwd,
-            env=invocation.env,
-            timeout_s=timeout_s,
-            max_output_bytes=max_output_bytes,
-        )
-    except subprocess.TimeoutExpired:
-        _count_local(sandbox.mode, timed_out=True)
-        raise
-    _count_local(sandbox.mode, timed_out=False)
+    if shutil.which(invocation.argv[0], path=invocation.env.get("PATH")) is None:  # before a prefix hides it
+        raise FileNotFoundError(f"{invocation.argv[0]}: not found on PATH")
+    timed_out = False
+    with confined(sandbox.limits) as confinement:
+        try:
+            outcome = run_capped(
+                [*confinement.prefix, *invocation.argv],
+                cwd=invocation.cwd,
+                env=invocation.env,
+                timeout_s=timeout_s,
+                max_output_bytes=max_output_bytes,
+            )
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    # A limit hit first is the reason, even when the command then ran into the time bound.
+    limit = confinement.hit
+    _count_local(sandbox.mode, hit=limit.split()[0] if limit else "time" if timed_out else None)
+    if limit:
+        raise SandboxLimitError(limit_error(limit, list(argv)))
+    if timed_out:
+        raise subprocess.TimeoutExpired(list(argv), timeout_s)
     if outcome.exit_code != 0 and (why := sandbox.unavailable(outcome.exit_code, outcome.output, worktree)):
         raise SandboxUnavailableError(why)
     return outcome
 
 
-def _count_local(mode: str, *, timed_out: bool) -> None:
+def _count_local(mode: str, *, hit: str | None) -> None:
     """Count a local sandbox's command for /metrics (the container runner counts its own), in a
     worker only; a Redis hiccup costs the count, never the command."""
     rt = runtime.installed()
@@ -111,8 +121,8 @@ def _count_local(mode: str, *, timed_out: bool) -> None:
     try:
         with rt.redis.pipeline(transaction=False) as pipe:
             count(pipe, rt.settings.keys, f"{SANDBOX_COMMANDS}:{mode}")
-            if timed_out:
-                count(pipe, rt.settings.keys, f"{LIMIT_HIT_PREFIX}:time")
+            if hit:  # "memory", "pids", "time"
+                count(pipe, rt.settings.keys, f"{LIMIT_HIT_PREFIX}:{hit}")
             pipe.execute()
     except RedisError as exc:
         logs.get().warning("sandbox command not counted", error=str(exc).splitlines()[0])
