@@ -16,7 +16,7 @@ import selectors
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -25,7 +25,7 @@ from wavefleet import logs
 from wavefleet.errors import SandboxLimitError, SandboxUnavailableError
 from wavefleet.metric_counts import LIMIT_HIT_PREFIX, SANDBOX_COMMANDS, count
 from wavefleet.sandbox import Outcome, RemoteSandbox, Sandbox
-from wavefleet.sandbox.limits import confined, limit_error
+from wavefleet.sandbox.limits import WATCH_INTERVAL_S, confined, limit_error
 
 from . import runtime
 
@@ -97,6 +97,7 @@ def run_in(
                 env=invocation.env,
                 timeout_s=timeout_s,
                 max_output_bytes=max_output_bytes,
+                watch=confinement.watch,
             )
         except subprocess.TimeoutExpired:
             timed_out = True
@@ -136,11 +137,13 @@ def run_capped(
     timeout_s: float,
     max_output_bytes: int,
     head: bool = False,
+    watch: Callable[[], None] | None = None,
 ) -> Outcome:
     """Like `run`, for commands whose output the stage does not control: keeps only the last
     `max_output_bytes` of it (the end is where test runners summarise), so a command printing
     without end cannot fill the worker's memory; with `head`, the first ones, and the command is
-    killed once it has printed them (its exit code is then the kill's). Raises
+    killed once it has printed them (its exit code is then the kill's). `watch` is called every
+    WATCH_INTERVAL_S while it runs (a cgroup's limits: it kills on a hit). Raises
     `subprocess.TimeoutExpired` after `timeout_s`, the command killed."""
     if os.sep not in argv[0] and shutil.which(argv[0], path=env.get("PATH")) is None:
         raise FileNotFoundError(f"{argv[0]}: not found on PATH")
@@ -158,7 +161,7 @@ def run_capped(
     deadline = time.monotonic() + timeout_s
     with proc:
         try:
-            kept, truncated = _read_tail(proc, deadline, max_output_bytes, head)
+            kept, truncated = _read_tail(proc, deadline, max_output_bytes, head, watch)
             if truncated and head:
                 proc.kill()
             exit_code = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
@@ -169,7 +172,11 @@ def run_capped(
 
 
 def _read_tail(
-    proc: subprocess.Popen[bytes], deadline: float, cap: int, head: bool = False
+    proc: subprocess.Popen[bytes],
+    deadline: float,
+    cap: int,
+    head: bool = False,
+    watch: Callable[[], None] | None = None,
 ) -> tuple[bytearray, bool]:
     """Read `proc`'s output until it closes, keeping the last `cap` bytes (with `head`: the first
     `cap`, and stop reading there); TimeoutExpired at `deadline`."""
@@ -181,7 +188,10 @@ def _read_tail(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise subprocess.TimeoutExpired(proc.args, remaining)
-            if not selector.select(remaining):
+            ready = selector.select(min(remaining, WATCH_INTERVAL_S) if watch else remaining)
+            if watch:
+                watch()
+            if not ready:
                 continue
             chunk = os.read(proc.stdout.fileno(), READ_CHUNK)
             if not chunk:
