@@ -29,6 +29,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "wave"
 WATCH_INTERVAL_S = 0.02  # how soon a hit limit ends the command: a fork bomb at pids.max spins meanwhile
 EMPTY_WITHIN_S = 5.0  # the killed processes leave the cgroup (reaped) well within this
+REAP_POLL_S = 0.0005  # a killed or exiting process leaves its cgroup within a fraction of a ms, mostly
 # Joins the cgroups named by its first arguments (their `cgroup.procs`), then becomes the command.
 _JOIN = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"'
 _names = itertools.count()
@@ -172,7 +173,7 @@ class CommandCgroup:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.005)
+            time.sleep(REAP_POLL_S)
 
     def remove(self) -> None:
         """After the command: note a limit hit, kill leftovers, remove the cgroup."""
@@ -189,7 +190,7 @@ class CommandCgroup:
                 except OSError as exc:  # EBUSY: a killed process not reaped yet
                     if exc.errno != errno.EBUSY or time.monotonic() > deadline:
                         raise
-                    time.sleep(0.005)
+                    time.sleep(REAP_POLL_S)
 
 
 def _field(path: Path, name: str) -> int:
