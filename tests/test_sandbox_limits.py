@@ -158,3 +158,21 @@ def test_the_cgroup_is_removed_when_the_command_times_out(tmp_path: Path) -> Non
             BwrapSandbox(limits=LIMITS), ["sleep", "30"], tmp_path, timeout_s=1, max_output_bytes=100
         )
     assert leftovers() == []
+
+
+def test_a_cgroup_left_by_a_killed_worker_is_swept_at_the_next_start() -> None:
+    # Given an empty command cgroup of a process that is gone (a horse SIGKILLed mid-command)
+    found = parents()
+    assert not isinstance(found, str), found
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is free once it is reaped
+    stale = [p / f"cmd-{gone.pid}-0" for p in {found.memory, found.pids}]
+    for path in stale:
+        path.mkdir()
+
+    # When a process next finds the parents
+    parents.cache_clear()
+    parents()
+
+    # Then they are gone
+    assert [p for p in stale if p.exists()] == []

@@ -73,6 +73,7 @@ def parents(root: Path = CGROUP_ROOT) -> Parents | str:
         made = [h / own.get(h.name, "/").lstrip("/") / PARENT for h in (memory, pids)]
         for path in made:
             path.mkdir(exist_ok=True)
+            _sweep(path)
         return Parents(1, *made)
     except OSError as exc:
         return f"cannot make a cgroup under {root}: {exc.strerror or exc}"
@@ -102,7 +103,18 @@ def _v2_parent(own: Path) -> Parents | str:
         raise
     parent.mkdir(exist_ok=True)
     (parent / "cgroup.subtree_control").write_text("+memory +pids")
+    _sweep(parent)
     return Parents(2, parent, parent)
+
+
+def _sweep(parent: Path) -> None:
+    """Remove the empty cgroups of processes that are gone: a work horse SIGKILLed by a halt or a
+    cancel mid-command never removed its command's (the command died with its process group)."""
+    for child in parent.glob("cmd-*-*"):
+        pid = child.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):  # not empty (still running somewhere): left alone
+                child.rmdir()
 
 
 def missing(limits: Limits) -> str | None:
