@@ -238,7 +238,7 @@ def _survivors(token: str) -> list[int]:
 
 def sandbox_limits(settings: Settings, redis: Redis) -> str:
     """A memory bomb and a fork bomb in the configured sandbox: refused by a limit, or killed (with
-    every process they started) at the bound."""
+    every process they started) at the bound; in bwrap only a limit stopping each one passes."""
     sandbox, python = _configured_sandbox(settings, redis)
     # bwrap's limits are the worker's own cgroups: where none can be made, only time bounds a bomb.
     strict = isinstance(sandbox, BwrapSandbox)
