@@ -89,6 +89,12 @@ def test_passes_on_a_correct_setup_and_records_the_pass(
     table = run_wave(settings, "preflight")
     assert table.returncode == 0 and "preflight passed" in table.stdout, table.stdout + table.stderr
     assert "sandbox-network  PASS" in table.stdout
+    # the bombs were stopped by the bwrap sandbox's cgroup limits, not by the time bound
+    limits = probes["sandbox-limits"]["detail"]
+    assert (
+        "memory bomb stopped by the memory limit (" in limits
+        and "fork bomb stopped by the pids limit (" in limits
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,15 +16,16 @@ import selectors
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from redis.exceptions import RedisError
 
 from wavefleet import logs
-from wavefleet.errors import SandboxUnavailableError
+from wavefleet.errors import SandboxLimitError, SandboxUnavailableError
 from wavefleet.metric_counts import LIMIT_HIT_PREFIX, SANDBOX_COMMANDS, count
 from wavefleet.sandbox import Outcome, RemoteSandbox, Sandbox
+from wavefleet.sandbox.limits import WATCH_INTERVAL_S, confined, limit_error
 
 from . import runtime
 
@@ -81,28 +82,38 @@ def run_in(
     """Run a command that does work (a test command, an agent's command) inside `sandbox`: a local
     one is started here, a remote one runs it where it lives. Raises `subprocess.TimeoutExpired`
     (the command killed), SandboxUnavailableError if the sandbox itself could not run it, and, from
-    a remote sandbox, SandboxLimitError (the command hit a resource limit: the stage fails)."""
+    SandboxLimitError (the command hit its memory or pids limit and was killed: the stage fails)."""
     if isinstance(sandbox, RemoteSandbox):
         return sandbox.execute(list(argv), worktree, timeout_s=timeout_s, max_output_bytes=max_output_bytes)
     invocation = sandbox.wrap(list(argv), worktree)
-    try:
-        outcome = run_capped(
-            invocation.argv,
-            cwd=invocation.cwd,
-            env=invocation.env,
-            timeout_s=timeout_s,
-            max_output_bytes=max_output_bytes,
-        )
-    except subprocess.TimeoutExpired:
-        _count_local(sandbox.mode, timed_out=True)
-        raise
-    _count_local(sandbox.mode, timed_out=False)
+    if shutil.which(invocation.argv[0], path=invocation.env.get("PATH")) is None:  # before a prefix hides it
+        raise FileNotFoundError(f"{invocation.argv[0]}: not found on PATH")
+    timed_out = False
+    with confined(sandbox.limits) as confinement:
+        try:
+            outcome = run_capped(
+                [*confinement.prefix, *invocation.argv],
+                cwd=invocation.cwd,
+                env=invocation.env,
+                timeout_s=timeout_s,
+                max_output_bytes=max_output_bytes,
+                watch=confinement.watch,
+            )
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    # A limit hit first is the reason, even when the command then ran into the time bound.
+    limit = confinement.hit
+    _count_local(sandbox.mode, hit=limit.split()[0] if limit else "time" if timed_out else None)
+    if limit:
+        raise SandboxLimitError(limit_error(limit, list(argv)))
+    if timed_out:
+        raise subprocess.TimeoutExpired(list(argv), timeout_s)
     if outcome.exit_code != 0 and (why := sandbox.unavailable(outcome.exit_code, outcome.output, worktree)):
         raise SandboxUnavailableError(why)
     return outcome
 
 
-def _count_local(mode: str, *, timed_out: bool) -> None:
+def _count_local(mode: str, *, hit: str | None) -> None:
     """Count a local sandbox's command for /metrics (the container runner counts its own), in a
     worker only; a Redis hiccup costs the count, never the command."""
     rt = runtime.installed()
@@ -111,8 +122,8 @@ def _count_local(mode: str, *, timed_out: bool) -> None:
     try:
         with rt.redis.pipeline(transaction=False) as pipe:
             count(pipe, rt.settings.keys, f"{SANDBOX_COMMANDS}:{mode}")
-            if timed_out:
-                count(pipe, rt.settings.keys, f"{LIMIT_HIT_PREFIX}:time")
+            if hit:  # "memory", "pids", "time"
+                count(pipe, rt.settings.keys, f"{LIMIT_HIT_PREFIX}:{hit}")
             pipe.execute()
     except RedisError as exc:
         logs.get().warning("sandbox command not counted", error=str(exc).splitlines()[0])
@@ -126,11 +137,13 @@ def run_capped(
     timeout_s: float,
     max_output_bytes: int,
     head: bool = False,
+    watch: Callable[[], None] | None = None,
 ) -> Outcome:
     """Like `run`, for commands whose output the stage does not control: keeps only the last
     `max_output_bytes` of it (the end is where test runners summarise), so a command printing
     without end cannot fill the worker's memory; with `head`, the first ones, and the command is
-    killed once it has printed them (its exit code is then the kill's). Raises
+    killed once it has printed them (its exit code is then the kill's). `watch` is called every
+    WATCH_INTERVAL_S while it runs (a cgroup's limits: it kills on a hit). Raises
     `subprocess.TimeoutExpired` after `timeout_s`, the command killed."""
     if os.sep not in argv[0] and shutil.which(argv[0], path=env.get("PATH")) is None:
         raise FileNotFoundError(f"{argv[0]}: not found on PATH")
@@ -148,7 +161,7 @@ def run_capped(
     deadline = time.monotonic() + timeout_s
     with proc:
         try:
-            kept, truncated = _read_tail(proc, deadline, max_output_bytes, head)
+            kept, truncated = _read_tail(proc, deadline, max_output_bytes, head, watch)
             if truncated and head:
                 proc.kill()
             exit_code = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
@@ -159,7 +172,11 @@ def run_capped(
 
 
 def _read_tail(
-    proc: subprocess.Popen[bytes], deadline: float, cap: int, head: bool = False
+    proc: subprocess.Popen[bytes],
+    deadline: float,
+    cap: int,
+    head: bool = False,
+    watch: Callable[[], None] | None = None,
 ) -> tuple[bytearray, bool]:
     """Read `proc`'s output until it closes, keeping the last `cap` bytes (with `head`: the first
     `cap`, and stop reading there); TimeoutExpired at `deadline`."""
@@ -171,7 +188,10 @@ def _read_tail(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise subprocess.TimeoutExpired(proc.args, remaining)
-            if not selector.select(remaining):
+            ready = selector.select(min(remaining, WATCH_INTERVAL_S) if watch else remaining)
+            if watch:
+                watch()
+            if not ready:
                 continue
             chunk = os.read(proc.stdout.fileno(), READ_CHUNK)
             if not chunk:

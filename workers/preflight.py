@@ -31,7 +31,7 @@ from wavefleet.lifecycle import Role
 from wavefleet.llm.client import StoryLLM
 from wavefleet.llm.types import LLMRequest, LLMResponse, TaskKind, ToolCall
 from wavefleet.safety.preflight import Probe, ProbeFailed, default_branch_gate, scratch_id
-from wavefleet.sandbox import NoSandbox, RemoteSandbox, Sandbox, sandbox_for
+from wavefleet.sandbox import BwrapSandbox, NoSandbox, RemoteSandbox, Sandbox, sandbox_for
 from wavefleet.sandbox.protocol import StageLabels
 from wavefleet.stories import Story
 
@@ -204,22 +204,24 @@ def _configured_sandbox(settings: Settings, redis: Redis) -> tuple[Sandbox, str]
 
 def _in_sandbox(
     settings: Settings, redis: Redis, argv: list[str], timeout_s: float
-) -> tuple[str | None, bool]:
-    """The command's output (None: it was killed at `timeout_s`), and whether it wrote the file
-    `reached` in its worktree (a bomb does once it has all it tried for)."""
+) -> tuple[str | None, bool, float]:
+    """The command's output (None: it was killed at `timeout_s`; "LIMIT ..." a limit stopped it),
+    whether it wrote the file `reached` in its worktree (a bomb does once it has all it tried for),
+    and how long it ran."""
     sandbox, _python = _configured_sandbox(settings, redis)
+    started = time.monotonic()
     with scratch_tree() as tree:
         try:
             outcome = commands.run_in(sandbox, argv, tree, timeout_s=timeout_s, max_output_bytes=4000)
             output: str | None = outcome.output
         except subprocess.TimeoutExpired:
             output = None
-        except StageError as exc:  # a remote sandbox's limit hit ends the stage: the bomb was stopped
+        except StageError as exc:  # a sandbox's limit hit ends the stage: the bomb was stopped
             output = f"LIMIT {exc}"
         finally:
             if isinstance(sandbox, RemoteSandbox):
                 sandbox.release()
-        return output, (tree / "reached").exists()
+        return output, (tree / "reached").exists(), time.monotonic() - started
 
 
 def _survivors(token: str) -> list[int]:
@@ -236,13 +238,17 @@ def _survivors(token: str) -> list[int]:
 
 def sandbox_limits(settings: Settings, redis: Redis) -> str:
     """A memory bomb and a fork bomb in the configured sandbox: refused by a limit, or killed (with
-    every process they started) at the bound."""
-    python = _configured_sandbox(settings, redis)[1]
+    every process they started) at the bound; in bwrap only a limit stopping each one passes."""
+    sandbox, python = _configured_sandbox(settings, redis)
+    # bwrap's limits are the worker's own cgroups: where none can be made, only time bounds a bomb.
+    strict = isinstance(sandbox, BwrapSandbox)
+    if isinstance(sandbox, BwrapSandbox) and (missing := sandbox.limits_note()):
+        raise ProbeFailed(f"the bwrap sandbox runs commands{missing}")
     details = []
     memory = _in_sandbox(settings, redis, [python, "-c", _MEMORY_BOMB, str(BOMB_MEMORY_MIB)], BOMB_TIMEOUT_S)
     if memory[0] is not None and memory[1] and not memory[0].startswith("LIMIT"):
         raise ProbeFailed(f"the memory bomb held {BOMB_MEMORY_MIB} MiB and ended on its own")
-    details.append(_how("memory bomb", memory, f"held {BOMB_MEMORY_MIB} MiB"))
+    details.append(_how("memory bomb", memory, f"held {BOMB_MEMORY_MIB} MiB", strict))
     token = f"61.{secrets.randbelow(10**6):06d}"  # the sleeps' argument: how survivors are found
     forks = _in_sandbox(
         settings, redis, ["sh", "-c", _FORK_BOMB, "sh", str(BOMB_PROCESSES), token], BOMB_TIMEOUT_S
@@ -253,7 +259,7 @@ def sandbox_limits(settings: Settings, redis: Redis) -> str:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         raise ProbeFailed(f"{len(left)} processes of the fork bomb outlived it on the host")
-    details.append(_how("fork bomb", forks, f"started {BOMB_PROCESSES} processes"))
+    details.append(_how("fork bomb", forks, f"started {BOMB_PROCESSES} processes", strict))
     return "; ".join(details)
 
 
@@ -264,14 +270,21 @@ def _wait_gone(token: str, within_s: float = 3.0) -> list[int]:
     return left
 
 
-def _how(what: str, ran: tuple[str | None, bool], reached: str) -> str:
-    output, got_all = ran
+def _how(what: str, ran: tuple[str | None, bool, float], reached: str, strict: bool) -> str:
+    """How the bomb ended; with `strict` (bwrap, whose limits are known to be set) anything but a
+    limit stopping it fails the probe."""
+    output, got_all, took = ran
+    if output is not None and output.startswith("LIMIT"):
+        limit = output.partition("sandbox's ")[2].partition(" and was killed")[0] or "limit"
+        return f"{what} stopped by the {limit} in {took:.2f} s"
     if output is None:  # no limit stopped it first: said, so the operator knows only time bounds it
         first = f" (it {reached} first: no limit refused it)" if got_all else ""
-        return f"{what} killed at the {BOMB_TIMEOUT_S:g} s bound{first}"
-    if output.startswith("LIMIT"):
-        return f"{what} stopped by the sandbox's limit"
-    return f"{what} refused ({output.strip().splitlines()[-1][:80] if output.strip() else 'no output'})"
+        how = f"{what} killed at the {BOMB_TIMEOUT_S:g} s bound{first}"
+    else:
+        how = f"{what} refused ({output.strip().splitlines()[-1][:80] if output.strip() else 'no output'})"
+    if strict:
+        raise ProbeFailed(f"no limit stopped the {how}")
+    return how
 
 
 def sandbox_network(settings: Settings, redis: Redis) -> str:

@@ -21,6 +21,7 @@ from .base import (
 )
 from .bwrap import BwrapSandbox, bwrap_binary
 from .container import ContainerSandbox
+from .limits import Limits
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -32,6 +33,7 @@ __all__ = [
     "BwrapSandbox",
     "ContainerSandbox",
     "Invocation",
+    "Limits",
     "LocalSandbox",
     "NoSandbox",
     "Outcome",
@@ -52,4 +54,5 @@ def sandbox_for(settings: Settings, *, network: bool = False, redis: Redis | Non
         if redis is None:
             raise TypeError("the container sandbox needs the fleet's Redis")
         return ContainerSandbox(redis, settings, network=network)
-    return BwrapSandbox(network=network)
+    box = settings.sandbox_container  # the same limits as a container's, per command here
+    return BwrapSandbox(network=network, limits=Limits(box.memory_mb, box.pids))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from .limits import Limits
     from .protocol import SandboxUsage, StageLabels
 
 # Passed through from the worker's environment when set: locale and clock only. Everything else a
@@ -55,7 +56,10 @@ class LocalSandbox(_Common, Protocol):
     """Wraps a command that runs work so it runs inside `worktree` isolated from the fleet.
 
     The process itself is started by `workers.commands` (the one place processes start, with its
-    parent-death discipline); a local sandbox only says how."""
+    parent-death discipline); a local sandbox only says how, and under which `limits` (memory,
+    pids: `workers.commands` puts the command in a cgroup with them; None: unlimited)."""
+
+    limits: Limits | None
 
     def for_stage(self, labels: StageLabels) -> LocalSandbox:
         """The sandbox of one stage: a local one is the same for every stage (itself)."""
@@ -111,6 +115,7 @@ class NoSandbox:
 
     mode = "none"
     network = True
+    limits: Limits | None = None
     python = sys.executable
 
     @property

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import Invocation, allowed_env
+from .limits import Limits, missing
 
 if TYPE_CHECKING:
     from .protocol import StageLabels
@@ -70,13 +71,21 @@ class BwrapSandbox:
     mode = "bwrap"
     python = sys.executable  # bound read-only inside (python_prefixes)
 
-    def __init__(self, *, network: bool = False, binary: str | None = None) -> None:
+    def __init__(
+        self, *, network: bool = False, binary: str | None = None, limits: Limits | None = None
+    ) -> None:
         self.network = network
         self.binary = binary or bwrap_binary()  # None: not on the worker's PATH (the probe refuses)
+        self.limits = limits  # None: no memory or pids limit (tests of other parts only; the fleet sets them)
 
     @property
     def label(self) -> str:
-        return "bwrap" + (" (network allowed)" if self.network else "")
+        return "bwrap" + (" (network allowed)" if self.network else "") + self.limits_note()
+
+    def limits_note(self) -> str:
+        """Said in the label (worker start-up log, `wave status`) when commands run without limits."""
+        why = "none configured" if self.limits is None else missing(self.limits)
+        return f" (no memory/pids limits: {why})" if why else ""
 
     def for_stage(self, labels: StageLabels) -> BwrapSandbox:
         return self

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from wavefleet.errors import SandboxLimitError, SandboxUnavailableError
 
 from .base import SYSTEM_PATH, Outcome, allowed_env
+from .limits import limit_error
 from .protocol import (
     REPLY,
     ContainerSpec,
@@ -114,9 +115,7 @@ class ContainerSandbox:
         if reply.error:
             raise SandboxUnavailableError(f"the container sandbox could not run a command: {reply.error}")
         if reply.limit:
-            raise SandboxLimitError(
-                f"a command hit the sandbox's {reply.limit} and was killed: {_shown(argv)}"
-            )
+            raise SandboxLimitError(limit_error(reply.limit, list(argv)))
         if reply.timed_out:
             raise subprocess.TimeoutExpired(list(argv), timeout_s)
         return Outcome(reply.exit_code, reply.output, reply.truncated)
@@ -189,8 +188,3 @@ def _parsed(raw: str | bytes, kind: type[Reply]) -> Reply:
     if not isinstance(reply, kind):
         raise SandboxUnavailableError(f"the `wave sandbox` runner answered a {reply.kind} request instead")
     return reply
-
-
-def _shown(argv: list[str]) -> str:
-    """The command, short, as data (quoted): it may be a model's."""
-    return repr(" ".join(argv)[:200])
