@@ -61,8 +61,9 @@ def preflight(settings: Settings) -> tuple[int, dict[str, Any], subprocess.Compl
     return done.returncode, {p["name"]: p for p in report["probes"]}, done
 
 
-def scratch_dirs() -> set[Path]:
-    return set(Path("/tmp").glob("wave-preflight-*"))
+def scratch_dirs(settings: Settings) -> set[Path]:
+    """Scratch folders: under the data dir's repos (where the sandbox may bind them), or /tmp."""
+    return {*Path("/tmp").glob("wave-preflight-*"), *(settings.data_dir / "repos").glob("wave-preflight-*")}
 
 
 @pytest.fixture
@@ -74,8 +75,9 @@ def watched(procs: Processes, redis: Redis, settings: Settings) -> Iterator[None
 def test_passes_on_a_correct_setup_and_records_the_pass(
     watched: None, redis: Redis, settings: Settings
 ) -> None:
-    dirs_before = scratch_dirs()
+    dirs_before = scratch_dirs(settings)
     keys_before = set(redis.keys("*"))
+    counters = settings.keys.metric_counters()
     code, probes, done = preflight(settings)
     failed = {name: p["detail"] for name, p in probes.items() if not p["passed"]}
     assert code == ExitCode.OK and not failed, f"{failed}\n{done.stderr}"
@@ -84,8 +86,11 @@ def test_passes_on_a_correct_setup_and_records_the_pass(
     assert recorded["digest"] == safety_digest(settings)
     assert 0 < redis.ttl(settings.keys.preflight_pass()) <= PASS_TTL_S
     # nothing left behind: no scratch folder, no key but the pass (the watcher's heartbeat was there)
-    assert scratch_dirs() == dirs_before
-    assert set(redis.keys("*")) - keys_before == {settings.keys.preflight_pass()}
+    # and the counters, where the gate a stage gets counted the 8 pushes and uploads it blocked: the
+    # gate probes went through it, not around it
+    assert scratch_dirs(settings) == dirs_before
+    assert set(redis.keys("*")) - keys_before == {settings.keys.preflight_pass(), counters}
+    assert redis.hget(counters, "safety_block") == "8"
     table = run_wave(settings, "preflight")
     assert table.returncode == 0 and "preflight passed" in table.stdout, table.stdout + table.stderr
     assert "sandbox-network  PASS" in table.stdout

@@ -2,7 +2,8 @@
 every shape is held at intake, not planned; approved, the offline team delivers it while the domain's
 repository prints every shape (and the fleet's own Redis password) into the QA stage's test output;
 and no secret reaches a worker's or the supervisor's log, the events stream, the stored story or its
-results, or a Slack payload."""
+results, a Slack payload, or a LangSmith trace (the story's runs, stage outputs included, as the local
+collector received them)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from redis import Redis
 from secret_shapes import SHAPES
+from servers.langsmith_server import LangSmithServer
 from servers.slack_server import SlackServer
 from test_notifier import start_notifier, with_slack
 
@@ -42,10 +45,22 @@ def slack() -> Iterator[SlackServer]:
 
 
 @pytest.fixture
-def fleet(settings: Settings, slack: SlackServer, tmp_path: Path) -> Iterator[tuple[Settings, Processes]]:
-    slacked = with_slack(settings, slack)
-    procs = Processes(slacked, tmp_path / "logs")
-    yield slacked, procs
+def langsmith() -> Iterator[LangSmithServer]:
+    server = LangSmithServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fleet(
+    settings: Settings, slack: SlackServer, langsmith: LangSmithServer, tmp_path: Path
+) -> Iterator[tuple[Settings, Processes]]:
+    traced = settings.langsmith.model_copy(
+        update={"api_key": SecretStr(langsmith.api_key), "endpoint": langsmith.url, "flush_interval_s": 0.2}
+    )
+    observed = with_slack(settings, slack).model_copy(update={"langsmith": traced})
+    procs = Processes(observed, tmp_path / "logs")
+    yield observed, procs
     procs.stop_all()
 
 
@@ -70,10 +85,14 @@ def story_file(tmp_path: Path) -> str:
     return str(path)
 
 
-def everything_written(redis: Redis, settings: Settings, procs: Processes, slack: SlackServer) -> str:
-    """Every output a secret could leak into: logs, the event streams, the story, its results, Slack."""
+def everything_written(
+    redis: Redis, settings: Settings, procs: Processes, slack: SlackServer, langsmith: LangSmithServer
+) -> str:
+    """Every output a secret could leak into: logs, the event streams, the story, its results, Slack,
+    LangSmith (the raw request bodies the collector received, compressed ones as it decoded them)."""
     keys = settings.keys
-    parts = [procs.logs(), *(m.raw for m in slack.messages)]
+    parts = [procs.logs(), *(m.raw for m in slack.messages), json.dumps(langsmith.snapshot(), default=str)]
+    parts += [body.decode("utf-8", "replace") for body in langsmith.bodies]
     for stream in (keys.events(), keys.story_events(STORY), keys.intake()):
         parts += [json.dumps(fields) for _, fields in redis.xrange(stream)]
     parts += [
@@ -89,8 +108,19 @@ def notifier_caught_up(redis: Redis, settings: Settings) -> bool:
     return bool(info) and info[0]["lag"] == 0 and info[0]["pending"] == 0
 
 
+def traced_stages(langsmith: LangSmithServer) -> set[str]:
+    """The names of the story's stage runs the collector has, ended (a root's children)."""
+    runs = langsmith.snapshot().values()
+    return {str(r.get("name")) for r in runs if r.get("parent_run_id") and r.get("end_time")}
+
+
 def test_a_flagged_story_is_held_not_planned_and_no_secret_is_written_anywhere(
-    fleet: tuple[Settings, Processes], store: StoryStore, redis: Redis, slack: SlackServer, tmp_path: Path
+    fleet: tuple[Settings, Processes],
+    store: StoryStore,
+    redis: Redis,
+    slack: SlackServer,
+    langsmith: LangSmithServer,
+    tmp_path: Path,
 ) -> None:
     settings, procs = fleet
     secrets = secrets_of(settings)
@@ -132,13 +162,20 @@ def test_a_flagged_story_is_held_not_planned_and_no_secret_is_written_anywhere(
         diagnose=lambda: f"state {store.get(STORY).state}: {store.get(STORY).reason}\n{procs.logs()[-5000:]}",
     )
     wait_until(lambda: notifier_caught_up(redis, settings), message="every event posted", diagnose=procs.logs)
+    wait_until(
+        lambda: {"qa r1", "cto r1"} <= traced_stages(langsmith),
+        message="the QA and CTO stage runs traced",
+        diagnose=lambda: f"{traced_stages(langsmith)}\n{procs.logs()[-3000:]}",
+    )
 
     # Then the secrets went through the fleet (QA's output quotes the repository's lines, redacted)
     qa = store.latest_result(store.get(STORY), Role.QA, round_=1)
     assert qa is not None and "leaked: [redacted]" in qa.output["output_tail"]
     assert slack.messages, "the notifier posted nothing"
+    qa_run = [r for r in langsmith.snapshot().values() if r.get("name") == "qa r1"]
+    assert "leaked: [redacted]" in json.dumps(qa_run), "the QA stage's traced output lacks its test lines"
     # and none of them survives in anything the fleet wrote
-    written = everything_written(redis, settings, procs, slack)
+    written = everything_written(redis, settings, procs, slack, langsmith)
     leaked = [name for name, secret in secrets.items() if secret in written]
     assert leaked == [], f"secrets written: {leaked}"
     assert store.get(STORY).story.description.startswith("The old key was key [redacted]")

@@ -304,15 +304,18 @@ def cmd_worker(app: App, args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(app: App, args: argparse.Namespace) -> int:
-    from workers.preflight import worker_probes  # noqa: PLC0415 - as `wave worker`: the probes attack through it
+    # as `wave worker` does: the probes attack through the workers' layers
+    from workers.preflight import stage_gate, worker_probes  # noqa: PLC0415
 
     from .safety import preflight  # noqa: PLC0415
 
     logs.setup_for("PREFLIGHT", app.settings)
     redis = app.store.redis
-    probes = worker_probes(app.settings, redis, next(iter(app.domains)))
+    domain = next(iter(app.domains))
+    gate = stage_gate(app.settings, redis, domain)  # the gate every stage gets: unwired, its probes fail
+    probes = worker_probes(app.settings, redis, domain, gate)
     results = preflight.run_all(
-        [*probes, *preflight.fleet_probes(app.settings, redis, preflight.capture_log)]
+        [*probes, *preflight.fleet_probes(app.settings, redis, preflight.capture_log, gate)]
     )
     if args.json:
         sys.stdout.write(preflight.report(results, as_json=True) + "\n")  # data as it is

@@ -262,10 +262,10 @@ class Keys:
     # The safety gate's review queue (wavefleet/safety/review.py)
     def safety_review(self) -> str:
         """Hash: the actions waiting for a human (action id -> JSON: story, role, round, tool,
-        normalised arguments, the rules' and the judge's reasons, when)."""
+        arguments as they run, the rules' and the judge's reasons, when)."""
         return self._k("safety", "review")
 
     def safety_verdict(self, story: str, digest: str) -> str:
         """String with a TTL: a human's ``approve`` or ``reject`` of one exact action of a story (the
-        sha256 of its tool and normalised arguments), consumed (GETDEL) by the stage that replays it."""
+        sha256 of its tool and exact arguments), consumed (GETDEL) by the stage that replays it."""
         return self._k("safety", "verdict", story, digest)

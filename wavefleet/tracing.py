@@ -132,7 +132,7 @@ class Tracer:
         self._put("patch", run)
 
     def _clean(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Every text redacted (known secret values) and cut to `text_max_chars`."""
+        """Every text redacted (known secret values and key shapes) and cut to `text_max_chars`."""
         return {k: _cut(self.redactor.clean(v), self.config.text_max_chars) for k, v in fields.items()}
 
     def _put(self, op: str, run: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """The preflight probes that attack through the workers' own layers: the jail, the tool loop, the sandbox.
 
 `wave preflight` (wavefleet/safety/preflight.py) adds these to its fleet probes. Each works on a
-scratch git repository under a temporary folder it removes, and each stops at its own bound.
+scratch git repository in a folder of its own under the data dir's repos, which it removes, and
+each stops at its own bound.
 """
 
 from __future__ import annotations
@@ -26,17 +27,25 @@ from redis import Redis
 
 from wavefleet.config import Settings
 from wavefleet.domains import Domain
-from wavefleet.errors import LoopStopped, StageError, ToolError
+from wavefleet.errors import LoopStopped, SafetyBlocksError, SandboxLimitError, StageError, ToolError
 from wavefleet.lifecycle import Role
-from wavefleet.llm.client import StoryLLM
+from wavefleet.llm.client import LLMClient, StoryLLM
 from wavefleet.llm.types import LLMRequest, LLMResponse, TaskKind, ToolCall
-from wavefleet.safety.preflight import Probe, ProbeFailed, default_branch_gate, scratch_id
+from wavefleet.safety.preflight import (
+    DEFAULT_BRANCH_ATTEMPTS,
+    Decide,
+    Probe,
+    ProbeFailed,
+    must_block,
+    scratch_id,
+)
+from wavefleet.safety.types import Decision
 from wavefleet.sandbox import BwrapSandbox, NoSandbox, RemoteSandbox, Sandbox, sandbox_for
 from wavefleet.sandbox.protocol import StageLabels
 from wavefleet.stories import Story
 
 from . import commands
-from .agent.assemble import middlewares
+from .agent.assemble import context_for, middlewares
 from .agent.context import AgentContext, AllowAll
 from .agent.loop import ToolLoop, limits_from
 from .agent.tools import file_tools
@@ -55,11 +64,16 @@ GIT_ENV = {
 
 
 @contextmanager
-def scratch_tree() -> Iterator[Path]:
-    """A scratch git repository (one commit) under a temporary folder, removed afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="wave-preflight-"))
+def scratch_tree(settings: Settings) -> Iterator[Path]:
+    """A scratch git repository (one commit) where workers make worktrees
+    (`<data dir>/repos/<scratch>/worktrees/tree`: the container runner binds nothing else), in a
+    folder of its own that is removed afterwards."""
+    repos = settings.data_dir.absolute() / "repos"
+    repos.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="wave-preflight-", dir=repos))
     try:
-        tree = root / "tree"
+        (root / "worktrees").mkdir()
+        tree = root / "worktrees" / "tree"
         tree.mkdir()
         (tree / "README.md").write_text("preflight scratch\n")
         env = {**commands.host_env(), **GIT_ENV, "GIT_COMMITTER_EMAIL": "preflight@wave"}
@@ -74,7 +88,7 @@ def scratch_tree() -> Iterator[Path]:
 def jail(settings: Settings, redis: Redis) -> str:
     """write_file to `../escape`, an absolute path and through a symlink pointing out; and (with a
     local sandbox) a `run` writing to `../escape-run`: each refused, nothing written outside."""
-    with scratch_tree() as tree:
+    with scratch_tree(settings) as tree:
         outside = tree.parent / "outside"
         outside.mkdir()
         (tree / "link").symlink_to(outside)
@@ -137,7 +151,7 @@ class _Recorded:
 def loop(settings: Settings, domain: Domain) -> str:
     """The real ToolLoop, with the configured limits and middleware, driven by a looping script."""
     model = ScriptedLoopingModel()
-    with scratch_tree() as tree:
+    with scratch_tree(settings) as tree:
         story = Story(id=f"{domain.prefix}-{secrets.randbelow(10**6):06d}", title="preflight loop probe")
         stage = StageInput(story, domain, Role.BE, 1, 1, "preflight", tree.parent)
         ctx = AgentContext(
@@ -210,14 +224,16 @@ def _in_sandbox(
     and how long it ran."""
     sandbox, _python = _configured_sandbox(settings, redis)
     started = time.monotonic()
-    with scratch_tree() as tree:
+    with scratch_tree(settings) as tree:
         try:
             outcome = commands.run_in(sandbox, argv, tree, timeout_s=timeout_s, max_output_bytes=4000)
             output: str | None = outcome.output
         except subprocess.TimeoutExpired:
             output = None
-        except StageError as exc:  # a sandbox's limit hit ends the stage: the bomb was stopped
+        except SandboxLimitError as exc:  # a sandbox's limit hit ends the stage: the bomb was stopped
             output = f"LIMIT {exc}"
+        except StageError as exc:  # no sandbox to run in (a runner down, a worktree refused): no proof
+            raise ProbeFailed(f"the sandbox did not run the probe: {exc}") from None
         finally:
             if isinstance(sandbox, RemoteSandbox):
                 sandbox.release()
@@ -303,11 +319,41 @@ def sandbox_network(settings: Settings, redis: Redis) -> str:
     return f"connects to {targets[0]}:{targets[1]} and 1.1.1.1:53 failed"
 
 
-def worker_probes(settings: Settings, redis: Redis, domain: Domain) -> list[Probe]:
+def stage_gate(settings: Settings, redis: Redis, domain: Domain) -> Decide:
+    """A `run` command through the gate a BE stage of the scratch story gets (assemble.context_for,
+    as every stage's), a fresh one per command: a stage's third block fails it, which is a block too."""
+    stage = StageInput(
+        story=Story(id=f"{domain.prefix}-000", title="preflight gate probe"),  # never enqueued
+        domain=domain,
+        role=Role.BE,
+        round=1,
+        attempt=1,
+        worker="preflight",
+        data_dir=settings.data_dir,
+    )
+    llm, sandbox = LLMClient(settings, redis), sandbox_for(settings, redis=redis)
+
+    def decide(command: str) -> tuple[Decision, str]:
+        gate = context_for(stage, llm, sandbox).gate
+        call = ToolCall(id="preflight", name="run", arguments={"command": command})
+        try:
+            decided = gate.authorize(call, stage)
+        except SafetyBlocksError as exc:
+            return Decision.BLOCK, str(exc)
+        return Decision(decided.verdict.value), decided.reason
+
+    return decide
+
+
+def worker_probes(settings: Settings, redis: Redis, domain: Domain, decide: Decide) -> list[Probe]:
     """The probes through the workers' layers, in the table's order."""
     return [
         Probe("jail", "a write outside the worktree", lambda: jail(settings, redis)),
-        Probe("default-branch", "a push to the default branch", default_branch_gate),
+        Probe(
+            "default-branch",
+            "a push to the default branch",
+            lambda: must_block(DEFAULT_BRANCH_ATTEMPTS, decide),
+        ),
         Probe("loop", "a looping scripted agent", lambda: loop(settings, domain), timeout_s=20.0),
         Probe(
             "sandbox-limits",
