@@ -68,7 +68,8 @@ _TAMPER: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
             "tamper.skip_tests",
             "marks tests skipped",
             r"@pytest\.mark\.skip\b(?!if)|\bpytest\.skip\(|@unittest\.skip\b(?!if|unless)|\b(?:it|test|describe|context)"
-            r"\.skip\(|(?<![\w.])x(?:it|describe|test)\(|@disabled\b|\bt\.skip(?:now)?\(",
+            r"\.skip\(|(?<![\w.])x(?:it|describe|test)\(|@disabled\b|\bt\.skip(?:now)?\("
+            r"|^\s*pytestmark\s*=\s*[\[(]?\s*pytest\.mark\.skip\b(?!if)|^\s*__test__\s*=\s*false\b",
         ),
         (
             "tamper.lint_disable",
@@ -86,7 +87,7 @@ _TAMPER: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
     )
 )  # fmt: skip
 _TAMPER_GATE = re.compile(
-    r"skip|x(?:it|describe|test)\(|noqa|ignore|eslint|nocheck|pylint|@disabled|logg|console\."
+    r"skip|__test__|x(?:it|describe|test)\(|noqa|ignore|eslint|nocheck|pylint|@disabled|logg|console\."
 )
 _CI_PATH = re.compile(
     r"(?:^|/)(?:\.github/workflows/|\.gitlab-ci\.ya?ml$|\.circleci/|jenkinsfile$|\.pre-commit-config\.ya?ml$"
