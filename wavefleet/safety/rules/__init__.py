@@ -89,7 +89,7 @@ def run_hits(command: str, branch: str = "", depth: int = 0) -> tuple[list[Hit],
     raw = shell_normalize(command, fold_case=False)
     t = raw.lower()
     cmds = commands(t)
-    hits = command_hits(t, cmds) + network_hits(t, cmds) + secret_hits(raw) + tamper_command_hits(cmds)
+    hits = command_hits(t, cmds) + network_hits(t, cmds) + secret_hits(raw) + tamper_command_hits(t, cmds)
     for cmd in cmds:
         if cmd.name == "git":
             hits.extend(git_hits(cmd, t, branch))

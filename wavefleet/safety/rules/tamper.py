@@ -34,8 +34,9 @@ _DESELECTS = re.compile(
 )
 _TESTPATHS = re.compile(r"^\s*testpaths\s*=\s*(\[[^\]]*\]?|.*(?:\n[ \t]+\S.*)*)", re.M)
 _TEST_DIR_WORD = re.compile(r"test|spec|e2e|src|check")
-_ESLINT_OFF = re.compile(
-    r"(?:ignorepatterns|ignores)[\"']?\s*:\s*\[\s*[\"'](?:\*\*?|\*\*/\*|\.|\./?\*\*?(?:/\*)?)[\"']"
+_ESLINT_OFF = re.compile(  # a JSON/JS list or a YAML one
+    r"(?:ignorepatterns|ignores)[\"']?\s*:\s*(?:\[|\n\s*-)\s*[\"']?(?:\*\*?|\*\*/\*|\.|\./?\*\*?(?:/\*)?)(?:[\"']|\s*$)",
+    re.M,
 )
 _EMPTY_RULES = re.compile(r"[\"']?rules[\"']?\s*:\s*\{\s*\}")
 _ESLINT_BASE = re.compile(r"extends|recommended|configs\.|\.\.\.")
@@ -61,14 +62,15 @@ def config_hits(path: str, text: str) -> list[Hit]:
         return []
     hits: list[Hit] = []
     if _PYTEST_CFG.search(path) and _pytest_off(text):
-        hits.append(escalate("tamper.test_config", f"test configuration leaves tests out of the run ({path})"))
+        hits.append(
+            escalate("tamper.test_config", f"test configuration leaves tests out of the run ({path})")
+        )
     if (_ESLINT_CFG.search(path) and _eslint_off(text)) or (
         _ESLINT_IGNORE.search(path) and _IGNORE_ALL_LINE.search(text)
     ):
         hits.append(escalate("tamper.lint_config", f"ESLint configuration checks nothing ({path})"))
-    elif _LINT_CFG.search(path) and (m := _LINT_OFF.search(text)):
-        if not (m.group(0).strip().startswith("ignore_errors") and _PER_MODULE.search(text)):
-            hits.append(escalate("tamper.lint_config", f"linter or type checker configured off ({path})"))
+    elif _LINT_CFG.search(path) and _lint_off(text):
+        hits.append(escalate("tamper.lint_config", f"linter or type checker configured off ({path})"))
     if _PACKAGE_JSON.search(path) and _test_script_off(text):
         hits.append(escalate("tamper.test_script", "package.json's test script runs no tests"))
     return hits
@@ -82,6 +84,14 @@ def _pytest_off(text: str) -> bool:
         if not any(_TEST_DIR_WORD.search(e) for e in entries):
             return True  # no folder that tests live in: pytest collects nothing, or not the suite
     return False
+
+
+def _lint_off(text: str) -> bool:
+    """Off for the whole project: `ignore_errors` counts unless it sits in a per-module section."""
+    per_module = _PER_MODULE.search(text) is not None
+    return any(
+        not (per_module and m.group(0).strip().startswith("ignore_errors")) for m in _LINT_OFF.finditer(text)
+    )
 
 
 def _eslint_off(text: str) -> bool:
@@ -113,15 +123,16 @@ _TEST_DIR = re.compile(r"(?:\./)?(?:tests?|__tests__|spec|specs|e2e|cypress)/?")
 _TEST_FILE = re.compile(r"(?:^|/)(?:test_[^/]*\.py|[^/]*_test\.(?:py|go)|[^/]*\.(?:test|spec)\.[jt]sx?)$")
 
 
-def rename_tests_hits(cmd: Command) -> list[Hit]:
-    """`sed -i`/`perl -i` that renames test definitions away (`s/def test_/def _test_/`) or deletes them."""
+def rename_tests_hits(cmd: Command, t: str) -> list[Hit]:
+    """`sed -i`/`perl -i` that renames test definitions away (`s/def test_/def _test_/`) or deletes them.
+    Its script is read on the whole line `t`: the command splitter cuts `s/it(/xit(/` at the parenthesis."""
     if not re.search(r"(?:^|\s)(?:-\w*i|--in-place)", cmd.text):
         return []
-    for m in _SUBST.finditer(cmd.text):
+    for m in _SUBST.finditer(t):
         pattern, replacement = m.group(2), m.group(3)
         if _TEST_DEF.search(pattern) and not _same_test_def(pattern, replacement):
             return [escalate("tamper.rename_tests", f"{cmd.name} renames tests so they are not collected")]
-    if any(_TEST_DEF.search(m.group(1)) for m in _DELETE.finditer(cmd.text)):
+    if any(_TEST_DEF.search(m.group(1)) for m in _DELETE.finditer(t)):
         return [escalate("tamper.rename_tests", f"{cmd.name} deletes test definitions")]
     return []
 
@@ -139,7 +150,9 @@ def move_tests_hits(cmd: Command, sub_args: list[str] | None = None) -> list[Hit
     ops = [a for a in args if not a.startswith("-")]
     verb = sub_args[0] if sub_args else cmd.name
     if verb == "rm":
-        recursive = any(a == "-r" or (a.startswith("-") and "r" in a and not a.startswith("--")) for a in args)
+        recursive = any(
+            a == "-r" or (a.startswith("-") and "r" in a and not a.startswith("--")) for a in args
+        )
         if recursive and any(_TEST_DIR.fullmatch(a) for a in ops):
             return [escalate("tamper.delete_tests", "git rm deletes a test suite")]
         return []
@@ -164,12 +177,12 @@ def strip_code_comments(content: str) -> str:
     return _BLOCK_COMMENT.sub("", content) if "/*" in content else content
 
 
-def tamper_command_hits(cmds: list[Command]) -> list[Hit]:
-    """The command rules above, over the simple commands of one command line."""
+def tamper_command_hits(t: str, cmds: list[Command]) -> list[Hit]:
+    """The command rules above, over the simple commands `cmds` of command line `t`."""
     hits: list[Hit] = []
     for cmd in cmds:
         if cmd.name in ("sed", "perl"):
-            hits.extend(rename_tests_hits(cmd))
+            hits.extend(rename_tests_hits(cmd, t))
         elif cmd.name == "mv":
             hits.extend(move_tests_hits(cmd))
         elif cmd.name == "git":
