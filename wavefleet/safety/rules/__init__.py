@@ -28,6 +28,7 @@ from .files import path_hits
 from .git import git_hits
 from .network import network_hits
 from .shell import commands
+from .tamper import config_hits, strip_code_comments, tamper_command_hits
 
 __all__ = ["ALLOW_SCORE", "UNDECIDED_SCORE", "evaluate", "run_hits"]
 
@@ -75,8 +76,9 @@ def _hits(call: ActionCall) -> tuple[list[Hit], bool]:
         path = str(args.get("path", ""))
         content = args.get("content") if tool == "write_file" else args.get("new_text")
         raw = normalize(str(content or ""), fold_case=False)
-        hits = path_hits(path, write=True) + content_hits(raw.lower(), raw, normalize(path))
-        return hits + _written_commands(normalize(path), str(content or ""), call.branch), True
+        text, npath = raw.lower(), normalize(path)
+        hits = path_hits(path, write=True) + content_hits(text, raw, npath) + config_hits(npath, text)
+        return hits + _written_commands(npath, str(content or ""), call.branch), True
     raw = normalize("\n".join(_strings(args)), fold_case=False)
     hits = secret_hits(raw) + [block(n, "a prompt-injection phrase", 0.2) for n in find_injection(raw)]
     return hits, tool == "finish"
@@ -87,7 +89,7 @@ def run_hits(command: str, branch: str = "", depth: int = 0) -> tuple[list[Hit],
     raw = shell_normalize(command, fold_case=False)
     t = raw.lower()
     cmds = commands(t)
-    hits = command_hits(t, cmds) + network_hits(t, cmds) + secret_hits(raw)
+    hits = command_hits(t, cmds) + network_hits(t, cmds) + secret_hits(raw) + tamper_command_hits(t, cmds)
     for cmd in cmds:
         if cmd.name == "git":
             hits.extend(git_hits(cmd, t, branch))
@@ -110,7 +112,7 @@ def _written_commands(path: str, content: str, branch: str) -> list[Hit]:
             content = "\n".join(_strings(_json_or_text(content)))  # each script a line of its own
         return [h for h in run_hits(content, branch)[0] if h.decision == BLOCK]
     if _CODE.search(path):
-        ran = {h.rule for h in run_hits(content, branch)[0] if h.decision == BLOCK}
+        ran = {h.rule for h in run_hits(strip_code_comments(content), branch)[0] if h.decision == BLOCK}
         named = sorted(r for r in ran if r.startswith(_CODE_RULES))
         if named:
             return [escalate("rce.written_code", f"writes code that would run: {', '.join(named)}")]

@@ -68,14 +68,19 @@ _TAMPER: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
             "tamper.skip_tests",
             "marks tests skipped",
             r"@pytest\.mark\.skip\b(?!if)|\bpytest\.skip\(|@unittest\.skip\b(?!if|unless)|\b(?:it|test|describe|context)"
-            r"\.skip\(|(?<![\w.])x(?:it|describe|test)\(|@disabled\b|\bt\.skip(?:now)?\(",
+            r"\.skip\(|(?<![\w.])x(?:it|describe|test)\(|@disabled\b|\bt\.skip(?:now)?\("
+            r"|^\s*pytestmark\s*=\s*[\[(]?\s*pytest\.mark\.skip\b(?!if)|^\s*__test__\s*=\s*false\b",
         ),
         (
             "tamper.lint_disable",
             "turns a linter or type checker off for a whole file",
-            r"^\s*#\s*(?:ruff|flake8)\s*:\s*noqa\s*$|#\s*mypy\s*:\s*ignore-errors|/\*\s*eslint-disable\s*\*/"
-            r"|^\s*//\s*eslint-disable\s*$|//\s*@ts-nocheck|#\s*pylint\s*:\s*disable\s*=\s*all\b"
+            r"^\s*#\s*(?:ruff|flake8)\s*:\s*noqa\s*$|#\s*mypy\s*:\s*ignore-errors|#\s*pylint\s*:\s*disable\s*=\s*all\b"
             r"|^\s*#\s*type\s*:\s*ignore\s*$",
+        ),
+        (  # ESLint's and TypeScript's own comments: no finding in a Python file, where nothing reads them
+            "tamper.lint_disable",
+            "turns a linter or type checker off for a whole file",
+            r"/\*\s*eslint-disable\s*\*/|^\s*//\s*eslint-disable\s*$|//\s*@ts-nocheck",
         ),
         (
             "tamper.logging",
@@ -85,8 +90,9 @@ _TAMPER: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ),
     )
 )  # fmt: skip
+_JS_ONLY = 2  # the index of _TAMPER's ESLint/TypeScript rule
 _TAMPER_GATE = re.compile(
-    r"skip|x(?:it|describe|test)\(|noqa|ignore|eslint|nocheck|pylint|@disabled|logg|console\."
+    r"skip|__test__|x(?:it|describe|test)\(|noqa|ignore|eslint|nocheck|pylint|@disabled|logg|console\."
 )
 _CI_PATH = re.compile(
     r"(?:^|/)(?:\.github/workflows/|\.gitlab-ci\.ya?ml$|\.circleci/|jenkinsfile$|\.pre-commit-config\.ya?ml$"
@@ -106,8 +112,9 @@ def content_hits(text: str, raw: str, path: str = "") -> list[Hit]:
     for name in find_injection(text):
         hits.append(block(name, "writes a prompt-injection phrase", 0.2))
     if _TAMPER_GATE.search(text):
-        for name, why, rule in _TAMPER:
-            if rule.search(text):
+        python = path.endswith((".py", ".pyi"))
+        for i, (name, why, rule) in enumerate(_TAMPER):
+            if not (python and i == _JS_ONLY) and rule.search(text):
                 hits.append(escalate(name, why))
     if path and _CI_PATH.search(path):
         hits.append(escalate("tamper.ci_config", f"changes CI or hook configuration ({path})", 0.7))
