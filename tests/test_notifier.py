@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -23,7 +24,14 @@ from wavefleet.config import Settings, SlackSettings
 from wavefleet.domains import Domains, load_domains
 from wavefleet.embedded import EmbeddedRedis, endpoint_of, free_port, operator_credentials
 from wavefleet.fleet import Fleet
-from wavefleet.fleet_events import MonitorCleared, MonitorFinding, emit
+from wavefleet.fleet_events import (
+    BudgetAlert,
+    EventConsumer,
+    MonitorCleared,
+    MonitorFinding,
+    StoryEvent,
+    emit,
+)
 from wavefleet.lifecycle import Event, EventKind, StoryState
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
@@ -424,3 +432,110 @@ def test_a_monitor_finding_is_an_alert_and_its_clearing_a_reply_in_its_thread(
     assert alert.thread_ts is None and cleared.thread_ts == alert.ts
     assert "monitor_finding" in alert.text and "&lt;!here&gt;" in alert.text and "<!here>" not in alert.text
     assert "monitor_cleared" in cleared.text and "beats again" in cleared.text
+
+
+def emit_all(redis: Redis, settings: Settings, events: list[Any]) -> None:
+    pipe = redis.pipeline()
+    for event in events:
+        emit(pipe, settings.keys, event, time.time())
+    pipe.execute()
+
+
+def stage_events(story: str, roles: list[str]) -> list[StoryEvent]:
+    """Ordinary replies: each role's stage started then done (activity, no alert)."""
+    return [
+        StoryEvent(story=story, event=kind, role=role, to=f"{role}-{kind}")
+        for role in roles
+        for kind in ("stage_retry", "stage_done")
+    ]
+
+
+def written_while_stopped(
+    redis: Redis, settings: Settings, store: StoryStore, domains: Domains, ids: list[str], events: list[Any]
+) -> None:
+    """The stories enqueued and their events written with the notifier's group made but no notifier
+    running: the notifier, once started, reads them as one backlog."""
+    EventConsumer(redis, settings.keys, "notifier", "setup")
+    store.enqueue([Story(id=i, title=f"story {i}") for i in ids], domains)
+    emit_all(redis, settings, events)
+
+
+def thread_of(redis: Redis, settings: Settings, slack: SlackServer, story: str) -> list[Posted]:
+    return slack.threads()[str(redis.get(settings.keys.notifier_thread(story)))]
+
+
+def lines(replies: list[Posted]) -> list[list[str]]:
+    """Each reply's events (its fallback has one line per event, each opening with *kind*)."""
+    return [
+        [line.split("*")[1] + " " + line.split("→ ")[1].split()[0] for line in r.text.splitlines()]
+        for r in replies
+    ]
+
+
+def test_a_backlog_of_one_storys_replies_is_posted_as_one_reply_in_order_and_all_acked(
+    notified: tuple[Settings, Processes],
+    redis: Redis,
+    store: StoryStore,
+    domains: Domains,
+    slack: SlackServer,
+) -> None:
+    settings, procs = notified
+    a = stage_events("AUTH-501", ["pm", "be", "qa"])
+    b = stage_events("AUTH-502", ["pm", "fe"])
+    interleaved = [e for pair in zip(a, b, strict=False) for e in pair] + a[len(b) :]
+    written_while_stopped(redis, settings, store, domains, ["AUTH-501", "AUTH-502"], interleaved)
+    start_notifier(procs, redis, settings)
+    group = settings.keys.events_group("notifier")
+    wait_until(
+        lambda: len(slack.messages) == 4,
+        message="two parents and two merged replies",
+        diagnose=lambda: procs.logs() + "\n".join(m.text for m in slack.messages),
+    )
+    wait_until(
+        lambda: (
+            redis.xpending(settings.keys.events(), group)["pending"] == 0
+            and redis.xinfo_groups(settings.keys.events())[0]["lag"] == 0
+        ),
+        message="every entry acked, nothing unread",
+        diagnose=procs.logs,
+    )
+    for story, events in (("AUTH-501", a), ("AUTH-502", b)):
+        [reply] = thread_of(redis, settings, slack, story)
+        assert lines([reply]) == [[f"{e.event} {e.to}" for e in events]]  # every event, in stream order
+        sections = [blk for blk in reply.blocks if blk["type"] == "section"]
+        assert [s["text"]["text"].split("*")[1] for s in sections] == [e.event for e in events]
+        assert reply.channel == "#activity" and "cost so far $" in reply.text
+    parents = slack.parents()
+    assert [p.text.split("*")[1] for p in parents] == ["AUTH-501", "AUTH-502"]
+    assert all(
+        slack.messages.index(p) < slack.messages.index(thread_of(redis, settings, slack, s)[0])
+        for p, s in zip(parents, ["AUTH-501", "AUTH-502"], strict=True)
+    )
+
+
+def test_an_alert_in_a_backlog_stays_its_own_message_and_splits_the_merged_replies_around_it(
+    notified: tuple[Settings, Processes],
+    redis: Redis,
+    store: StoryStore,
+    domains: Domains,
+    slack: SlackServer,
+) -> None:
+    settings, procs = notified
+    before, after = stage_events("AUTH-601", ["pm", "be"]), stage_events("AUTH-601", ["qa"])
+    critical = BudgetAlert(
+        story="AUTH-601", event="budget_critical", scope="story", level="critical", fraction=0.8
+    )
+    many = [StoryEvent(story="AUTH-601", event="stage_waiting", role="be", to=f"wait{i}") for i in range(23)]
+    written_while_stopped(redis, settings, store, domains, ["AUTH-601"], [*before, critical, *after, *many])
+    start_notifier(procs, redis, settings)
+    wait_until(lambda: len(slack.messages) == 6, message="parent, 4 replies, 1 alert", diagnose=procs.logs)
+    group = settings.keys.events_group("notifier")
+    wait_until(lambda: redis.xpending(settings.keys.events(), group)["pending"] == 0, message="all acked")
+    replies = thread_of(redis, settings, slack, "AUTH-601")
+    [alert] = [m for m in slack.messages if m.channel == "#alerts"]
+    assert alert.thread_ts is None and "budget_critical" in alert.text
+    assert [r.text.count("\n") + 1 for r in replies] == [4, 1, 20, 5]  # bounded at 20 events a reply
+    assert "budget_critical" in replies[1].text and "budget_critical" not in replies[0].text + replies[2].text
+    kinds = [line.split("*")[1] for r in replies for line in r.text.splitlines()]
+    assert kinds == [e.event for e in [*before, critical, *after, *many]]  # the story's order holds
+    assert all(len(r.blocks) <= 50 for r in replies)

@@ -30,7 +30,17 @@ from .errors import ConfigError, SlackDeliveryError
 from .fleet_events import EventConsumer, FleetEvent, StoryEvent, UnknownEvent
 from .notifier_status import GROUP
 from .redact import redactor_for
-from .slack_format import Message, StoryFacts, dozzle_link, flattened, parent_for, plan
+from .slack_format import (
+    MAX_MERGED_EVENTS,
+    Message,
+    StoryFacts,
+    dozzle_link,
+    flattened,
+    mergeable,
+    merged,
+    parent_for,
+    plan,
+)
 
 BLOCK_MS = 1000  # how long one read waits for new entries (stopping is checked between reads)
 AUTH_ERRORS = frozenset({"invalid_auth", "token_revoked", "account_inactive", "not_authed", "token_expired"})
@@ -151,13 +161,36 @@ class Notifier:
                 backlog = self.consumer.read(self.slack.batch, block_ms=BLOCK_MS, ack=self._owed_acks)
                 self._owed_acks = []
             while backlog and not self.stopping.is_set():
-                entry_id, event = backlog[0]
-                if not self.deliver(entry_id, event):
-                    break  # stopping mid-backoff: the entry stays pending for the next start
-                self._owed_acks.append(entry_id)  # acked with the next entry's reads (or before idling)
-                self._posted.pop(entry_id, None)
-                backlog.pop(0)
+                group = self._replies_to_merge(backlog)
+                if len(group) > 1:
+                    done = self.deliver_merged([backlog[i] for i in group])
+                else:
+                    done = 1 if self.deliver(*backlog[0]) else 0
+                if not done:
+                    break  # stopping mid-backoff: the entries stay pending for the next start
+                for i in reversed(group[:done]):
+                    entry_id, _event = backlog.pop(i)
+                    self._owed_acks.append(entry_id)  # acked with the next entry's reads (or idling)
+                    self._posted.pop(entry_id, None)
         self._ack_owed()
+
+    def _replies_to_merge(self, backlog: list[tuple[str, FleetEvent]]) -> list[int]:
+        """The backlog's indexes posted as one: the first entry and, when it is an ordinary reply in a
+        story's thread, that story's later ones up to its first that is not (its order holds; other
+        stories' entries between are left where they are). Under backlog this spares Slack's rate
+        limit (about one message a second a channel) and a post's cost; one at a time, nothing merges."""
+        first = backlog[0][1]
+        if not self.sender.threads or not mergeable(first):
+            return [0]
+        group = [0]
+        for i in range(1, len(backlog)):
+            event = backlog[i][1]
+            if event.story != first.story:
+                continue
+            if not mergeable(event) or len(group) == MAX_MERGED_EVENTS:
+                break
+            group.append(i)
+        return group
 
     def _ack_owed(self) -> None:
         self.consumer.ack(self._owed_acks)
@@ -168,26 +201,42 @@ class Notifier:
         if isinstance(event, UnknownEvent) and not event.event and not event.raw:
             # taken, then trimmed from the capped stream during a long outage: its text is gone
             self._dead_letter(
-                entry_id, event, Message("", ""), "trimmed from the stream before it was posted"
+                [(entry_id, event, Message("", ""))], "trimmed from the stream before it was posted"
             )
             return True
         facts = self._read(event)
+        messages = self._plan(event, facts)
+        done = self._posted.get(entry_id, 0)
+        for message in messages[done:]:
+            if not self._post_with_retries([(entry_id, event, message)], message, facts):
+                return False
+            self._posted[entry_id] = done = done + 1
+        return True
+
+    def deliver_merged(self, entries: list[tuple[str, FleetEvent]]) -> int:
+        """Post the first of one story's ordinary replies as one reply (README "Slack"); how many it
+        held, all posted or dead-lettered together (0: stopping mid-backoff, none is)."""
+        replies: list[tuple[str, FleetEvent, Message]] = []
+        facts: StoryFacts | None = None
+        for entry_id, event in entries:
+            facts = self._read(event)  # each event's own worker; the last read's state and cost
+            [reply] = self._plan(event, facts)  # an ordinary reply is one post
+            replies.append((entry_id, event, reply))
+        message, count = merged([reply for _id, _event, reply in replies])
+        return count if self._post_with_retries(replies[:count], message, facts) else 0
+
+    def _plan(self, event: FleetEvent, facts: StoryFacts | None) -> list[Message]:
         dozzle = None
         if facts and facts.worker and self.settings.dozzle_url:
             dozzle = dozzle_link(
                 self.settings.dozzle_url, self.settings.dozzle_container_prefix, facts.worker
             )
-        messages = plan(event, facts, self.slack.alerts_channel, self.slack.activity_channel, dozzle)
-        done = self._posted.get(entry_id, 0)
-        for message in messages[done:]:
-            if not self._post_with_retries(entry_id, event, message, facts):
-                return False
-            self._posted[entry_id] = done = done + 1
-        return True
+        return plan(event, facts, self.slack.alerts_channel, self.slack.activity_channel, dozzle)
 
     def _post_with_retries(
-        self, entry_id: str, event: FleetEvent, message: Message, facts: StoryFacts | None
+        self, entries: list[tuple[str, FleetEvent, Message]], message: Message, facts: StoryFacts | None
     ) -> bool:
+        """Post `message` (made of `entries`, each dead-lettered with its own text if it never is)."""
         delay = self.slack.backoff_s
         for attempt in range(1, self.slack.retries + 1):
             try:
@@ -196,7 +245,7 @@ class Notifier:
                 if exc.kind == "auth":
                     self._report_auth(str(exc))
                 if exc.kind != "transient" or attempt == self.slack.retries:
-                    self._dead_letter(entry_id, event, message, str(exc))
+                    self._dead_letter(entries, str(exc))
                     return True
                 self._report_outage(str(exc))
                 self._problem(f"{exc}: try {attempt} of {self.slack.retries}")
@@ -254,16 +303,26 @@ class Notifier:
             self._threads[event.story] = str(replies[0])
         return _facts(story, worker)
 
-    def _dead_letter(self, entry_id: str, event: FleetEvent, message: Message, error: str) -> None:
-        letter = {"entry": entry_id, "event": event.event, "story": event.story, "error": error}
-        letter.update(channel=message.channel, text=self.redactor.text(message.text), at=f"{time.time():.3f}")
+    def _dead_letter(self, entries: list[tuple[str, FleetEvent, Message]], error: str) -> None:
+        """One letter per entry (a merged reply's entries each with its own text), in stream order."""
         pipe = self.redis.pipeline()
-        pipe.lpush(self.keys.notifier_dead(), json.dumps(letter))
+        for entry_id, event, message in entries:
+            letter = {"entry": entry_id, "event": event.event, "story": event.story, "error": error}
+            letter.update(
+                channel=message.channel, text=self.redactor.text(message.text), at=f"{time.time():.3f}"
+            )
+            pipe.lpush(self.keys.notifier_dead(), json.dumps(letter))
         pipe.ltrim(self.keys.notifier_dead(), 0, self.slack.dead_letters_max - 1)
-        pipe.incr(self.keys.notifier_dead_total())
+        pipe.incrby(self.keys.notifier_dead_total(), len(entries))
         pipe.execute()
         if not self._auth_failed:  # a refused token is said once, not per message
-            log.warning("slack message dead-lettered", entry=entry_id, kind=event.event, error=error)
+            ids = [entry_id for entry_id, _event, _message in entries]
+            log.warning(
+                "slack message dead-lettered",
+                entries=ids,
+                kinds=[e.event for _i, e, _m in entries],
+                error=error,
+            )
 
     def _report_outage(self, problem: str) -> None:
         if not self._outage:  # once per outage, not per try: the state hash has the current one

@@ -16,6 +16,11 @@ from .fleet_events import FleetEvent, StoryEvent, UnknownEvent
 
 MAX_FIELD_CHARS = 300  # one value of an event, shown
 MAX_TEXT_CHARS = 2900  # under Block Kit's 3000 for a section's text
+# One merged reply's bounds (README "Slack"): Slack takes at most 50 blocks a message and cuts its
+# text past 40,000 characters; 20 events keep a reply readable. Beyond, the rest is the next reply.
+MAX_MERGED_EVENTS = 20
+MAX_BLOCKS = 50
+MAX_MERGED_CHARS = 30_000
 # Fleet-wide kinds that need a human (any kind this version does not know goes there too).
 ALERT_KINDS = frozenset(
     {
@@ -132,6 +137,26 @@ def plan(
     if not alert or alerts == activity:
         return [reply]
     return [reply, _message(alerts, f":rotating_light: *{story}* {line}", context)]
+
+
+def mergeable(event: FleetEvent) -> bool:
+    """An ordinary reply in its story's thread (activity, not its parent): several of one story's may
+    be posted as one reply. What needs a human (failed, held, killed, budget critical) never is."""
+    return bool(event.story) and event.event not in ("enqueued", "") and not is_alert(event)
+
+
+def merged(replies: list[Message]) -> tuple[Message, int]:
+    """The first replies (one story's, in stream order) as one reply within the bounds: one section
+    (and its context) per event, a fallback of one line per event; and how many it holds (>= 1)."""
+    count, blocks, chars = 0, 0, 0
+    for reply in replies[:MAX_MERGED_EVENTS]:
+        if count and (blocks + len(reply.blocks) > MAX_BLOCKS or chars + len(reply.text) > MAX_MERGED_CHARS):
+            break
+        count, blocks, chars = count + 1, blocks + len(reply.blocks), chars + len(reply.text) + 1
+    taken = replies[:count]
+    # one line per event: a newline in an event's own text (a reason) must not make it two
+    text = "\n".join(r.text.replace("\n", " ") for r in taken)
+    return replace(taken[0], text=text, blocks=[b for r in taken for b in r.blocks]), count
 
 
 def flattened(message: Message) -> Message:
