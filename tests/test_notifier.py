@@ -536,6 +536,7 @@ def test_an_alert_in_a_backlog_stays_its_own_message_and_splits_the_merged_repli
     assert alert.thread_ts is None and "budget_critical" in alert.text
     assert [r.text.count("\n") + 1 for r in replies] == [4, 1, 20, 5]  # bounded at 20 events a reply
     assert "budget_critical" in replies[1].text and "budget_critical" not in replies[0].text + replies[2].text
+    story: list[StoryEvent | BudgetAlert] = [*before, critical, *after, *many]
     kinds = [line.split("*")[1] for r in replies for line in r.text.splitlines()]
-    assert kinds == [e.event for e in [*before, critical, *after, *many]]  # the story's order holds
+    assert kinds == [e.event for e in story]  # the story's order holds
     assert all(len(r.blocks) <= 50 for r in replies)
