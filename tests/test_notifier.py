@@ -93,7 +93,9 @@ def story_kinds(redis: Redis, settings: Settings, story: str) -> list[str]:
 
 
 def reply_kinds(replies: list[Posted]) -> list[str]:
-    return [r.text.split("*")[1] for r in replies]  # each reply's text opens with *kind*
+    """The events of a thread's replies: each line of a reply's text opens with *kind* (one line per
+    event: a reply merges several of a backlog's, README "Slack")."""
+    return [line.split("*")[1] for r in replies for line in r.text.splitlines()]
 
 
 def test_five_stories_across_worker_processes_give_five_threads_with_their_events_in_order(
@@ -122,7 +124,7 @@ def test_five_stories_across_worker_processes_give_five_threads_with_their_event
     def threads_complete() -> bool:
         threads = slack.threads()
         return all(
-            len(threads.get(str(redis.get(settings.keys.notifier_thread(i))), []))
+            len(reply_kinds(threads.get(str(redis.get(settings.keys.notifier_thread(i))), [])))
             == len(story_kinds(redis, settings, i))
             for i in ids
         )
