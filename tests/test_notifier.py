@@ -542,3 +542,34 @@ def test_an_alert_in_a_backlog_stays_its_own_message_and_splits_the_merged_repli
     kinds = [line.split("*")[1] for r in replies for line in r.text.splitlines()]
     assert kinds == [e.event for e in story]  # the story's order holds
     assert all(len(r.blocks) <= 50 for r in replies)
+
+
+def test_a_merged_reply_slack_keeps_refusing_dead_letters_each_of_its_entries_with_its_own_text(
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains, slack: SlackServer, tmp_path: Path
+) -> None:
+    slacked = with_slack(settings, slack, retries=3)
+    procs = Processes(slacked, tmp_path / "logs")
+    group = slacked.keys.events_group("notifier")
+    try:
+        start_notifier(procs, redis, slacked)
+        store.enqueue([Story(id="AUTH-701", title="story AUTH-701")], domains)
+        wait_until(lambda: slack.messages, message="the parent", diagnose=procs.logs)
+        wait_until(lambda: redis.xpending(slacked.keys.events(), group)["pending"] == 0, message="acked")
+        procs.stop_all()  # the events below are written with no notifier running: one backlog
+        events = stage_events("AUTH-701", ["pm", "be"])
+        emit_all(redis, slacked, events)
+        slack.failing(500, times=3)  # each try of the merged reply (the SDK does not retry a 500)
+        procs.wave("notifier", name="notifier-again")
+        wait_until(
+            lambda: redis.get(slacked.keys.notifier_dead_total()) == "4",
+            message="the merged reply's four entries dead-lettered",
+            diagnose=procs.logs,
+        )
+        wait_until(lambda: redis.xpending(slacked.keys.events(), group)["pending"] == 0, message="acked")
+    finally:
+        procs.stop_all()
+    assert len(slack.refused) == 3 and len(slack.messages) == 1  # one merged reply tried, not four
+    letters = [json.loads(x) for x in reversed(redis.lrange(slacked.keys.notifier_dead(), 0, -1))]
+    assert [x["event"] for x in letters] == [e.event for e in events]  # stream order (oldest first)
+    assert [x["text"].split("→ ")[1].split()[0] for x in letters] == [e.to for e in events]
+    assert all("500" in x["error"] and "\n" not in x["text"] for x in letters)
