@@ -5,7 +5,9 @@ only once Slack took every post of the entry or it went to the dead letters, so 
 loses nothing (a restarted notifier reads its unacked entries first). An outage is retried with a
 doubling backoff, `retries` times, then the message is dead-lettered (a bounded list `wave status`
 counts); a refused token is logged once and every message meanwhile is dead-lettered at once (a
-revoked token does not come back by waiting; README "Slack").
+revoked token does not come back by waiting; README "Slack"). Under backlog, one story's ordinary
+thread replies found in one read are posted as one reply (Slack takes about a message a second a
+channel); one at a time, each is its own.
 """
 
 from __future__ import annotations
