@@ -24,9 +24,10 @@ from servers.xai_server import XaiServer
 from wavefleet.config import AnthropicSettings, Settings, XaiSettings
 from wavefleet.domains import Domains
 from wavefleet.lifecycle import Role, StoryState
+from wavefleet.processes import processes_with
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, processes_with, run_wave, wait_until
+from wavefleet.testing import Processes, run_wave, wait_until
 from workers.git import git
 
 pytestmark = pytest.mark.slow

@@ -22,10 +22,11 @@ from wavefleet.domains import load_domains
 from wavefleet.embedded import EmbeddedRedis, free_port
 from wavefleet.errors import ConfigError, RedisUnavailableError, StageError
 from wavefleet.lifecycle import Role, StoryState
+from wavefleet.processes import processes_with
 from wavefleet.sandbox import BwrapSandbox, sandbox_for
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, processes_with, run_wave, wait_until
+from wavefleet.testing import Processes, run_wave, wait_until
 from wavefleet.watcher import read_reason
 from workers.commands import run_in
 from workers.git import git

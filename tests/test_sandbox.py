@@ -22,11 +22,12 @@ from wavefleet.embedded import EmbeddedRedis
 from wavefleet.halt import send_halt
 from wavefleet.lifecycle import Role
 from wavefleet.messages import StageResult
+from wavefleet.processes import processes_with
 from wavefleet.sandbox import BwrapSandbox, NoSandbox
 from wavefleet.sandbox.fleet import summary
 from wavefleet.store import StoryStore
 from wavefleet.stories import Story
-from wavefleet.testing import Processes, env_of, fast_settings, processes_with, wait_until
+from wavefleet.testing import Processes, env_of, fast_settings, wait_until
 from workers import commands
 from workers.git import git
 

@@ -42,20 +42,6 @@ def process_group(pgid: int) -> dict[int, str]:
     return members
 
 
-def processes_with(token: str) -> list[int]:
-    """Live processes whose command line holds `token` (a unique argument a test gave a process it
-    expects to be gone, wherever it went: another session, another process group)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if token in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 @contextmanager
 def redis_server(directory: Path, *, appendfsync: str = "everysec") -> Iterator[EmbeddedRedis]:
     """A real redis-server on a free port, AOF on, password on (the `default` user, as a plain Redis

@@ -31,6 +31,7 @@ from wavefleet.errors import LoopStopped, SafetyBlocksError, SandboxLimitError, 
 from wavefleet.lifecycle import Role
 from wavefleet.llm.client import LLMClient, StoryLLM
 from wavefleet.llm.types import LLMRequest, LLMResponse, TaskKind, ToolCall
+from wavefleet.processes import processes_with
 from wavefleet.safety.preflight import (
     DEFAULT_BRANCH_ATTEMPTS,
     Decide,
@@ -240,18 +241,6 @@ def _in_sandbox(
         return output, (tree / "reached").exists(), time.monotonic() - started
 
 
-def _survivors(token: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if token in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def sandbox_limits(settings: Settings, redis: Redis) -> str:
     """A memory bomb and a fork bomb in the configured sandbox: refused by a limit, or killed (with
     every process they started) at the bound; in bwrap only a limit stopping each one passes."""
@@ -281,7 +270,7 @@ def sandbox_limits(settings: Settings, redis: Redis) -> str:
 
 def _wait_gone(token: str, within_s: float = 3.0) -> list[int]:
     deadline = time.monotonic() + within_s  # the sandbox's pid namespace ends with its bwrap at once
-    while (left := _survivors(token)) and time.monotonic() < deadline:
+    while (left := processes_with(token)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 

@@ -13,19 +13,13 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # a client killed with its kept-alive connection open (a supervisor at a benchmark's end)
-        if not isinstance(sys.exc_info()[1], ConnectionResetError):
-            super().handle_error(request, client_address)
+from .loopback import Loopback
 
 
 @dataclass
@@ -39,25 +33,20 @@ class LangSmithServer:
         self._lock = threading.Lock()
         self.status = 200
         self.delay_s = 0.0  # every write answered this late (a LangSmith that hangs)
-        self._port = 0
-        self._httpd: ThreadingHTTPServer | None = None
+        self._server = Loopback(_handler_for(self))
         self.open()
 
     def open(self) -> LangSmithServer:
-        self._httpd = _Server(("127.0.0.1", self._port), _handler_for(self))
-        self._httpd.daemon_threads = True
-        self._port = int(self._httpd.server_address[1])
-        threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        self._server.open()
         return self
 
     def close(self) -> None:
         """Stop listening: connections are refused until `reopen()`."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        self._server.close()
+
+    @property
+    def _port(self) -> int:
+        return self._server.port
 
     reopen = open
 

@@ -14,9 +14,11 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs
+
+from .loopback import Loopback
 
 WEBHOOK_PREFIX = "/services/"
 
@@ -62,28 +64,23 @@ class SlackServer:
         self._lock = threading.Lock()
         self._mode = _Mode()
         self._clock = 0
-        self._port = 0
-        self._httpd: ThreadingHTTPServer | None = None
+        self._server = Loopback(_handler_for(self))
         self.open()
 
     # Lifecycle ------------------------------------------------------------------------------
     def open(self) -> SlackServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_for(self))
-        self._httpd.daemon_threads = True
-        self._port = int(self._httpd.server_address[1])
-        threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        self._server.open()
         return self
 
     def close(self) -> None:
         """Stop listening: connections are refused until `reopen()`."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        self._server.close()
 
     reopen = open
+
+    @property
+    def _port(self) -> int:
+        return self._server.port
 
     @property
     def url(self) -> str:
