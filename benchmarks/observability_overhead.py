@@ -55,7 +55,6 @@ from wavefleet.embedded import free_port  # noqa: E402
 from wavefleet.testing import Processes, fast_settings, redis_server, wait_until  # noqa: E402
 
 TARGET_RATIO = 0.9  # "on" may cost at most 10% of the stories per second
-EVENTS_PER_STORY = 2  # at least: the thread's parent (enqueued) and the reply for done
 
 
 @dataclass
@@ -68,7 +67,7 @@ class Peers:
     langsmith_url: str
     langsmith_key: str
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("counts\n")
         self.proc.stdin.flush()
@@ -106,7 +105,13 @@ def serve() -> None:
     )
     for line in sys.stdin:
         if line.strip() == "counts":
-            counts = {"slack_messages": len(slack.messages), "runs": len(langsmith.snapshot())}
+            counts = {
+                "slack_messages": len(slack.messages),
+                # a merged reply's fallback has a line per event, a parent or a single reply one
+                "slack_events": sum(len(m.text.splitlines()) for m in slack.messages),
+                "slack_last_at": max((m.at for m in slack.messages), default=0.0),
+                "runs": len(langsmith.snapshot()),
+            }
             print(json.dumps(counts), flush=True)
     slack.close()
     langsmith.close()
@@ -192,7 +197,9 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
         scraper.start()
     try:
         phase = pipeline.run_wave(settings, args, workdir)
+        clock_stopped = time.time()
         backlog = redis.llen(settings.keys.trace_outbox())  # the fleet is stopped (SIGKILL) with the clock
+        events = int(redis.xlen(settings.keys.events()))
     finally:
         scraper.stop()
     try:
@@ -201,14 +208,25 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
             phase.cpu_s["notifier"] = pipeline.cpu_of(notifier.pid) - notifier_start_cpu
         if settings.langsmith.enabled:  # what the killed supervisor left in the outbox: the next sends it
             observers.supervisor()
-        wait_for_observers(settings, args.stories, peers, before, observers)
+        wait_for_observers(
+            settings, args.stories, events=events, peers=peers, before=before, observers=observers
+        )
+        notifier_cpu = pipeline.cpu_of(notifier.pid) - notifier_start_cpu if notifier is not None else 0.0
     finally:
         observers.stop_all()
     after = peers.counts()
     if settings.metrics.port and (scraper.ok == 0 or scraper.failed):
         raise SystemExit(f"/metrics answered {scraper.ok} scrapes and failed {scraper.failed}")
+    slack_notes = ""
+    if notifier is not None:
+        slack_notes = (
+            f"Slack: {after['slack_events'] - before['slack_events']} events in "
+            f"{after['slack_messages'] - before['slack_messages']} messages, the last posted "
+            f"{after['slack_last_at'] - clock_stopped:.1f} s after the last story finished; notifier CPU "
+            f"{phase.cpu_s['notifier']:.2f} s with the clock, {notifier_cpu:.2f} s once all was posted; "
+        )
     phase.notes = [
-        f"Slack messages posted: {after['slack_messages'] - before['slack_messages']}; "
+        slack_notes + f"Slack messages posted: {after['slack_messages'] - before['slack_messages']}; "
         f"LangSmith runs collected: {after['runs'] - before['runs']}; /metrics scrapes: {scraper.ok} "
         f"(median {1000 * statistics.median(scraper.seconds or [0.0]):.1f} ms); trace outbox entries "
         f"(stages) left when the last story finished: {backlog}"
@@ -231,15 +249,21 @@ def start_notifier(observers: Processes, settings: Settings, redis: Redis) -> su
 
 
 def wait_for_observers(
-    settings: Settings, stories: int, peers: Peers, before: dict[str, int], observers: Processes
+    settings: Settings,
+    stories: int,
+    *,
+    events: int,
+    peers: Peers,
+    before: dict[str, Any],
+    observers: Processes,
 ) -> None:
-    """Every story's thread posted and every root and stage run collected: an observer that did less
-    than its work must not look cheap."""
+    """Every event of the stream posted (each a line of a message) and every root and stage run
+    collected: an observer that did less than its work must not look cheap."""
     if settings.slack.enabled:
         wait_until(
-            lambda: peers.counts()["slack_messages"] - before["slack_messages"] >= EVENTS_PER_STORY * stories,
+            lambda: peers.counts()["slack_events"] - before["slack_events"] >= events,
             timeout_s=120,
-            message="the notifier to post every story's thread",
+            message=f"the notifier to post the stream's {events} events",
             diagnose=observers.logs,
         )
     if settings.langsmith.enabled:

@@ -260,3 +260,43 @@ def test_counters_other_processes_write_are_exposed_by_family_and_unknown_fields
     assert seen[("wave_notifier_backlog", ())] == 5
     assert seen[("wave_notifier_dead_letters_total", ())] == 2
     assert not [name for name, _ in seen if "newer_version" in name]
+
+
+def test_story_counts_stay_right_as_stories_finish_go_round_again_and_finish_again(
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains
+) -> None:
+    """The collector reads a finished story's domain and state once (its finished score unchanged),
+    not at every scrape; what it shows must still be what Redis holds."""
+    registry = CollectorRegistry(auto_describe=False)
+    dispatcher = Dispatcher(settings, connect(settings, decode=False), store)
+    registry.register(FleetCollector(redis, settings.keys, domains, dispatcher))
+    keys = settings.keys
+
+    def story(story_id: str, state: str, finished_at: float | None) -> None:
+        redis.hset(keys.story(story_id), mapping={"domain": "auth", "state": state})
+        if finished_at is None:
+            redis.sadd(keys.active(), story_id)
+        else:
+            redis.srem(keys.active(), story_id)
+            redis.zadd(keys.finished(), {story_id: finished_at})
+
+    def stories() -> dict[str, float]:
+        seen = samples(generate_latest(registry).decode())
+        return {dict(labels)["state"]: n for (name, labels), n in seen.items() if name == "wave_stories"}
+
+    def hmgets() -> int:
+        return int(redis.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+    story("AUTH-1", "done", 1.0)
+    story("AUTH-2", "killed", 2.0)
+    story("AUTH-3", "building", None)
+    assert stories() == {"done": 1, "killed": 1, "building": 1}
+    before = hmgets()
+    story("AUTH-4", "done", 3.0)
+    assert stories() == {"done": 2, "killed": 1, "building": 1}
+    assert hmgets() - before == 2  # the active story and the newly finished one, not the others
+    story("AUTH-1", "planning", None)  # sent round again: active, still in the finished set
+    story("AUTH-3", "failed", 4.0)
+    assert stories() == {"done": 1, "killed": 1, "planning": 1, "failed": 1}
+    story("AUTH-1", "failed", 5.0)  # finished again: a new score, read again
+    assert stories() == {"done": 1, "killed": 1, "failed": 2}

@@ -573,3 +573,103 @@ def test_a_merged_reply_slack_keeps_refusing_dead_letters_each_of_its_entries_wi
     assert [x["event"] for x in letters] == [e.event for e in events]  # stream order (oldest first)
     assert [x["text"].split("→ ")[1].split()[0] for x in letters] == [e.to for e in events]
     assert all("500" in x["error"] and "\n" not in x["text"] for x in letters)
+
+
+def windowed(
+    settings: Settings, slack: SlackServer, tmp_path: Path, **values: object
+) -> tuple[Settings, Processes]:
+    slacked = with_slack(settings, slack, **values)
+    return slacked, Processes(slacked, tmp_path / "logs")
+
+
+def test_a_storys_replies_coming_together_wait_for_each_other_and_go_as_one_reply_within_the_window(
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains, slack: SlackServer, tmp_path: Path
+) -> None:
+    slacked, procs = windowed(settings, slack, tmp_path, merge_window_s=1.5)
+    try:
+        start_notifier(procs, redis, slacked)
+        store.enqueue([Story(id="AUTH-801", title="story AUTH-801")], domains)
+        wait_until(lambda: slack.messages, message="the parent, at once", diagnose=procs.logs)
+        events = stage_events("AUTH-801", ["pm", "be"])
+        first_at = time.time()
+        for event in events:  # as a fleet writes them: one at a time, the notifier keeping up
+            emit_all(redis, slacked, [event])
+            time.sleep(0.1)
+        wait_until(lambda: len(slack.messages) == 2, timeout_s=10, message="one reply", diagnose=procs.logs)
+    finally:
+        procs.stop_all()
+    [reply] = thread_of(redis, slacked, slack, "AUTH-801")
+    assert lines([reply]) == [[f"{e.event} {e.to}" for e in events]]  # all four, in order
+    # it waited for the window (the last event came 0.3 s after the first), and no longer than it
+    # plus a read's wait (1 s) and a loaded machine's margin
+    assert 1.4 <= reply.at - first_at <= 1.5 + 1.0 + 2.0
+
+
+def test_an_alert_posts_its_storys_waiting_replies_first_and_itself_at_once(
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains, slack: SlackServer, tmp_path: Path
+) -> None:
+    # a 60 s window: the replies would wait a minute if the alert did not send them (the test's
+    # wait is 15 s)
+    slacked, procs = windowed(settings, slack, tmp_path, merge_window_s=60)
+    try:
+        start_notifier(procs, redis, slacked)
+        store.enqueue([Story(id="AUTH-802", title="story AUTH-802")], domains)
+        wait_until(lambda: slack.messages, message="the parent", diagnose=procs.logs)
+        replies = stage_events("AUTH-802", ["pm"])
+        emit_all(redis, slacked, replies)
+        group = slacked.keys.events_group("notifier")
+        wait_until(  # taken and held (not acked), not posted
+            lambda: redis.xpending(slacked.keys.events(), group)["pending"] == len(replies),
+            message="the replies taken and waiting",
+            diagnose=procs.logs,
+        )
+        assert len(slack.messages) == 1
+        critical = BudgetAlert(
+            story="AUTH-802", event="budget_critical", scope="story", level="critical", fraction=0.8
+        )
+        emit_all(redis, slacked, [critical])
+        wait_until(
+            lambda: len(slack.messages) == 4,
+            timeout_s=15,
+            message="replies, then the alert (in the thread and the alerts channel)",
+            diagnose=lambda: procs.logs() + repr([m.text for m in slack.messages]),
+        )
+        wait_until(lambda: redis.xpending(slacked.keys.events(), group)["pending"] == 0, message="acked")
+    finally:
+        procs.stop_all()
+    _parent, merged_reply, in_thread, alert = slack.messages
+    assert lines([merged_reply]) == [[f"{e.event} {e.to}" for e in replies]]
+    assert thread_of(redis, slacked, slack, "AUTH-802") == [merged_reply, in_thread]
+    assert "budget_critical" in in_thread.text and "stage_done" not in in_thread.text
+    assert alert.channel == "#alerts" and "budget_critical" in alert.text
+
+
+def test_replies_waiting_when_the_notifier_is_killed_are_posted_at_once_by_the_next_one(
+    settings: Settings, redis: Redis, store: StoryStore, domains: Domains, slack: SlackServer, tmp_path: Path
+) -> None:
+    # more held than one read's batch (5): the next notifier reads every pending page; a 60 s window
+    # it does not wait again (what it finds pending is late already)
+    slacked, procs = windowed(settings, slack, tmp_path, merge_window_s=60, batch=5)
+    ids = ["AUTH-803", "AUTH-804", "AUTH-805"]
+    try:
+        start_notifier(procs, redis, slacked)
+        store.enqueue([Story(id=i, title=f"story {i}") for i in ids], domains)
+        wait_until(lambda: len(slack.messages) == 3, message="the parents", diagnose=procs.logs)
+        events = {i: stage_events(i, ["pm", "fe"]) for i in ids}
+        group = slacked.keys.events_group("notifier")
+        for i in ids:  # a read at a time: each smaller than the batch, so each reply waits
+            emit_all(redis, slacked, events[i])
+            wait_until(
+                lambda i=i: redis.xpending(slacked.keys.events(), group)["pending"] == 4 * (ids.index(i) + 1),
+                message="the replies taken and waiting",
+                diagnose=procs.logs,
+            )
+        assert len(slack.messages) == 3
+        procs.stop_all()  # SIGKILL: the held replies are unacked, not lost
+        procs.wave("notifier", name="notifier-again")
+        wait_until(lambda: len(slack.messages) == 6, timeout_s=15, message="three merged replies")
+        wait_until(lambda: redis.xpending(slacked.keys.events(), group)["pending"] == 0, message="acked")
+    finally:
+        procs.stop_all()
+    for i in ids:
+        assert lines(thread_of(redis, slacked, slack, i)) == [[f"{e.event} {e.to}" for e in events[i]]]

@@ -295,6 +295,10 @@ class SlackSettings(_Section):
     backoff_max_s: float = Field(default=60.0, gt=0, le=86_400)
     dead_letters_max: int = Field(default=1000, ge=1, le=1_000_000)  # the newest kept
     batch: int = Field(default=100, ge=1, le=10_000)  # entries taken from the stream at once
+    # How long a story's ordinary reply waits for the story's next events, posted with it as one
+    # reply (alerts never wait); 0: each event its own reply, at once. Slack takes about a message
+    # a second a channel.
+    merge_window_s: float = Field(default=2.0, ge=0, le=60)
     thread_ttl_s: int = Field(default=30 * 86_400, ge=60)  # how long a story's thread ts is kept
 
     @property

@@ -181,9 +181,10 @@ class EventConsumer:
         pipe.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms)
         return _entries(pipe.execute()[1])
 
-    def pending(self, count: int = 100) -> list[tuple[str, FleetEvent]]:
-        """Entries this consumer took earlier and has not acked (read them after a restart)."""
-        return self._read("0", count, None)
+    def pending(self, count: int = 100, after: str = "0") -> list[tuple[str, FleetEvent]]:
+        """Entries this consumer took earlier and has not acked, from the first after the entry id
+        `after` (read them after a restart, page by page)."""
+        return self._read(after, count, None)
 
     def ack(self, ids: Iterable[str]) -> int:
         ids = list(ids)

@@ -53,6 +53,8 @@ class FleetCollector(Collector):
         self.keys = keys
         self.domains = domains
         self.dispatcher = dispatcher
+        # finished story id -> (its score in the finished set, (domain, state)) as last read
+        self._finished: dict[str, tuple[float, tuple[str | None, ...]]] = {}
 
     def collect(self) -> Iterator[Metric]:
         yield self._stories()
@@ -67,12 +69,32 @@ class FleetCollector(Collector):
         active = list(
             itertools.islice(self.redis.sscan_iter(self.keys.active(), count=SCAN_COUNT), MAX_ITEMS)
         )
-        finished = self.redis.zrevrange(self.keys.finished(), 0, MAX_ITEMS - 1)
+        in_flight = set(active)  # a finished story sent round again is counted as what it is now
+        finished = [
+            (story_id, score)
+            for story_id, score in self.redis.zrevrange(
+                self.keys.finished(), 0, MAX_ITEMS - 1, withscores=True
+            )
+            if story_id not in in_flight
+        ]
+        # A finished story's domain and state do not change while it stays finished (the same score):
+        # read once, not at every scrape (a scrape's cost was mostly these reads).
+        known = self._finished
+        unread = [story_id for story_id, score in finished if known.get(story_id, (None, None))[0] != score]
         with self.redis.pipeline(transaction=False) as pipe:
-            for story_id in [*active, *finished]:
+            for story_id in [*active, *unread]:
                 pipe.hmget(self.keys.story(story_id), ["domain", "state"])
             rows = pipe.execute()
-        counts = Counter((d, s) for d, s in rows if d and s)
+        read = dict(zip(unread, rows[len(active) :], strict=True))
+        self._finished = {
+            story_id: (score, tuple(read[story_id]) if story_id in read else known[story_id][1])
+            for story_id, score in finished
+        }
+        counts = Counter(
+            (d, s)
+            for d, s in [*rows[: len(active)], *(row for _score, row in self._finished.values())]
+            if d and s
+        )
         for (domain, state), n in sorted(counts.items()):
             family.add_metric([domain, state], n)
         return family

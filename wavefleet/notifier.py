@@ -5,9 +5,13 @@ only once Slack took every post of the entry or it went to the dead letters, so 
 loses nothing (a restarted notifier reads its unacked entries first). An outage is retried with a
 doubling backoff, `retries` times, then the message is dead-lettered (a bounded list `wave status`
 counts); a refused token is logged once and every message meanwhile is dead-lettered at once (a
-revoked token does not come back by waiting; README "Slack"). Under backlog, one story's ordinary
-thread replies found in one read are posted as one reply (Slack takes about a message a second a
-channel); one at a time, each is its own.
+revoked token does not come back by waiting; README "Slack").
+
+One story's ordinary thread replies are posted as one reply when they come together: taken while the
+notifier keeps up, a reply waits up to `merge_window_s` for its story's next events; taken from a
+backlog, the ones found together merge at once. Slack takes about a message a second a channel, and a
+zero-work stage's events come faster; alerts and parents never wait, and a story's alert posts its
+waiting replies first.
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ from .slack_format import (
 )
 
 BLOCK_MS = 1000  # how long one read waits for new entries (stopping is checked between reads)
+# Entries held at once, waiting replies included: a merge window's worth at 500 events a second.
+HELD_MAX = 1000
+# After a read that brought only held replies, the next waits this long: a busy fleet's events come
+# one by one and a read each cost about what posting one does; an alert may wait this much more.
+GATHER_S = 0.05
+Entry = tuple[str, FleetEvent]  # a stream entry's id and its event
 AUTH_ERRORS = frozenset({"invalid_auth", "token_revoked", "account_inactive", "not_authed", "token_expired"})
 # The story hash's fields a post shows (read alone: the whole record is most of a post's Redis cost).
 FACT_FIELDS = ("id", "title", "domain", "state", "cost_usd")
@@ -153,45 +163,95 @@ class Notifier:
         # there (at start, after one of ours), not after every post.
         self._owed_acks: list[str] = []
         self._threads: dict[str, str] = {}  # the current entry's story -> thread ts, read with its facts
+        self._due: dict[str, float] = {}  # a held reply's entry id -> when it goes (time.monotonic())
         self._problem_said = True  # a problem may be left by an earlier notifier: the first post clears it
 
     def run(self) -> None:
-        backlog = self.consumer.pending(self.slack.batch)  # taken before a restart, never acked
+        backlog = self._all_pending()  # taken before a restart, never acked: posted first, at once
         log.info("notifier started", pending=len(backlog), threads=self.sender.threads)
         while not self.stopping.is_set():
-            if not backlog:  # what is done is acked before waiting: nothing stays unacked while idle
-                backlog = self.consumer.read(self.slack.batch, block_ms=BLOCK_MS, ack=self._owed_acks)
-                self._owed_acks = []
-            while backlog and not self.stopping.is_set():
-                group = self._replies_to_merge(backlog)
-                if len(group) > 1:
-                    done = self.deliver_merged([backlog[i] for i in group])
-                else:
-                    done = 1 if self.deliver(*backlog[0]) else 0
-                if not done:
-                    break  # stopping mid-backoff: the entries stay pending for the next start
-                for i in reversed(group[:done]):
-                    entry_id, _event = backlog.pop(i)
-                    self._owed_acks.append(entry_id)  # acked with the next entry's reads (or idling)
-                    self._posted.pop(entry_id, None)
+            if not self._any_due(backlog):
+                if len(backlog) >= HELD_MAX:  # full of waiting replies: the oldest is due first
+                    self._ack_owed()
+                    self.stopping.wait(self._until_due())
+                    continue
+                backlog += self._take(len(backlog))
+                if not self._any_due(backlog):  # only held replies came: let more gather first
+                    self.stopping.wait(min(GATHER_S, self._until_due()))
+                    continue
+            backlog = self._post_due(backlog)
         self._ack_owed()
 
-    def _replies_to_merge(self, backlog: list[tuple[str, FleetEvent]]) -> list[int]:
-        """The backlog's indexes posted as one: the first entry and, when it is an ordinary reply in a
+    def _all_pending(self) -> list[Entry]:
+        """Every entry this consumer took and never acked, page by page."""
+        backlog: list[Entry] = []
+        while page := self.consumer.pending(self.slack.batch, after=backlog[-1][0] if backlog else "0"):
+            backlog += page
+        return backlog
+
+    def _take(self, held: int) -> list[Entry]:
+        """New entries (waiting up to a second for one, less when a held reply is due sooner), after
+        acking what is done. An ordinary reply taken while the notifier keeps up (the read did not
+        fill) waits up to `merge_window_s` for its story's next events; behind, nothing waits."""
+        count = min(self.slack.batch, HELD_MAX - held)
+        block_ms = BLOCK_MS if not self._due else max(1, min(BLOCK_MS, int(self._until_due() * 1000) + 1))
+        taken = self.consumer.read(count, block_ms=block_ms, ack=self._owed_acks)
+        self._owed_acks = []
+        if len(taken) < count and self.slack.merge_window_s and self.sender.threads:
+            due = time.monotonic() + self.slack.merge_window_s
+            self._due.update((entry_id, due) for entry_id, event in taken if mergeable(event))
+        return taken
+
+    def _until_due(self) -> float:
+        """Seconds until the first held reply is due (0 when one is)."""
+        return max(0.0, min(self._due.values(), default=0.0) - time.monotonic())
+
+    def _any_due(self, backlog: list[Entry]) -> bool:
+        """Whether the backlog holds anything to post now: an entry that does not wait, or a held
+        reply whose time is up."""
+        return len(backlog) > len(self._due) or (bool(backlog) and self._until_due() == 0.0)
+
+    def _post_due(self, backlog: list[Entry]) -> list[Entry]:
+        """Post what is due, in stream order (one story's replies merged into one, README "Slack");
+        what is left: the replies still waiting, and what was not reached when stopping."""
+        now = time.monotonic()
+        # a story with an entry that does not wait (an alert, its parent): its replies before it go now
+        unheld = {event.story for entry_id, event in backlog if entry_id not in self._due}
+        positions: dict[str, list[int]] = {}  # each story's indexes, made when a group is first due
+        posted: set[int] = set()
+        for i, (entry_id, event) in enumerate(backlog):
+            if i in posted or (self._due.get(entry_id, now) > now and event.story not in unheld):
+                continue  # posted in a group, or waits (its story's later replies wait longer)
+            if not positions:
+                for j, (_id, other) in enumerate(backlog):
+                    positions.setdefault(other.story, []).append(j)
+            group = self._replies_to_merge(backlog, i, positions[event.story])
+            if len(group) > 1:
+                done = self.deliver_merged([backlog[j] for j in group])
+            else:
+                done = 1 if self.deliver(entry_id, event) else 0
+            if not done:
+                break  # stopping mid-backoff: the entries stay pending for the next start
+            for j in group[:done]:
+                taken_id = backlog[j][0]
+                self._owed_acks.append(taken_id)  # acked with the next entry's reads (or idling)
+                self._posted.pop(taken_id, None)
+                self._due.pop(taken_id, None)
+            posted.update(group[:done])
+        return [entry for i, entry in enumerate(backlog) if i not in posted]
+
+    def _replies_to_merge(self, backlog: list[Entry], i: int, story_at: list[int]) -> list[int]:
+        """The backlog's indexes posted as one: entry `i` and, when it is an ordinary reply in a
         story's thread, that story's later ones up to its first that is not (its order holds; other
-        stories' entries between are left where they are). Under backlog this spares Slack's rate
-        limit (about one message a second a channel) and a post's cost; one at a time, nothing merges."""
-        first = backlog[0][1]
+        stories' entries between are left where they are). `story_at`: the story's indexes."""
+        first = backlog[i][1]
         if not self.sender.threads or not mergeable(first):
-            return [0]
-        group = [0]
-        for i in range(1, len(backlog)):
-            event = backlog[i][1]
-            if event.story != first.story:
-                continue
-            if not mergeable(event) or len(group) == MAX_MERGED_EVENTS:
+            return [i]
+        group = [i]
+        for j in story_at[story_at.index(i) + 1 :]:
+            if not mergeable(backlog[j][1]) or len(group) == MAX_MERGED_EVENTS:
                 break
-            group.append(i)
+            group.append(j)
         return group
 
     def _ack_owed(self) -> None:
@@ -206,7 +266,7 @@ class Notifier:
                 [(entry_id, event, Message("", ""))], "trimmed from the stream before it was posted"
             )
             return True
-        facts = self._read(event)
+        [facts] = self._read(event)
         messages = self._plan(event, facts)
         done = self._posted.get(entry_id, 0)
         for message in messages[done:]:
@@ -215,17 +275,17 @@ class Notifier:
             self._posted[entry_id] = done = done + 1
         return True
 
-    def deliver_merged(self, entries: list[tuple[str, FleetEvent]]) -> int:
+    def deliver_merged(self, entries: list[Entry]) -> int:
         """Post the first of one story's ordinary replies as one reply (README "Slack"); how many it
         held, all posted or dead-lettered together (0: stopping mid-backoff, none is)."""
+        events = [event for _id, event in entries]
+        facts = self._read(*events)  # the story's latest state and cost; each event's own worker
         replies: list[tuple[str, FleetEvent, Message]] = []
-        facts: StoryFacts | None = None
-        for entry_id, event in entries:
-            facts = self._read(event)  # each event's own worker; the last read's state and cost
-            [reply] = self._plan(event, facts)  # an ordinary reply is one post
+        for (entry_id, event), its_facts in zip(entries, facts, strict=True):
+            [reply] = self._plan(event, its_facts)  # an ordinary reply is one post
             replies.append((entry_id, event, reply))
         message, count = merged([reply for _id, _event, reply in replies])
-        return count if self._post_with_retries(replies[:count], message, facts) else 0
+        return count if self._post_with_retries(replies[:count], message, facts[-1]) else 0
 
     def _plan(self, event: FleetEvent, facts: StoryFacts | None) -> list[Message]:
         dozzle = None
@@ -282,28 +342,30 @@ class Notifier:
         blocks = self.redactor.clean(message.blocks)
         return replace(message, text=text, blocks=blocks)
 
-    def _read(self, event: FleetEvent) -> StoryFacts | None:
-        """The story's facts and thread ts (kept for `_thread`; an enqueue starts the thread, so it
-        has none) in one round trip, which also carries the acks of the entries done before it."""
+    def _read(self, *events: FleetEvent) -> list[StoryFacts | None]:
+        """One story's facts for each of its `events` (its state and cost now, the worker that ran each
+        event's stage) and its thread ts (kept for `_thread`; an enqueue starts the thread, so it has
+        none), in one round trip, which also carries the acks of the entries done before it."""
         self._threads = {}
-        if not event.story:
-            return None
+        story = events[0].story
+        if not story:
+            return [None] * len(events)
         pipe = self.redis.pipeline(transaction=False)
         if self._owed_acks:
             pipe.xack(self.keys.events(), self.keys.events_group(GROUP), *self._owed_acks)
-        pipe.hmget(self.keys.story(event.story), FACT_FIELDS)
-        role = event.role if isinstance(event, StoryEvent) else ""
-        if role:
-            pipe.hgetall(self.keys.story_results(event.story))
-        if event.event != "enqueued":
-            pipe.get(self.keys.notifier_thread(event.story))
+        pipe.hmget(self.keys.story(story), FACT_FIELDS)
+        roles = [event.role if isinstance(event, StoryEvent) else "" for event in events]
+        if any(roles):
+            pipe.hgetall(self.keys.story_results(story))
+        if any(event.event != "enqueued" for event in events):
+            pipe.get(self.keys.notifier_thread(story))
         replies = pipe.execute()[1 if self._owed_acks else 0 :]
         self._owed_acks = []
-        story = dict(zip(FACT_FIELDS, replies.pop(0), strict=True))
-        worker = _worker(replies.pop(0), role) if role else ""
+        fields = dict(zip(FACT_FIELDS, replies.pop(0), strict=True))
+        results = replies.pop(0) if any(roles) else {}
         if replies and replies[0]:
-            self._threads[event.story] = str(replies[0])
-        return _facts(story, worker)
+            self._threads[story] = str(replies[0])
+        return [_facts(fields, _worker(results, role) if role else "") for role in roles]
 
     def _dead_letter(self, entries: list[tuple[str, FleetEvent, Message]], error: str) -> None:
         """One letter per entry (a merged reply's entries each with its own text), in stream order."""

@@ -48,14 +48,17 @@ class Outbox:
         return int(self._push(keys=keys, args=[self.bound, len(runs), lost, entry]))
 
     def take(self, most: int) -> list[Run]:
-        """Whole entries, oldest first, until at least `most` runs (or the list is empty)."""
+        """Whole entries, oldest first, until at least `most` runs (or the list is empty). Entries are
+        popped several at a time (an entry holds at least one run): a round trip each would cost
+        about what sending them does."""
         runs: list[Run] = []
         while len(runs) < most:
-            raw = self.redis.lpop(self.keys.trace_outbox())
-            if raw is None:
+            raws = self.redis.lpop(self.keys.trace_outbox(), most - len(runs))
+            if not raws:
                 break
-            try:
-                runs.extend((str(op), dict(run)) for op, run in json.loads(raw))
-            except (ValueError, TypeError) as exc:  # not ours: nothing to send of it
-                logs.get().warning("trace outbox: entry skipped", error=str(exc)[:200])
+            for raw in raws:
+                try:
+                    runs.extend((str(op), dict(run)) for op, run in json.loads(raw))
+                except (ValueError, TypeError) as exc:  # not ours: nothing to send of it
+                    logs.get().warning("trace outbox: entry skipped", error=str(exc)[:200])
         return runs

@@ -8,6 +8,7 @@ tracer's thread also sends the workers' runs, which it pops from the trace outbo
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from redis import Redis
@@ -50,16 +51,24 @@ class StoryTraces:
 
     def run(self) -> None:
         backlog = True  # after a restart: what this consumer took and did not ack, first
+        done: list[str] = []  # acked with the next read, in its round trip
         while not self.stopping.is_set():
             try:
-                entries = self.events.pending() if backlog else self.events.read(block_ms=500)
+                if backlog:
+                    self.events.ack(done)
+                    entries = self.events.pending()
+                else:
+                    entries = self.events.read(block_ms=500, ack=done)
+                done = []
                 backlog = backlog and bool(entries)
-                for _id, event in entries:
+                for entry_id, event in entries:
                     self.handle(event)
-                self.events.ack(i for i, _ in entries)
+                    done.append(entry_id)
             except RedisError as exc:  # Redis away: the supervisor says so; try again shortly
                 logs.get().warning("story traces: redis unavailable", error=str(exc))
                 self.stopping.wait(1.0)
+        with contextlib.suppress(RedisError):
+            self.events.ack(done)
 
     def handle(self, event: FleetEvent) -> None:
         if not isinstance(event, StoryEvent) or not event.story:
