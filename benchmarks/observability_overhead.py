@@ -13,9 +13,11 @@ redis-server with AOF, one real `wave worker` per role with zero-work agents, a 
 
 The local Slack and LangSmith servers run in a process of their own (`--serve`), so their CPU is not
 charged to the fleet (in production they are someone else's machines); it is reported apart. Phases
-alternate off, on, off, on ... (`--rounds`), so a load change on the machine hits both alike; the
-verdict compares the medians. After each "on" phase the program checks the observers did their work
-(threads posted, runs collected, scrapes answered), so a silently broken observer cannot look cheap.
+run off, on, on, off, off, on ... (`--rounds` pairs, each pair's order the last one's reversed), so a
+load change or a drift over the run (successive phases of one run get slower: ~2% a phase here) hits
+both alike; the verdict compares the medians. After each "on" phase the program checks the observers
+did their work (every event posted, runs collected, scrapes answered), so a silently broken observer
+cannot look cheap.
 
     .venv/bin/python benchmarks/observability_overhead.py                  # 2 rounds of 200 stories
     .venv/bin/python benchmarks/observability_overhead.py --stories 500 --rounds 3
@@ -119,13 +121,16 @@ def serve() -> None:
 
 @dataclass
 class Scraper:
-    """GET /metrics every `interval_s` until stopped; counts answers, and failures after the first."""
+    """GET /metrics every `interval_s` until stopped; counts answers, error answers, and connections
+    that failed after the first answer (the last scrape can meet the supervisor killed with the clock)."""
 
     host: str
     port: int
     interval_s: float
     ok: int = 0
-    failed: int = 0
+    failed: int = 0  # answered, but not 200: the collector broke
+    unreachable: int = 0
+    error: str = ""  # the first error answer
     seconds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -148,15 +153,18 @@ class Scraper:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
                 conn.request("GET", "/metrics")
                 reply = conn.getresponse()
-                reply.read()
+                body = reply.read()
                 conn.close()
-                if reply.status != 200:
-                    raise OSError(f"HTTP {reply.status}")
-                self.ok += 1
-                self.seconds.append(time.perf_counter() - started)
             except OSError:
                 if self.ok:  # before the first answer the supervisor (started by run_wave) is not up yet
-                    self.failed += 1
+                    self.unreachable += 1
+                continue
+            if reply.status != 200:
+                self.failed += 1
+                self.error = self.error or f"HTTP {reply.status}: {body[:300]!r}"
+                continue
+            self.ok += 1
+            self.seconds.append(time.perf_counter() - started)
 
 
 OBSERVERS = ("slack", "tracing", "metrics")
@@ -216,7 +224,9 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
         observers.stop_all()
     after = peers.counts()
     if settings.metrics.port and (scraper.ok == 0 or scraper.failed):
-        raise SystemExit(f"/metrics answered {scraper.ok} scrapes and failed {scraper.failed}")
+        raise SystemExit(
+            f"/metrics answered {scraper.ok} scrapes and failed {scraper.failed}: {scraper.error}"
+        )
     slack_notes = ""
     if notifier is not None:
         slack_notes = (
@@ -228,7 +238,8 @@ def phase_on(settings: Settings, args: argparse.Namespace, workdir: Path, peers:
     phase.notes = [
         slack_notes + f"Slack messages posted: {after['slack_messages'] - before['slack_messages']}; "
         f"LangSmith runs collected: {after['runs'] - before['runs']}; /metrics scrapes: {scraper.ok} "
-        f"(median {1000 * statistics.median(scraper.seconds or [0.0]):.1f} ms); trace outbox entries "
+        f"(median {1000 * statistics.median(scraper.seconds or [0.0]):.1f} ms, {scraper.unreachable} "
+        f"unreachable after the first); trace outbox entries "
         f"(stages) left when the last story finished: {backlog}"
     ]
     return phase
@@ -330,9 +341,14 @@ def main() -> int:
             settings = fast_settings(
                 server, workdir / "data", REPO / "domains", agent="noop", worker={}, supervisor={}
             )
-            for _ in range(args.rounds):
-                offs.append(phase_off(settings, args, workdir))
-                ons.append(phase_on(settings_on(settings, peers, args.observers), args, workdir, peers))
+            for round_ in range(args.rounds):  # off, on, then on, off, ...: a drift hits both alike
+                for kind in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
+                    if kind == "off":
+                        offs.append(phase_off(settings, args, workdir))
+                    else:
+                        ons.append(
+                            phase_on(settings_on(settings, peers, args.observers), args, workdir, peers)
+                        )
     finally:
         peers.close()
     load.append(os.getloadavg())
