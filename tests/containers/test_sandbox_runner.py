@@ -3,6 +3,7 @@ output cap and timeout, and the runner's refusals (the issue's checks, asked as 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -58,13 +59,24 @@ def test_the_stage_container_is_hardened_labelled_and_runs_as_the_asked_user(run
     assert found["Names"] == reply.container and reply.container.startswith("wave-sbx-auth-042-qa-r1-a0-")
 
 
+def bridge_gateway() -> str:
+    """The default bridge's gateway: named in its IPAM config by older engines; newer ones (28) give
+    only the subnet, whose first address the engine gives the bridge."""
+    config = json.loads(
+        run("docker", "network", "inspect", "bridge", "--format", "{{json .IPAM.Config}}").stdout
+    )
+    ipv4 = next(c for c in config if ":" not in c["Subnet"])
+    gateway = ipv4.get("Gateway") or str(ipaddress.ip_network(ipv4["Subnet"])[1])
+    assert ipaddress.ip_address(gateway), config
+    return gateway
+
+
 def test_root_is_read_only_and_the_network_is_absent(runner: Runner) -> None:
     labels = runner.labels("job-net")
     runner.running(labels)
     tree = runner.worktree("net")
-    gateway = run("docker", "network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}")
     # The host's own bridge address (this machine): reachable from any container on a network.
-    connect = f"import socket; socket.create_connection(('{gateway.stdout.strip()}', 9), timeout=5)"
+    connect = f"import socket; socket.create_connection(('{bridge_gateway()}', 9), timeout=5)"
     reply = runner.exec(labels, tree, ["python3", "-c", connect])
     assert reply.exit_code != 0 and "Network is unreachable" in reply.output, reply
     assert runner.exec(labels, tree, ["ls", "/sys/class/net"]).output.split() == ["lo"]
