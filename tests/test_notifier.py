@@ -582,14 +582,27 @@ def windowed(
     return slacked, Processes(slacked, tmp_path / "logs")
 
 
+def notifier_with_parents(
+    procs: Processes,
+    redis: Redis,
+    settings: Settings,
+    fleet: tuple[StoryStore, Domains],
+    slack: SlackServer,
+    ids: list[str],
+) -> None:
+    """A notifier running, and stories `ids` enqueued with their parents posted."""
+    store, domains = fleet
+    start_notifier(procs, redis, settings)
+    store.enqueue([Story(id=i, title=f"story {i}") for i in ids], domains)
+    wait_until(lambda: len(slack.messages) == len(ids), message="the parents, at once", diagnose=procs.logs)
+
+
 def test_a_storys_replies_coming_together_wait_for_each_other_and_go_as_one_reply_within_the_window(
     settings: Settings, redis: Redis, store: StoryStore, domains: Domains, slack: SlackServer, tmp_path: Path
 ) -> None:
     slacked, procs = windowed(settings, slack, tmp_path, merge_window_s=1.5)
     try:
-        start_notifier(procs, redis, slacked)
-        store.enqueue([Story(id="AUTH-801", title="story AUTH-801")], domains)
-        wait_until(lambda: slack.messages, message="the parent, at once", diagnose=procs.logs)
+        notifier_with_parents(procs, redis, slacked, (store, domains), slack, ["AUTH-801"])
         events = stage_events("AUTH-801", ["pm", "be"])
         first_at = time.time()
         for event in events:  # as a fleet writes them: one at a time, the notifier keeping up
@@ -612,9 +625,7 @@ def test_an_alert_posts_its_storys_waiting_replies_first_and_itself_at_once(
     # wait is 15 s)
     slacked, procs = windowed(settings, slack, tmp_path, merge_window_s=60)
     try:
-        start_notifier(procs, redis, slacked)
-        store.enqueue([Story(id="AUTH-802", title="story AUTH-802")], domains)
-        wait_until(lambda: slack.messages, message="the parent", diagnose=procs.logs)
+        notifier_with_parents(procs, redis, slacked, (store, domains), slack, ["AUTH-802"])
         replies = stage_events("AUTH-802", ["pm"])
         emit_all(redis, slacked, replies)
         group = slacked.keys.events_group("notifier")
@@ -652,9 +663,7 @@ def test_replies_waiting_when_the_notifier_is_killed_are_posted_at_once_by_the_n
     slacked, procs = windowed(settings, slack, tmp_path, merge_window_s=60, batch=5)
     ids = ["AUTH-803", "AUTH-804", "AUTH-805"]
     try:
-        start_notifier(procs, redis, slacked)
-        store.enqueue([Story(id=i, title=f"story {i}") for i in ids], domains)
-        wait_until(lambda: len(slack.messages) == 3, message="the parents", diagnose=procs.logs)
+        notifier_with_parents(procs, redis, slacked, (store, domains), slack, ids)
         events = {i: stage_events(i, ["pm", "fe"]) for i in ids}
         group = slacked.keys.events_group("notifier")
         for i in ids:  # a read at a time: each smaller than the batch, so each reply waits
