@@ -682,3 +682,61 @@ def test_replies_waiting_when_the_notifier_is_killed_are_posted_at_once_by_the_n
         procs.stop_all()
     for i in ids:
         assert lines(thread_of(redis, slacked, slack, i)) == [[f"{e.event} {e.to}" for e in events[i]]]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"bot_token": None, "webhook_url": "webhook"},  # no threads: nothing to merge into
+        {"merge_window_s": 0},
+    ],
+    ids=["webhook", "window-0"],
+)
+def test_without_threads_or_with_a_zero_window_each_reply_is_its_own_message_at_once(
+    settings: Settings,
+    redis: Redis,
+    store: StoryStore,
+    domains: Domains,
+    slack: SlackServer,
+    tmp_path: Path,
+    values: dict[str, object],
+) -> None:
+    if values.get("webhook_url"):
+        values = {**values, "webhook_url": SecretStr(slack.webhook_url)}
+    # a 60 s window besides: a reply held for it would miss the 10 s wait below
+    slacked, procs = windowed(settings, slack, tmp_path, **{"merge_window_s": 60, **values})
+    try:
+        notifier_with_parents(procs, redis, slacked, (store, domains), slack, ["AUTH-804"])
+        events = stage_events("AUTH-804", ["pm"])
+        for n, event in enumerate(events, start=2):  # one at a time, each posted before the next
+            emit_all(redis, slacked, [event])
+            wait_until(lambda n=n: len(slack.messages) == n, timeout_s=10, message=f"reply {n - 1}")
+    finally:
+        procs.stop_all()
+    replies = slack.messages[1:]
+    assert [r.text.count("\n") for r in replies] == [0, 0]  # one event each
+    assert all(e.event in r.text for r, e in zip(replies, events, strict=True))
+
+
+def test_a_stop_while_a_backlog_drains_into_a_slow_slack_is_quick_and_the_next_start_posts_the_rest_once(
+    notified: tuple[Settings, Processes],
+    redis: Redis,
+    store: StoryStore,
+    domains: Domains,
+    slack: SlackServer,
+) -> None:
+    settings, procs = notified
+    ids = [f"AUTH-{n}" for n in range(900, 930)]
+    written_while_stopped(redis, settings, store, domains, ids, [])  # 30 parents: none waits
+    slack.slow(0.3)  # draining all 30 would take 9 s
+    notifier = procs.wave("notifier", name="notifier")
+    wait_until(lambda: len(slack.messages) >= 2, message="the drain under way", diagnose=procs.logs)
+    notifier.send_signal(signal.SIGTERM)
+    notifier.wait(timeout=3)  # the post in flight (0.3 s) and the exit, not the 28 others (8 s)
+    assert len(slack.messages) < len(ids)
+    slack.healthy()
+    procs.wave("notifier", name="notifier-again")
+    wait_until(lambda: len(slack.messages) >= len(ids), message="every parent", diagnose=procs.logs)
+    group = settings.keys.events_group("notifier")
+    wait_until(lambda: redis.xpending(settings.keys.events(), group)["pending"] == 0, message="acked")
+    assert sorted(m.text.split("*")[1] for m in slack.messages) == ids  # each exactly once

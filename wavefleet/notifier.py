@@ -8,10 +8,11 @@ counts); a refused token is logged once and every message meanwhile is dead-lett
 revoked token does not come back by waiting; README "Slack").
 
 One story's ordinary thread replies are posted as one reply when they come together: taken while the
-notifier keeps up, a reply waits up to `merge_window_s` for its story's next events; taken from a
-backlog, the ones found together merge at once. Slack takes about a message a second a channel, and a
-zero-work stage's events come faster; alerts and parents never wait, and a story's alert posts its
-waiting replies first.
+notifier keeps up, a reply waits up to `merge_window_s` for its story's next events; taken behind (a
+read that filled its batch, or what a restart finds pending), the ones found together merge at
+once. Slack takes about a message a second a channel, and a zero-work stage's events come faster;
+alerts and parents never wait, and a story's alert posts its waiting replies first. A stop leaves
+held replies pending: the next start posts them.
 """
 
 from __future__ import annotations
@@ -175,11 +176,15 @@ class Notifier:
                     self._ack_owed()
                     self.stopping.wait(self._until_due())
                     continue
-                backlog += self._take(len(backlog))
-                if not self._any_due(backlog):  # only held replies came: let more gather first
-                    self.stopping.wait(min(GATHER_S, self._until_due()))
+                taken = self._take(len(backlog))
+                backlog += taken
+                if not self._any_due(backlog):
+                    if taken:  # only held replies came: let more gather before the next read
+                        self.stopping.wait(min(GATHER_S, self._until_due()))
                     continue
             backlog = self._post_due(backlog)
+        # Held replies stay pending (unacked): the next start posts them at once. Posting them now
+        # could take a second a message at Slack's rate, and a stop must be quick.
         self._ack_owed()
 
     def _all_pending(self) -> list[Entry]:
@@ -192,14 +197,17 @@ class Notifier:
     def _take(self, held: int) -> list[Entry]:
         """New entries (waiting up to a second for one, less when a held reply is due sooner), after
         acking what is done. An ordinary reply taken while the notifier keeps up (the read did not
-        fill) waits up to `merge_window_s` for its story's next events; behind, nothing waits."""
+        fill a batch) waits up to `merge_window_s` for its story's next events; behind (a full
+        batch), or with HELD_MAX replies held already, nothing waits."""
         count = min(self.slack.batch, HELD_MAX - held)
         block_ms = BLOCK_MS if not self._due else max(1, min(BLOCK_MS, int(self._until_due() * 1000) + 1))
         taken = self.consumer.read(count, block_ms=block_ms, ack=self._owed_acks)
         self._owed_acks = []
-        if len(taken) < count and self.slack.merge_window_s and self.sender.threads:
+        if len(taken) < self.slack.batch and self.slack.merge_window_s and self.sender.threads:
             due = time.monotonic() + self.slack.merge_window_s
-            self._due.update((entry_id, due) for entry_id, event in taken if mergeable(event))
+            for entry_id, event in taken:
+                if mergeable(event) and len(self._due) < HELD_MAX:
+                    self._due[entry_id] = due
         return taken
 
     def _until_due(self) -> float:
@@ -220,6 +228,8 @@ class Notifier:
         positions: dict[str, list[int]] = {}  # each story's indexes, made when a group is first due
         posted: set[int] = set()
         for i, (entry_id, event) in enumerate(backlog):
+            if self.stopping.is_set():
+                break  # a stop is quick: what is left stays pending for the next start
             if i in posted or (self._due.get(entry_id, now) > now and event.story not in unheld):
                 continue  # posted in a group, or waits (its story's later replies wait longer)
             if not positions:
@@ -238,7 +248,11 @@ class Notifier:
                 self._posted.pop(taken_id, None)
                 self._due.pop(taken_id, None)
             posted.update(group[:done])
-        return [entry for i, entry in enumerate(backlog) if i not in posted]
+        left = [entry for i, entry in enumerate(backlog) if i not in posted]
+        if len(self._due) > len(left):  # only the backlog's entries may wait (`_any_due` counts on it)
+            ids = {entry_id for entry_id, _event in left}
+            self._due = {i: at for i, at in self._due.items() if i in ids}
+        return left
 
     def _replies_to_merge(self, backlog: list[Entry], i: int, story_at: list[int]) -> list[int]:
         """The backlog's indexes posted as one: entry `i` and, when it is an ordinary reply in a

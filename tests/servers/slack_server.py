@@ -52,6 +52,7 @@ class _Mode:
     retry_after_s: int = 0
     error: str = ""  # a Slack error for every authenticated call (invalid_auth, token_revoked)
     times: int | None = None  # how many requests the mode lasts (None: until changed)
+    delay_s: float = 0.0  # each request answered this much later (a slow Slack)
 
 
 @dataclass
@@ -100,6 +101,10 @@ class SlackServer:
 
     def revoke(self, error: str = "invalid_auth") -> None:
         self._set(_Mode(error=error))
+
+    def slow(self, delay_s: float) -> None:
+        """Answer every request `delay_s` late (otherwise as usual) until changed."""
+        self._set(_Mode(delay_s=delay_s))
 
     def healthy(self) -> None:
         self._set(_Mode())
@@ -167,6 +172,7 @@ def _handler_for(server: SlackServer) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(int(self.headers.get("content-length") or 0))
             path = self.path.split("?")[0]
             mode = server._take_mode()
+            time.sleep(mode.delay_s)
             if mode.status != 200:
                 server.refuse(mode.status, "scripted")
                 headers = {"Retry-After": str(mode.retry_after_s)} if mode.status == 429 else {}
