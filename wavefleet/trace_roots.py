@@ -22,6 +22,10 @@ from .store import StoryStore
 from .tracing import CLOSE_TIMEOUT_S, LangSmithTracer, TraceContext
 
 GROUP = "tracer"
+# After a read that brought entries, the next waits this long: a root is not urgent (its stages' runs
+# reach the sender a second later at the earliest), and a read per event cost the supervisor's
+# routing thread a GIL handoff each (benchmarks/README.md "Observability overhead").
+GATHER_S = 0.05
 TERMINAL_STATES = frozenset(s.value for s in TERMINAL)
 
 
@@ -64,6 +68,8 @@ class StoryTraces:
                 for entry_id, event in entries:
                     self.handle(event)
                     done.append(entry_id)
+                if entries and not backlog:
+                    self.stopping.wait(GATHER_S)
             except RedisError as exc:  # Redis away: the supervisor says so; try again shortly
                 logs.get().warning("story traces: redis unavailable", error=str(exc))
                 self.stopping.wait(1.0)
