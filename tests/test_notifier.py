@@ -740,3 +740,35 @@ def test_a_stop_while_a_backlog_drains_into_a_slow_slack_is_quick_and_the_next_s
     group = settings.keys.events_group("notifier")
     wait_until(lambda: redis.xpending(settings.keys.events(), group)["pending"] == 0, message="acked")
     assert sorted(m.text.split("*")[1] for m in slack.messages) == ids  # each exactly once
+
+
+def test_replies_read_behind_a_full_batch_merge_at_once_and_only_a_short_last_read_waits(
+    notified: tuple[Settings, Processes],
+    redis: Redis,
+    store: StoryStore,
+    domains: Domains,
+    slack: SlackServer,
+) -> None:
+    settings, procs = notified
+    # batch 5, a 60 s window: reads that fill (the notifier is behind) post what they hold at once;
+    # the last read, short, is keeping up, and its replies wait (the test's wait is 15 s)
+    slacked = with_slack(settings, slack, batch=5, merge_window_s=60)
+    procs = Processes(slacked, procs.log_dir)
+    events = stage_events("AUTH-901", ["pm", "fe", "be", "qa", "cto", "qa"])  # 12 replies
+    written_while_stopped(redis, slacked, store, domains, ["AUTH-901"], events)
+    try:
+        procs.wave("notifier", name="notifier")
+        group = slacked.keys.events_group("notifier")
+        wait_until(  # parent + 4, then 5: two full reads posted; the last 3 taken and held
+            lambda: len(slack.messages) == 3 and redis.xpending(slacked.keys.events(), group)["pending"] == 3,
+            timeout_s=15,
+            message="two full reads posted at once, the short last one held",
+            diagnose=lambda: procs.logs() + repr([m.text for m in slack.messages]),
+        )
+    finally:
+        procs.stop_all()
+    replies = thread_of(redis, slacked, slack, "AUTH-901")
+    assert lines(replies) == [
+        [f"{e.event} {e.to}" for e in events[:4]],
+        [f"{e.event} {e.to}" for e in events[4:9]],
+    ]

@@ -134,6 +134,10 @@ _FIXED: dict[str, type[_FleetEvent]] = {
     "monitor_cleared": MonitorCleared,
 }
 STORY_KINDS = frozenset({"enqueued", "stage_cancelled", *(k.value for k in EventKind)})
+# How long a consumer that is not urgent waits after a read that brought entries before the next: a
+# busy fleet's events come one by one, and a read each costs about what handling one does (and, in
+# the supervisor, a GIL handoff of its routing thread; benchmarks/README.md "Observability overhead").
+GATHER_S = 0.05
 
 
 def parse_event(fields: dict[str, str]) -> FleetEvent:
@@ -186,6 +190,13 @@ class EventConsumer:
         `after` (read them after a restart, page by page)."""
         return self._read(after, count, None)
 
+    def all_pending(self, page: int = 100) -> list[tuple[str, FleetEvent]]:
+        """Every entry this consumer took earlier and has not acked, read `page` at a time."""
+        entries: list[tuple[str, FleetEvent]] = []
+        while more := self.pending(page, after=entries[-1][0] if entries else "0"):
+            entries += more
+        return entries
+
     def ack(self, ids: Iterable[str]) -> int:
         ids = list(ids)
         return int(self.redis.xack(self.stream, self.group, *ids)) if ids else 0
@@ -204,6 +215,7 @@ def _entries(reply: Any) -> list[tuple[str, FleetEvent]]:
 
 
 __all__ = [
+    "GATHER_S",
     "BudgetAlert",
     "EventConsumer",
     "FleetEvent",

@@ -34,7 +34,7 @@ from slack_sdk.webhook import WebhookClient
 
 from .config import Settings, SlackSettings
 from .errors import ConfigError, SlackDeliveryError
-from .fleet_events import EventConsumer, FleetEvent, StoryEvent, UnknownEvent
+from .fleet_events import GATHER_S, EventConsumer, FleetEvent, StoryEvent, UnknownEvent
 from .notifier_status import GROUP
 from .redact import redactor_for
 from .slack_format import (
@@ -52,9 +52,6 @@ from .slack_format import (
 BLOCK_MS = 1000  # how long one read waits for new entries (stopping is checked between reads)
 # Entries held at once, waiting replies included: a merge window's worth at 500 events a second.
 HELD_MAX = 1000
-# After a read that brought only held replies, the next waits this long: a busy fleet's events come
-# one by one and a read each cost about what posting one does; an alert may wait this much more.
-GATHER_S = 0.05
 Entry = tuple[str, FleetEvent]  # a stream entry's id and its event
 AUTH_ERRORS = frozenset({"invalid_auth", "token_revoked", "account_inactive", "not_authed", "token_expired"})
 # The story hash's fields a post shows (read alone: the whole record is most of a post's Redis cost).
@@ -168,7 +165,8 @@ class Notifier:
         self._problem_said = True  # a problem may be left by an earlier notifier: the first post clears it
 
     def run(self) -> None:
-        backlog = self._all_pending()  # taken before a restart, never acked: posted first, at once
+        # taken before a restart, never acked: posted first, at once
+        backlog = self.consumer.all_pending(self.slack.batch)
         log.info("notifier started", pending=len(backlog), threads=self.sender.threads)
         while not self.stopping.is_set():
             if not self._any_due(backlog):
@@ -179,20 +177,13 @@ class Notifier:
                 taken = self._take(len(backlog))
                 backlog += taken
                 if not self._any_due(backlog):
-                    if taken:  # only held replies came: let more gather before the next read
+                    if taken:  # only held replies came: let more gather (an alert waits this much more)
                         self.stopping.wait(min(GATHER_S, self._until_due()))
                     continue
             backlog = self._post_due(backlog)
         # Held replies stay pending (unacked): the next start posts them at once. Posting them now
         # could take a second a message at Slack's rate, and a stop must be quick.
         self._ack_owed()
-
-    def _all_pending(self) -> list[Entry]:
-        """Every entry this consumer took and never acked, page by page."""
-        backlog: list[Entry] = []
-        while page := self.consumer.pending(self.slack.batch, after=backlog[-1][0] if backlog else "0"):
-            backlog += page
-        return backlog
 
     def _take(self, held: int) -> list[Entry]:
         """New entries (waiting up to a second for one, less when a held reply is due sooner), after

@@ -16,16 +16,12 @@ from redis.exceptions import RedisError
 
 from . import logs
 from .config import Settings
-from .fleet_events import EventConsumer, FleetEvent, StoryEvent
+from .fleet_events import GATHER_S, EventConsumer, FleetEvent, StoryEvent
 from .lifecycle import TERMINAL
 from .store import StoryStore
 from .tracing import CLOSE_TIMEOUT_S, LangSmithTracer, TraceContext
 
 GROUP = "tracer"
-# After a read that brought entries, the next waits this long: a root is not urgent (its stages' runs
-# reach the sender a second later at the earliest), and a read per event cost the supervisor's
-# routing thread a GIL handoff each (benchmarks/README.md "Observability overhead").
-GATHER_S = 0.05
 TERMINAL_STATES = frozenset(s.value for s in TERMINAL)
 
 
@@ -68,7 +64,7 @@ class StoryTraces:
                 for entry_id, event in entries:
                     self.handle(event)
                     done.append(entry_id)
-                if entries and not backlog:
+                if entries and not backlog:  # a root is not urgent: its stages' runs come a second later
                     self.stopping.wait(GATHER_S)
             except RedisError as exc:  # Redis away: the supervisor says so; try again shortly
                 logs.get().warning("story traces: redis unavailable", error=str(exc))
